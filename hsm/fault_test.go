@@ -1,0 +1,196 @@
+package hsm
+
+import (
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// faultyP11 wraps the real PKCS#11 calls and injects the faults SoftHSM
+// cannot produce on demand: return values for chosen calls, session
+// handles that turn invalid, a device that is removed and comes back.
+type faultyP11 struct {
+	p11
+
+	mu      sync.Mutex
+	next    map[string][]pkcs11.Error // call name → errors to return next
+	removed bool                      // every call fails with DEVICE_REMOVED
+	invalid map[pkcs11.SessionHandle]bool
+	open    map[pkcs11.SessionHandle]bool
+	calls   map[string]int
+	onCall  func(name string) // called before each checked call, unlocked
+	resetAt string            // the next call of this name finds the token reset
+}
+
+func newFaulty(p p11) *faultyP11 {
+	return &faultyP11{p11: p, next: map[string][]pkcs11.Error{}, invalid: map[pkcs11.SessionHandle]bool{},
+		open: map[pkcs11.SessionHandle]bool{}, calls: map[string]int{}}
+}
+
+// failNext makes the next n calls of name return rv.
+func (f *faultyP11) failNext(name string, rv uint, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for range n {
+		f.next[name] = append(f.next[name], pkcs11.Error(rv))
+	}
+}
+
+// setRemoved makes the device disappear (every call but Finalize and
+// Initialize fails with DEVICE_REMOVED) or come back.
+func (f *faultyP11) setRemoved(removed bool) {
+	f.mu.Lock()
+	f.removed = removed
+	f.mu.Unlock()
+}
+
+// invalidateOpenSessions makes every session open now invalid, as after a
+// device reset, while the library keeps running.
+func (f *faultyP11) invalidateOpenSessions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for h := range f.open {
+		f.invalid[h] = true
+	}
+	return len(f.open)
+}
+
+func (f *faultyP11) count(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[name]
+}
+
+// check returns the injected error for a call of name on session h, if any.
+func (f *faultyP11) check(name string, h pkcs11.SessionHandle, hasSession bool) error {
+	f.mu.Lock()
+	f.calls[name]++
+	hook := f.onCall
+	var err error
+	switch {
+	case f.removed:
+		err = pkcs11.Error(pkcs11.CKR_DEVICE_REMOVED)
+	case len(f.next[name]) > 0:
+		err = f.next[name][0]
+		f.next[name] = f.next[name][1:]
+	case hasSession && f.invalid[h]:
+		err = pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID)
+	case name == f.resetAt:
+		// The token was reset: its login is gone (a real C_Logout of the
+		// application) and this call says so.
+		f.resetAt = ""
+		f.mu.Unlock()
+		_ = f.p11.Logout(h)
+		f.mu.Lock()
+		err = pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+	}
+	f.mu.Unlock()
+	if hook != nil {
+		hook(name)
+	}
+	return err
+}
+
+func (f *faultyP11) GetSlotList(present bool) ([]uint, error) {
+	if err := f.check("GetSlotList", 0, false); err != nil {
+		return nil, err
+	}
+	return f.p11.GetSlotList(present)
+}
+
+func (f *faultyP11) OpenSession(slot uint, flags uint) (pkcs11.SessionHandle, error) {
+	if err := f.check("OpenSession", 0, false); err != nil {
+		return 0, err
+	}
+	h, err := f.p11.OpenSession(slot, flags)
+	if err == nil {
+		f.mu.Lock()
+		f.open[h] = true
+		f.mu.Unlock()
+	}
+	return h, err
+}
+
+func (f *faultyP11) CloseSession(h pkcs11.SessionHandle) error {
+	f.mu.Lock()
+	delete(f.open, h)
+	wasInvalid := f.invalid[h]
+	delete(f.invalid, h)
+	f.mu.Unlock()
+	err := f.p11.CloseSession(h)
+	if wasInvalid && err == nil {
+		return pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID)
+	}
+	return err
+}
+
+// resetTokenAt makes the next call of name find the token reset.
+func (f *faultyP11) resetTokenAt(name string) {
+	f.mu.Lock()
+	f.resetAt = name
+	f.mu.Unlock()
+}
+
+// openSessions counts the sessions open in the library.
+func (f *faultyP11) openSessions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.open)
+}
+
+func (f *faultyP11) Initialize(opts ...pkcs11.InitializeOption) error {
+	f.mu.Lock()
+	f.calls["Initialize"]++
+	f.mu.Unlock()
+	return f.p11.Initialize(opts...)
+}
+
+func (f *faultyP11) Finalize() error {
+	f.mu.Lock()
+	clear(f.open)
+	clear(f.invalid)
+	f.mu.Unlock()
+	return f.p11.Finalize()
+}
+
+func (f *faultyP11) Login(h pkcs11.SessionHandle, userType uint, pin string) error {
+	if err := f.check("Login", h, true); err != nil {
+		return err
+	}
+	return f.p11.Login(h, userType, pin)
+}
+
+func (f *faultyP11) GetSessionInfo(h pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
+	if err := f.check("GetSessionInfo", h, true); err != nil {
+		return pkcs11.SessionInfo{}, err
+	}
+	return f.p11.GetSessionInfo(h)
+}
+
+func (f *faultyP11) FindObjectsInit(h pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
+	if err := f.check("FindObjectsInit", h, true); err != nil {
+		return err
+	}
+	return f.p11.FindObjectsInit(h, temp)
+}
+
+func (f *faultyP11) SignInit(h pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error {
+	if err := f.check("SignInit", h, true); err != nil {
+		return err
+	}
+	return f.p11.SignInit(h, m, o)
+}
+
+func (f *faultyP11) Sign(h pkcs11.SessionHandle, msg []byte) ([]byte, error) {
+	if err := f.check("Sign", h, true); err != nil {
+		return nil, err
+	}
+	return f.p11.Sign(h, msg)
+}
+
+func (f *faultyP11) GenerateKeyPair(h pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
+	if err := f.check("GenerateKeyPair", h, true); err != nil {
+		return 0, 0, err
+	}
+	return f.p11.GenerateKeyPair(h, m, pub, priv)
+}

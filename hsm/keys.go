@@ -1,0 +1,631 @@
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/miekg/pkcs11"
+)
+
+// KeyType is the type of a key pair.
+type KeyType int
+
+// Key types.
+const (
+	KeyUnknown KeyType = iota
+	KeyRSA
+	KeyEC
+)
+
+// String names the key type.
+func (k KeyType) String() string {
+	switch k {
+	case KeyRSA:
+		return "RSA"
+	case KeyEC:
+		return "EC"
+	}
+	return "unknown"
+}
+
+// KeySpec is a key type and size that GenerateKey can make.
+type KeySpec string
+
+// The key specs the appliance generates.
+const (
+	RSA2048 KeySpec = "RSA2048"
+	RSA3072 KeySpec = "RSA3072"
+	RSA4096 KeySpec = "RSA4096"
+	ECP256  KeySpec = "EC-P256"
+	ECP384  KeySpec = "EC-P384"
+)
+
+// ParseKeySpec accepts RSA2048, RSA3072, RSA4096, EC-P256 and EC-P384
+// (case-insensitive; "RSA-2048", "P256", "EC_P256", "ECP256" too).
+func ParseKeySpec(s string) (KeySpec, error) {
+	n := strings.NewReplacer("-", "", "_", "", " ", "").Replace(strings.ToUpper(s))
+	switch n {
+	case "RSA2048":
+		return RSA2048, nil
+	case "RSA3072":
+		return RSA3072, nil
+	case "RSA4096":
+		return RSA4096, nil
+	case "ECP256", "P256":
+		return ECP256, nil
+	case "ECP384", "P384":
+		return ECP384, nil
+	}
+	return "", fmt.Errorf("%w: unknown key type %q (use RSA2048, RSA3072, RSA4096, EC-P256 or EC-P384)", ErrInvalidArgument, s)
+}
+
+// curveOIDs maps the curves the package knows to their named-curve OIDs.
+func curveOID(c elliptic.Curve) asn1.ObjectIdentifier {
+	switch c {
+	case elliptic.P256():
+		return asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	case elliptic.P384():
+		return asn1.ObjectIdentifier{1, 3, 132, 0, 34}
+	case elliptic.P521():
+		return asn1.ObjectIdentifier{1, 3, 132, 0, 35}
+	}
+	return nil
+}
+
+func curveFromParams(der []byte) (elliptic.Curve, error) {
+	var oid asn1.ObjectIdentifier
+	if rest, err := asn1.Unmarshal(der, &oid); err != nil || len(rest) != 0 {
+		return nil, fmt.Errorf("CKA_EC_PARAMS is not a named curve OID")
+	}
+	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384(), elliptic.P521()} {
+		if curveOID(c).Equal(oid) {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("unsupported curve %s", oid)
+}
+
+// Key describes a key pair on a token. Public is an *rsa.PublicKey or an
+// *ecdsa.PublicKey. The private key never leaves the token.
+type Key struct {
+	ID     []byte
+	Label  string
+	Type   KeyType
+	Bits   int    // RSA modulus size or curve size
+	Curve  string // "P-256", "P-384" for EC keys
+	Public crypto.PublicKey
+	// Attrs are the private key's protection attributes as the token
+	// reports them (filled by ListKeys and the Key lookups).
+	Attrs KeyAttributes
+}
+
+// IDHex returns the CKA_ID in lower-case hex.
+func (k Key) IDHex() string { return hex.EncodeToString(k.ID) }
+
+// KeyAttributes are the private key attributes an officer checks.
+type KeyAttributes struct {
+	Sensitive        bool
+	Extractable      bool
+	AlwaysSensitive  bool
+	NeverExtractable bool
+	Sign             bool
+	Decrypt          bool
+	Unwrap           bool
+	Derive           bool
+}
+
+// keyEntry is a cached private key handle with its key.
+type keyEntry struct {
+	key    Key
+	handle pkcs11.ObjectHandle
+	gen    uint64
+}
+
+func (t *Token) forgetKeys() {
+	t.keysMu.Lock()
+	clear(t.keys)
+	t.keysMu.Unlock()
+}
+
+// keyByID returns the cached entry for id or finds the private key on s and
+// caches it. The caller holds the module read lock.
+func (t *Token) keyByID(s *session, id []byte) (*keyEntry, error) {
+	t.keysMu.RLock()
+	e := t.keys[string(id)]
+	t.keysMu.RUnlock()
+	if e != nil && e.gen == s.gen {
+		return e, nil
+	}
+	handles, err := t.find(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}, 2)
+	if err != nil {
+		return nil, err
+	}
+	if len(handles) == 0 {
+		return nil, t.notFound(s, fmt.Errorf("%w: id %x on token %q", ErrKeyNotFound, id, t.label))
+	}
+	if len(handles) > 1 {
+		return nil, fmt.Errorf("%w: two private keys share id %x on token %q", ErrInvalidArgument, id, t.label)
+	}
+	key, err := t.readKey(s, handles[0])
+	if err != nil {
+		return nil, err
+	}
+	e = &keyEntry{key: key, handle: handles[0], gen: s.gen}
+	t.keysMu.Lock()
+	t.keys[string(id)] = e
+	t.keysMu.Unlock()
+	return e, nil
+}
+
+// notFound is called when no private key matched. When the session shows
+// no logged-in user, private keys are invisible: if a PIN is kept, it
+// returns USER_NOT_LOGGED_IN so that withSession logs in again and retries;
+// otherwise ErrNotLoggedIn. When logged in, it returns err.
+func (t *Token) notFound(s *session, err error) error {
+	si, serr := t.m.api.GetSessionInfo(s.h)
+	if serr != nil {
+		return p11err("C_GetSessionInfo", serr)
+	}
+	if si.State == pkcs11.CKS_RO_USER_FUNCTIONS || si.State == pkcs11.CKS_RW_USER_FUNCTIONS {
+		return err
+	}
+	if t.LoggedIn() {
+		return p11err("key lookup", pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN))
+	}
+	return fmt.Errorf("%w: token %q (private keys are visible only after login)", ErrNotLoggedIn, t.label)
+}
+
+// find returns up to max handles of objects matching tmpl.
+func (t *Token) find(s *session, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	if err := t.m.api.FindObjectsInit(s.h, tmpl); err != nil {
+		return nil, p11err("C_FindObjectsInit", err)
+	}
+	var out []pkcs11.ObjectHandle
+	for len(out) < max {
+		hs, _, err := t.m.api.FindObjects(s.h, min(max-len(out), 64))
+		if err != nil {
+			_ = t.m.api.FindObjectsFinal(s.h)
+			return nil, p11err("C_FindObjects", err)
+		}
+		if len(hs) == 0 {
+			break
+		}
+		out = append(out, hs...)
+	}
+	if err := t.m.api.FindObjectsFinal(s.h); err != nil {
+		return nil, p11err("C_FindObjectsFinal", err)
+	}
+	return out, nil
+}
+
+// readKey reads a private key's id, label, type and protection attributes,
+// and its public key from the public key object with the same id (or, for
+// RSA, from the private key's public components).
+func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
+	attrs, err := t.m.api.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, nil),
+	})
+	if err != nil {
+		return Key{}, p11err("C_GetAttributeValue", err)
+	}
+	var k Key
+	for _, a := range attrs {
+		b := len(a.Value) == 1 && a.Value[0] != 0
+		switch a.Type {
+		case pkcs11.CKA_ID:
+			k.ID = a.Value
+		case pkcs11.CKA_LABEL:
+			k.Label = string(a.Value)
+		case pkcs11.CKA_KEY_TYPE:
+			switch ulong(a.Value) {
+			case pkcs11.CKK_RSA:
+				k.Type = KeyRSA
+			case pkcs11.CKK_EC:
+				k.Type = KeyEC
+			}
+		case pkcs11.CKA_SENSITIVE:
+			k.Attrs.Sensitive = b
+		case pkcs11.CKA_EXTRACTABLE:
+			k.Attrs.Extractable = b
+		case pkcs11.CKA_ALWAYS_SENSITIVE:
+			k.Attrs.AlwaysSensitive = b
+		case pkcs11.CKA_NEVER_EXTRACTABLE:
+			k.Attrs.NeverExtractable = b
+		case pkcs11.CKA_SIGN:
+			k.Attrs.Sign = b
+		case pkcs11.CKA_DECRYPT:
+			k.Attrs.Decrypt = b
+		case pkcs11.CKA_UNWRAP:
+			k.Attrs.Unwrap = b
+		case pkcs11.CKA_DERIVE:
+			k.Attrs.Derive = b
+		}
+	}
+	if k.Type == KeyUnknown {
+		return Key{}, fmt.Errorf("%w: key %x has a type this appliance does not use", ErrAlgorithm, k.ID)
+	}
+	pubs, err := t.find(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
+	}, 1)
+	if err != nil {
+		return Key{}, err
+	}
+	src := priv
+	if len(pubs) == 1 {
+		src = pubs[0]
+	} else if k.Type == KeyEC {
+		return Key{}, fmt.Errorf("%w: EC key %x has no public key object", ErrKeyNotFound, k.ID)
+	}
+	pub, err := t.readPublic(s, src, k.Type)
+	if err != nil {
+		return Key{}, fmt.Errorf("key %x: %w", k.ID, err)
+	}
+	k.Public = pub
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		k.Bits = p.N.BitLen()
+	case *ecdsa.PublicKey:
+		k.Bits = p.Curve.Params().BitSize
+		k.Curve = p.Curve.Params().Name
+	}
+	return k, nil
+}
+
+// readPublic reads the public key from an object holding its components.
+func (t *Token) readPublic(s *session, h pkcs11.ObjectHandle, kt KeyType) (crypto.PublicKey, error) {
+	switch kt {
+	case KeyRSA:
+		attrs, err := t.m.api.GetAttributeValue(s.h, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
+		})
+		if err != nil {
+			return nil, p11err("C_GetAttributeValue", err)
+		}
+		n := new(big.Int).SetBytes(attrs[0].Value)
+		e := new(big.Int).SetBytes(attrs[1].Value)
+		if n.Sign() == 0 || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
+			return nil, errors.New("RSA public key components are malformed")
+		}
+		return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
+	case KeyEC:
+		attrs, err := t.m.api.GetAttributeValue(s.h, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
+		})
+		if err != nil {
+			return nil, p11err("C_GetAttributeValue", err)
+		}
+		curve, err := curveFromParams(attrs[0].Value)
+		if err != nil {
+			return nil, err
+		}
+		return parseECPoint(curve, attrs[1].Value)
+	}
+	return nil, fmt.Errorf("%w: key type %v", ErrAlgorithm, kt)
+}
+
+// parseECPoint decodes CKA_EC_POINT: a DER OCTET STRING around the
+// uncompressed point, as PKCS#11 v2.20+ says, or the bare point, as some
+// modules return it.
+func parseECPoint(curve elliptic.Curve, v []byte) (*ecdsa.PublicKey, error) {
+	size := (curve.Params().BitSize + 7) / 8
+	point := v
+	if len(v) != 1+2*size || v[0] != 4 {
+		var inner []byte
+		rest, err := asn1.Unmarshal(v, &inner)
+		if err != nil || len(rest) != 0 {
+			return nil, errors.New("CKA_EC_POINT is neither a DER octet string nor an uncompressed point")
+		}
+		point = inner
+	}
+	pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
+	if err != nil {
+		return nil, fmt.Errorf("CKA_EC_POINT: %w", err)
+	}
+	return pub, nil
+}
+
+// ulong decodes a CK_ULONG attribute value in host byte order.
+func ulong(b []byte) uint {
+	var v uint
+	for i := len(b) - 1; i >= 0; i-- {
+		v = v<<8 | uint(b[i])
+	}
+	return v
+}
+
+// checkLabel refuses labels an officer could not tell apart or type.
+func checkLabel(label string) error {
+	if label == "" {
+		return fmt.Errorf("%w: a key needs a label", ErrInvalidArgument)
+	}
+	if len(label) > 128 || !utf8.ValidString(label) {
+		return fmt.Errorf("%w: a key label is valid UTF-8 of at most 128 bytes", ErrInvalidArgument)
+	}
+	for _, r := range label {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%w: a key label has no control characters", ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// GenerateKey generates a key pair of spec on the token with a random
+// 16-byte CKA_ID and the label. The private key is a token object, private,
+// sensitive, never extractable, and may sign but not decrypt, unwrap or
+// derive. A label already used by a key on the token is refused with
+// ErrKeyExists.
+func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Key, error) {
+	if err := checkLabel(label); err != nil {
+		return Key{}, err
+	}
+	mech, pubT, err := keyTemplate(spec)
+	if err != nil {
+		return Key{}, err
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return Key{}, fmt.Errorf("making a key id: %w", err)
+	}
+	common := func(class uint) []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}
+	}
+	pub := append(common(pkcs11.CKO_PUBLIC_KEY), append(pubT,
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+	)...)
+	priv := append(common(pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+	)
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	var key Key
+	err = t.withSession(ctx, func(s *session) error {
+		// A first attempt that failed after the pair was made leaves
+		// objects with this id; remove them so nothing is orphaned.
+		if err := t.destroyByID(s, id); err != nil {
+			return err
+		}
+		if err := t.checkLabelFree(s, label); err != nil {
+			return err
+		}
+		pubH, privH, err := t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, priv)
+		if err != nil {
+			return p11err("C_GenerateKeyPair", err)
+		}
+		key, err = t.readKey(s, privH)
+		if err != nil {
+			_ = t.m.api.DestroyObject(s.h, privH)
+			_ = t.m.api.DestroyObject(s.h, pubH)
+			return fmt.Errorf("reading the new key back (the pair was removed): %w", err)
+		}
+		t.keysMu.Lock()
+		t.keys[string(id)] = &keyEntry{key: key, handle: privH, gen: s.gen}
+		t.keysMu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return Key{}, fmt.Errorf("generating %s key %q on token %q: %w", spec, label, t.label, err)
+	}
+	return key, nil
+}
+
+func keyTemplate(spec KeySpec) (*pkcs11.Mechanism, []*pkcs11.Attribute, error) {
+	rsaT := func(bits int) []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, bits),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+		}
+	}
+	ecT := func(c elliptic.Curve) []*pkcs11.Attribute {
+		params, _ := asn1.Marshal(curveOID(c))
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+		}
+	}
+	rsaM := pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)
+	ecM := pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)
+	switch spec {
+	case RSA2048:
+		return rsaM, rsaT(2048), nil
+	case RSA3072:
+		return rsaM, rsaT(3072), nil
+	case RSA4096:
+		return rsaM, rsaT(4096), nil
+	case ECP256:
+		return ecM, ecT(elliptic.P256()), nil
+	case ECP384:
+		return ecM, ecT(elliptic.P384()), nil
+	}
+	return nil, nil, fmt.Errorf("%w: unknown key type %q", ErrInvalidArgument, spec)
+}
+
+// checkLabelFree refuses a label that a key object on the token has.
+func (t *Token) checkLabelFree(s *session, label string) error {
+	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+		hs, err := t.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}, 1)
+		if err != nil {
+			return err
+		}
+		if len(hs) > 0 {
+			return fmt.Errorf("%w: %q", ErrKeyExists, label)
+		}
+	}
+	return nil
+}
+
+// destroyByID destroys every object with CKA_ID id: certificates first,
+// then the public key, the private key last.
+func (t *Token) destroyByID(s *session, id []byte) error {
+	for _, class := range []uint{pkcs11.CKO_CERTIFICATE, pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_PRIVATE_KEY} {
+		hs, err := t.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		}, 64)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if err := t.m.api.DestroyObject(s.h, h); err != nil && !isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				return p11err("C_DestroyObject", err)
+			}
+		}
+	}
+	return nil
+}
+
+// ListKeys lists the token's private keys with their public keys.
+func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
+	var keys []Key
+	err := t.withSession(ctx, func(s *session) error {
+		keys = keys[:0]
+		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}, 1<<16)
+		if err != nil {
+			return err
+		}
+		if len(hs) == 0 {
+			return t.notFound(s, nil)
+		}
+		for _, h := range hs {
+			k, err := t.readKey(s, h)
+			if errors.Is(err, ErrAlgorithm) {
+				continue // a key of a type the appliance does not use
+			}
+			if err != nil {
+				return err
+			}
+			keys = append(keys, k)
+		}
+		return nil
+	})
+	return keys, err
+}
+
+// KeyByID returns the key with CKA_ID id.
+func (t *Token) KeyByID(ctx context.Context, id []byte) (Key, error) {
+	var k Key
+	err := t.withSession(ctx, func(s *session) error {
+		e, err := t.keyByID(s, id)
+		if err != nil {
+			return err
+		}
+		k = e.key
+		return nil
+	})
+	return k, err
+}
+
+// KeyByLabel returns the key labelled label.
+func (t *Token) KeyByLabel(ctx context.Context, label string) (Key, error) {
+	var k Key
+	err := t.withSession(ctx, func(s *session) error {
+		hs, err := t.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}, 2)
+		if err != nil {
+			return err
+		}
+		switch len(hs) {
+		case 0:
+			return t.notFound(s, fmt.Errorf("%w: label %q on token %q", ErrKeyNotFound, label, t.label))
+		case 1:
+			k, err = t.readKey(s, hs[0])
+			return err
+		}
+		return fmt.Errorf("%w: label %q names more than one key on token %q; use the id", ErrInvalidArgument, label, t.label)
+	})
+	return k, err
+}
+
+// KeyByURI returns the key a PKCS#11 URI names by id or object label. The
+// URI's token attributes, if any, must match this token.
+func (t *Token) KeyByURI(ctx context.Context, uri string) (Key, error) {
+	u, err := ParseURI(uri)
+	if err != nil {
+		return Key{}, err
+	}
+	if (u.Token != "" && u.Token != t.label) || (u.Serial != "" && u.Serial != t.serial) {
+		return Key{}, fmt.Errorf("%w: %s names another token than %q", ErrKeyNotFound, uri, t.label)
+	}
+	switch {
+	case len(u.ID) > 0:
+		k, err := t.KeyByID(ctx, u.ID)
+		if err == nil && u.Object != "" && k.Label != u.Object {
+			return Key{}, fmt.Errorf("%w: id %x is labelled %q, not %q", ErrKeyNotFound, u.ID, k.Label, u.Object)
+		}
+		return k, err
+	case u.Object != "":
+		return t.KeyByLabel(ctx, u.Object)
+	}
+	return Key{}, fmt.Errorf("%w: %s names no key (give id= or object=)", ErrInvalidURI, uri)
+}
+
+// DeleteKey destroys the key pair with CKA_ID id and the certificate
+// objects that share its id. Calls that use the key afterwards fail with
+// ErrKeyNotFound.
+func (t *Token) DeleteKey(ctx context.Context, id []byte) error {
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	err := t.withSession(ctx, func(s *session) error {
+		hs, err := t.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		}, 1)
+		if err != nil {
+			return err
+		}
+		if len(hs) == 0 {
+			return t.notFound(s, fmt.Errorf("%w: id %x on token %q", ErrKeyNotFound, id, t.label))
+		}
+		return t.destroyByID(s, id)
+	})
+	t.keysMu.Lock()
+	delete(t.keys, string(id))
+	t.keysMu.Unlock()
+	return err
+}

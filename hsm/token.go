@@ -1,0 +1,690 @@
+package hsm
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// TokenSelector names a token by label, serial or both. Slot numbers are
+// never used: they change between runs and after re-initialisation.
+type TokenSelector struct {
+	Label  string
+	Serial string
+}
+
+// String returns the selector as a PKCS#11 URI.
+func (s TokenSelector) String() string {
+	u := URI{Token: s.Label, Serial: s.Serial}
+	return u.String()
+}
+
+// ParseTokenSelector accepts a PKCS#11 URI (`pkcs11:token=…;serial=…`),
+// `serial:NNN`, `label:NAME`, or a bare label.
+func ParseTokenSelector(s string) (TokenSelector, error) {
+	switch {
+	case strings.HasPrefix(s, "pkcs11:"):
+		u, err := ParseURI(s)
+		if err != nil {
+			return TokenSelector{}, err
+		}
+		if u.Token == "" && u.Serial == "" {
+			return TokenSelector{}, fmt.Errorf("%w: %q names no token (give token= or serial=)", ErrInvalidURI, s)
+		}
+		return TokenSelector{Label: u.Token, Serial: u.Serial}, nil
+	case strings.HasPrefix(s, "serial:"):
+		return TokenSelector{Serial: strings.TrimPrefix(s, "serial:")}, nil
+	case strings.HasPrefix(s, "label:"):
+		return TokenSelector{Label: strings.TrimPrefix(s, "label:")}, nil
+	case s == "":
+		return TokenSelector{}, fmt.Errorf("%w: empty token selector", ErrInvalidArgument)
+	}
+	return TokenSelector{Label: s}, nil
+}
+
+func (s TokenSelector) matches(ti pkcs11.TokenInfo) bool {
+	if s.Label != "" && strings.TrimRight(ti.Label, " \x00") != s.Label {
+		return false
+	}
+	if s.Serial != "" && strings.TrimRight(ti.SerialNumber, " \x00") != s.Serial {
+		return false
+	}
+	return s.Label != "" || s.Serial != ""
+}
+
+// TokenInfo is what an officer needs to know about a token.
+type TokenInfo struct {
+	Label           string
+	Serial          string
+	Manufacturer    string
+	Model           string
+	Initialized     bool
+	LoginRequired   bool
+	PIN             PINStatus
+	SessionCount    uint // sessions open on the token, by all applications
+	MaxSessionCount uint // 0: no limit the module reports
+	FreeSessions    uint // MaxSessionCount - SessionCount when both are known
+	MinPINLen       uint
+	MaxPINLen       uint
+}
+
+// unavailableInfo is CK_UNAVAILABLE_INFORMATION as it comes back from
+// miekg/pkcs11 on a 64-bit platform.
+const unavailableInfo = ^uint(0)
+
+func tokenInfoFrom(ti pkcs11.TokenInfo) TokenInfo {
+	info := TokenInfo{
+		Label:         strings.TrimRight(ti.Label, " \x00"),
+		Serial:        strings.TrimRight(ti.SerialNumber, " \x00"),
+		Manufacturer:  strings.TrimRight(ti.ManufacturerID, " \x00"),
+		Model:         strings.TrimRight(ti.Model, " \x00"),
+		Initialized:   ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0,
+		LoginRequired: ti.Flags&pkcs11.CKF_LOGIN_REQUIRED != 0,
+		PIN:           pinStatusFromFlags(ti.Flags),
+		MinPINLen:     ti.MinPinLen,
+		MaxPINLen:     ti.MaxPinLen,
+	}
+	if ti.SessionCount != unavailableInfo {
+		info.SessionCount = ti.SessionCount
+	}
+	if ti.MaxSessionCount != unavailableInfo && ti.MaxSessionCount != 0 {
+		info.MaxSessionCount = ti.MaxSessionCount
+		if ti.SessionCount != unavailableInfo && ti.SessionCount <= ti.MaxSessionCount {
+			info.FreeSessions = ti.MaxSessionCount - ti.SessionCount
+		}
+	}
+	return info
+}
+
+// findToken returns the slot holding the one initialised token that sel
+// matches. The caller holds the module lock.
+func findToken(api p11, sel TokenSelector) (uint, pkcs11.TokenInfo, error) {
+	slots, err := api.GetSlotList(true)
+	if err != nil {
+		return 0, pkcs11.TokenInfo{}, p11err("C_GetSlotList", err)
+	}
+	var (
+		found  []uint
+		infos  []pkcs11.TokenInfo
+		serial []string
+	)
+	for _, s := range slots {
+		ti, err := api.GetTokenInfo(s)
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 || !sel.matches(ti) {
+			continue
+		}
+		found = append(found, s)
+		infos = append(infos, ti)
+		serial = append(serial, strings.TrimSpace(ti.SerialNumber))
+	}
+	switch len(found) {
+	case 0:
+		return 0, pkcs11.TokenInfo{}, fmt.Errorf("%w: %s", ErrTokenNotFound, sel)
+	case 1:
+		return found[0], infos[0], nil
+	}
+	return 0, pkcs11.TokenInfo{}, fmt.Errorf("%w: %s matches serials %s; name the serial", ErrAmbiguousToken, sel, strings.Join(serial, ", "))
+}
+
+// TokenOption configures a Token.
+type TokenOption func(*tokenOptions)
+
+type tokenOptions struct {
+	poolSize  int
+	maxWait   time.Duration
+	verifyRSA bool
+}
+
+// WithPoolSize sets how many sessions the token's pool may open. The
+// default is the CPU count, capped by the token's maximum.
+func WithPoolSize(n int) TokenOption {
+	return func(o *tokenOptions) { o.poolSize = n }
+}
+
+// WithMaxWait bounds how long a call waits for a free session when its
+// context has no earlier deadline. Default 10 s.
+func WithMaxWait(d time.Duration) TokenOption {
+	return func(o *tokenOptions) { o.maxWait = d }
+}
+
+// WithRSAVerify turns the check of every RSA signature against the public
+// key before it is returned on or off (default on; it guards against RSA-CRT
+// faults in the device).
+func WithRSAVerify(on bool) TokenOption {
+	return func(o *tokenOptions) { o.verifyRSA = on }
+}
+
+// Token is one token of a module, with its session pool, its kept PIN and
+// its cache of key handles. It is safe for concurrent use.
+type Token struct {
+	m    *Module
+	sel  TokenSelector
+	opts tokenOptions
+
+	label, serial string
+
+	slotMu  sync.Mutex
+	slot    uint
+	slotGen uint64
+
+	pool pool
+
+	loginMu sync.Mutex
+	pin     []byte // kept for re-login; guarded by loginMu
+
+	keysMu sync.RWMutex
+	keys   map[string]*keyEntry
+
+	// adminMu serialises key generation and deletion on this token, so
+	// that two officers cannot create the same label at once.
+	adminMu sync.Mutex
+
+	logins atomic.Int64 // re-logins done, for tests and metrics
+}
+
+// Token finds the token sel names and returns it, opening no session yet.
+// Asking twice for the same token returns the same *Token.
+func (m *Module) Token(ctx context.Context, sel TokenSelector, opts ...TokenOption) (*Token, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if sel.Label == "" && sel.Serial == "" {
+		return nil, fmt.Errorf("%w: a token needs a label or serial", ErrInvalidArgument)
+	}
+	o := tokenOptions{maxWait: 10 * time.Second, verifyRSA: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	gen, err := m.rlock()
+	if err != nil {
+		return nil, err
+	}
+	slot, ti, err := findToken(m.api, sel)
+	m.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	info := tokenInfoFrom(ti)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range m.tokens {
+		if t.serial == info.Serial && t.label == info.Label {
+			return t, nil
+		}
+	}
+	size := o.poolSize
+	if size <= 0 {
+		size = runtime.NumCPU()
+	}
+	if info.MaxSessionCount > 0 && uint(size) > info.MaxSessionCount {
+		size = int(info.MaxSessionCount)
+	}
+	t := &Token{
+		m: m, sel: TokenSelector{Label: info.Label, Serial: info.Serial}, opts: o,
+		label: info.Label, serial: info.Serial,
+		slot: slot, slotGen: gen,
+		keys: map[string]*keyEntry{},
+	}
+	t.pool.init(size)
+	m.tokens = append(m.tokens, t)
+	return t, nil
+}
+
+// Label returns the token label.
+func (t *Token) Label() string { return t.label }
+
+// Serial returns the token serial number.
+func (t *Token) Serial() string { return t.serial }
+
+// PoolSize returns how many sessions the pool may open.
+func (t *Token) PoolSize() int { return t.pool.size }
+
+// findSlotLocked returns the token's slot in the current generation,
+// looking it up again by label and serial after re-initialisation. The
+// caller holds the module lock (read or write).
+func (t *Token) findSlotLocked() (uint, error) {
+	t.slotMu.Lock()
+	defer t.slotMu.Unlock()
+	if t.slotGen == t.m.gen {
+		return t.slot, nil
+	}
+	slot, _, err := findToken(t.m.api, t.sel)
+	if err != nil {
+		return 0, err
+	}
+	t.slot, t.slotGen = slot, t.m.gen
+	return slot, nil
+}
+
+// dropAllSessionsLocked forgets every pooled session and cached handle
+// after the library was finalized. The caller holds the module write lock,
+// so no session is in use.
+func (t *Token) dropAllSessionsLocked() {
+	t.pool.forgetAll()
+	t.forgetKeys()
+}
+
+// closeLocked closes the pool, logs out and zeroes the PIN. The caller
+// holds the module write lock.
+func (t *Token) closeLocked() error {
+	var errs []error
+	t.loginMu.Lock()
+	hadPIN := t.pin != nil
+	zero(t.pin)
+	t.pin = nil
+	t.loginMu.Unlock()
+	if t.m.ready {
+		for s := range t.pool.drain() {
+			if hadPIN {
+				_ = t.m.api.Logout(s.h) // once is enough; the rest say not logged in
+				hadPIN = false
+			}
+			if err := t.m.api.CloseSession(s.h); err != nil && !isRV(err, pkcs11.CKR_SESSION_HANDLE_INVALID) {
+				errs = append(errs, p11err("C_CloseSession", err))
+			}
+		}
+	} else {
+		t.pool.forgetAll()
+	}
+	t.forgetKeys()
+	return errors.Join(errs...)
+}
+
+// withSession runs fn on a session from the pool, under the module's read
+// lock, and recovers from session, login, handle and device errors: each
+// kind of failure is recovered from once per call, and fn is run again.
+// fn must be safe to run more than once.
+func (t *Token) withSession(ctx context.Context, fn func(s *session) error) error {
+	var (
+		recovered [classModule + 1]bool
+		lastErr   error
+	)
+	for {
+		gen, err := t.m.rlock()
+		if err != nil {
+			return err
+		}
+		s, err := t.acquire(ctx, gen)
+		if err == nil {
+			err = fn(s)
+		}
+		class := classify(err)
+		if class == classLogin && !recovered[classLogin] {
+			// The token forgot the login (reset, or all sessions closed
+			// elsewhere): log in again with the kept PIN on this session.
+			recovered[classLogin] = true
+			if lerr := t.relogin(s); lerr != nil {
+				err, class = lerr, classNone
+			} else {
+				err = fn(s)
+				class = classify(err)
+			}
+		}
+		if s != nil {
+			if class == classSession || class == classModule {
+				// A broken session usually means the device reset: every
+				// session opened before now is suspect.
+				t.pool.epoch.Add(1)
+				t.pool.drop(t.m.api, s)
+			} else {
+				t.pool.release(s)
+			}
+		}
+		t.m.mu.RUnlock()
+		if class == classNone {
+			return err
+		}
+		if recovered[class] {
+			lastErr = err
+			break
+		}
+		recovered[class] = true
+		lastErr = err
+		switch class {
+		case classLogin:
+			return fmt.Errorf("%w: token %q: %w", ErrNotLoggedIn, t.label, err)
+		case classHandle:
+			t.forgetKeys()
+		case classModule:
+			if rerr := t.m.failed(gen, err); !errors.Is(rerr, errRetry) {
+				return rerr
+			}
+		}
+	}
+	return fmt.Errorf("%w: token %q: %w", ErrUnavailable, t.label, lastErr)
+}
+
+// acquire returns a session for generation gen: an idle one, or a new one
+// while the pool is below its size, or the first one released before the
+// context's deadline or the pool's maximum wait. Idle sessions from before
+// the last session failure are closed, not reused. The caller holds the
+// module read lock.
+func (t *Token) acquire(ctx context.Context, gen uint64) (*session, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		var s *session
+		select {
+		case s = <-t.pool.idle:
+		case t.pool.sem <- struct{}{}:
+			return t.open(gen)
+		default:
+			if timer == nil {
+				t.pool.waits.Add(1)
+				timer = time.NewTimer(t.opts.maxWait)
+			}
+			select {
+			case s = <-t.pool.idle:
+			case t.pool.sem <- struct{}{}:
+				return t.open(gen)
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w on token %q (%d in use): %w", ErrSessionWait, t.label, t.pool.size, ctx.Err())
+			case <-timer.C:
+				return nil, fmt.Errorf("%w on token %q: all %d sessions stayed busy for %s", ErrSessionWait, t.label, t.pool.size, t.opts.maxWait)
+			}
+		}
+		if s.gen == gen && s.epoch == t.pool.epoch.Load() {
+			return s, nil
+		}
+		t.pool.drop(t.m.api, s)
+	}
+}
+
+// open opens a new session; the caller holds a place in the pool, which
+// open gives back on failure. A new session is logged in with the kept PIN
+// when the token is not logged in.
+func (t *Token) open(gen uint64) (*session, error) {
+	slot, err := t.findSlotLocked()
+	if err != nil {
+		<-t.pool.sem
+		if errors.Is(err, ErrTokenNotFound) {
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil, err
+	}
+	h, err := t.m.api.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		<-t.pool.sem
+		return nil, p11err("C_OpenSession", err)
+	}
+	s := &session{h: h, gen: gen, epoch: t.pool.epoch.Load()}
+	if err := t.ensureLogin(s); err != nil {
+		t.pool.drop(t.m.api, s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// ensureLogin logs the token in on s when a PIN is kept and the session
+// shows no logged-in user.
+func (t *Token) ensureLogin(s *session) error {
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	if t.pin == nil {
+		return nil
+	}
+	return t.loginKeptLocked(s)
+}
+
+// relogin logs in again with the kept PIN after the token reported
+// USER_NOT_LOGGED_IN.
+func (t *Token) relogin(s *session) error {
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	if t.pin == nil {
+		return fmt.Errorf("%w: token %q (log in first)", ErrNotLoggedIn, t.label)
+	}
+	return t.loginKeptLocked(s)
+}
+
+func (t *Token) loginKeptLocked(s *session) error {
+	si, err := t.m.api.GetSessionInfo(s.h)
+	if err != nil {
+		return p11err("C_GetSessionInfo", err)
+	}
+	if si.State == pkcs11.CKS_RO_USER_FUNCTIONS || si.State == pkcs11.CKS_RW_USER_FUNCTIONS {
+		return nil
+	}
+	err = t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(t.pin))
+	if err != nil && !isRV(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
+		return t.pinError(fmt.Errorf("logging in again with the kept PIN: %w", p11err("C_Login", err)))
+	}
+	t.logins.Add(1)
+	t.forgetKeys() // handles of private objects change across logins
+	t.m.log.Info("token logged in again", "token", t.label)
+	return nil
+}
+
+// Login logs the user in with pin and keeps a copy of it for re-login
+// after an HSM restart. The caller may zero pin afterwards. A wrong PIN
+// returns a *PINError wrapping ErrPINIncorrect; a locked one wraps
+// ErrPINLocked.
+func (t *Token) Login(ctx context.Context, pin []byte) error {
+	if len(pin) == 0 {
+		return fmt.Errorf("%w: empty PIN", ErrInvalidArgument)
+	}
+	return t.withSession(ctx, func(s *session) error {
+		t.loginMu.Lock()
+		defer t.loginMu.Unlock()
+		err := t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(pin))
+		if isRV(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
+			if t.pin != nil && subtle.ConstantTimeCompare(t.pin, pin) == 1 {
+				return nil
+			}
+			// Someone is logged in with a PIN we cannot compare: log out
+			// and in again, so that a wrong PIN is never accepted.
+			_ = t.m.api.Logout(s.h)
+			err = t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(pin))
+			if err != nil && t.pin != nil {
+				_ = t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(t.pin))
+			}
+		}
+		if err != nil {
+			return t.pinError(p11err("C_Login", err))
+		}
+		zero(t.pin)
+		t.pin = bytes.Clone(pin)
+		t.forgetKeys() // handles of private objects change across logins
+		return nil
+	})
+}
+
+// pinError turns a login failure into a *PINError with the PIN status the
+// token reports now, or returns err unchanged when it is not about the PIN.
+func (t *Token) pinError(err error) error {
+	var sentinel error
+	switch {
+	case isRV(err, pkcs11.CKR_PIN_INCORRECT):
+		sentinel = ErrPINIncorrect
+	case isRV(err, pkcs11.CKR_PIN_LOCKED):
+		sentinel = ErrPINLocked
+	case isRV(err, pkcs11.CKR_PIN_LEN_RANGE), isRV(err, pkcs11.CKR_PIN_INVALID):
+		sentinel = ErrPINInvalid
+	default:
+		return err
+	}
+	pe := &PINError{Token: t.label, err: fmt.Errorf("%w: %w", sentinel, err)}
+	t.slotMu.Lock()
+	slot := t.slot
+	t.slotMu.Unlock()
+	if ti, ierr := t.m.api.GetTokenInfo(slot); ierr == nil {
+		pe.Status = pinStatusFromFlags(ti.Flags)
+	}
+	if sentinel == ErrPINLocked {
+		pe.Status.Locked = true
+	}
+	return pe
+}
+
+// Logout logs the user out, zeroes the kept PIN and forgets cached key
+// handles. Signing then fails with ErrNotLoggedIn until the next Login.
+func (t *Token) Logout(ctx context.Context) error {
+	return t.withSession(ctx, func(s *session) error {
+		t.loginMu.Lock()
+		defer t.loginMu.Unlock()
+		zero(t.pin)
+		t.pin = nil
+		t.forgetKeys()
+		err := t.m.api.Logout(s.h)
+		if err != nil && !isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
+			return p11err("C_Logout", err)
+		}
+		return nil
+	})
+}
+
+// LoggedIn reports whether a PIN is kept for this token, that is whether
+// an officer logged it in and has not logged it out.
+func (t *Token) LoggedIn() bool {
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	return t.pin != nil
+}
+
+// ChangePIN changes the user PIN. When the token is logged in, the kept PIN
+// becomes the new one.
+func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
+	if len(oldPIN) == 0 || len(newPIN) == 0 {
+		return fmt.Errorf("%w: empty PIN", ErrInvalidArgument)
+	}
+	return t.withSession(ctx, func(s *session) error {
+		t.loginMu.Lock()
+		defer t.loginMu.Unlock()
+		if err := t.m.api.SetPIN(s.h, pinString(oldPIN), pinString(newPIN)); err != nil {
+			return t.pinError(p11err("C_SetPIN", err))
+		}
+		if t.pin != nil {
+			zero(t.pin)
+			t.pin = bytes.Clone(newPIN)
+		}
+		return nil
+	})
+}
+
+// Info returns the token's information as the module reports it now.
+func (t *Token) Info(ctx context.Context) (TokenInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return TokenInfo{}, err
+	}
+	gen, err := t.m.rlock()
+	if err != nil {
+		return TokenInfo{}, err
+	}
+	slot, err := t.findSlotLocked()
+	if err != nil {
+		t.m.mu.RUnlock()
+		return TokenInfo{}, err
+	}
+	ti, err := t.m.api.GetTokenInfo(slot)
+	t.m.mu.RUnlock()
+	if err != nil {
+		return TokenInfo{}, t.m.failed(gen, p11err("C_GetTokenInfo", err))
+	}
+	return tokenInfoFrom(ti), nil
+}
+
+// PoolStats describes a token's session pool.
+type PoolStats struct {
+	Size   int   // most sessions the pool opens
+	Open   int   // sessions open now
+	Idle   int   // open sessions not in use
+	Waits  int64 // calls that had to wait for a session
+	Logins int64 // re-logins done with the kept PIN
+}
+
+// Stats returns the pool's figures.
+func (t *Token) Stats() PoolStats {
+	return PoolStats{
+		Size: t.pool.size, Open: len(t.pool.sem), Idle: len(t.pool.idle),
+		Waits: t.pool.waits.Load(), Logins: t.logins.Load(),
+	}
+}
+
+// InitToken initialises the first uninitialised token of the module with
+// label, sets its SO PIN and user PIN, and returns its information. It is
+// meant for SoftHSM and development; a hardware HSM is initialised with
+// its vendor's tools.
+func (m *Module) InitToken(ctx context.Context, label string, soPIN, userPIN []byte) (TokenInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return TokenInfo{}, err
+	}
+	if label == "" || len(label) > 32 {
+		return TokenInfo{}, fmt.Errorf("%w: a token label has 1 to 32 bytes", ErrInvalidArgument)
+	}
+	if len(soPIN) == 0 || len(userPIN) == 0 {
+		return TokenInfo{}, fmt.Errorf("%w: empty PIN", ErrInvalidArgument)
+	}
+	if _, err := m.rlock(); err != nil {
+		return TokenInfo{}, err
+	}
+	defer m.mu.RUnlock()
+	slots, err := m.api.GetSlotList(true)
+	if err != nil {
+		return TokenInfo{}, p11err("C_GetSlotList", err)
+	}
+	free, found := uint(0), false
+	known := map[string]bool{}
+	for _, s := range slots {
+		ti, err := m.api.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			if !found {
+				free, found = s, true
+			}
+			continue
+		}
+		known[strings.TrimSpace(ti.SerialNumber)] = true
+	}
+	if !found {
+		return TokenInfo{}, fmt.Errorf("%w: no uninitialised token in module %s", ErrTokenNotFound, m.path)
+	}
+	if err := m.api.InitToken(free, pinString(soPIN), label); err != nil {
+		return TokenInfo{}, p11err("C_InitToken", err)
+	}
+	// SoftHSM moves a token to a new slot once it is initialised: find it
+	// again by label among serials not seen before.
+	slots, err = m.api.GetSlotList(true)
+	if err != nil {
+		return TokenInfo{}, p11err("C_GetSlotList", err)
+	}
+	for _, s := range slots {
+		ti, err := m.api.GetTokenInfo(s)
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 || known[strings.TrimSpace(ti.SerialNumber)] ||
+			strings.TrimRight(ti.Label, " \x00") != label {
+			continue
+		}
+		h, err := m.api.OpenSession(s, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return TokenInfo{}, p11err("C_OpenSession", err)
+		}
+		defer func() { _ = m.api.CloseSession(h) }()
+		if err := m.api.Login(h, pkcs11.CKU_SO, pinString(soPIN)); err != nil {
+			return TokenInfo{}, p11err("C_Login as SO", err)
+		}
+		defer func() { _ = m.api.Logout(h) }()
+		if err := m.api.InitPIN(h, pinString(userPIN)); err != nil {
+			return TokenInfo{}, p11err("C_InitPIN", err)
+		}
+		ti, err = m.api.GetTokenInfo(s)
+		if err != nil {
+			return TokenInfo{}, p11err("C_GetTokenInfo", err)
+		}
+		return tokenInfoFrom(ti), nil
+	}
+	return TokenInfo{}, fmt.Errorf("%w: token %q vanished after C_InitToken", ErrTokenNotFound, label)
+}
