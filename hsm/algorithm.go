@@ -1,113 +1,39 @@
 package hsm
 
 import (
-	"crypto"
 	"fmt"
-	"strings"
+
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 )
 
-// Scheme is a signature scheme.
-type Scheme int
+// Algorithm is a signature algorithm over a digest; see package sigalg.
+type Algorithm = sigalg.Algorithm
 
-// The signature schemes the appliance supports.
+// Scheme is a signature scheme; see package sigalg.
+type Scheme = sigalg.Scheme
+
+// The signature schemes, as package sigalg defines them.
 const (
-	SchemeUnknown  Scheme = iota
-	SchemePKCS1v15        // RSA PKCS#1 v1.5 with DigestInfo
-	SchemePSS             // RSA-PSS, MGF1 with the same hash, salt = hash length
-	SchemeECDSA           // ECDSA, DER-encoded signature
+	SchemeUnknown  = sigalg.SchemeUnknown
+	SchemePKCS1v15 = sigalg.SchemePKCS1v15
+	SchemePSS      = sigalg.SchemePSS
+	SchemeECDSA    = sigalg.SchemeECDSA
 )
 
-// String names the scheme.
-func (s Scheme) String() string {
-	switch s {
-	case SchemePKCS1v15:
-		return "RSA-PKCS1v15"
-	case SchemePSS:
-		return "RSA-PSS"
-	case SchemeECDSA:
-		return "ECDSA"
-	}
-	return "unknown"
-}
-
-// Algorithm is a signature algorithm over a digest: a scheme and a hash.
-type Algorithm struct {
-	Name   string // canonical X-Road name, e.g. SHA256withRSA
-	Hash   crypto.Hash
-	Scheme Scheme
-}
-
-// String returns the canonical name.
-func (a Algorithm) String() string { return a.Name }
-
-// JOSE returns the JOSE name (RS256, PS256, ES256, ...).
-func (a Algorithm) JOSE() string {
-	prefix := map[Scheme]string{SchemePKCS1v15: "RS", SchemePSS: "PS", SchemeECDSA: "ES"}[a.Scheme]
-	return fmt.Sprintf("%s%d", prefix, a.Hash.Size()*8)
-}
-
-// KeyType returns the type of key the algorithm needs.
-func (a Algorithm) KeyType() KeyType {
-	if a.Scheme == SchemeECDSA {
-		return KeyEC
-	}
-	return KeyRSA
-}
-
-// ParseAlgorithm accepts the X-Road names (SHA256withRSA,
-// SHA256withRSAandMGF1, SHA256withECDSA, and 384 and 512 likewise) and the
-// JOSE names (RS256, PS256, ES256, ...), case-insensitively.
+// ParseAlgorithm accepts the X-Road and JOSE algorithm names; an unknown
+// name is an error wrapping ErrAlgorithm.
 func ParseAlgorithm(name string) (Algorithm, error) {
-	n := strings.ToUpper(strings.TrimSpace(name))
-	var bits string
-	var scheme Scheme
-	switch {
-	case len(n) == 5 && (strings.HasPrefix(n, "RS") || strings.HasPrefix(n, "PS") || strings.HasPrefix(n, "ES")):
-		bits = n[2:]
-		scheme = map[string]Scheme{"RS": SchemePKCS1v15, "PS": SchemePSS, "ES": SchemeECDSA}[n[:2]]
-	case strings.HasPrefix(n, "SHA") && len(n) > 6:
-		bits = n[3:6]
-		switch n[6:] {
-		case "WITHRSA":
-			scheme = SchemePKCS1v15
-		case "WITHRSAANDMGF1":
-			scheme = SchemePSS
-		case "WITHECDSA":
-			scheme = SchemeECDSA
-		}
+	a, err := sigalg.Parse(name)
+	if err != nil {
+		return Algorithm{}, fmt.Errorf("%w: %w", ErrAlgorithm, err)
 	}
-	var h crypto.Hash
-	switch bits {
-	case "256":
-		h = crypto.SHA256
-	case "384":
-		h = crypto.SHA384
-	case "512":
-		h = crypto.SHA512
-	}
-	if scheme == SchemeUnknown || h == 0 {
-		return Algorithm{}, fmt.Errorf("%w: unknown algorithm %q (use e.g. SHA256withRSA, SHA256withRSAandMGF1, SHA256withECDSA, RS256, PS256, ES256)", ErrAlgorithm, name)
-	}
-	return algorithmFor(scheme, h), nil
+	return a, nil
 }
 
-// algorithmFor builds the algorithm of scheme and hash with its canonical
-// name.
-func algorithmFor(scheme Scheme, h crypto.Hash) Algorithm {
-	suffix := map[Scheme]string{SchemePKCS1v15: "withRSA", SchemePSS: "withRSAandMGF1", SchemeECDSA: "withECDSA"}[scheme]
-	return Algorithm{Name: fmt.Sprintf("SHA%d%s", h.Size()*8, suffix), Hash: h, Scheme: scheme}
-}
-
-// digestInfoPrefix returns the DER prefix of the PKCS#1 v1.5 DigestInfo
-// for h (RFC 8017, section 9.2, note 1).
-func digestInfoPrefix(h crypto.Hash) []byte {
-	switch h {
-	case crypto.SHA256:
-		return []byte{0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20}
-	case crypto.SHA384:
-		return []byte{0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30}
-	case crypto.SHA512:
-		return []byte{0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40}
+// keyTypeFor returns the type of key alg needs.
+func keyTypeFor(alg Algorithm) KeyType {
+	if alg.NeedsRSA() {
+		return KeyRSA
 	}
-	return nil
+	return KeyEC
 }

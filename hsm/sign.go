@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
@@ -43,8 +45,8 @@ func (t *Token) sign(ctx context.Context, id []byte, alg Algorithm, digest []byt
 			return err
 		}
 		key = e.key
-		if key.Type != alg.KeyType() {
-			return fmt.Errorf("%w: %s needs an %s key; key %x is %s", ErrAlgorithm, alg.Name, alg.KeyType(), id, key.Type)
+		if key.Type != keyTypeFor(alg) {
+			return fmt.Errorf("%w: %s needs an %s key; key %x is %s", ErrAlgorithm, alg.Name, keyTypeFor(alg), id, key.Type)
 		}
 		if err := t.m.api.SignInit(s.h, mech, e.handle); err != nil {
 			return p11err("C_SignInit", err)
@@ -55,28 +57,39 @@ func (t *Token) sign(ctx context.Context, id []byte, alg Algorithm, digest []byt
 	if err != nil {
 		return nil, Key{}, err
 	}
+	sig, err = t.finish(key, alg, digest, sig)
+	if err != nil {
+		return nil, Key{}, err
+	}
+	return sig, key, nil
+}
+
+// finish turns the module's signature into the one returned: ECDSA's r‖s
+// becomes DER; an RSA signature is verified with the public key unless
+// verification is off.
+func (t *Token) finish(key Key, alg Algorithm, digest, sig []byte) ([]byte, error) {
 	switch alg.Scheme {
 	case SchemeECDSA:
 		der, err := ecdsaDER(sig)
 		if err != nil {
-			return nil, Key{}, fmt.Errorf("%w: %w", ErrBadSignature, err)
+			return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
 		}
-		return der, key, nil
+		return der, nil
 	case SchemePKCS1v15, SchemePSS:
 		if t.opts.verifyRSA {
-			if err := verifyRSA(key.Public.(*rsa.PublicKey), alg, digest, sig); err != nil {
-				return nil, Key{}, fmt.Errorf("%w: key %x: %w", ErrBadSignature, id, err)
+			if err := sigalg.Verify(key.Public, alg, digest, sig); err != nil {
+				return nil, fmt.Errorf("%w: key %x: %w", ErrBadSignature, key.ID, err)
 			}
 		}
 	}
-	return sig, key, nil
+	return sig, nil
 }
 
 // mechanism returns the PKCS#11 mechanism and the data to sign for alg.
 func mechanism(alg Algorithm, digest []byte) ([]*pkcs11.Mechanism, []byte) {
 	switch alg.Scheme {
 	case SchemePKCS1v15:
-		prefix := digestInfoPrefix(alg.Hash)
+		prefix := sigalg.DigestInfoPrefix(alg.Hash)
 		data := make([]byte, 0, len(prefix)+len(digest))
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}, append(append(data, prefix...), digest...)
 	case SchemePSS:
@@ -93,13 +106,6 @@ func mechanism(alg Algorithm, digest []byte) ([]*pkcs11.Mechanism, []byte) {
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS, params)}, digest
 	}
 	return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, digest
-}
-
-func verifyRSA(pub *rsa.PublicKey, alg Algorithm, digest, sig []byte) error {
-	if alg.Scheme == SchemePSS {
-		return rsa.VerifyPSS(pub, alg.Hash, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: alg.Hash})
-	}
-	return rsa.VerifyPKCS1v15(pub, alg.Hash, digest, sig)
 }
 
 // ecdsaDER turns PKCS#11's r‖s into the DER SEQUENCE { r, s } that X.509,
@@ -172,15 +178,15 @@ func AlgorithmFor(key Key, opts crypto.SignerOpts) (Algorithm, error) {
 	}
 	switch key.Public.(type) {
 	case *ecdsa.PublicKey:
-		return algorithmFor(SchemeECDSA, h), nil
+		return sigalg.For(SchemeECDSA, h), nil
 	case *rsa.PublicKey:
 		if pss, ok := opts.(*rsa.PSSOptions); ok {
 			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
 				return Algorithm{}, fmt.Errorf("%w: PSS salt length %d (only the hash length is supported)", ErrAlgorithm, pss.SaltLength)
 			}
-			return algorithmFor(SchemePSS, h), nil
+			return sigalg.For(SchemePSS, h), nil
 		}
-		return algorithmFor(SchemePKCS1v15, h), nil
+		return sigalg.For(SchemePKCS1v15, h), nil
 	}
 	return Algorithm{}, fmt.Errorf("%w: key type %T", ErrAlgorithm, key.Public)
 }

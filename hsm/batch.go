@@ -1,0 +1,61 @@
+package hsm
+
+import (
+	"context"
+	"fmt"
+)
+
+// SignMany signs each digest with the key whose CKA_ID is id, by alg, on
+// one pool session held for the whole batch, so that a batch pays for one
+// session hand-over and one key lookup. Every digest's length is checked
+// before the first signature is made: a bad batch signs nothing. After a
+// recovered failure the batch resumes where it stopped.
+func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests [][]byte) ([][]byte, error) {
+	if alg.Scheme == SchemeUnknown || !alg.Hash.Available() {
+		return nil, fmt.Errorf("%w: no algorithm given", ErrAlgorithm)
+	}
+	for i, d := range digests {
+		if len(d) != alg.Hash.Size() {
+			return nil, fmt.Errorf("%w: digest %d: %s needs %d bytes, got %d", ErrDigestLength, i, alg.Name, alg.Hash.Size(), len(d))
+		}
+	}
+	sigs := make([][]byte, len(digests))
+	var key Key
+	done := 0
+	err := t.withSession(ctx, func(s *session) error {
+		e, err := t.keyByID(s, id)
+		if err != nil {
+			return err
+		}
+		key = e.key
+		if key.Type != keyTypeFor(alg) {
+			return fmt.Errorf("%w: %s needs an %s key; key %x is %s", ErrAlgorithm, alg.Name, keyTypeFor(alg), id, key.Type)
+		}
+		for ; done < len(digests); done++ {
+			if done%64 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			mech, data := mechanism(alg, digests[done])
+			if err := t.m.api.SignInit(s.h, mech, e.handle); err != nil {
+				return p11err("C_SignInit", err)
+			}
+			sig, err := t.m.api.Sign(s.h, data)
+			if err != nil {
+				return p11err("C_Sign", err)
+			}
+			sigs[done] = sig
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range sigs {
+		if sigs[i], err = t.finish(key, alg, digests[i], sigs[i]); err != nil {
+			return nil, fmt.Errorf("digest %d: %w", i, err)
+		}
+	}
+	return sigs, nil
+}
