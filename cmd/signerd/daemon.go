@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"google.golang.org/grpc"
+
+	"github.com/hsmsigner/hsmsigner/signer"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/peercred"
+)
+
+// afterReady runs once the daemon listens and is ready; dev mode uses it
+// to make its demo key and print what to try.
+type afterReady func(ctx context.Context, cfg *config.Config) error
+
+// runDaemon runs signerd with the configuration at configPath until
+// SIGTERM or SIGINT: open state, load modules, log in where a PIN source is
+// given, listen, then report ready. SIGHUP reloads the access policy.
+func runDaemon(ctx context.Context, configPath string, ready afterReady) error {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Server.LogLevel)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: version})
+	if err != nil {
+		return err
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			_ = svc.Close()
+		}
+	}()
+
+	grpcL, err := signer.ListenUnix(ctx, cfg.Server.GRPCSocket, cfg.Server.SocketGroup)
+	if err != nil {
+		return err
+	}
+	defer grpcL.Close()
+	httpL, err := signer.ListenUnix(ctx, cfg.Server.HTTPSocket, cfg.Server.SocketGroup)
+	if err != nil {
+		return err
+	}
+	defer httpL.Close()
+
+	gs := grpc.NewServer(
+		grpc.Creds(peercred.Credentials{}),
+		grpc.UnaryInterceptor(svc.UnaryInterceptor()),
+		grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes),
+		grpc.MaxSendMsgSize(64<<20),
+	)
+	signerv1.RegisterSignerServer(gs, svc)
+	hs := &http.Server{Handler: svc.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- serveGRPC(gs, grpcL) }()
+	go func() { serveErr <- serveHTTP(hs, httpL) }()
+
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
+		log.Warn("could not notify systemd", "error", err.Error())
+	}
+	log.Info("signerd ready", "version", version, "grpc_socket", cfg.Server.GRPCSocket, "http_socket", cfg.Server.HTTPSocket)
+	if ready != nil {
+		if err := ready(ctx, cfg); err != nil {
+			log.Error("start-up hook failed", "error", err.Error())
+		}
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping")
+			break loop
+		case <-hup:
+			reloadPolicy(configPath, svc, log)
+		case err := <-serveErr:
+			runErr = err
+			log.Error("server failed", "error", err.Error())
+			break loop
+		}
+	}
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	shutdown(gs, hs, cfg.Server.ShutdownTimeout, log)
+	closed = true
+	if err := svc.Close(); err != nil {
+		log.Error("closing", "error", err.Error())
+		if runErr == nil {
+			runErr = err
+		}
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+func serveGRPC(gs *grpc.Server, l net.Listener) error {
+	if err := gs.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("gRPC server: %w", err)
+	}
+	return nil
+}
+
+func serveHTTP(hs *http.Server, l net.Listener) error {
+	if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("HTTP server: %w", err)
+	}
+	return nil
+}
+
+// shutdown stops accepting calls and lets in-flight ones finish within
+// timeout, then cuts the rest.
+func shutdown(gs *grpc.Server, hs *http.Server, timeout time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(done)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_ = hs.Shutdown(ctx)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		log.Warn("in-flight calls did not finish in time; stopping them", "timeout", timeout.String())
+		gs.Stop()
+		<-done
+	}
+}
+
+// reloadPolicy re-reads the access policy; an invalid file keeps the old
+// policy in force.
+func reloadPolicy(path string, svc *signer.Service, log *slog.Logger) {
+	p, err := config.ReloadPolicy(path)
+	if err != nil {
+		log.Error("SIGHUP: policy not reloaded; the old one stays in force", "error", err.Error())
+		return
+	}
+	svc.SetPolicy(p)
+	log.Info("SIGHUP: access policy reloaded")
+}

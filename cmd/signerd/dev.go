@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/client"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+)
+
+// devTokenLabel is the label of dev mode's SoftHSM token.
+const devTokenLabel = "signer-dev"
+
+func newDevCommand() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run on a throwaway SoftHSM token under a local folder (for trying it out; never for production)",
+		Long: `dev makes (once) a SoftHSM token, its PINs and a configuration under --dir,
+starts signerd with its sockets in DIR/run, logs the token in, generates a demo
+signing key if there is none, and prints the signerctl commands to try.
+The user who runs it is admin and client. Run it again to pick up where you left off.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			harden()
+			configPath, err := prepareDev(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			return runDaemon(cmd.Context(), configPath, devReady)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "signer-dev", "folder for the token, PINs, state, audit log, sockets and configuration")
+	return cmd
+}
+
+// prepareDev makes the dev folder, token and configuration if they are not
+// there yet, points SoftHSM at the token, and returns the config path.
+func prepareDev(ctx context.Context, dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "state"), filepath.Join(dir, "softhsm")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", fmt.Errorf("dev folder: %w", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "run"), 0o750); err != nil {
+		return "", fmt.Errorf("dev folder: %w", err)
+	}
+	module, err := softhsmtest.ModulePath()
+	if err != nil {
+		return "", err
+	}
+	pinFile := filepath.Join(dir, "user.pin")
+	softDir := filepath.Join(dir, "softhsm")
+	confPath := filepath.Join(softDir, "softhsm2.conf")
+	if _, err := os.Stat(confPath); errors.Is(err, fs.ErrNotExist) {
+		userPIN, soPIN := randomPIN(), randomPIN()
+		if _, err := softhsmtest.Create(ctx, softDir, devTokenLabel, userPIN, soPIN); err != nil {
+			return "", fmt.Errorf("making the dev token: %w", err)
+		}
+		if err := os.WriteFile(pinFile, userPIN, 0o600); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "so.pin"), soPIN, 0o600); err != nil {
+			return "", err
+		}
+		clear(userPIN)
+		clear(soPIN)
+	} else if err != nil {
+		return "", err
+	}
+	// SoftHSM reads its configuration at C_Initialize, from here.
+	if err := os.Setenv(softhsmtest.ConfEnv, confPath); err != nil {
+		return "", err
+	}
+	configPath := filepath.Join(dir, "signerd.toml")
+	if _, err := os.Stat(configPath); errors.Is(err, fs.ErrNotExist) {
+		if err := writeDevConfig(configPath, dir, module, pinFile); err != nil {
+			return "", err
+		}
+	}
+	return configPath, nil
+}
+
+func randomPIN() []byte {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return []byte(hex.EncodeToString(b))
+}
+
+var devConfig = template.Must(template.New("dev").Parse(`# signerd dev configuration, written by "signerd dev". For trying it out only:
+# the token's PINs are in files beside this one.
+[server]
+grpc_socket = "{{.Dir}}/run/signer.sock"
+http_socket = "{{.Dir}}/run/http.sock"
+state_dir = "{{.Dir}}/state"
+audit_file = "{{.Dir}}/audit.jsonl"
+log_level = "info"
+
+[[module]]
+name = "softhsm"
+path = "{{.Module}}"
+
+  [[module.token]]
+  name = "dev"
+  token = "label:{{.Label}}"
+  pin = "file:{{.PINFile}}"
+
+[policy]
+  [policy.admins]
+  uids = [{{.UID}}]
+
+  [[policy.client]]
+  name = "you"
+  uids = [{{.UID}}]
+  keys = ["*"]
+  usages = ["sign", "auth", "tsa"]
+  members = ["*"]
+`))
+
+func writeDevConfig(path, dir, module, pinFile string) error {
+	var b strings.Builder
+	err := devConfig.Execute(&b, map[string]string{
+		"Dir": dir, "Module": module, "Label": devTokenLabel, "PINFile": pinFile, "UID": strconv.Itoa(os.Getuid()),
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := config.Parse([]byte(b.String()), path); err != nil {
+		return fmt.Errorf("dev configuration: %w", err)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// devReady generates the demo key through the daemon's own socket, as the
+// officer would, and prints what to try.
+func devReady(ctx context.Context, cfg *config.Config) error {
+	c, err := client.Dial(cfg.Server.GRPCSocket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	keys, err := c.ListKeys(ctx, &signerv1.ListKeysRequest{})
+	if err != nil {
+		return err
+	}
+	keyID := ""
+	for _, k := range keys.GetKeys() {
+		if k.GetLabel() == "demo" {
+			keyID = k.GetId()
+		}
+	}
+	if keyID == "" {
+		k, err := c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "dev", Label: "demo", Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN, Name: "demo signing key"})
+		if err != nil {
+			return fmt.Errorf("generating the demo key: %w", err)
+		}
+		keyID = k.GetId()
+	}
+	fmt.Fprintf(os.Stderr, `
+signerd is ready (dev mode: a throwaway SoftHSM token, not for production).
+  gRPC socket: %[1]s
+  demo key:    %[2]s (EC P-256, usage sign)
+
+In another terminal, try:
+  export SIGNER_SOCKET=%[1]s
+  go run ./cmd/signerctl status
+  go run ./cmd/signerctl key list
+  echo -n 'hello' > hello.txt
+  go run ./cmd/signerctl sign --key %[2]s --alg SHA256withECDSA --in hello.txt --out hello.sig
+  go run ./cmd/signerctl key show %[2]s --public-pem > demo.pub.pem
+  openssl dgst -sha256 -verify demo.pub.pem -signature hello.sig hello.txt
+  go run ./cmd/signerctl audit verify %[3]s
+
+Stop with Ctrl-C.
+`, cfg.Server.GRPCSocket, keyID, cfg.Server.AuditFile)
+	return nil
+}

@@ -1,0 +1,59 @@
+// Command signerd is the hsmsigner daemon: it keeps member signing keys
+// inside HSMs via PKCS#11 and serves signing over local Unix sockets.
+//
+//	signerd --config /etc/signerd/signerd.toml   run with a configuration
+//	signerd dev [--dir ./signer-dev]             run on a throwaway SoftHSM token
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "signerd:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	var configPath string
+	root := &cobra.Command{
+		Use:           "signerd --config FILE",
+		Short:         "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				return fmt.Errorf("--config is required (or run `signerd dev` to try it on a throwaway SoftHSM token)")
+			}
+			harden()
+			return runDaemon(cmd.Context(), configPath, nil)
+		},
+	}
+	root.Flags().StringVar(&configPath, "config", "", "path of the TOML configuration")
+	root.AddCommand(newDevCommand())
+	return root
+}
+
+// harden keeps secrets out of core dumps and other users' reach: no core
+// files, not ptrace-attachable by the same user, files created private.
+func harden() {
+	_ = unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0})
+	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+	unix.Umask(0o077)
+}
+
+func newLogger(level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hsmsigner/hsmsigner/cmd/internal/daemontest"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
+	"github.com/hsmsigner/hsmsigner/signer/client"
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+)
+
+const signerdPkg = "github.com/hsmsigner/hsmsigner/cmd/signerd"
+
+// daemonConfig writes a configuration for a fresh SoftHSM token logged in
+// from a PIN file; clientKeys is the TOML array body of the test user's
+// keys.
+func daemonConfig(t *testing.T, dir string, soft *softhsmtest.Token, clientKeys string) string {
+	t.Helper()
+	for _, d := range []string{"run", "state"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pin := filepath.Join(dir, "user.pin")
+	if err := os.WriteFile(pin, soft.UserPIN, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`[server]
+grpc_socket = %[1]q
+http_socket = %[2]q
+state_dir = %[3]q
+audit_file = %[4]q
+
+[[module]]
+name = "softhsm"
+path = %[5]q
+  [[module.token]]
+  name = "t1"
+  token = %[6]q
+  pin = "file:%[7]s"
+
+[policy]
+  [policy.admins]
+  uids = [%[8]d]
+  [[policy.client]]
+  name = "tester"
+  uids = [%[8]d]
+  keys = [%[9]s]
+  usages = ["sign"]
+`, filepath.Join(dir, "run/signer.sock"), filepath.Join(dir, "run/http.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "audit.jsonl"),
+		soft.ModulePath, "label:"+soft.Label, pin, os.Getuid(), clientKeys)
+	path := filepath.Join(dir, "signerd.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func signWith(ctx context.Context, c *client.Client, id string) error {
+	_, err := c.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: id}, Algorithm: "ES256", Digest: make([]byte, 32)})
+	return err
+}
+
+// TestDaemonLifecycle starts signerd as a process, waits for READY=1,
+// checks /healthz, reloads the policy on SIGHUP while calls go on, keeps
+// the old policy when the new file is broken, and stops cleanly on
+// SIGTERM.
+func TestDaemonLifecycle(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	cfgPath := daemonConfig(t, dir, soft, `"*"`)
+	d := daemontest.Start(t, bin, nil, "--config", cfgPath)
+
+	sock := filepath.Join(dir, "run/signer.sock")
+	for _, s := range []string{sock, filepath.Join(dir, "run/http.sock")} {
+		st, err := os.Stat(s)
+		if err != nil || st.Mode().Perm() != 0o660 || st.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("socket %s: %v, mode %v; want a 0660 socket", s, err, st.Mode())
+		}
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "run")); st.Mode().Perm() != 0o750 {
+		t.Fatalf("socket folder mode %v, want 0750", st.Mode().Perm())
+	}
+	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "run/http.sock"))
+	}}}
+	for path, want := range map[string]string{"/healthz": "ok", "/metrics": "signerd_hsm_sessions_open"} {
+		resp, err := hc.Get("http://signerd" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, 1<<20)
+		n, _ := resp.Body.Read(body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body[:n]), want) {
+			t.Fatalf("GET %s: %d %q", path, resp.StatusCode, body[:n])
+		}
+	}
+
+	c, err := client.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := ctxT(t)
+	a, err := c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "t1", Label: "a", Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "t1", Label: "b", Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Narrow the policy to key a, and reload while a caller keeps signing
+	// with a: no call may fail.
+	daemonConfig(t, dir, soft, fmt.Sprintf("%q", a.GetId()))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var signed int
+	var signErr error
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := signWith(ctx, c, a.GetId()); err != nil {
+				signErr = err
+				return
+			}
+			signed++
+		}
+	})
+	n := d.Lines()
+	d.Signal(syscall.SIGHUP)
+	d.WaitForLine("access policy reloaded", n, time.Minute)
+	close(stop)
+	wg.Wait()
+	if signErr != nil || signed == 0 {
+		t.Fatalf("signing during the reload: %d signed, error %v", signed, signErr)
+	}
+	if err := signWith(ctx, c, b.GetId()); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("key b after the narrowing reload: %v; want PermissionDenied", err)
+	}
+
+	// A broken file keeps the policy in force.
+	if err := os.WriteFile(cfgPath, []byte("[policy\nbroken"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n = d.Lines()
+	d.Signal(syscall.SIGHUP)
+	d.WaitForLine("policy not reloaded", n, time.Minute)
+	if err := signWith(ctx, c, a.GetId()); err != nil {
+		t.Fatalf("key a after a refused reload: %v", err)
+	}
+
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatalf("signerd exit after SIGTERM: %v\n%s", err, d.Output())
+	}
+	for _, s := range []string{sock, filepath.Join(dir, "run/http.sock")} {
+		if _, err := os.Stat(s); !os.IsNotExist(err) {
+			t.Fatalf("socket %s left behind after exit: %v", s, err)
+		}
+	}
+	if _, err := audit.VerifyFile(filepath.Join(dir, "audit.jsonl")); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(d.Output(), string(soft.UserPIN)) {
+		t.Fatal("the PIN appears in the log")
+	}
+}
+
+func TestDaemonRefusesToStart(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir string) string
+		want  string
+	}{
+		{"no config flag", func(t *testing.T, dir string) string { return "" }, "--config is required"},
+		{"unknown key", func(t *testing.T, dir string) string {
+			p := daemonConfig(t, dir, soft, `"*"`)
+			b, _ := os.ReadFile(p)
+			_ = os.WriteFile(p, []byte(strings.Replace(string(b), `usages = ["sign"]`, `usages = ["sign"]`+"\n  kyes = []", 1)), 0o600)
+			return p
+		}, `kyes`},
+		{"syntax error", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "bad.toml")
+			_ = os.WriteFile(p, []byte("[server\n"), 0o600)
+			return p
+		}, "to end table name"},
+		{"socket folder missing", func(t *testing.T, dir string) string {
+			p := daemonConfig(t, dir, soft, `"*"`)
+			_ = os.RemoveAll(filepath.Join(dir, "run"))
+			return p
+		}, "socket folder unusable"},
+		{"socket folder writable by others", func(t *testing.T, dir string) string {
+			p := daemonConfig(t, dir, soft, `"*"`)
+			_ = os.Chmod(filepath.Join(dir, "run"), 0o777)
+			return p
+		}, "writable by group or others"},
+		{"wrong PIN in the PIN file", func(t *testing.T, dir string) string {
+			p := daemonConfig(t, dir, soft, `"*"`)
+			_ = os.WriteFile(filepath.Join(dir, "user.pin"), []byte("not-the-pin"), 0o600)
+			return p
+		}, "PIN incorrect"},
+		{"PIN file readable by others", func(t *testing.T, dir string) string {
+			p := daemonConfig(t, dir, soft, `"*"`)
+			_ = os.Chmod(filepath.Join(dir, "user.pin"), 0o644)
+			return p
+		}, "user.pin"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			args := []string{}
+			if p := tt.setup(t, dir); p != "" {
+				args = append(args, "--config", p)
+			}
+			out, err := daemontest.Run(t, bin, nil, args...)
+			if err == nil {
+				t.Fatalf("signerd started; want a refusal\n%s", out)
+			}
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit %v, want status 1\n%s", err, out)
+			}
+			if !strings.Contains(out, tt.want) {
+				t.Fatalf("output does not mention %q:\n%s", tt.want, out)
+			}
+			if strings.Contains(out, "not-the-pin") || strings.Contains(out, string(soft.UserPIN)) {
+				t.Fatalf("a PIN reached the output:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestDevMode runs the README's first command: signerd dev makes its token,
+// starts, and has a demo key that signs; openssl verifies the signature; a
+// second start reuses everything.
+func TestDevMode(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	dir := filepath.Join(t.TempDir(), "signer-dev")
+	var keyID string
+	for run := range 2 {
+		d := daemontest.Start(t, bin, nil, "dev", "--dir", dir)
+		d.WaitForLine("Stop with Ctrl-C", 0, time.Minute)
+		out := d.Output()
+		i := strings.Index(out, "demo key:")
+		if i < 0 {
+			t.Fatalf("no demo key printed:\n%s", out)
+		}
+		id := strings.Fields(out[i+len("demo key:"):])[0]
+		if run == 1 && id != keyID {
+			t.Fatalf("second start made a new demo key %s, want %s", id, keyID)
+		}
+		keyID = id
+		c, err := client.Dial(filepath.Join(dir, "run/signer.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := c.GetKey(ctxT(t), &signerv1.GetKeyRequest{KeyId: keyID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("hello")
+		signer, err := c.Signer(ctxT(t), keyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		digest := sha256.Sum256(msg)
+		sig, err := signer.SignContext(ctxT(t), digest[:], crypto.SHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		work := t.TempDir()
+		_ = os.WriteFile(filepath.Join(work, "hello.txt"), msg, 0o600)
+		_ = os.WriteFile(filepath.Join(work, "hello.sig"), sig, 0o600)
+		_ = os.WriteFile(filepath.Join(work, "pub.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: k.GetPublicKey()}), 0o600)
+		if out, err := exec.Command("openssl", "dgst", "-sha256", "-verify", filepath.Join(work, "pub.pem"), "-signature", filepath.Join(work, "hello.sig"), filepath.Join(work, "hello.txt")).CombinedOutput(); err != nil {
+			t.Fatalf("openssl: %v\n%s", err, out)
+		}
+		d.Signal(syscall.SIGINT)
+		if err := d.Wait(time.Minute); err != nil {
+			t.Fatalf("dev exit: %v", err)
+		}
+	}
+	for _, f := range []string{"user.pin", "so.pin", "signerd.toml"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v, mode %v; want 0600", f, err, st.Mode())
+		}
+	}
+}

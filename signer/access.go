@@ -1,0 +1,150 @@
+package signer
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hsmsigner/hsmsigner/signer/audit"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/peercred"
+)
+
+// caller is who made a call, as the socket says, and what the policy in
+// force when the call was admitted makes of them.
+type caller struct {
+	peer   peercred.Peer
+	policy *config.Policy
+	admin  bool
+	client bool
+}
+
+func (c caller) cfgPeer() config.Peer {
+	return config.Peer{UID: c.peer.UID, GID: c.peer.GID, PID: c.peer.PID}
+}
+
+func (c caller) roleName() string {
+	switch {
+	case c.admin && c.client:
+		return "admin+client"
+	case c.admin:
+		return "admin"
+	case c.client:
+		return "client"
+	}
+	return "none"
+}
+
+type callerKey struct{}
+
+func callerFrom(ctx context.Context) caller {
+	c, _ := ctx.Value(callerKey{}).(caller)
+	return c
+}
+
+// need is the role a method requires.
+type need int
+
+const (
+	needNobody need = iota // unknown method: refused
+	needAny                // any caller the policy knows
+	needAdmin
+	needClient
+)
+
+// requiredRole says which role each method needs. Methods not listed are
+// refused.
+func requiredRole(fullMethod string) need {
+	name, ok := strings.CutPrefix(fullMethod, "/signer.v1.Signer/")
+	if !ok {
+		return needNobody
+	}
+	switch name {
+	case "GetStatus", "GetKey":
+		return needAny // GetKey: a client sees only the keys it may use
+	case "ListTokens", "GetToken", "LoginToken", "LogoutToken", "ChangePin",
+		"GenerateKey", "ListKeys", "DeleteKey", "RenameKey":
+		return needAdmin
+	case "Sign", "SignBatch":
+		return needClient
+	}
+	return needNobody
+}
+
+// UnaryInterceptor admits each call from its socket credentials: it reads
+// the peer, decides the role from the policy in force, refuses (and
+// audits the refusal of) callers without the role the method needs, and
+// turns errors into gRPC status codes.
+func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := s.admit(ctx, req, info, handler)
+		s.metrics.observe(info.FullMethod, status.Code(err), time.Since(start))
+		return resp, err
+	}
+}
+
+func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	p, err := peercred.FromContext(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
+	}
+	pol := s.policy.Load()
+	cp := config.Peer{UID: p.UID, GID: p.GID, PID: p.PID}
+	role := pol.Role(cp)
+	c := caller{peer: p, policy: pol, admin: role == config.RoleAdmin, client: len(pol.Clients(cp)) > 0}
+	method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+	var ok bool
+	switch requiredRole(info.FullMethod) {
+	case needAny:
+		ok = c.admin || c.client
+	case needAdmin:
+		ok = c.admin
+	case needClient:
+		ok = c.client
+	}
+	if !ok {
+		err := fmt.Errorf("%w: %s may not call %s (role %s)", ErrPermission, p, method, c.roleName())
+		s.audited(ctx, c, audit.Record{Op: "denied", Detail: method}, err)
+		return nil, toStatus(err)
+	}
+	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
+	return resp, toStatus(err)
+}
+
+// audited appends one audit line for c's operation with the result of err
+// and returns err, or an ErrAudit error when the line could not be written
+// (then the operation's result must not be returned).
+func (s *Service) audited(ctx context.Context, c caller, r audit.Record, err error) error {
+	r.UID, r.GID, r.PID = int64(c.peer.UID), int64(c.peer.GID), int64(c.peer.PID)
+	r.Result = "ok"
+	if err != nil {
+		r.Result = codeOf(err).String() + ": " + err.Error()
+	}
+	if aerr := s.audit.Append(context.WithoutCancel(ctx), r); aerr != nil {
+		s.log.Error("audit append failed", "op", r.Op, "error", aerr.Error())
+		if err == nil {
+			return fmt.Errorf("%w: %w", ErrAudit, aerr)
+		}
+	}
+	return err
+}
+
+// policyAllowsKey applies the client rules to a key and its usage.
+func policyAllowsKey(c caller, ref *keyRef) error {
+	if ref.usage == "" {
+		return fmt.Errorf("%w: key %s has no recorded usage; an officer must register it (signerctl key rename --usage)", ErrPermission, ref.idHex)
+	}
+	if !c.policy.MayUseKey(c.cfgPeer(), ref.idHex, ref.usage) {
+		return fmt.Errorf("%w: %s may not sign with key %s (usage %s)", ErrPermission, c.peer, ref.idHex, ref.usage)
+	}
+	return nil
+}
+
+func hexOf(b []byte) string { return hex.EncodeToString(b) }

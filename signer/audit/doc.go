@@ -1,0 +1,35 @@
+// Package audit is the appliance's audit log (DESIGN.md decision 11).
+//
+// Every sign and admin operation, and every refusal, appends one JSON line
+// to the log: time, caller uid/gid/pid, operation, token, key, digest,
+// result. Each line carries the SHA-256 (lower-case hex) of the previous
+// line's bytes, without its newline, in its "prev" field; the first line of
+// a chain carries 64 zeros. Lines are numbered by a continuous, 1-based
+// "seq". Verify and VerifyFile therefore detect any edit, removal,
+// reordering or torn write, and report the first bad line with a
+// VerifyError that wraps ErrTampered.
+//
+// A cut at the end (the last lines removed) cannot be seen in the log alone.
+// So a small head file, <path>.head, holds the seq and hash of the last
+// durable line: after each group commit, once the log is fsynced, a second
+// goroutine writes <path>.head.tmp, fsyncs it and renames it over the head
+// file. It works beside the writer, not in its way (updating the head
+// inline cost about two thirds of Sync-mode throughput), and takes only
+// the newest request, so the head may skip groups and lag by a group or
+// two; it never names a line that is not fsynced, so a crash cannot cause
+// a false alarm. VerifyFile compares the log with it, and Open refuses to
+// continue a log that ends before its head, unless Options.AcceptCut
+// records an officer's acknowledgement. The chain is not keyed: someone
+// who can rewrite both files can rewrite history; the log guards against
+// edits, accidents and careless cuts, and a copy shipped elsewhere pins it.
+//
+// Records are committed in groups: one writer goroutine takes every record
+// waiting, up to Options.MaxBatch, and writes them with one write(2) and
+// one fsync, then wakes all their callers, so signing does not wait on one
+// fsync per signature. In Sync mode Append returns once its group is
+// fsynced; in Buffered mode once it is written, with an fsync (on the
+// second goroutine, so writing goes on meanwhile) at most every
+// Options.FlushEvery and at Close.
+//
+// A Log holds an exclusive flock(2) on its file: one writer per log.
+package audit

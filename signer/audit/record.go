@@ -1,0 +1,217 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// ZeroHash is the Prev of the first line of a chain, and the hash Head
+// reports for an empty log: 64 zeros.
+const ZeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// MaxLineSize is the longest line, without its newline, that the log
+// writes or that Verify accepts. Append refuses a record that would not fit.
+const MaxLineSize = 64 << 10
+
+// OpCutAcknowledged is the Op of the line Open appends when Options.AcceptCut
+// lets it continue a log that was cut at the end.
+const OpCutAcknowledged = "audit.cut_acknowledged"
+
+// Errors that callers test with errors.Is.
+var (
+	// ErrTampered means the log or its head file does not hold an unbroken
+	// chain: a line was edited, removed, reordered, cut or torn. Every
+	// *VerifyError wraps it.
+	ErrTampered = errors.New("audit: log tampered with or damaged")
+	// ErrClosed means Append was called after Close.
+	ErrClosed = errors.New("audit: log closed")
+	// ErrInUse means another Log (in this or another process) holds the
+	// file.
+	ErrInUse = errors.New("audit: log in use by another writer")
+	// ErrInvalidRecord means Append refused the record: a required field is
+	// empty, a value is out of range, or the line would exceed MaxLineSize.
+	// Nothing was written.
+	ErrInvalidRecord = errors.New("audit: invalid record")
+	// ErrFailed means an earlier write, fsync or head update failed; the
+	// log accepts nothing more. The error that caused it is wrapped too.
+	ErrFailed = errors.New("audit: log failed")
+)
+
+// Record is one audit line. Its JSON form, field for field and in this
+// order, is the line in the file.
+type Record struct {
+	// Time is when the operation happened, written as RFC 3339 with
+	// nanoseconds in UTC. Append sets it to the current time if zero.
+	Time time.Time `json:"time"`
+	// Seq numbers the lines of a log from 1 without gaps. Append sets it.
+	Seq uint64 `json:"seq"`
+	// UID, GID and PID identify the caller (SO_PEERCRED); -1 if unknown.
+	UID int64 `json:"uid"`
+	GID int64 `json:"gid"`
+	PID int64 `json:"pid"`
+	// Op names the operation, e.g. "sign", "sign_batch", "key.generate",
+	// "token.login", "denied". Required.
+	Op string `json:"op"`
+	// Token is the token label, if any.
+	Token string `json:"token"`
+	// Key is the key id in hex, if any.
+	Key string `json:"key"`
+	// Digest is the signed digest in hex (for a batch, its Merkle root or
+	// the digest of the digests), if any.
+	Digest string `json:"digest,omitempty"`
+	// Count is the number of signatures of a batch operation.
+	Count int `json:"count,omitempty"`
+	// Detail is free text for anything else worth keeping.
+	Detail string `json:"detail,omitempty"`
+	// Result is "ok" or a short error text. Required.
+	Result string `json:"result"`
+	// Prev is the SHA-256 (hex) of the previous line without its newline;
+	// ZeroHash for the first line. Append sets it.
+	Prev string `json:"prev"`
+}
+
+// body is the part of a line between seq and prev, encoded by Append on the
+// caller's goroutine so that the writer only splices in time, seq and prev.
+type body struct {
+	UID    int64  `json:"uid"`
+	GID    int64  `json:"gid"`
+	PID    int64  `json:"pid"`
+	Op     string `json:"op"`
+	Token  string `json:"token"`
+	Key    string `json:"key"`
+	Digest string `json:"digest,omitempty"`
+	Count  int    `json:"count,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	Result string `json:"result"`
+}
+
+// lineOverhead bounds what the writer adds around a body: the time (at
+// most 35 bytes in RFC 3339 with nanoseconds), the seq (at most 20
+// digits), the prev hash and the field names.
+const lineOverhead = len(`{"time":"","seq":,,"prev":""}`) + 35 + 20 + 64
+
+// encodeBody checks r and encodes its body fields.
+func encodeBody(r *Record) ([]byte, error) {
+	switch {
+	case r.Op == "":
+		return nil, fmt.Errorf("%w: empty op", ErrInvalidRecord)
+	case r.Result == "":
+		return nil, fmt.Errorf("%w: empty result", ErrInvalidRecord)
+	case r.Count < 0:
+		return nil, fmt.Errorf("%w: negative count %d", ErrInvalidRecord, r.Count)
+	case r.Time.UTC().Year() < 0 || r.Time.UTC().Year() > 9999:
+		return nil, fmt.Errorf("%w: time %v out of range", ErrInvalidRecord, r.Time)
+	}
+	b, err := json.Marshal(body{
+		UID: r.UID, GID: r.GID, PID: r.PID,
+		Op: r.Op, Token: r.Token, Key: r.Key, Digest: r.Digest,
+		Count: r.Count, Detail: r.Detail, Result: r.Result,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	if len(b)+lineOverhead > MaxLineSize {
+		return nil, fmt.Errorf("%w: line of about %d bytes exceeds %d", ErrInvalidRecord, len(b)+lineOverhead, MaxLineSize)
+	}
+	return b, nil
+}
+
+// appendLine appends the line for a record (time, seq, encoded body, prev)
+// to dst, without a newline.
+func appendLine(dst []byte, t time.Time, seq uint64, body []byte, prev string) []byte {
+	dst = append(dst, `{"time":"`...)
+	dst = t.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	dst = append(dst, ',')
+	dst = append(dst, body[1:len(body)-1]...) // without { and }
+	dst = append(dst, `,"prev":"`...)
+	dst = append(dst, prev...)
+	dst = append(dst, `"}`...)
+	return dst
+}
+
+// lineFields is a line as Verify reads it: pointers tell a missing field
+// from a zero one.
+type lineFields struct {
+	Time   *string `json:"time"`
+	Seq    *uint64 `json:"seq"`
+	UID    *int64  `json:"uid"`
+	GID    *int64  `json:"gid"`
+	PID    *int64  `json:"pid"`
+	Op     *string `json:"op"`
+	Token  *string `json:"token"`
+	Key    *string `json:"key"`
+	Digest string  `json:"digest"`
+	Count  int     `json:"count"`
+	Detail string  `json:"detail"`
+	Result *string `json:"result"`
+	Prev   *string `json:"prev"`
+}
+
+// parseLine checks that line is a complete record and returns its seq and
+// prev.
+func parseLine(line []byte) (seq uint64, prev string, err error) {
+	var f lineFields
+	if err := json.Unmarshal(line, &f); err != nil {
+		return 0, "", fmt.Errorf("not a JSON record: %v", err)
+	}
+	var missing []string
+	for _, m := range []struct {
+		name    string
+		present bool
+	}{
+		{"time", f.Time != nil}, {"seq", f.Seq != nil},
+		{"uid", f.UID != nil}, {"gid", f.GID != nil}, {"pid", f.PID != nil},
+		{"op", f.Op != nil}, {"token", f.Token != nil}, {"key", f.Key != nil},
+		{"result", f.Result != nil}, {"prev", f.Prev != nil},
+	} {
+		if !m.present {
+			missing = append(missing, m.name)
+		}
+	}
+	if len(missing) > 0 {
+		return 0, "", fmt.Errorf("missing fields %v", missing)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, *f.Time); err != nil {
+		return 0, "", fmt.Errorf("bad time %q", *f.Time)
+	}
+	switch {
+	case *f.Seq == 0:
+		return 0, "", errors.New("seq 0")
+	case *f.Op == "":
+		return 0, "", errors.New("empty op")
+	case *f.Result == "":
+		return 0, "", errors.New("empty result")
+	case f.Count < 0:
+		return 0, "", fmt.Errorf("negative count %d", f.Count)
+	case !isHash(*f.Prev):
+		return 0, "", fmt.Errorf("prev %q is not 64 lower-case hex digits", *f.Prev)
+	}
+	return *f.Seq, *f.Prev, nil
+}
+
+// isHash reports whether s is a SHA-256 in lower-case hex.
+func isHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// lineHash is the SHA-256 of a line without its newline, in hex.
+func lineHash(line []byte) string {
+	sum := sha256.Sum256(line)
+	return hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,146 @@
+// Package client is the Go client of signerd's local gRPC API, and a
+// crypto.Signer whose private key stays in the daemon's HSM. It builds
+// with CGO_ENABLED=0, so a pure-Go security server can use it.
+package client
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+)
+
+// DefaultSocket is the socket of a system-wide signerd.
+const DefaultSocket = "/run/signerd/signer.sock"
+
+// SocketEnv names the environment variable that overrides DefaultSocket.
+const SocketEnv = "SIGNER_SOCKET"
+
+// SocketPath returns $SIGNER_SOCKET, or DefaultSocket when it is unset.
+func SocketPath() string {
+	if p := os.Getenv(SocketEnv); p != "" {
+		return p
+	}
+	return DefaultSocket
+}
+
+// Client is a connection to signerd, reused by every call. Deadlines come
+// from each call's context. It is safe for concurrent use.
+type Client struct {
+	signerv1.SignerClient
+	conn *grpc.ClientConn
+}
+
+// Dial prepares a connection to the daemon's Unix socket at path; the
+// connection is made on the first call. Extra options are passed to gRPC.
+func Dial(path string, opts ...grpc.DialOption) (*Client, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("socket path %q: %w", path, err)
+	}
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64 << 20)),
+	}, opts...)
+	conn, err := grpc.NewClient("unix://"+abs, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to signerd at %s: %w", abs, err)
+	}
+	return &Client{SignerClient: signerv1.NewSignerClient(conn), conn: conn}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Signer returns a crypto.Signer for the key with hex id keyID; its
+// private key stays in the daemon's HSM. The caller must be allowed to use
+// the key.
+func (c *Client) Signer(ctx context.Context, keyID string) (*Signer, error) {
+	k, err := c.GetKey(ctx, &signerv1.GetKeyRequest{KeyId: keyID})
+	if err != nil {
+		return nil, err
+	}
+	pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+	if err != nil {
+		return nil, fmt.Errorf("key %s: public key: %w", keyID, err)
+	}
+	return &Signer{c: c, keyID: keyID, pub: pub, Timeout: 30 * time.Second}, nil
+}
+
+// Signer is a key in signerd seen as a crypto.Signer, for crypto/tls,
+// x509.CreateCertificateRequest and the like.
+type Signer struct {
+	c     *Client
+	keyID string
+	pub   crypto.PublicKey
+	// Timeout bounds each Sign call, which carries no context.
+	Timeout time.Duration
+}
+
+// Public returns the key's public key.
+func (s *Signer) Public() crypto.PublicKey { return s.pub }
+
+// KeyID returns the key's hex id.
+func (s *Signer) KeyID() string { return s.keyID }
+
+// Sign implements crypto.Signer: opts chooses the hash, *rsa.PSSOptions
+// RSA-PSS (salt = hash length).
+func (s *Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
+	defer cancel()
+	return s.SignContext(ctx, digest, opts)
+}
+
+// SignContext is Sign with a context.
+func (s *Signer) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	alg, err := AlgorithmFor(s.pub, opts)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.c.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: s.keyID}, Algorithm: alg.Name, Digest: digest})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetSignature(), nil
+}
+
+// ErrUnsupported means the signer options ask for what the appliance does
+// not do (a hash other than SHA-256/384/512, a PSS salt other than the hash
+// length).
+var ErrUnsupported = errors.New("unsupported signer options")
+
+// AlgorithmFor picks the algorithm for a public key and signer options.
+func AlgorithmFor(pub crypto.PublicKey, opts crypto.SignerOpts) (sigalg.Algorithm, error) {
+	h := opts.HashFunc()
+	switch h {
+	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
+	default:
+		return sigalg.Algorithm{}, fmt.Errorf("%w: hash %v", ErrUnsupported, h)
+	}
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		return sigalg.For(sigalg.SchemeECDSA, h), nil
+	case *rsa.PublicKey:
+		if pss, ok := opts.(*rsa.PSSOptions); ok {
+			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
+				return sigalg.Algorithm{}, fmt.Errorf("%w: PSS salt length %d", ErrUnsupported, pss.SaltLength)
+			}
+			return sigalg.For(sigalg.SchemePSS, h), nil
+		}
+		return sigalg.For(sigalg.SchemePKCS1v15, h), nil
+	}
+	return sigalg.Algorithm{}, fmt.Errorf("%w: key type %T", ErrUnsupported, pub)
+}

@@ -1,0 +1,544 @@
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// checker collects every problem of one configuration, each placed on its
+// line when the document is known.
+type checker struct {
+	name string
+	data []byte    // the document, nil when checking values built in Go
+	ix   *keyIndex // built on the first problem
+	errs []error
+}
+
+func (ck *checker) index() *keyIndex {
+	if ck.ix == nil {
+		ck.ix = indexKeys(ck.data)
+	}
+	return ck.ix
+}
+
+// addf records a problem with key, an indexed name such as
+// "module[0].token[1].pin".
+func (ck *checker) addf(key, format string, args ...any) {
+	line := 0
+	if ck.data != nil {
+		line = ck.index().lineOf(key)
+	}
+	ck.errs = append(ck.errs, &Error{File: ck.name, Line: line, Key: key, Msg: key + ": " + fmt.Sprintf(format, args...)})
+}
+
+// err returns the problems found, in the order of their lines (those
+// without a line last), as one error.
+func (ck *checker) err() error {
+	slices.SortStableFunc(ck.errs, func(a, b error) int {
+		la, lb := a.(*Error).Line, b.(*Error).Line
+		if la == 0 || lb == 0 {
+			return cmp.Compare(lb, la) // 0 after any line
+		}
+		return cmp.Compare(la, lb)
+	})
+	switch len(ck.errs) {
+	case 0:
+		return nil
+	case 1:
+		return ck.errs[0]
+	}
+	return errors.Join(ck.errs...)
+}
+
+// unknownKeys reports every key the schema does not have: those the
+// decoder left undecoded, and those it matched only by ignoring case. A
+// key under an unknown table is not reported again. Each occurrence is
+// reported on its own line.
+func (ck *checker) unknownKeys(md toml.MetaData) {
+	allowed := allowedKeys()
+	unknown := map[string]bool{}
+	for _, k := range md.Undecoded() {
+		unknown[k.String()] = true
+	}
+	for _, k := range md.Keys() {
+		if !allowed[k.String()] {
+			unknown[k.String()] = true
+		}
+	}
+	if len(unknown) == 0 {
+		return
+	}
+	outermost := func(k toml.Key) bool {
+		for i := 1; i < len(k); i++ {
+			if unknown[k[:i].String()] {
+				return false
+			}
+		}
+		return true
+	}
+	add := func(k toml.Key, line int) {
+		ck.errs = append(ck.errs, &Error{File: ck.name, Line: line, Key: k.String(), Msg: fmt.Sprintf("unknown key %q", k.String())})
+	}
+	reported := map[string]bool{}
+	for _, d := range ck.index().defs {
+		if s := d.path.String(); unknown[s] && outermost(d.path) {
+			add(d.path, d.line)
+			reported[s] = true
+		}
+	}
+	for _, k := range md.Keys() { // any the scanner could not place
+		if s := k.String(); unknown[s] && !reported[s] && outermost(k) {
+			add(k, 0)
+			reported[s] = true
+		}
+	}
+}
+
+// config checks fc and converts it.
+func (ck *checker) config(fc *fileConfig) *Config {
+	c := &Config{Server: ck.server(&fc.Server)}
+	ck.modules(fc.Modules, c)
+	admins := Admins{
+		UIDs: ck.ids("policy.admins.uids", fc.Policy.Admins.UIDs, "uid"),
+		GIDs: ck.ids("policy.admins.gids", fc.Policy.Admins.GIDs, "gid"),
+	}
+	clients := make([]ClientRule, len(fc.Policy.Clients))
+	for i, fcl := range fc.Policy.Clients {
+		key := fmt.Sprintf("policy.client[%d]", i)
+		clients[i] = ClientRule{
+			Name:    fcl.Name,
+			UIDs:    ck.ids(key+".uids", fcl.UIDs, "uid"),
+			GIDs:    ck.ids(key+".gids", fcl.GIDs, "gid"),
+			Keys:    fcl.Keys,
+			Usages:  fcl.Usages,
+			Members: fcl.Members,
+		}
+	}
+	c.Policy = ck.policy(admins, clients)
+	return c
+}
+
+func (ck *checker) server(fs *fileServer) Server {
+	s := Server{
+		GRPCSocket:      fs.GRPCSocket,
+		HTTPSocket:      fs.HTTPSocket,
+		SocketGroup:     fs.SocketGroup,
+		StateDir:        fs.StateDir,
+		AuditFile:       fs.AuditFile,
+		AuditMode:       AuditMode(fs.AuditMode),
+		MaxMessageBytes: int(fs.MaxMessageBytes),
+		MaxBatch:        int(fs.MaxBatch),
+	}
+	ck.checkPath("server.grpc_socket", s.GRPCSocket, true)
+	ck.checkPath("server.http_socket", s.HTTPSocket, true)
+	if s.GRPCSocket == s.HTTPSocket {
+		ck.addf("server.http_socket", "must differ from grpc_socket")
+	}
+	ck.checkPath("server.state_dir", s.StateDir, false)
+	ck.checkPath("server.audit_file", s.AuditFile, false)
+	if g := s.SocketGroup; g != "" && (len(g) > 32 || g[0] == '-' || strings.ContainsFunc(g, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.')
+	})) {
+		ck.addf("server.socket_group", "%q is not a group name or gid", g)
+	}
+	switch s.AuditMode {
+	case AuditSync, AuditBuffered:
+	default:
+		ck.addf("server.audit_mode", "%q is not one of sync, buffered", fs.AuditMode)
+	}
+	if fs.MaxMessageBytes < 1 || fs.MaxMessageBytes > maxMessageLimit {
+		ck.addf("server.max_message_bytes", "%d is not between 1 and %d", fs.MaxMessageBytes, maxMessageLimit)
+	}
+	if fs.MaxBatch < 1 || fs.MaxBatch > maxBatchLimit {
+		ck.addf("server.max_batch", "%d is not between 1 and %d", fs.MaxBatch, maxBatchLimit)
+	}
+	d, err := time.ParseDuration(fs.ShutdownTimeout)
+	switch {
+	case err != nil:
+		ck.addf("server.shutdown_timeout", "%q is not a duration such as \"10s\"", fs.ShutdownTimeout)
+	case d <= 0:
+		ck.addf("server.shutdown_timeout", "%q must be greater than zero", fs.ShutdownTimeout)
+	}
+	s.ShutdownTimeout = d
+	level, ok := parseLevel(fs.LogLevel)
+	if !ok {
+		ck.addf("server.log_level", "%q is not one of debug, info, warn, error", fs.LogLevel)
+	}
+	s.LogLevel = level
+	return s
+}
+
+func (ck *checker) modules(fms []fileModule, c *Config) {
+	moduleNames := map[string]string{} // name -> key where first seen
+	modulePaths := map[string]string{}
+	tokenNames := map[string]string{}
+	for i, fm := range fms {
+		key := fmt.Sprintf("module[%d]", i)
+		m := Module{Name: fm.Name, Path: fm.Path}
+		if ck.checkName(key+".name", fm.Name) {
+			if first, dup := moduleNames[fm.Name]; dup {
+				ck.addf(key+".name", "%q is already the name of %s", fm.Name, first)
+			} else {
+				moduleNames[fm.Name] = key
+			}
+		}
+		if ck.checkPath(key+".path", fm.Path, false) {
+			if first, dup := modulePaths[fm.Path]; dup {
+				ck.addf(key+".path", "%s already loads %q; a library is loaded once, give all its tokens there", first, fm.Path)
+			} else {
+				modulePaths[fm.Path] = key
+			}
+		}
+		if len(fm.Tokens) == 0 {
+			ck.addf(key, "has no [[module.token]]")
+		}
+		selectors := map[string]string{}
+		for j, ft := range fm.Tokens {
+			tkey := fmt.Sprintf("%s.token[%d]", key, j)
+			t := Token{Name: ft.Name, Selector: ft.Token, PIN: PINSource{Kind: PINFromLogin}, Sessions: int(ft.Sessions), RSAVerify: true}
+			if ck.checkName(tkey+".name", ft.Name) {
+				if first, dup := tokenNames[ft.Name]; dup {
+					ck.addf(tkey+".name", "%q is already the name of %s; token names are unique across modules", ft.Name, first)
+				} else {
+					tokenNames[ft.Name] = tkey
+				}
+			}
+			if problem := selectorProblem(ft.Token); problem != "" {
+				ck.addf(tkey+".token", "%s", problem)
+			} else if first, dup := selectors[ft.Token]; dup {
+				ck.addf(tkey+".token", "%s already selects %q", first, ft.Token)
+			} else {
+				selectors[ft.Token] = tkey
+			}
+			if ft.PIN != nil {
+				ps, problem := parsePINSource(*ft.PIN)
+				if problem != "" {
+					ck.addf(tkey+".pin", "%s", problem)
+				}
+				t.PIN = ps
+			}
+			if ft.Sessions < 0 || ft.Sessions > MaxSessions {
+				ck.addf(tkey+".sessions", "%d is not between 0 (as many as CPUs) and %d", ft.Sessions, MaxSessions)
+			}
+			if ft.RSAVerify != nil {
+				t.RSAVerify = *ft.RSAVerify
+			}
+			m.Tokens = append(m.Tokens, t)
+		}
+		c.Modules = append(c.Modules, m)
+	}
+}
+
+// ids checks the uids or gids at key and narrows them.
+func (ck *checker) ids(key string, vs []int64, what string) []uint32 {
+	out := make([]uint32, 0, len(vs))
+	for i, v := range vs {
+		if v < 0 || v > maxID {
+			ck.addf(fmt.Sprintf("%s[%d]", key, i), "%d is not a %s (0 to %d)", v, what, maxID)
+			continue
+		}
+		out = append(out, uint32(v))
+	}
+	return out
+}
+
+// policy checks admins and clients and builds the policy from copies.
+func (ck *checker) policy(admins Admins, clients []ClientRule) *Policy {
+	p := &Policy{admins: Admins{UIDs: cloneIDs(admins.UIDs), GIDs: cloneIDs(admins.GIDs)}}
+	ck.idRange("policy.admins.uids", admins.UIDs, "uid")
+	ck.idRange("policy.admins.gids", admins.GIDs, "gid")
+	p.adminUIDs = setOf(p.admins.UIDs)
+	p.adminGIDs = setOf(p.admins.GIDs)
+	names := map[string]string{}
+	for i, r := range clients {
+		key := fmt.Sprintf("policy.client[%d]", i)
+		r = r.clone()
+		if ck.checkName(key+".name", r.Name) {
+			if first, dup := names[r.Name]; dup {
+				ck.addf(key+".name", "%q is already the name of %s", r.Name, first)
+			} else {
+				names[r.Name] = key
+			}
+		}
+		ck.idRange(key+".uids", r.UIDs, "uid")
+		ck.idRange(key+".gids", r.GIDs, "gid")
+		if len(r.UIDs) == 0 && len(r.GIDs) == 0 {
+			ck.addf(key, "names no uids and no gids, so it matches nobody")
+		}
+		for j, k := range r.Keys {
+			if k == Wildcard {
+				continue
+			}
+			if problem := keyIDProblem(k); problem != "" {
+				ck.addf(fmt.Sprintf("%s.keys[%d]", key, j), "%q %s", k, problem)
+			}
+			r.Keys[j] = strings.ToLower(k)
+		}
+		for j, u := range r.Usages {
+			switch u {
+			case UsageSign, UsageAuth, UsageTSA:
+			default:
+				ck.addf(fmt.Sprintf("%s.usages[%d]", key, j), "%q is not one of sign, auth, tsa", u)
+			}
+		}
+		for j, m := range r.Members {
+			if problem := memberProblem(m); problem != "" {
+				ck.addf(fmt.Sprintf("%s.members[%d]", key, j), "%q %s", m, problem)
+			}
+		}
+		p.rules = append(p.rules, compileRule(r))
+	}
+	return p
+}
+
+func cloneIDs(ids []uint32) []uint32 { return append([]uint32{}, ids...) }
+
+// idRange checks ids built in Go (the file's are checked by ids).
+func (ck *checker) idRange(key string, ids []uint32, what string) {
+	for i, id := range ids {
+		if id > maxID {
+			ck.addf(fmt.Sprintf("%s[%d]", key, i), "%d is not a %s (0 to %d)", id, what, maxID)
+		}
+	}
+}
+
+// checkName checks a module, token or client name and reports whether it is
+// usable.
+func (ck *checker) checkName(key, name string) bool {
+	switch {
+	case name == "":
+		ck.addf(key, "is missing")
+		return false
+	case len(name) > maxNameLen:
+		ck.addf(key, "is longer than %d bytes", maxNameLen)
+		return false
+	case !isName(name):
+		ck.addf(key, "%q may hold only letters, digits, '.', '_' and '-', and starts with a letter or digit", name)
+		return false
+	}
+	return true
+}
+
+func isName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '-')) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// checkPath checks an absolute path and reports whether it is usable.
+func (ck *checker) checkPath(key, p string, socket bool) bool {
+	if problem := pathProblem(p); problem != "" {
+		if p != "" {
+			ck.addf(key, "%q: %s", p, problem)
+		} else {
+			ck.addf(key, "%s", problem)
+		}
+		return false
+	}
+	// sun_path holds 108 bytes with the terminating NUL.
+	if socket && len(p) > 107 {
+		ck.addf(key, "%q is longer than 107 bytes, the most a Unix socket path can hold", p)
+		return false
+	}
+	return true
+}
+
+// pathProblem says what is wrong with p as an absolute path of a file, or
+// "". It never repeats p.
+func pathProblem(p string) string {
+	switch {
+	case p == "":
+		return "is empty; give an absolute path"
+	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return "holds a control character"
+	case !filepath.IsAbs(p):
+		return "is not an absolute path"
+	case filepath.Clean(p) != p:
+		return "is not a clean path (no //, /./, /../ or trailing /)"
+	case p == "/":
+		return "is the root directory"
+	}
+	return ""
+}
+
+// selectorProblem checks the syntax of a token selector as the hsm package
+// reads it, and is stricter: a PKCS#11 URI must name the token by token= or
+// serial=, may not name objects, and takes no query, since the module path
+// and the PIN come from the configuration. It never repeats a URI's query.
+func selectorProblem(s string) string {
+	const labelMax, serialMax = 32, 16 // CK_TOKEN_INFO field sizes
+	switch {
+	case s == "":
+		return "is missing"
+	case strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return "holds a control character"
+	case strings.HasPrefix(s, "serial:"):
+		v := strings.TrimPrefix(s, "serial:")
+		if v == "" || len(v) > serialMax {
+			return fmt.Sprintf("%q: a serial has 1 to %d bytes", s, serialMax)
+		}
+		return ""
+	case strings.HasPrefix(s, "label:"):
+		v := strings.TrimPrefix(s, "label:")
+		if v == "" || len(v) > labelMax {
+			return fmt.Sprintf("%q: a label has 1 to %d bytes", s, labelMax)
+		}
+		return ""
+	case !strings.HasPrefix(s, "pkcs11:"):
+		if len(s) > labelMax {
+			return fmt.Sprintf("%q: a label has at most %d bytes", s, labelMax)
+		}
+		return ""
+	}
+	path, _, hasQuery := strings.Cut(strings.TrimPrefix(s, "pkcs11:"), "?")
+	if hasQuery {
+		return fmt.Sprintf("%q: a PKCS#11 URI here takes no query (module-path, pin-source, pin-value): the module and the PIN come from [[module]] and pin", "pkcs11:"+path+"?…")
+	}
+	seen := map[string]bool{}
+	for attr := range strings.SplitSeq(path, ";") {
+		name, raw, ok := strings.Cut(attr, "=")
+		if !ok || name == "" {
+			return fmt.Sprintf("%q: attribute %q is not name=value", s, attr)
+		}
+		if seen[name] {
+			return fmt.Sprintf("%q: attribute %q is given twice", s, name)
+		}
+		seen[name] = true
+		v, err := url.PathUnescape(raw)
+		if err != nil {
+			return fmt.Sprintf("%q: attribute %q has bad percent-encoding", s, name)
+		}
+		switch name {
+		case "token", "manufacturer", "model":
+			if len(v) > labelMax {
+				return fmt.Sprintf("%q: %s has at most %d bytes", s, name, labelMax)
+			}
+		case "serial":
+			if len(v) > serialMax {
+				return fmt.Sprintf("%q: serial has at most %d bytes", s, serialMax)
+			}
+		case "library-manufacturer", "library-description", "library-version", "slot-description", "slot-manufacturer", "slot-id":
+		case "object", "id", "type":
+			return fmt.Sprintf("%q: %s= names an object, not a token", s, name)
+		default:
+			return fmt.Sprintf("%q: unknown attribute %q", s, name)
+		}
+	}
+	if !seen["token"] && !seen["serial"] {
+		return fmt.Sprintf("%q: names no token (give token= or serial=)", s)
+	}
+	return ""
+}
+
+// keyIDProblem checks a key id: hex of 1 to 128 bytes (a CKA_ID).
+func keyIDProblem(k string) string {
+	if k == "" || len(k)%2 != 0 || len(k) > 256 {
+		return `is not a key id: an even number (2 to 256) of hex digits, or "*"`
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return `is not a key id: an even number (2 to 256) of hex digits, or "*"`
+		}
+	}
+	return ""
+}
+
+// memberProblem checks a member identifier such as "EE/GOV/70000310".
+func memberProblem(m string) string {
+	switch {
+	case m == "":
+		return "is empty"
+	case len(m) > 255:
+		return "is longer than 255 bytes"
+	case strings.ContainsFunc(m, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return "holds a space or control character"
+	}
+	return ""
+}
+
+// types checks the TOML types of the decoded document v against the schema
+// type t, naming each mismatch with its indexed key. Keys that are not in
+// the schema are left to unknownKeys.
+func (ck *checker) types(v any, t reflect.Type, key string) {
+	switch t.Kind() {
+	case reflect.Pointer:
+		ck.types(v, t.Elem(), key)
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			ck.addf(key, "is %s; want a table", tomlTypeName(v))
+			return
+		}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			fv, ok := m[name]
+			if !ok {
+				continue
+			}
+			fkey := toml.Key{name}.String()
+			if key != "" {
+				fkey = key + "." + fkey
+			}
+			ck.types(fv, f.Type, fkey)
+		}
+	case reflect.Slice:
+		rv := reflect.ValueOf(v)
+		if v == nil || rv.Kind() != reflect.Slice {
+			ck.addf(key, "is %s; want an array", tomlTypeName(v))
+			return
+		}
+		for i := 0; i < rv.Len(); i++ {
+			ck.types(rv.Index(i).Interface(), t.Elem(), fmt.Sprintf("%s[%d]", key, i))
+		}
+	case reflect.String:
+		if _, ok := v.(string); !ok {
+			ck.addf(key, "is %s; want a string", tomlTypeName(v))
+		}
+	case reflect.Int64:
+		if _, ok := v.(int64); !ok {
+			ck.addf(key, "is %s; want an integer", tomlTypeName(v))
+		}
+	case reflect.Bool:
+		if _, ok := v.(bool); !ok {
+			ck.addf(key, "is %s; want true or false", tomlTypeName(v))
+		}
+	}
+}
+
+// tomlTypeName names the TOML type of a decoded value, with its article.
+func tomlTypeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case time.Time:
+		return "a date-time"
+	case map[string]any:
+		return "a table"
+	}
+	if reflect.ValueOf(v).Kind() == reflect.Slice {
+		return "an array"
+	}
+	return fmt.Sprintf("a %T", v)
+}

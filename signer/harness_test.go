@@ -1,0 +1,179 @@
+package signer
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"text/template"
+	"time"
+
+	"google.golang.org/grpc"
+
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/client"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/peercred"
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+)
+
+// testDaemon is a Service served over a real Unix socket on a fresh
+// SoftHSM token, with a real bbolt state file and audit log.
+type testDaemon struct {
+	t      testing.TB
+	soft   *softhsmtest.Token
+	dir    string
+	params daemonParams
+	cfg    *config.Config
+	svc    *Service
+	srv    *grpc.Server
+	sock   string
+	client *client.Client
+}
+
+// daemonParams fill the configuration template.
+type daemonParams struct {
+	Dir, Module, Label, PINFile, Group string
+	PIN                                string // "file:…" or "login"
+	UID                                int
+	ExtraPolicy                        string // more [[policy.client]] tables
+	ClientUsages                       string // the test user's usages, TOML array body
+	MaxBatch, MaxMessage               int
+	AuditMode                          string
+}
+
+var configTemplate = template.Must(template.New("cfg").Parse(`
+[server]
+grpc_socket = "{{.Dir}}/run/signer.sock"
+http_socket = "{{.Dir}}/run/http.sock"
+{{if .Group}}socket_group = "{{.Group}}"
+{{end}}state_dir = "{{.Dir}}/state"
+audit_file = "{{.Dir}}/audit.jsonl"
+audit_mode = "{{.AuditMode}}"
+max_batch = {{.MaxBatch}}
+max_message_bytes = {{.MaxMessage}}
+
+[[module]]
+name = "softhsm"
+path = "{{.Module}}"
+  [[module.token]]
+  name = "t1"
+  token = "label:{{.Label}}"
+  pin = "{{.PIN}}"
+
+[policy]
+  [policy.admins]
+  uids = [{{.UID}}]
+
+  [[policy.client]]
+  name = "tester"
+  uids = [{{.UID}}]
+  keys = ["*"]
+  usages = [{{.ClientUsages}}]
+  members = ["*"]
+{{.ExtraPolicy}}
+`))
+
+// newDaemon starts a daemon on a fresh token, logged in from a PIN file.
+func newDaemon(t testing.TB, edit ...func(*daemonParams)) *testDaemon {
+	t.Helper()
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	for _, d := range []string{"run", "state"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pinFile := filepath.Join(dir, "user.pin")
+	if err := os.WriteFile(pinFile, soft.UserPIN, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &testDaemon{t: t, soft: soft, dir: dir, params: daemonParams{
+		Dir: dir, Module: soft.ModulePath, Label: soft.Label, PINFile: pinFile, PIN: "file:" + pinFile,
+		UID: os.Getuid(), ClientUsages: `"sign"`, MaxBatch: 4096, MaxMessage: 4 << 20, AuditMode: "sync",
+	}}
+	for _, e := range edit {
+		e(&d.params)
+	}
+	d.start()
+	return d
+}
+
+func (d *testDaemon) writeConfig() string {
+	var b bytes.Buffer
+	if err := configTemplate.Execute(&b, d.params); err != nil {
+		d.t.Fatal(err)
+	}
+	path := filepath.Join(d.dir, "signerd.toml")
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+	return path
+}
+
+// start opens the service and serves it on the socket.
+func (d *testDaemon) start() {
+	t := d.t
+	t.Helper()
+	cfg, err := config.Load(d.writeConfig())
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	d.cfg = cfg
+	ctx := context.Background()
+	svc, err := New(ctx, cfg, Options{Version: "test"})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l, err := ListenUnix(ctx, cfg.Server.GRPCSocket, cfg.Server.SocketGroup)
+	if err != nil {
+		svc.Close()
+		t.Fatalf("ListenUnix: %v", err)
+	}
+	srv := grpc.NewServer(grpc.Creds(peercred.Credentials{}), grpc.UnaryInterceptor(svc.UnaryInterceptor()), grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes))
+	signerv1.RegisterSignerServer(srv, svc)
+	go func() { _ = srv.Serve(l) }()
+	c, err := client.Dial(cfg.Server.GRPCSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc, d.srv, d.sock, d.client = svc, srv, cfg.Server.GRPCSocket, c
+	t.Cleanup(d.stop)
+}
+
+// stop stops serving and closes the service; it may be called twice.
+func (d *testDaemon) stop() {
+	if d.svc == nil {
+		return
+	}
+	d.client.Close()
+	d.srv.Stop()
+	if err := d.svc.Close(); err != nil {
+		d.t.Errorf("Service.Close: %v", err)
+	}
+	d.svc = nil
+}
+
+// restart stops and starts the daemon on the same token, state and audit
+// log.
+func (d *testDaemon) restart() {
+	d.stop()
+	d.start()
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// genKey generates a key through the API.
+func (d *testDaemon) genKey(t testing.TB, label, alg string, usage signerv1.KeyUsage) *signerv1.Key {
+	t.Helper()
+	k, err := d.client.GenerateKey(testCtx(t), &signerv1.GenerateKeyRequest{Token: "t1", Label: label, Algorithm: alg, Usage: usage})
+	if err != nil {
+		t.Fatalf("GenerateKey %s: %v", label, err)
+	}
+	return k
+}

@@ -1,0 +1,278 @@
+package signer
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hsmsigner/hsmsigner/hsm"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
+	"github.com/hsmsigner/hsmsigner/signer/state"
+)
+
+// Key usages as the state and the policy name them.
+const (
+	UsageSign = "sign"
+	UsageAuth = "auth"
+	UsageTSA  = "tsa"
+)
+
+func usageName(u signerv1.KeyUsage) (string, error) {
+	switch u {
+	case signerv1.KeyUsage_KEY_USAGE_SIGN:
+		return UsageSign, nil
+	case signerv1.KeyUsage_KEY_USAGE_AUTH:
+		return UsageAuth, nil
+	case signerv1.KeyUsage_KEY_USAGE_TSA:
+		return UsageTSA, nil
+	}
+	return "", fmt.Errorf("%w: give a key usage (sign, auth or tsa)", ErrInvalid)
+}
+
+func usageEnum(u string) signerv1.KeyUsage {
+	switch u {
+	case UsageSign:
+		return signerv1.KeyUsage_KEY_USAGE_SIGN
+	case UsageAuth:
+		return signerv1.KeyUsage_KEY_USAGE_AUTH
+	case UsageTSA:
+		return signerv1.KeyUsage_KEY_USAGE_TSA
+	}
+	return signerv1.KeyUsage_KEY_USAGE_UNSPECIFIED
+}
+
+// keyMessage describes a key; rec is its state record, or nil.
+func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
+	msg := &signerv1.Key{
+		Id: k.IDHex(), Token: t.name, Label: k.Label, Type: k.Type.String(), Bits: int32(k.Bits), Curve: k.Curve,
+		Sensitive: k.Attrs.Sensitive, Extractable: k.Attrs.Extractable, CanDecrypt: k.Attrs.Decrypt,
+	}
+	if der, err := x509.MarshalPKIXPublicKey(k.Public); err == nil {
+		msg.PublicKey = der
+	}
+	switch k.Type {
+	case hsm.KeyRSA:
+		msg.Algorithms = []string{"SHA256withRSA", "SHA384withRSA", "SHA512withRSA", "SHA256withRSAandMGF1", "SHA384withRSAandMGF1", "SHA512withRSAandMGF1"}
+	case hsm.KeyEC:
+		msg.Algorithms = []string{"SHA256withECDSA", "SHA384withECDSA", "SHA512withECDSA"}
+	}
+	if rec != nil {
+		msg.Known, msg.Name, msg.Usage = true, rec.Name, usageEnum(rec.Usage)
+		msg.Created = timestamppb.New(rec.CreatedAt)
+	}
+	return msg
+}
+
+// GenerateKey implements signerv1.SignerServer. The key pair is made in
+// the HSM, then recorded in the state; if recording fails the pair is
+// destroyed again, so nothing is left half-done.
+func (s *Service) GenerateKey(ctx context.Context, req *signerv1.GenerateKeyRequest) (*signerv1.Key, error) {
+	c := callerFrom(ctx)
+	rec := audit.Record{Op: "key.generate", Token: req.GetToken(), Detail: fmt.Sprintf("label=%q algorithm=%s usage=%s", req.GetLabel(), req.GetAlgorithm(), req.GetUsage())}
+	msg, err := s.generateKey(ctx, req)
+	if msg != nil {
+		rec.Key = msg.Id
+	}
+	if err = s.audited(ctx, c, rec, err); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+func (s *Service) generateKey(ctx context.Context, req *signerv1.GenerateKeyRequest) (*signerv1.Key, error) {
+	t, err := s.token(req.GetToken())
+	if err != nil {
+		return nil, err
+	}
+	spec, err := hsm.ParseKeySpec(req.GetAlgorithm())
+	if err != nil {
+		return nil, err
+	}
+	usage, err := usageName(req.GetUsage())
+	if err != nil {
+		return nil, err
+	}
+	k, err := t.tok.GenerateKey(ctx, spec, req.GetLabel())
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	kr := state.KeyRecord{Token: t.tok.Serial(), ID: k.IDHex(), Label: k.Label, Name: req.GetName(), Usage: usage, Spec: string(spec), CreatedAt: now, UpdatedAt: now}
+	if err := s.store.CreateKey(ctx, kr); err != nil {
+		if derr := t.tok.DeleteKey(context.WithoutCancel(ctx), k.ID); derr != nil {
+			s.log.Error("key generated but neither recorded nor removed", "key", k.IDHex(), "error", derr.Error())
+		}
+		return nil, fmt.Errorf("recording the key (it was removed from the HSM again): %w", err)
+	}
+	return keyMessage(t, k, &kr), nil
+}
+
+// ListKeys implements signerv1.SignerServer.
+func (s *Service) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
+	resp := &signerv1.ListKeysResponse{SkippedTokens: map[string]string{}}
+	for _, t := range s.tokens {
+		if req.GetToken() != "" && t.name != req.GetToken() {
+			continue
+		}
+		keys, err := t.tok.ListKeys(ctx)
+		if isTokenUnusable(err) {
+			resp.SkippedTokens[t.name] = err.Error()
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("token %q: %w", t.name, err)
+		}
+		for _, k := range keys {
+			rec, err := s.store.GetKey(ctx, t.tok.Serial(), k.IDHex())
+			switch {
+			case errors.Is(err, state.ErrNotFound):
+				resp.Keys = append(resp.Keys, keyMessage(t, k, nil))
+			case err != nil:
+				return nil, err
+			default:
+				resp.Keys = append(resp.Keys, keyMessage(t, k, &rec))
+			}
+		}
+	}
+	if req.GetToken() != "" {
+		if _, err := s.token(req.GetToken()); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+// findKey returns the token and key for a hex key id, looking on every
+// token.
+func (s *Service) findKey(ctx context.Context, idHex string) (*tokenEntry, hsm.Key, *state.KeyRecord, error) {
+	id, err := parseKeyID(idHex)
+	if err != nil {
+		return nil, hsm.Key{}, nil, err
+	}
+	var firstErr error
+	for _, t := range s.tokens {
+		k, err := t.tok.KeyByID(ctx, id)
+		if err != nil {
+			if firstErr == nil || errors.Is(firstErr, hsm.ErrKeyNotFound) {
+				firstErr = err
+			}
+			continue
+		}
+		rec, err := s.store.GetKey(ctx, t.tok.Serial(), k.IDHex())
+		switch {
+		case errors.Is(err, state.ErrNotFound):
+			return t, k, nil, nil
+		case err != nil:
+			return nil, hsm.Key{}, nil, err
+		}
+		return t, k, &rec, nil
+	}
+	if firstErr == nil || errors.Is(firstErr, hsm.ErrKeyNotFound) {
+		return nil, hsm.Key{}, nil, fmt.Errorf("%w: %s", hsm.ErrKeyNotFound, idHex)
+	}
+	return nil, hsm.Key{}, nil, firstErr
+}
+
+func parseKeyID(idHex string) ([]byte, error) {
+	id, err := hex.DecodeString(idHex)
+	if err != nil || len(id) == 0 {
+		return nil, fmt.Errorf("%w: key id %q is not hex", ErrInvalid, idHex)
+	}
+	return id, nil
+}
+
+// GetKey implements signerv1.SignerServer. A caller that is not an admin
+// sees only keys the policy lets it sign with.
+func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*signerv1.Key, error) {
+	if c := callerFrom(ctx); !c.admin {
+		ref, err := s.resolveKey(ctx, req.GetKeyId())
+		if err != nil {
+			return nil, err
+		}
+		if err := policyAllowsKey(c, ref); err != nil {
+			return nil, err
+		}
+	}
+	t, k, rec, err := s.findKey(ctx, req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	return keyMessage(t, k, rec), nil
+}
+
+// DeleteKey implements signerv1.SignerServer.
+func (s *Service) DeleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest) (*signerv1.DeleteKeyResponse, error) {
+	c := callerFrom(ctx)
+	rec := audit.Record{Op: "key.delete", Key: req.GetKeyId()}
+	err := s.deleteKey(ctx, req, &rec)
+	if err = s.audited(ctx, c, rec, err); err != nil {
+		return nil, err
+	}
+	return &signerv1.DeleteKeyResponse{}, nil
+}
+
+func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record) error {
+	t, k, kr, err := s.findKey(ctx, req.GetKeyId())
+	if err != nil {
+		return err
+	}
+	rec.Token = t.name
+	defer s.forgetKeyRefs()
+	if err := t.tok.DeleteKey(ctx, k.ID); err != nil {
+		return err
+	}
+	if kr != nil {
+		if err := s.store.DeleteKey(ctx, kr.Token, kr.ID); err != nil && !errors.Is(err, state.ErrNotFound) {
+			return fmt.Errorf("the key is gone from the HSM but its record stays: %w", err)
+		}
+	}
+	return nil
+}
+
+// RenameKey implements signerv1.SignerServer.
+func (s *Service) RenameKey(ctx context.Context, req *signerv1.RenameKeyRequest) (*signerv1.Key, error) {
+	c := callerFrom(ctx)
+	rec := audit.Record{Op: "key.rename", Key: req.GetKeyId(), Detail: fmt.Sprintf("name=%q", req.GetName())}
+	msg, err := s.renameKey(ctx, req)
+	if msg != nil {
+		rec.Token = msg.Token
+	}
+	if err = s.audited(ctx, c, rec, err); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+func (s *Service) renameKey(ctx context.Context, req *signerv1.RenameKeyRequest) (*signerv1.Key, error) {
+	t, k, kr, err := s.findKey(ctx, req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	defer s.forgetKeyRefs()
+	if kr != nil {
+		if req.GetUsage() != signerv1.KeyUsage_KEY_USAGE_UNSPECIFIED && usageEnum(kr.Usage) != req.GetUsage() {
+			return nil, fmt.Errorf("%w: key %s has usage %s; a key's usage does not change", ErrPrecondition, kr.ID, kr.Usage)
+		}
+		if err := s.store.RenameKey(ctx, kr.Token, kr.ID, req.GetName()); err != nil {
+			return nil, err
+		}
+		kr.Name = req.GetName()
+		return keyMessage(t, k, kr), nil
+	}
+	usage, err := usageName(req.GetUsage())
+	if err != nil {
+		return nil, fmt.Errorf("key %s is not recorded yet: %w", k.IDHex(), err)
+	}
+	now := time.Now().UTC()
+	nr := state.KeyRecord{Token: t.tok.Serial(), ID: k.IDHex(), Label: k.Label, Name: req.GetName(), Usage: usage, CreatedAt: now, UpdatedAt: now}
+	if err := s.store.CreateKey(ctx, nr); err != nil {
+		return nil, err
+	}
+	return keyMessage(t, k, &nr), nil
+}

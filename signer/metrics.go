@@ -1,0 +1,90 @@
+package signer
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/codes"
+)
+
+// metrics are the service's Prometheus metrics, in a registry of its own.
+type metrics struct {
+	reg     *prometheus.Registry
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+func newMetrics(s *Service) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signerd_calls_total", Help: "API calls by method and gRPC code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "signerd_call_seconds", Help: "API call latency by method.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 18),
+		}, []string{"method"}),
+	}
+	m.reg.MustRegister(m.calls, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, t := range s.tokens {
+		labels := prometheus.Labels{"token": t.name}
+		tok := t.tok
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_hsm_sessions_open", Help: "Open PKCS#11 sessions in the token's pool.", ConstLabels: labels},
+				func() float64 { return float64(tok.Stats().Open) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_hsm_sessions_in_use", Help: "Pool sessions in use.", ConstLabels: labels},
+				func() float64 { st := tok.Stats(); return float64(st.Open - st.Idle) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_hsm_session_waits_total", Help: "Calls that waited for a free session.", ConstLabels: labels},
+				func() float64 { return float64(tok.Stats().Waits) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_hsm_relogins_total", Help: "Re-logins with the kept PIN after an HSM reset.", ConstLabels: labels},
+				func() float64 { return float64(tok.Stats().Logins) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_token_logged_in", Help: "1 when the token is logged in.", ConstLabels: labels},
+				func() float64 { return boolFloat(tok.LoggedIn()) }),
+		)
+	}
+	for _, me := range s.modules {
+		mod := me.mod
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "signerd_hsm_module_ready", Help: "1 when the PKCS#11 module is initialised and usable.", ConstLabels: prometheus.Labels{"module": me.name},
+		}, func() float64 { return boolFloat(mod.Info().Ready) }))
+	}
+	return m
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (m *metrics) observe(fullMethod string, code codes.Code, d time.Duration) {
+	method := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
+	m.calls.WithLabelValues(method, code.String()).Inc()
+	m.latency.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// HTTPHandler serves /metrics (Prometheus) and /healthz (200 once every
+// module is ready, 503 otherwise) for the HTTP socket.
+func (s *Service) HTTPHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !s.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			for _, m := range s.modules {
+				if mi := m.mod.Info(); !mi.Ready {
+					_, _ = w.Write([]byte("module " + m.name + " not ready: " + mi.Down + "\n"))
+				}
+			}
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}

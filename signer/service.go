@@ -1,0 +1,205 @@
+package signer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hsmsigner/hsmsigner/hsm"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/state"
+)
+
+// StateFile is the name of the bbolt file in the state directory.
+const StateFile = "signer.db"
+
+// Options configures New.
+type Options struct {
+	// Logger receives the service's logs; nil discards them.
+	Logger *slog.Logger
+	// Version is reported by GetStatus.
+	Version string
+}
+
+// Service implements the signer.v1 API. Create it with New and Close it
+// when done.
+type Service struct {
+	signerv1.UnimplementedSignerServer
+
+	cfg     *config.Config
+	log     *slog.Logger
+	version string
+	started time.Time
+
+	store   *state.Store
+	audit   *audit.Log
+	policy  atomic.Pointer[config.Policy]
+	modules []*moduleEntry
+	tokens  []*tokenEntry
+
+	keysMu sync.RWMutex
+	keys   map[string]*keyRef // hex id → where the key is and what it is for
+
+	metrics *metrics
+}
+
+type moduleEntry struct {
+	name string
+	mod  *hsm.Module
+}
+
+type tokenEntry struct {
+	name   string
+	module *moduleEntry
+	tok    *hsm.Token
+}
+
+// keyRef locates a key and carries what the state knows of it.
+type keyRef struct {
+	tok   *tokenEntry
+	id    []byte
+	idHex string
+	usage string // "" when the state does not know the key
+	label string
+}
+
+// New opens the state and the audit log, loads the modules, finds the
+// tokens and logs in where a PIN source is configured. On error everything
+// opened so far is closed again.
+func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, log: log, version: opts.Version, started: time.Now(), keys: map[string]*keyRef{}}
+	defer func() {
+		if err != nil {
+			_ = s.Close()
+		}
+	}()
+	s.policy.Store(cfg.Policy)
+	if s.store, err = state.Open(ctx, filepath.Join(cfg.Server.StateDir, StateFile)); err != nil {
+		return nil, fmt.Errorf("opening state: %w", err)
+	}
+	mode := audit.Sync
+	if cfg.Server.AuditMode == config.AuditBuffered {
+		mode = audit.Buffered
+	}
+	if s.audit, err = audit.Open(ctx, cfg.Server.AuditFile, audit.Options{Mode: mode}); err != nil {
+		return nil, fmt.Errorf("opening audit log: %w", err)
+	}
+	for _, mc := range cfg.Modules {
+		m, err := hsm.OpenModule(ctx, mc.Path, hsm.WithLogger(log))
+		if err != nil {
+			return nil, fmt.Errorf("module %q: %w", mc.Name, err)
+		}
+		me := &moduleEntry{name: mc.Name, mod: m}
+		s.modules = append(s.modules, me)
+		for _, tc := range mc.Tokens {
+			te, err := s.openToken(ctx, me, tc)
+			if err != nil {
+				return nil, fmt.Errorf("token %q: %w", tc.Name, err)
+			}
+			s.tokens = append(s.tokens, te)
+		}
+	}
+	s.metrics = newMetrics(s)
+	return s, nil
+}
+
+func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Token) (*tokenEntry, error) {
+	sel, err := hsm.ParseTokenSelector(tc.Selector)
+	if err != nil {
+		return nil, err
+	}
+	opts := []hsm.TokenOption{hsm.WithRSAVerify(tc.RSAVerify)}
+	if tc.Sessions > 0 {
+		opts = append(opts, hsm.WithPoolSize(tc.Sessions))
+	}
+	tok, err := me.mod.Token(ctx, sel, opts...)
+	if err != nil {
+		return nil, err
+	}
+	te := &tokenEntry{name: tc.Name, module: me, tok: tok}
+	src := tc.PIN
+	pin, err := src.Read(ctx)
+	switch {
+	case errors.Is(err, config.ErrNoPIN):
+		s.log.Info("token waits for an officer to log in", "token", tc.Name)
+		return te, nil
+	case err != nil:
+		return nil, err
+	}
+	defer clear(pin)
+	if err := tok.Login(ctx, pin); err != nil {
+		return nil, fmt.Errorf("logging in with the PIN from %s: %w", src.Kind, err)
+	}
+	s.log.Info("token logged in", "token", tc.Name, "pin_source", src.Kind)
+	return te, nil
+}
+
+// Close closes the audit log, logs out every token, zeroes the kept PINs,
+// finalizes the modules and closes the state.
+func (s *Service) Close() error {
+	var errs []error
+	for _, m := range s.modules {
+		if err := m.mod.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
+		}
+	}
+	s.modules = nil
+	if s.audit != nil {
+		if err := s.audit.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("audit log: %w", err))
+		}
+		s.audit = nil
+	}
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("state: %w", err))
+		}
+		s.store = nil
+	}
+	return errors.Join(errs...)
+}
+
+// SetPolicy replaces the access policy; calls already admitted finish
+// under the old one.
+func (s *Service) SetPolicy(p *config.Policy) { s.policy.Store(p) }
+
+// Registry returns the service's Prometheus registry.
+func (s *Service) Registry() *prometheus.Registry { return s.metrics.reg }
+
+// Ready reports whether every module is initialised.
+func (s *Service) Ready() bool {
+	for _, m := range s.modules {
+		if !m.mod.Info().Ready {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Service) token(name string) (*tokenEntry, error) {
+	for _, t := range s.tokens {
+		if t.name == name {
+			return t, nil
+		}
+	}
+	if name == "" && len(s.tokens) == 1 {
+		return s.tokens[0], nil
+	}
+	if name == "" {
+		return nil, fmt.Errorf("%w: name a token (%d are configured)", ErrInvalid, len(s.tokens))
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownToken, name)
+}

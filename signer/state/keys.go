@@ -1,0 +1,286 @@
+package state
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Key usages. A key's usage may also be empty: not yet assigned (X-Road
+// assigns it when the first certificate request is made).
+const (
+	UsageSign = "sign" // signing messages for a member
+	UsageAuth = "auth" // the security server's TLS authentication
+	UsageTSA  = "tsa"  // issuing RFC 3161 timestamps
+)
+
+// KeyRecord is what the state knows about one key object in an HSM. Token
+// and ID identify the key; the HSM holds the key itself.
+type KeyRecord struct {
+	// Token is the serial number of the token holding the key.
+	Token string `json:"token"`
+	// ID is the key's CKA_ID in hex; stored in lower case.
+	ID string `json:"id"`
+	// Label is the key's CKA_LABEL; unique per token among stored records
+	// when not empty.
+	Label string `json:"label,omitempty"`
+	// Name is the officer's friendly name for the key.
+	Name string `json:"name,omitempty"`
+	// Usage is UsageSign, UsageAuth, UsageTSA, or empty (not assigned).
+	Usage string `json:"usage,omitempty"`
+	// Spec describes the key type, e.g. "rsa-3072" or "ec-p256".
+	Spec string `json:"spec,omitempty"`
+	// CreatedAt is set when the record is first written, unless given.
+	CreatedAt time.Time `json:"created_at"`
+	// UpdatedAt is set on every write.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// keyKey is the bucket key of a key record.
+func keyKey(token, id string) string { return token + "/" + id }
+
+// normKeyRef validates a token serial and key id and returns the normalised
+// id.
+func normKeyRef(token, id string) (string, error) {
+	if err := validToken(token); err != nil {
+		return "", err
+	}
+	return normKeyID(id)
+}
+
+// normalize validates r and lower-cases its id.
+func (r *KeyRecord) normalize() error {
+	id, err := normKeyRef(r.Token, r.ID)
+	if err != nil {
+		return err
+	}
+	r.ID = id
+	switch r.Usage {
+	case "", UsageSign, UsageAuth, UsageTSA:
+	default:
+		return fmt.Errorf("%w: unknown key usage %q (want %s, %s or %s)", ErrInvalid, r.Usage, UsageSign, UsageAuth, UsageTSA)
+	}
+	for _, f := range []struct{ what, v string }{{"label", r.Label}, {"name", r.Name}, {"spec", r.Spec}} {
+		if err := validText("key "+f.what, f.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutKey writes rec, replacing any record for the same token and id. A
+// zero CreatedAt keeps the stored one (or becomes now); UpdatedAt becomes
+// now. It fails with ErrExists when another key of the token has the same
+// non-empty label.
+func (t *Tx) PutKey(rec KeyRecord) error { return t.putKey(rec, false) }
+
+// CreateKey writes rec as a new key. It fails with ErrExists when a record
+// for the same token and id exists, or another key of the token has the same
+// non-empty label; the check and the write are one step.
+func (t *Tx) CreateKey(rec KeyRecord) error { return t.putKey(rec, true) }
+
+func (t *Tx) putKey(rec KeyRecord, create bool) error {
+	if err := rec.normalize(); err != nil {
+		return err
+	}
+	keys, err := t.bucket(bucketKeys, true)
+	if err != nil {
+		return err
+	}
+	labels, err := t.bucket(bucketKeyLabels, true)
+	if err != nil {
+		return err
+	}
+	k := keyKey(rec.Token, rec.ID)
+	var old KeyRecord
+	exists, err := getJSON(keys, k, &old)
+	if err != nil {
+		return err
+	}
+	if exists && create {
+		return fmt.Errorf("%w: key %s", ErrExists, k)
+	}
+	if rec.Label != "" {
+		if owner := labels.Get([]byte(keyKey(rec.Token, rec.Label))); owner != nil && string(owner) != rec.ID {
+			return fmt.Errorf("%w: token %s already has a key labelled %q (id %s)", ErrExists, rec.Token, rec.Label, owner)
+		}
+	}
+	if rec.CreatedAt.IsZero() {
+		rec.CreatedAt = t.now
+		if exists {
+			rec.CreatedAt = old.CreatedAt
+		}
+	}
+	rec.UpdatedAt = t.now
+
+	// All checks done; write.
+	if exists && old.Label != rec.Label {
+		if err := dropLabel(labels, old); err != nil {
+			return err
+		}
+	}
+	if rec.Label != "" {
+		if err := labels.Put([]byte(keyKey(rec.Token, rec.Label)), []byte(rec.ID)); err != nil {
+			return fmt.Errorf("state: write label index: %w", err)
+		}
+	}
+	return putJSON(keys, k, rec)
+}
+
+// dropLabel removes rec's entry from the label index if it points to rec.
+func dropLabel(labels *bolt.Bucket, rec KeyRecord) error {
+	if rec.Label == "" {
+		return nil
+	}
+	lk := []byte(keyKey(rec.Token, rec.Label))
+	if owner := labels.Get(lk); owner == nil || string(owner) != rec.ID {
+		return nil
+	}
+	if err := labels.Delete(lk); err != nil {
+		return fmt.Errorf("state: drop label index: %w", err)
+	}
+	return nil
+}
+
+// GetKey returns the record of key id on token, or ErrNotFound.
+func (t *Tx) GetKey(token, id string) (KeyRecord, error) {
+	id, err := normKeyRef(token, id)
+	if err != nil {
+		return KeyRecord{}, err
+	}
+	keys, err := t.bucket(bucketKeys, false)
+	if err != nil {
+		return KeyRecord{}, err
+	}
+	var rec KeyRecord
+	found, err := getJSON(keys, keyKey(token, id), &rec)
+	if err != nil {
+		return KeyRecord{}, err
+	}
+	if !found {
+		return KeyRecord{}, fmt.Errorf("%w: key %s", ErrNotFound, keyKey(token, id))
+	}
+	return rec, nil
+}
+
+// ListKeys returns every key record, ordered by token serial, then id.
+func (t *Tx) ListKeys() ([]KeyRecord, error) {
+	keys, err := t.bucket(bucketKeys, false)
+	if err != nil {
+		return nil, err
+	}
+	var out []KeyRecord
+	err = keys.ForEach(func(k, v []byte) error {
+		var rec KeyRecord
+		if _, err := decodeJSON(string(k), v, &rec); err != nil {
+			return err
+		}
+		out = append(out, rec)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// UpdateKey reads the record of key id on token, lets fn change it, and
+// writes it back as PutKey does. If fn returns an error, nothing is written
+// and that error is returned. fn may not change Token or ID (ErrInvalid).
+func (t *Tx) UpdateKey(token, id string, fn func(*KeyRecord) error) error {
+	if _, err := t.bucket(bucketKeys, true); err != nil {
+		return err
+	}
+	rec, err := t.GetKey(token, id)
+	if err != nil {
+		return err
+	}
+	tok, kid := rec.Token, rec.ID
+	if err := fn(&rec); err != nil {
+		return err
+	}
+	if rec.Token != tok || rec.ID != kid {
+		return fmt.Errorf("%w: update may not change a key's token or id", ErrInvalid)
+	}
+	return t.putKey(rec, false)
+}
+
+// RenameKey sets the friendly name of key id on token; an empty name clears
+// it. ErrNotFound when there is no such record.
+func (t *Tx) RenameKey(token, id, newName string) error {
+	return t.UpdateKey(token, id, func(r *KeyRecord) error {
+		r.Name = newName
+		return nil
+	})
+}
+
+// DeleteKey removes the record of key id on token, or returns ErrNotFound.
+// Certificates and CSRs of the key are not touched; delete them in the same
+// Update when that is wanted.
+func (t *Tx) DeleteKey(token, id string) error {
+	keys, err := t.bucket(bucketKeys, true)
+	if err != nil {
+		return err
+	}
+	labels, err := t.bucket(bucketKeyLabels, true)
+	if err != nil {
+		return err
+	}
+	rec, err := t.GetKey(token, id)
+	if err != nil {
+		return err
+	}
+	if err := dropLabel(labels, rec); err != nil {
+		return err
+	}
+	if err := keys.Delete([]byte(keyKey(rec.Token, rec.ID))); err != nil {
+		return fmt.Errorf("state: delete key: %w", err)
+	}
+	return nil
+}
+
+// PutKey writes rec in its own transaction; see Tx.PutKey.
+func (s *Store) PutKey(ctx context.Context, rec KeyRecord) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.PutKey(rec) })
+}
+
+// CreateKey writes rec as a new key in its own transaction; see
+// Tx.CreateKey.
+func (s *Store) CreateKey(ctx context.Context, rec KeyRecord) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.CreateKey(rec) })
+}
+
+// GetKey returns the record of key id on token; see Tx.GetKey.
+func (s *Store) GetKey(ctx context.Context, token, id string) (rec KeyRecord, err error) {
+	err = s.View(ctx, func(tx *Tx) error {
+		rec, err = tx.GetKey(token, id)
+		return err
+	})
+	return rec, err
+}
+
+// ListKeys returns every key record; see Tx.ListKeys.
+func (s *Store) ListKeys(ctx context.Context) (recs []KeyRecord, err error) {
+	err = s.View(ctx, func(tx *Tx) error {
+		recs, err = tx.ListKeys()
+		return err
+	})
+	return recs, err
+}
+
+// UpdateKey changes a key record in one transaction; see Tx.UpdateKey.
+func (s *Store) UpdateKey(ctx context.Context, token, id string, fn func(*KeyRecord) error) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.UpdateKey(token, id, fn) })
+}
+
+// RenameKey sets a key's friendly name; see Tx.RenameKey.
+func (s *Store) RenameKey(ctx context.Context, token, id, newName string) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.RenameKey(token, id, newName) })
+}
+
+// DeleteKey removes a key record; see Tx.DeleteKey.
+func (s *Store) DeleteKey(ctx context.Context, token, id string) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.DeleteKey(token, id) })
+}

@@ -1,0 +1,128 @@
+package signer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hsmsigner/hsmsigner/hsm"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
+)
+
+// GetStatus implements signerv1.SignerServer.
+func (s *Service) GetStatus(ctx context.Context, _ *signerv1.GetStatusRequest) (*signerv1.Status, error) {
+	c := callerFrom(ctx)
+	st := &signerv1.Status{
+		Version:       s.version,
+		Started:       timestamppb.New(s.started),
+		UptimeSeconds: int64(time.Since(s.started).Seconds()),
+		Caller:        &signerv1.Caller{Uid: c.peer.UID, Gid: c.peer.GID, Pid: c.peer.PID, Role: c.roleName()},
+	}
+	for _, m := range s.modules {
+		mi := m.mod.Info()
+		st.Modules = append(st.Modules, &signerv1.Module{
+			Name: m.name, Path: mi.Path, Manufacturer: mi.Manufacturer, Description: mi.Description,
+			LibraryVersion: mi.LibraryVersion, Ready: mi.Ready, DownReason: mi.Down, Generation: mi.Generation,
+		})
+	}
+	for _, t := range s.tokens {
+		st.Tokens = append(st.Tokens, s.tokenMessage(ctx, t))
+	}
+	return st, nil
+}
+
+// tokenMessage describes a token; an unreachable token is reported as
+// unavailable with the reason, not as an error.
+func (s *Service) tokenMessage(ctx context.Context, t *tokenEntry) *signerv1.Token {
+	ps := t.tok.Stats()
+	msg := &signerv1.Token{
+		Name: t.name, Module: t.module.name, Label: t.tok.Label(), Serial: t.tok.Serial(),
+		LoggedIn: t.tok.LoggedIn(), PoolSize: uint32(ps.Size), SessionsOpen: uint32(ps.Open),
+		SessionsInUse: uint32(ps.Open - ps.Idle), SessionWaits: ps.Waits, Relogins: ps.Logins,
+	}
+	info, err := t.tok.Info(ctx)
+	if err != nil {
+		msg.UnavailableReason = err.Error()
+		return msg
+	}
+	msg.Available = true
+	msg.Manufacturer, msg.Model, msg.LoginRequired = info.Manufacturer, info.Model, info.LoginRequired
+	msg.Pin = &signerv1.PinStatus{CountLow: info.PIN.CountLow, FinalTry: info.PIN.FinalTry, Locked: info.PIN.Locked, ToBeChanged: info.PIN.ToBeChanged}
+	return msg
+}
+
+// ListTokens implements signerv1.SignerServer.
+func (s *Service) ListTokens(ctx context.Context, _ *signerv1.ListTokensRequest) (*signerv1.ListTokensResponse, error) {
+	resp := &signerv1.ListTokensResponse{}
+	for _, t := range s.tokens {
+		resp.Tokens = append(resp.Tokens, s.tokenMessage(ctx, t))
+	}
+	return resp, nil
+}
+
+// GetToken implements signerv1.SignerServer.
+func (s *Service) GetToken(ctx context.Context, req *signerv1.GetTokenRequest) (*signerv1.Token, error) {
+	t, err := s.token(req.GetToken())
+	if err != nil {
+		return nil, err
+	}
+	return s.tokenMessage(ctx, t), nil
+}
+
+// LoginToken implements signerv1.SignerServer. The PIN is zeroed in the
+// request once used and never audited.
+func (s *Service) LoginToken(ctx context.Context, req *signerv1.LoginTokenRequest) (*signerv1.Token, error) {
+	defer clear(req.Pin)
+	c := callerFrom(ctx)
+	t, err := s.token(req.GetToken())
+	if err == nil {
+		err = t.tok.Login(ctx, req.GetPin())
+	}
+	if err = s.audited(ctx, c, audit.Record{Op: "token.login", Token: req.GetToken()}, err); err != nil {
+		return nil, err
+	}
+	s.forgetKeyRefs()
+	return s.tokenMessage(ctx, t), nil
+}
+
+// LogoutToken implements signerv1.SignerServer.
+func (s *Service) LogoutToken(ctx context.Context, req *signerv1.LogoutTokenRequest) (*signerv1.Token, error) {
+	c := callerFrom(ctx)
+	t, err := s.token(req.GetToken())
+	if err == nil {
+		err = t.tok.Logout(ctx)
+	}
+	if err = s.audited(ctx, c, audit.Record{Op: "token.logout", Token: req.GetToken()}, err); err != nil {
+		return nil, err
+	}
+	return s.tokenMessage(ctx, t), nil
+}
+
+// ChangePin implements signerv1.SignerServer.
+func (s *Service) ChangePin(ctx context.Context, req *signerv1.ChangePinRequest) (*signerv1.Token, error) {
+	defer clear(req.OldPin)
+	defer clear(req.NewPin)
+	c := callerFrom(ctx)
+	t, err := s.token(req.GetToken())
+	if err == nil {
+		if len(req.GetNewPin()) == 0 {
+			err = fmt.Errorf("%w: the new PIN is empty", ErrInvalid)
+		} else {
+			err = t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin())
+		}
+	}
+	if err = s.audited(ctx, c, audit.Record{Op: "token.change_pin", Token: req.GetToken()}, err); err != nil {
+		return nil, err
+	}
+	return s.tokenMessage(ctx, t), nil
+}
+
+// isTokenUnusable reports errors that mean a token's keys cannot be listed
+// now (not logged in, gone) rather than a failure of the request.
+func isTokenUnusable(err error) bool {
+	return errors.Is(err, hsm.ErrNotLoggedIn) || errors.Is(err, hsm.ErrUnavailable) || errors.Is(err, hsm.ErrClosed)
+}
