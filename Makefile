@@ -7,7 +7,7 @@ GO ?= go
 DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc
 
-.PHONY: all build vet test bench fuzz deps
+.PHONY: all build vet test dev bench bench-daemon fuzz generate deps
 
 all: build
 
@@ -20,11 +20,34 @@ vet:
 test: deps
 	$(GO) test -race -count=1 ./...
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2000x ./hsm/
+# dev runs signerd on a throwaway SoftHSM token under ./signer-dev.
+dev: deps
+	$(GO) run ./cmd/signerd dev --dir signer-dev
 
+# bench: the hsm pool against raw C_Sign in the same run (pool/raw).
+bench: deps
+	$(GO) test -run '^$$' -bench BenchmarkSign -benchtime 2000x ./hsm/
+
+# bench-daemon: signing through signerd's socket against in-process hsm
+# signing in the same run (daemon/raw).
+bench-daemon: deps
+	$(GO) test -run '^$$' -bench BenchmarkDaemonVsRaw -benchtime 3000x ./signer/
+
+# generate regenerates the committed protobuf code (needs protoc-gen-go and
+# protoc-gen-go-grpc on PATH; see signer/api/generate.go).
+generate:
+	$(GO) generate ./signer/api/
+
+# fuzz runs each fuzz target of the parsers that face the outside for
+# FUZZTIME; the seed corpora live in each package's testdata/fuzz (and run
+# as ordinary tests in `make test`).
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./hsm:FuzzParseURI ./signer/config:FuzzParse ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof
 fuzz:
-	@echo "fuzz: no fuzz targets yet"
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 # deps installs $(DEB_PACKAGES) unless their commands are all on PATH: as is
 # when CI is set or running as root, else through sudo.

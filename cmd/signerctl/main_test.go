@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hsmsigner/hsmsigner/cmd/internal/daemontest"
+)
+
+// devDaemon starts `signerd dev` in a fresh folder and returns the folder
+// and the demo key id.
+func devDaemon(t *testing.T) (dir, keyID string) {
+	t.Helper()
+	bin := daemontest.Build(t, "github.com/hsmsigner/hsmsigner/cmd/signerd")
+	dir = filepath.Join(t.TempDir(), "signer-dev")
+	d := daemontest.Start(t, bin, nil, "dev", "--dir", dir)
+	d.WaitForLine("Stop with Ctrl-C", 0, time.Minute)
+	out := d.Output()
+	i := strings.Index(out, "demo key:")
+	if i < 0 {
+		t.Fatalf("no demo key:\n%s", out)
+	}
+	t.Cleanup(func() {
+		d.Signal(syscall.SIGTERM)
+		_ = d.Wait(time.Minute)
+	})
+	t.Setenv("SIGNER_SOCKET", filepath.Join(dir, "run/signer.sock"))
+	return dir, strings.Fields(out[i+len("demo key:"):])[0]
+}
+
+// ctl runs signerctl in-process and returns stdout, stderr and the exit
+// code.
+func ctl(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func mustCtl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errs, code := ctl(t, args...)
+	if code != 0 {
+		t.Fatalf("signerctl %v: exit %d: %s", args, code, errs)
+	}
+	return out
+}
+
+func TestSignctlWalkthrough(t *testing.T) {
+	dir, keyID := devDaemon(t)
+	work := t.TempDir()
+	if !strings.Contains(mustCtl(t, "status"), "role admin+client") {
+		t.Fatal("status does not show the role")
+	}
+	var keys struct {
+		Keys []struct{ ID, Label string }
+	}
+	if err := json.Unmarshal([]byte(mustCtl(t, "key", "list", "-o", "json")), &keys); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys.Keys) != 1 || keys.Keys[0].ID != keyID || keys.Keys[0].Label != "demo" {
+		t.Fatalf("key list: %+v", keys)
+	}
+	// Generate an RSA key, sign a file with it, verify with openssl.
+	gen := mustCtl(t, "key", "generate", "--label", "rsa-demo", "--algorithm", "RSA2048", "--usage", "sign", "--name", "RSA demo")
+	rsaID := strings.Fields(strings.Split(gen, "\n")[1])[0]
+	msg := filepath.Join(work, "msg.txt")
+	_ = os.WriteFile(msg, []byte("signed through signerctl"), 0o600)
+	for _, tc := range []struct{ id, alg, hash string }{
+		{keyID, "SHA256withECDSA", "-sha256"},
+		{rsaID, "SHA384withRSA", "-sha384"},
+		{rsaID, "PS256", "-sha256"},
+	} {
+		sig := filepath.Join(work, tc.alg+".sig")
+		pub := filepath.Join(work, tc.id+".pem")
+		mustCtl(t, "sign", "--key", tc.id, "--alg", tc.alg, "--in", msg, "--out", sig)
+		_ = os.WriteFile(pub, []byte(mustCtl(t, "key", "show", tc.id, "--public-pem")), 0o600)
+		args := []string{"dgst", tc.hash, "-verify", pub, "-signature", sig}
+		if tc.alg == "PS256" {
+			args = append(args, "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest")
+		}
+		if out, err := exec.Command("openssl", append(args, msg)...).CombinedOutput(); err != nil {
+			t.Fatalf("openssl %v: %v\n%s", args, err, out)
+		}
+	}
+	// A hex digest, base64 out.
+	digest := strings.Repeat("ab", 32)
+	b64 := strings.TrimSpace(mustCtl(t, "sign", "--key", keyID, "--alg", "ES256", digest))
+	if sig, err := base64.StdEncoding.DecodeString(b64); err != nil || len(sig) < 64 {
+		t.Fatalf("sign output %q: %v", b64, err)
+	}
+	// The audit log verifies; an edit is found, with its line, and a
+	// non-zero exit.
+	auditFile := filepath.Join(dir, "audit.jsonl")
+	if out := mustCtl(t, "audit", "verify", auditFile); !strings.Contains(out, "chain intact") {
+		t.Fatalf("audit verify: %s", out)
+	}
+	b, _ := os.ReadFile(auditFile)
+	lines := strings.Split(string(b), "\n")
+	lines[2] = strings.Replace(lines[2], `"op":"sign"`, `"op":"sing"`, 1)
+	tampered := filepath.Join(work, "audit.jsonl")
+	_ = os.WriteFile(tampered, []byte(strings.Join(lines, "\n")), 0o600)
+	_, errs, code := ctl(t, "audit", "verify", tampered)
+	if code == 0 || !strings.Contains(errs, "line") {
+		t.Fatalf("tampered audit: exit %d, %s", code, errs)
+	}
+}
+
+func TestSignctlErrors(t *testing.T) {
+	dir, keyID := devDaemon(t)
+	pinFile := filepath.Join(dir, "user.pin")
+	loose := filepath.Join(t.TempDir(), "loose.pin")
+	pin, _ := os.ReadFile(pinFile)
+	_ = os.WriteFile(loose, pin, 0o644)
+	_ = os.Chmod(loose, 0o644)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"PIN as a flag value is not accepted", []string{"token", "login", "dev", "--pin", "1234"}, "unknown flag: --pin"},
+		{"PIN file readable by others", []string{"token", "login", "dev", "--pin-file", loose}, "readable by others"},
+		{"unknown key", []string{"sign", "--key", "00ff", "--alg", "ES256", strings.Repeat("00", 32)}, "NotFound"},
+		{"bad hex digest", []string{"sign", "--key", keyID, "--alg", "ES256", "xyz"}, "not hex"},
+		{"wrong digest length", []string{"sign", "--key", keyID, "--alg", "ES256", "abcd"}, "InvalidArgument"},
+		{"unknown algorithm", []string{"sign", "--key", keyID, "--alg", "MD5withRSA", "abcd"}, "unknown"},
+		{"bad output format", []string{"status", "-o", "yaml"}, "use table or json"},
+		{"no daemon", []string{"status", "--socket", filepath.Join(dir, "nope.sock")}, "is signerd running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := ctl(t, tt.args...)
+			if code == 0 {
+				t.Fatalf("exit 0; want an error\n%s", out)
+			}
+			if !strings.Contains(errs, tt.want) || strings.Count(strings.TrimSpace(errs), "\n") != 0 || !strings.HasPrefix(errs, "signerctl: ") {
+				t.Fatalf("stderr %q: want one line mentioning %q", errs, tt.want)
+			}
+			if strings.Contains(errs, string(pin)) {
+				t.Fatal("the PIN reached the error")
+			}
+		})
+	}
+	// Logging in again from the proper PIN file works.
+	if out := mustCtl(t, "token", "login", "dev", "--pin-file", pinFile); !strings.Contains(out, "yes") {
+		t.Fatalf("login: %s", out)
+	}
+}
+
+func TestBenchPrintsRatio(t *testing.T) {
+	dir, keyID := devDaemon(t)
+	t.Setenv("SOFTHSM2_CONF", filepath.Join(dir, "softhsm/softhsm2.conf"))
+	module := ""
+	for _, p := range []string{"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"} {
+		if _, err := os.Stat(p); err == nil {
+			module = p
+			break
+		}
+	}
+	out, errs, code := ctl(t, "bench", "--key", keyID, "--duration", "1s", "--concurrency", "2", "--rounds", "1",
+		"--raw", "--module", module, "--token", "label:signer-dev", "--pin-file", filepath.Join(dir, "user.pin"))
+	if code != 0 {
+		t.Fatalf("bench: %s", errs)
+	}
+	for _, want := range []string{"daemon ", "raw ", "daemon/raw: ", "p99"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("bench output lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(errs, "digests/s") {
+		t.Fatalf("no progress line on stderr: %q", errs)
+	}
+}

@@ -1,0 +1,132 @@
+package signer
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmsigner/hsmsigner/hsm"
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+)
+
+// runParallel calls fn n times from g goroutines and returns the rate.
+func runParallel(g, n int, fn func(i int) error) (float64, error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	start := time.Now()
+	for range g {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if p := firstErr.Load(); p != nil {
+		return 0, *p
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+// BenchmarkDaemonVsRaw signs through the daemon's socket and, in the same
+// run, in-process through hsm on the same token at the same parallelism,
+// and reports both rates and their ratio (daemon/raw). Modes: single Sign
+// calls, SignBatch of 64 (individual), and Merkle batches of 64 against
+// raw single signatures.
+func BenchmarkDaemonVsRaw(b *testing.B) {
+	for _, tc := range []struct {
+		keyAlg, alg string
+		batch       int
+		merkle      bool
+		auditMode   string
+	}{
+		{"EC-P256", "SHA256withECDSA", 1, false, "buffered"},
+		{"EC-P256", "SHA256withECDSA", 1, false, "sync"},
+		{"EC-P256", "SHA256withECDSA", 64, false, "buffered"},
+		{"RSA2048", "SHA256withRSA", 1, false, "buffered"},
+		{"RSA2048", "SHA256withRSA", 64, true, "buffered"},
+	} {
+		for _, g := range []int{2, 8} {
+			mode := "single"
+			switch {
+			case tc.merkle:
+				mode = fmt.Sprintf("merkle%d", tc.batch)
+			case tc.batch > 1:
+				mode = fmt.Sprintf("batch%d", tc.batch)
+			}
+			// No '=' in names: they become folder names, and SoftHSM's
+			// configuration cannot hold a path with '='.
+			name := fmt.Sprintf("%s/%s/audit-%s/g%d", tc.alg, mode, tc.auditMode, g)
+			b.Run(name, func(b *testing.B) {
+				d := newDaemon(b, func(p *daemonParams) { p.AuditMode = tc.auditMode })
+				k := d.genKey(b, "bench", tc.keyAlg, signerv1.KeyUsage_KEY_USAGE_SIGN)
+				id, _ := hex.DecodeString(k.GetId())
+				alg, _ := hsm.ParseAlgorithm(tc.alg)
+				tok := d.svc.tokens[0].tok
+				digests := make([][]byte, tc.batch)
+				for i := range digests {
+					digests[i] = sha(fmt.Sprint(i))
+				}
+				ctx := context.Background()
+				daemon := func(int) error {
+					if tc.batch == 1 {
+						_, err := d.client.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: k.GetId()}, Algorithm: tc.alg, Digest: digests[0]})
+						return err
+					}
+					mode := signerv1.BatchMode_BATCH_MODE_INDIVIDUAL
+					if tc.merkle {
+						mode = signerv1.BatchMode_BATCH_MODE_MERKLE
+					}
+					_, err := d.client.SignBatch(ctx, &signerv1.SignBatchRequest{Key: &signerv1.SignBatchRequest_KeyId{KeyId: k.GetId()}, Algorithm: tc.alg, Digests: digests, Mode: mode})
+					return err
+				}
+				raw := func(int) error {
+					if tc.batch == 1 || tc.merkle {
+						_, err := tok.Sign(ctx, id, alg, digests[0])
+						return err
+					}
+					_, err := tok.SignMany(ctx, id, alg, digests)
+					return err
+				}
+				// Calls per round: enough to take a measurable time.
+				calls := max(b.N, 50)
+				rawCalls := calls
+				if tc.merkle {
+					rawCalls = calls * 4 // a raw signature is 64 times cheaper per digest
+				}
+				var dRate, rRate float64
+				b.ResetTimer()
+				for range 2 { // alternate to cancel drift
+					dr, err := runParallel(g, calls, daemon)
+					if err != nil {
+						b.Fatal(err)
+					}
+					rr, err := runParallel(g, rawCalls, raw)
+					if err != nil {
+						b.Fatal(err)
+					}
+					dRate += dr * float64(tc.batch)
+					rRate += rr
+					if !tc.merkle {
+						rRate += rr*float64(tc.batch) - rr
+					}
+				}
+				b.ReportMetric(dRate/2, "daemon-digests/s")
+				b.ReportMetric(rRate/2, "raw-digests/s")
+				b.ReportMetric(dRate/rRate, "daemon/raw")
+			})
+		}
+	}
+}
