@@ -34,6 +34,7 @@ func (a *app) keyCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "key", Short: "Generate, list, show, delete and rename keys (admin)"}
 
 	var token, label, algorithm, usage, name string
+	var quiet bool
 	generate := &cobra.Command{
 		Use: "generate", Short: "Generate a key pair inside the HSM", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -46,6 +47,10 @@ func (a *app) keyCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if quiet {
+					_, err := fmt.Fprintln(a.stdout, k.GetId())
+					return err
+				}
 				return a.printKeys([]*signerv1.Key{k})
 			})
 		},
@@ -55,6 +60,7 @@ func (a *app) keyCommand() *cobra.Command {
 	generate.Flags().StringVar(&algorithm, "algorithm", "EC-P256", "RSA2048, RSA3072, RSA4096, EC-P256 or EC-P384")
 	generate.Flags().StringVar(&usage, "usage", "sign", "sign, auth or tsa")
 	generate.Flags().StringVar(&name, "name", "", "friendly name")
+	generate.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the new key's id")
 	_ = generate.MarkFlagRequired("label")
 
 	var listToken string

@@ -180,3 +180,43 @@ func TestBenchPrintsRatio(t *testing.T) {
 		t.Fatalf("no progress line on stderr: %q", errs)
 	}
 }
+
+// TestREADMEWalkthrough runs the README's walkthrough word for word, with
+// `go run ./cmd/signerctl` replaced by the built binary, against
+// `signerd dev` in a fresh folder.
+func TestREADMEWalkthrough(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(readme)
+	i := strings.Index(text, "## Walkthrough")
+	if i < 0 {
+		t.Fatal("README has no Walkthrough section")
+	}
+	start := strings.Index(text[i:], "```sh\n")
+	end := strings.Index(text[i+start+6:], "```")
+	if start < 0 || end < 0 {
+		t.Fatal("no sh block in the Walkthrough")
+	}
+	script := text[i+start+6 : i+start+6+end]
+	ctlBin := daemontest.Build(t, "github.com/hsmsigner/hsmsigner/cmd/signerctl")
+	script = strings.ReplaceAll(script, "go run ./cmd/signerctl", ctlBin)
+	if strings.Contains(script, "go run") {
+		t.Fatalf("the walkthrough runs something this test does not build:\n%s", script)
+	}
+	dir, _ := devDaemon(t)
+	work := filepath.Dir(dir)
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "SIGNER_SOCKET=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("README walkthrough failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Verified OK", "chain intact", "member-sign"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
+		}
+	}
+}
