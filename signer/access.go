@@ -69,9 +69,11 @@ func requiredRole(fullMethod string) need {
 	case "GetStatus", "GetKey":
 		return needAny // GetKey: a client sees only the keys it may use
 	case "ListTokens", "GetToken", "LoginToken", "LogoutToken", "ChangePin",
-		"GenerateKey", "ListKeys", "DeleteKey", "RenameKey":
+		"GenerateKey", "ListKeys", "DeleteKey", "RenameKey",
+		"GenerateCSR", "ListCSRs", "GetCSR", "DeleteCSR",
+		"ImportCert", "ListCerts", "GetCert", "ActivateCert", "DeactivateCert", "DeleteCert", "SetCertStatus":
 		return needAdmin
-	case "Sign", "SignBatch":
+	case "Sign", "SignBatch", "GetSigningInfo":
 		return needClient
 	}
 	return needNobody
@@ -141,7 +143,10 @@ func policyAllowsKey(c caller, ref *keyRef) error {
 	if ref.usage == "" {
 		return fmt.Errorf("%w: key %s has no recorded usage; an officer must register it (signerctl key rename --usage)", ErrPermission, ref.idHex)
 	}
-	if !c.policy.MayUseKey(c.cfgPeer(), ref.idHex, ref.usage) {
+	if !c.policy.MayUseKeyOfMembers(c.cfgPeer(), ref.idHex, ref.usage, ref.members) {
+		if len(ref.members) > 0 {
+			return fmt.Errorf("%w: %s may not sign with key %s (usage %s) of member %s", ErrPermission, c.peer, ref.idHex, ref.usage, strings.Join(ref.members, ", "))
+		}
 		return fmt.Errorf("%w: %s may not sign with key %s (usage %s)", ErrPermission, c.peer, ref.idHex, ref.usage)
 	}
 	return nil

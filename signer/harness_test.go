@@ -39,6 +39,7 @@ type daemonParams struct {
 	UID                                int
 	ExtraPolicy                        string // more [[policy.client]] tables
 	ClientUsages                       string // the test user's usages, TOML array body
+	Members                            string // the test user's members, TOML array body
 	MaxBatch, MaxMessage               int
 	AuditMode                          string
 }
@@ -71,7 +72,7 @@ path = "{{.Module}}"
   uids = [{{.UID}}]
   keys = ["*"]
   usages = [{{.ClientUsages}}]
-  members = ["*"]
+  members = [{{.Members}}]
 {{.ExtraPolicy}}
 `))
 
@@ -91,7 +92,7 @@ func newDaemon(t testing.TB, edit ...func(*daemonParams)) *testDaemon {
 	}
 	d := &testDaemon{t: t, soft: soft, dir: dir, params: daemonParams{
 		Dir: dir, Module: soft.ModulePath, Label: soft.Label, PINFile: pinFile, PIN: "file:" + pinFile,
-		UID: os.Getuid(), ClientUsages: `"sign"`, MaxBatch: 4096, MaxMessage: 4 << 20, AuditMode: "sync",
+		UID: os.Getuid(), ClientUsages: `"sign"`, Members: `"*"`, MaxBatch: 4096, MaxMessage: 4 << 20, AuditMode: "sync",
 	}}
 	for _, e := range edit {
 		e(&d.params)

@@ -224,13 +224,47 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 	}
 	rec.Token = t.name
 	defer s.forgetKeyRefs()
+	certs, err := s.store.ListCerts(ctx, state.CertFilter{Token: t.tok.Serial(), KeyID: k.IDHex()})
+	if err != nil {
+		return err
+	}
+	if len(certs) > 0 && !req.GetForce() {
+		return fmt.Errorf("%w: key %s has %d certificate(s); delete them first, or force to delete the key with them", ErrPrecondition, k.IDHex(), len(certs))
+	}
+	// The token objects (key pair and certificates, which share the id)
+	// go first: once they are gone the records must follow.
 	if err := t.tok.DeleteKey(ctx, k.ID); err != nil {
 		return err
 	}
-	if kr != nil {
-		if err := s.store.DeleteKey(ctx, kr.Token, kr.ID); err != nil && !errors.Is(err, state.ErrNotFound) {
-			return fmt.Errorf("the key is gone from the HSM but its record stays: %w", err)
+	csrs, err := s.store.ListCSRs(ctx)
+	if err != nil {
+		return err
+	}
+	err = s.store.Update(ctx, func(tx *state.Tx) error {
+		for _, c := range certs {
+			if err := tx.DeleteCert(c.SHA256); err != nil && !errors.Is(err, state.ErrNotFound) {
+				return err
+			}
 		}
+		for _, r := range csrs {
+			if r.KeyID == k.IDHex() && r.Token == t.tok.Serial() {
+				if err := tx.DeleteCSR(r.ID); err != nil && !errors.Is(err, state.ErrNotFound) {
+					return err
+				}
+			}
+		}
+		if kr != nil {
+			if err := tx.DeleteKey(kr.Token, kr.ID); err != nil && !errors.Is(err, state.ErrNotFound) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("the key is gone from the HSM but its records stay: %w", err)
+	}
+	if len(certs) > 0 {
+		rec.Detail = fmt.Sprintf("with %d certificate(s)", len(certs))
 	}
 	return nil
 }

@@ -70,6 +70,9 @@ type keyRef struct {
 	idHex string
 	usage string // "" when the state does not know the key
 	label string
+	// members are the members the key's certificates belong to; a client
+	// must be allowed one of them to sign with the key.
+	members []string
 }
 
 // New opens the state and the audit log, loads the modules, finds the

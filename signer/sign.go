@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
@@ -50,6 +51,15 @@ func (s *Service) resolveKey(ctx context.Context, idHex string) (*keyRef, error)
 		}
 		ref = &keyRef{tok: t, id: k.ID, idHex: idHex, label: k.Label}
 	}
+	certs, err := s.store.ListCerts(ctx, state.CertFilter{Token: ref.tok.tok.Serial(), KeyID: idHex})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range certs {
+		if c.Member != "" && !slices.Contains(ref.members, c.Member) {
+			ref.members = append(ref.members, c.Member)
+		}
+	}
 	s.keysMu.Lock()
 	s.keys[idHex] = ref
 	s.keysMu.Unlock()
@@ -60,7 +70,14 @@ func (s *Service) resolveKey(ctx context.Context, idHex string) (*keyRef, error)
 // policy lets the caller sign with it.
 func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash string) (*keyRef, error) {
 	if certHash != "" {
-		return nil, fmt.Errorf("%w: signing by certificate hash needs an imported certificate; none is supported yet", ErrInvalid)
+		r, err := s.store.GetCert(ctx, certHash)
+		if err != nil {
+			return nil, err
+		}
+		if !r.Active {
+			return nil, fmt.Errorf("%w: certificate %s is not active", ErrPrecondition, r.SHA256)
+		}
+		keyID = r.KeyID
 	}
 	if keyID == "" {
 		return nil, fmt.Errorf("%w: name the key (key_id)", ErrInvalid)
@@ -89,7 +106,7 @@ func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv
 		ref, err = s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
 	}
 	if err == nil {
-		rec.Token = ref.tok.name
+		rec.Token, rec.Key = ref.tok.name, ref.idHex
 		sig, err = ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
 	}
 	if err = s.audited(ctx, c, rec, err); err != nil {
@@ -139,7 +156,7 @@ func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBat
 	if err != nil {
 		return nil, tree, err
 	}
-	rec.Token = ref.tok.name
+	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	resp := &signerv1.SignBatchResponse{KeyId: ref.idHex, Algorithm: alg.Name, TreeSize: uint32(tree.Size())}
 	switch req.GetMode() {
 	case signerv1.BatchMode_BATCH_MODE_UNSPECIFIED, signerv1.BatchMode_BATCH_MODE_INDIVIDUAL:

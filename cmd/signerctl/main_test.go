@@ -181,9 +181,10 @@ func TestBenchPrintsRatio(t *testing.T) {
 	}
 }
 
-// TestREADMEWalkthrough runs the README's walkthrough word for word, with
-// `go run ./cmd/signerctl` replaced by the built binary, against
-// `signerd dev` in a fresh folder.
+// TestREADMEWalkthrough runs the README's walkthrough blocks word for word,
+// in order in one shell, with `go run ./cmd/signerctl` replaced by the
+// built binary, against `signerd dev` in a fresh folder that also holds a
+// copy of softhsm-test/dev-ca.sh.
 func TestREADMEWalkthrough(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
@@ -191,15 +192,24 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	text := string(readme)
 	i := strings.Index(text, "## Walkthrough")
-	if i < 0 {
+	j := strings.Index(text, "## What it serves")
+	if i < 0 || j < i {
 		t.Fatal("README has no Walkthrough section")
 	}
-	start := strings.Index(text[i:], "```sh\n")
-	end := strings.Index(text[i+start+6:], "```")
-	if start < 0 || end < 0 {
-		t.Fatal("no sh block in the Walkthrough")
+	var blocks []string
+	for rest := text[i:j]; ; {
+		start := strings.Index(rest, "```sh\n")
+		if start < 0 {
+			break
+		}
+		end := strings.Index(rest[start+6:], "```")
+		blocks = append(blocks, rest[start+6:start+6+end])
+		rest = rest[start+6+end+3:]
 	}
-	script := text[i+start+6 : i+start+6+end]
+	if len(blocks) < 2 {
+		t.Fatalf("%d sh blocks in the Walkthrough, want the basic and the officer walkthrough", len(blocks))
+	}
+	script := strings.Join(blocks, "\n")
 	ctlBin := daemontest.Build(t, "github.com/hsmsigner/hsmsigner/cmd/signerctl")
 	script = strings.ReplaceAll(script, "go run ./cmd/signerctl", ctlBin)
 	if strings.Contains(script, "go run") {
@@ -207,6 +217,16 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	dir, _ := devDaemon(t)
 	work := filepath.Dir(dir)
+	if err := os.MkdirAll(filepath.Join(work, "softhsm-test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile("../../softhsm-test/dev-ca.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "softhsm-test/dev-ca.sh"), ca, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir = work
 	cmd.Env = append(os.Environ(), "SIGNER_SOCKET=")
@@ -214,9 +234,12 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README walkthrough failed: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Verified OK", "chain intact", "member-sign"} {
+	for _, want := range []string{"Verified OK", "chain intact", "member-sign", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
 		}
+	}
+	if n := strings.Count(string(out), "Verified OK"); n != 2 {
+		t.Fatalf("%d signatures verified, want 2:\n%s", n, out)
 	}
 }

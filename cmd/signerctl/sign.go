@@ -17,9 +17,9 @@ import (
 )
 
 func (a *app) signCommand() *cobra.Command {
-	var keyID, alg, in, out string
+	var keyID, certHash, alg, in, out string
 	cmd := &cobra.Command{
-		Use:   "sign --key KEY-ID --alg ALGORITHM (HEX-DIGEST | --in FILE)",
+		Use:   "sign (--key KEY-ID | --cert HASH) --alg ALGORITHM (HEX-DIGEST | --in FILE)",
 		Short: "Sign a digest given in hex, or a file hashed here; prints the signature in base64",
 		Long: `sign signs a digest inside the HSM. Give the digest as hex, or --in FILE to hash
 the file on this side with the algorithm's hash (only the digest is sent).
@@ -50,7 +50,11 @@ likewise), or RS256, PS256, ES256, ...`,
 				return err
 			}
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: keyID}, Algorithm: algorithm.Name, Digest: digest})
+				req := &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: keyID}, Algorithm: algorithm.Name, Digest: digest}
+				if certHash != "" {
+					req.Key = &signerv1.SignRequest_CertHash{CertHash: certHash}
+				}
+				resp, err := c.Sign(ctx, req)
 				if err != nil {
 					return err
 				}
@@ -66,10 +70,12 @@ likewise), or RS256, PS256, ES256, ...`,
 		},
 	}
 	cmd.Flags().StringVar(&keyID, "key", "", "key id (hex)")
+	cmd.Flags().StringVar(&certHash, "cert", "", "sign with the key of this active certificate (SHA-256 or SHA-1 hex) instead of --key")
 	cmd.Flags().StringVar(&alg, "alg", "SHA256withECDSA", "signature algorithm")
 	cmd.Flags().StringVar(&in, "in", "", "file to hash and sign")
 	cmd.Flags().StringVar(&out, "out", "", "write the raw signature to this file instead of printing base64")
-	_ = cmd.MarkFlagRequired("key")
+	cmd.MarkFlagsOneRequired("key", "cert")
+	cmd.MarkFlagsMutuallyExclusive("key", "cert")
 	return cmd
 }
 

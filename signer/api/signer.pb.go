@@ -144,6 +144,117 @@ func (BatchMode) EnumDescriptor() ([]byte, []int) {
 	return file_signer_proto_rawDescGZIP(), []int{1}
 }
 
+// Encoding of a certificate request.
+type CsrFormat int32
+
+const (
+	// Same as PEM.
+	CsrFormat_CSR_FORMAT_UNSPECIFIED CsrFormat = 0
+	CsrFormat_CSR_FORMAT_PEM         CsrFormat = 1
+	CsrFormat_CSR_FORMAT_DER         CsrFormat = 2
+)
+
+// Enum value maps for CsrFormat.
+var (
+	CsrFormat_name = map[int32]string{
+		0: "CSR_FORMAT_UNSPECIFIED",
+		1: "CSR_FORMAT_PEM",
+		2: "CSR_FORMAT_DER",
+	}
+	CsrFormat_value = map[string]int32{
+		"CSR_FORMAT_UNSPECIFIED": 0,
+		"CSR_FORMAT_PEM":         1,
+		"CSR_FORMAT_DER":         2,
+	}
+)
+
+func (x CsrFormat) Enum() *CsrFormat {
+	p := new(CsrFormat)
+	*p = x
+	return p
+}
+
+func (x CsrFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CsrFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_signer_proto_enumTypes[2].Descriptor()
+}
+
+func (CsrFormat) Type() protoreflect.EnumType {
+	return &file_signer_proto_enumTypes[2]
+}
+
+func (x CsrFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CsrFormat.Descriptor instead.
+func (CsrFormat) EnumDescriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{2}
+}
+
+// CertStatus is where a certificate is in its registration, as an X-Road
+// security server drives it.
+type CertStatus int32
+
+const (
+	CertStatus_CERT_STATUS_UNSPECIFIED              CertStatus = 0
+	CertStatus_CERT_STATUS_SAVED                    CertStatus = 1
+	CertStatus_CERT_STATUS_REGISTRATION_IN_PROGRESS CertStatus = 2
+	CertStatus_CERT_STATUS_REGISTERED               CertStatus = 3
+	CertStatus_CERT_STATUS_DELETION_IN_PROGRESS     CertStatus = 4
+	CertStatus_CERT_STATUS_GLOBAL_ERROR             CertStatus = 5
+)
+
+// Enum value maps for CertStatus.
+var (
+	CertStatus_name = map[int32]string{
+		0: "CERT_STATUS_UNSPECIFIED",
+		1: "CERT_STATUS_SAVED",
+		2: "CERT_STATUS_REGISTRATION_IN_PROGRESS",
+		3: "CERT_STATUS_REGISTERED",
+		4: "CERT_STATUS_DELETION_IN_PROGRESS",
+		5: "CERT_STATUS_GLOBAL_ERROR",
+	}
+	CertStatus_value = map[string]int32{
+		"CERT_STATUS_UNSPECIFIED":              0,
+		"CERT_STATUS_SAVED":                    1,
+		"CERT_STATUS_REGISTRATION_IN_PROGRESS": 2,
+		"CERT_STATUS_REGISTERED":               3,
+		"CERT_STATUS_DELETION_IN_PROGRESS":     4,
+		"CERT_STATUS_GLOBAL_ERROR":             5,
+	}
+)
+
+func (x CertStatus) Enum() *CertStatus {
+	p := new(CertStatus)
+	*p = x
+	return p
+}
+
+func (x CertStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CertStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_signer_proto_enumTypes[3].Descriptor()
+}
+
+func (CertStatus) Type() protoreflect.EnumType {
+	return &file_signer_proto_enumTypes[3]
+}
+
+func (x CertStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CertStatus.Descriptor instead.
+func (CertStatus) EnumDescriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{3}
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1917,6 +2028,1046 @@ func (x *SignBatchResponse) GetTreeSize() uint32 {
 	return 0
 }
 
+type GetSigningInfoRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member identifier, e.g. "EE/GOV/70000310".
+	Member        string `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSigningInfoRequest) Reset() {
+	*x = GetSigningInfoRequest{}
+	mi := &file_signer_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSigningInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSigningInfoRequest) ProtoMessage() {}
+
+func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSigningInfoRequest.ProtoReflect.Descriptor instead.
+func (*GetSigningInfoRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetSigningInfoRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+// SigningInfo is all a security server needs to sign for a member.
+type SigningInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Member string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	// The key to pass to Sign and SignBatch.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The algorithm to sign with.
+	Algorithm string `protobuf:"bytes,3,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// The certificate, DER.
+	Certificate []byte `protobuf:"bytes,4,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// Its issuing chain, DER, nearest issuer first.
+	Chain [][]byte `protobuf:"bytes,5,rep,name=chain,proto3" json:"chain,omitempty"`
+	// The freshest good OCSP response for the certificate, DER; empty until
+	// OCSP responses are fetched.
+	OcspResponse []byte `protobuf:"bytes,6,opt,name=ocsp_response,json=ocspResponse,proto3" json:"ocsp_response,omitempty"`
+	// The certificate's SHA-256, hex (also accepted by Sign as cert_hash).
+	CertSha256    string `protobuf:"bytes,7,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	Token         string `protobuf:"bytes,8,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigningInfo) Reset() {
+	*x = SigningInfo{}
+	mi := &file_signer_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigningInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigningInfo) ProtoMessage() {}
+
+func (x *SigningInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigningInfo.ProtoReflect.Descriptor instead.
+func (*SigningInfo) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SigningInfo) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *SigningInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *SigningInfo) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *SigningInfo) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *SigningInfo) GetChain() [][]byte {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *SigningInfo) GetOcspResponse() []byte {
+	if x != nil {
+		return x.OcspResponse
+	}
+	return nil
+}
+
+func (x *SigningInfo) GetCertSha256() string {
+	if x != nil {
+		return x.CertSha256
+	}
+	return ""
+}
+
+func (x *SigningInfo) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type GenerateCSRRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The subject as an RFC 4514 string, e.g.
+	// "CN=Agency,O=Agency,C=EE,serialNumber=70000310", parsed strictly.
+	Subject  string   `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	DnsNames []string `protobuf:"bytes,3,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	Emails   []string `protobuf:"bytes,4,rep,name=emails,proto3" json:"emails,omitempty"`
+	Uris     []string `protobuf:"bytes,5,rep,name=uris,proto3" json:"uris,omitempty"`
+	// The member the certificate will be for (free text, e.g.
+	// "EE/GOV/70000310"); for sign keys.
+	Member        string    `protobuf:"bytes,6,opt,name=member,proto3" json:"member,omitempty"`
+	Format        CsrFormat `protobuf:"varint,7,opt,name=format,proto3,enum=signer.v1.CsrFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateCSRRequest) Reset() {
+	*x = GenerateCSRRequest{}
+	mi := &file_signer_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateCSRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateCSRRequest) ProtoMessage() {}
+
+func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateCSRRequest.ProtoReflect.Descriptor instead.
+func (*GenerateCSRRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GenerateCSRRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GenerateCSRRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *GenerateCSRRequest) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+func (x *GenerateCSRRequest) GetEmails() []string {
+	if x != nil {
+		return x.Emails
+	}
+	return nil
+}
+
+func (x *GenerateCSRRequest) GetUris() []string {
+	if x != nil {
+		return x.Uris
+	}
+	return nil
+}
+
+func (x *GenerateCSRRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *GenerateCSRRequest) GetFormat() CsrFormat {
+	if x != nil {
+		return x.Format
+	}
+	return CsrFormat_CSR_FORMAT_UNSPECIFIED
+}
+
+// CSR is a certificate request kept until a certificate answers it.
+type CSR struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	KeyId  string                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Token  string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	Member string                 `protobuf:"bytes,4,opt,name=member,proto3" json:"member,omitempty"`
+	// The subject as RFC 4514 text.
+	Subject string `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The request, PEM or DER as asked.
+	Csr           []byte                 `protobuf:"bytes,6,opt,name=csr,proto3" json:"csr,omitempty"`
+	Created       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created,proto3" json:"created,omitempty"`
+	Usage         KeyUsage               `protobuf:"varint,8,opt,name=usage,proto3,enum=signer.v1.KeyUsage" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CSR) Reset() {
+	*x = CSR{}
+	mi := &file_signer_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CSR) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CSR) ProtoMessage() {}
+
+func (x *CSR) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CSR.ProtoReflect.Descriptor instead.
+func (*CSR) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CSR) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CSR) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *CSR) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CSR) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *CSR) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CSR) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *CSR) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *CSR) GetUsage() KeyUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return KeyUsage_KEY_USAGE_UNSPECIFIED
+}
+
+type ListCSRsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCSRsRequest) Reset() {
+	*x = ListCSRsRequest{}
+	mi := &file_signer_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCSRsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCSRsRequest) ProtoMessage() {}
+
+func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCSRsRequest.ProtoReflect.Descriptor instead.
+func (*ListCSRsRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{29}
+}
+
+type ListCSRsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Csrs          []*CSR                 `protobuf:"bytes,1,rep,name=csrs,proto3" json:"csrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCSRsResponse) Reset() {
+	*x = ListCSRsResponse{}
+	mi := &file_signer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCSRsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCSRsResponse) ProtoMessage() {}
+
+func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCSRsResponse.ProtoReflect.Descriptor instead.
+func (*ListCSRsResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListCSRsResponse) GetCsrs() []*CSR {
+	if x != nil {
+		return x.Csrs
+	}
+	return nil
+}
+
+type GetCSRRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Format        CsrFormat              `protobuf:"varint,2,opt,name=format,proto3,enum=signer.v1.CsrFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCSRRequest) Reset() {
+	*x = GetCSRRequest{}
+	mi := &file_signer_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCSRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCSRRequest) ProtoMessage() {}
+
+func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCSRRequest.ProtoReflect.Descriptor instead.
+func (*GetCSRRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetCSRRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetCSRRequest) GetFormat() CsrFormat {
+	if x != nil {
+		return x.Format
+	}
+	return CsrFormat_CSR_FORMAT_UNSPECIFIED
+}
+
+type DeleteCSRRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCSRRequest) Reset() {
+	*x = DeleteCSRRequest{}
+	mi := &file_signer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCSRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCSRRequest) ProtoMessage() {}
+
+func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCSRRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCSRRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteCSRRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteCSRResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCSRResponse) Reset() {
+	*x = DeleteCSRResponse{}
+	mi := &file_signer_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCSRResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCSRResponse) ProtoMessage() {}
+
+func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCSRResponse.ProtoReflect.Descriptor instead.
+func (*DeleteCSRResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{33}
+}
+
+type ImportCertRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The certificate, PEM or DER. PEM may carry its chain after it.
+	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// Issuing certificates, each PEM or DER, nearest issuer first.
+	Chain [][]byte `protobuf:"bytes,2,rep,name=chain,proto3" json:"chain,omitempty"`
+	// The member; taken from the request the certificate answers when empty.
+	Member string `protobuf:"bytes,3,opt,name=member,proto3" json:"member,omitempty"`
+	// Accept a certificate that is expired or not yet valid.
+	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCertRequest) Reset() {
+	*x = ImportCertRequest{}
+	mi := &file_signer_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCertRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCertRequest) ProtoMessage() {}
+
+func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCertRequest.ProtoReflect.Descriptor instead.
+func (*ImportCertRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ImportCertRequest) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *ImportCertRequest) GetChain() [][]byte {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *ImportCertRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *ImportCertRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// Certificate is a certificate known to the daemon.
+type Certificate struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sha256  string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Sha1    string                 `protobuf:"bytes,2,opt,name=sha1,proto3" json:"sha1,omitempty"`
+	KeyId   string                 `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Token   string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	Member  string                 `protobuf:"bytes,5,opt,name=member,proto3" json:"member,omitempty"`
+	Status  CertStatus             `protobuf:"varint,6,opt,name=status,proto3,enum=signer.v1.CertStatus" json:"status,omitempty"`
+	Active  bool                   `protobuf:"varint,7,opt,name=active,proto3" json:"active,omitempty"`
+	Subject string                 `protobuf:"bytes,8,opt,name=subject,proto3" json:"subject,omitempty"`
+	Issuer  string                 `protobuf:"bytes,9,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Serial number, hex.
+	Serial        string                 `protobuf:"bytes,10,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	Der           []byte                 `protobuf:"bytes,13,opt,name=der,proto3" json:"der,omitempty"`
+	Chain         [][]byte               `protobuf:"bytes,14,rep,name=chain,proto3" json:"chain,omitempty"`
+	Usage         KeyUsage               `protobuf:"varint,15,opt,name=usage,proto3,enum=signer.v1.KeyUsage" json:"usage,omitempty"`
+	Imported      *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=imported,proto3" json:"imported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Certificate) Reset() {
+	*x = Certificate{}
+	mi := &file_signer_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Certificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Certificate) ProtoMessage() {}
+
+func (x *Certificate) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
+func (*Certificate) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Certificate) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Certificate) GetSha1() string {
+	if x != nil {
+		return x.Sha1
+	}
+	return ""
+}
+
+func (x *Certificate) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *Certificate) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *Certificate) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *Certificate) GetStatus() CertStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CertStatus_CERT_STATUS_UNSPECIFIED
+}
+
+func (x *Certificate) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *Certificate) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Certificate) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *Certificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Certificate) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Certificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Certificate) GetDer() []byte {
+	if x != nil {
+		return x.Der
+	}
+	return nil
+}
+
+func (x *Certificate) GetChain() [][]byte {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *Certificate) GetUsage() KeyUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return KeyUsage_KEY_USAGE_UNSPECIFIED
+}
+
+func (x *Certificate) GetImported() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Imported
+	}
+	return nil
+}
+
+type ListCertsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	KeyId         string                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Status        CertStatus             `protobuf:"varint,3,opt,name=status,proto3,enum=signer.v1.CertStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCertsRequest) Reset() {
+	*x = ListCertsRequest{}
+	mi := &file_signer_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCertsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCertsRequest) ProtoMessage() {}
+
+func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCertsRequest.ProtoReflect.Descriptor instead.
+func (*ListCertsRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListCertsRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *ListCertsRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ListCertsRequest) GetStatus() CertStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CertStatus_CERT_STATUS_UNSPECIFIED
+}
+
+type ListCertsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificates  []*Certificate         `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCertsResponse) Reset() {
+	*x = ListCertsResponse{}
+	mi := &file_signer_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCertsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCertsResponse) ProtoMessage() {}
+
+func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCertsResponse.ProtoReflect.Descriptor instead.
+func (*ListCertsResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListCertsResponse) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+// CertRef names a certificate by SHA-256 or SHA-1 hex, or a unique prefix
+// of at least 8 hex digits.
+type CertRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hash          string                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertRef) Reset() {
+	*x = CertRef{}
+	mi := &file_signer_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertRef) ProtoMessage() {}
+
+func (x *CertRef) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertRef.ProtoReflect.Descriptor instead.
+func (*CertRef) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *CertRef) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+type DeleteCertResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCertResponse) Reset() {
+	*x = DeleteCertResponse{}
+	mi := &file_signer_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCertResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCertResponse) ProtoMessage() {}
+
+func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCertResponse.ProtoReflect.Descriptor instead.
+func (*DeleteCertResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{39}
+}
+
+type SetCertStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hash          string                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	Status        CertStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=signer.v1.CertStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCertStatusRequest) Reset() {
+	*x = SetCertStatusRequest{}
+	mi := &file_signer_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCertStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCertStatusRequest) ProtoMessage() {}
+
+func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCertStatusRequest.ProtoReflect.Descriptor instead.
+func (*SetCertStatusRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *SetCertStatusRequest) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *SetCertStatusRequest) GetStatus() CertStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CertStatus_CERT_STATUS_UNSPECIFIED
+}
+
 var File_signer_proto protoreflect.FileDescriptor
 
 const file_signer_proto_rawDesc = "" +
@@ -2058,7 +3209,81 @@ const file_signer_proto_rawDesc = "" +
 	"\x04root\x18\x04 \x01(\fR\x04root\x12%\n" +
 	"\x0eroot_signature\x18\x05 \x01(\fR\rrootSignature\x12.\n" +
 	"\x06proofs\x18\x06 \x03(\v2\x16.signer.v1.MerkleProofR\x06proofs\x12\x1b\n" +
-	"\ttree_size\x18\a \x01(\rR\btreeSize*`\n" +
+	"\ttree_size\x18\a \x01(\rR\btreeSize\"/\n" +
+	"\x15GetSigningInfoRequest\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\"\xee\x01\n" +
+	"\vSigningInfo\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\x12 \n" +
+	"\vcertificate\x18\x04 \x01(\fR\vcertificate\x12\x14\n" +
+	"\x05chain\x18\x05 \x03(\fR\x05chain\x12#\n" +
+	"\rocsp_response\x18\x06 \x01(\fR\focspResponse\x12\x1f\n" +
+	"\vcert_sha256\x18\a \x01(\tR\n" +
+	"certSha256\x12\x14\n" +
+	"\x05token\x18\b \x01(\tR\x05token\"\xd4\x01\n" +
+	"\x12GenerateCSRRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1b\n" +
+	"\tdns_names\x18\x03 \x03(\tR\bdnsNames\x12\x16\n" +
+	"\x06emails\x18\x04 \x03(\tR\x06emails\x12\x12\n" +
+	"\x04uris\x18\x05 \x03(\tR\x04uris\x12\x16\n" +
+	"\x06member\x18\x06 \x01(\tR\x06member\x12,\n" +
+	"\x06format\x18\a \x01(\x0e2\x14.signer.v1.CsrFormatR\x06format\"\xe7\x01\n" +
+	"\x03CSR\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x16\n" +
+	"\x06member\x18\x04 \x01(\tR\x06member\x12\x18\n" +
+	"\asubject\x18\x05 \x01(\tR\asubject\x12\x10\n" +
+	"\x03csr\x18\x06 \x01(\fR\x03csr\x124\n" +
+	"\acreated\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12)\n" +
+	"\x05usage\x18\b \x01(\x0e2\x13.signer.v1.KeyUsageR\x05usage\"\x11\n" +
+	"\x0fListCSRsRequest\"6\n" +
+	"\x10ListCSRsResponse\x12\"\n" +
+	"\x04csrs\x18\x01 \x03(\v2\x0e.signer.v1.CSRR\x04csrs\"M\n" +
+	"\rGetCSRRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12,\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x14.signer.v1.CsrFormatR\x06format\"\"\n" +
+	"\x10DeleteCSRRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x13\n" +
+	"\x11DeleteCSRResponse\"y\n" +
+	"\x11ImportCertRequest\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x14\n" +
+	"\x05chain\x18\x02 \x03(\fR\x05chain\x12\x16\n" +
+	"\x06member\x18\x03 \x01(\tR\x06member\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"\x8e\x04\n" +
+	"\vCertificate\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04sha1\x18\x02 \x01(\tR\x04sha1\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\x12\x16\n" +
+	"\x06member\x18\x05 \x01(\tR\x06member\x12-\n" +
+	"\x06status\x18\x06 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status\x12\x16\n" +
+	"\x06active\x18\a \x01(\bR\x06active\x12\x18\n" +
+	"\asubject\x18\b \x01(\tR\asubject\x12\x16\n" +
+	"\x06issuer\x18\t \x01(\tR\x06issuer\x12\x16\n" +
+	"\x06serial\x18\n" +
+	" \x01(\tR\x06serial\x129\n" +
+	"\n" +
+	"not_before\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x10\n" +
+	"\x03der\x18\r \x01(\fR\x03der\x12\x14\n" +
+	"\x05chain\x18\x0e \x03(\fR\x05chain\x12)\n" +
+	"\x05usage\x18\x0f \x01(\x0e2\x13.signer.v1.KeyUsageR\x05usage\x126\n" +
+	"\bimported\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\bimported\"p\n" +
+	"\x10ListCertsRequest\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12-\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status\"O\n" +
+	"\x11ListCertsResponse\x12:\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x16.signer.v1.CertificateR\fcertificates\"\x1d\n" +
+	"\aCertRef\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\"\x14\n" +
+	"\x12DeleteCertResponse\"Y\n" +
+	"\x14SetCertStatusRequest\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\x12-\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status*`\n" +
 	"\bKeyUsage\x12\x19\n" +
 	"\x15KEY_USAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKEY_USAGE_SIGN\x10\x01\x12\x12\n" +
@@ -2067,7 +3292,19 @@ const file_signer_proto_rawDesc = "" +
 	"\tBatchMode\x12\x1a\n" +
 	"\x16BATCH_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15BATCH_MODE_INDIVIDUAL\x10\x01\x12\x15\n" +
-	"\x11BATCH_MODE_MERKLE\x10\x022\xbe\x06\n" +
+	"\x11BATCH_MODE_MERKLE\x10\x02*O\n" +
+	"\tCsrFormat\x12\x1a\n" +
+	"\x16CSR_FORMAT_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eCSR_FORMAT_PEM\x10\x01\x12\x12\n" +
+	"\x0eCSR_FORMAT_DER\x10\x02*\xca\x01\n" +
+	"\n" +
+	"CertStatus\x12\x1b\n" +
+	"\x17CERT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11CERT_STATUS_SAVED\x10\x01\x12(\n" +
+	"$CERT_STATUS_REGISTRATION_IN_PROGRESS\x10\x02\x12\x1a\n" +
+	"\x16CERT_STATUS_REGISTERED\x10\x03\x12$\n" +
+	" CERT_STATUS_DELETION_IN_PROGRESS\x10\x04\x12\x1c\n" +
+	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xd1\f\n" +
 	"\x06Signer\x12;\n" +
 	"\tGetStatus\x12\x1b.signer.v1.GetStatusRequest\x1a\x11.signer.v1.Status\x12I\n" +
 	"\n" +
@@ -2083,7 +3320,21 @@ const file_signer_proto_rawDesc = "" +
 	"\tDeleteKey\x12\x1b.signer.v1.DeleteKeyRequest\x1a\x1c.signer.v1.DeleteKeyResponse\x128\n" +
 	"\tRenameKey\x12\x1b.signer.v1.RenameKeyRequest\x1a\x0e.signer.v1.Key\x127\n" +
 	"\x04Sign\x12\x16.signer.v1.SignRequest\x1a\x17.signer.v1.SignResponse\x12F\n" +
-	"\tSignBatch\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponseB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
+	"\tSignBatch\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse\x12J\n" +
+	"\x0eGetSigningInfo\x12 .signer.v1.GetSigningInfoRequest\x1a\x16.signer.v1.SigningInfo\x12<\n" +
+	"\vGenerateCSR\x12\x1d.signer.v1.GenerateCSRRequest\x1a\x0e.signer.v1.CSR\x12C\n" +
+	"\bListCSRs\x12\x1a.signer.v1.ListCSRsRequest\x1a\x1b.signer.v1.ListCSRsResponse\x122\n" +
+	"\x06GetCSR\x12\x18.signer.v1.GetCSRRequest\x1a\x0e.signer.v1.CSR\x12F\n" +
+	"\tDeleteCSR\x12\x1b.signer.v1.DeleteCSRRequest\x1a\x1c.signer.v1.DeleteCSRResponse\x12B\n" +
+	"\n" +
+	"ImportCert\x12\x1c.signer.v1.ImportCertRequest\x1a\x16.signer.v1.Certificate\x12F\n" +
+	"\tListCerts\x12\x1b.signer.v1.ListCertsRequest\x1a\x1c.signer.v1.ListCertsResponse\x125\n" +
+	"\aGetCert\x12\x12.signer.v1.CertRef\x1a\x16.signer.v1.Certificate\x12:\n" +
+	"\fActivateCert\x12\x12.signer.v1.CertRef\x1a\x16.signer.v1.Certificate\x12<\n" +
+	"\x0eDeactivateCert\x12\x12.signer.v1.CertRef\x1a\x16.signer.v1.Certificate\x12?\n" +
+	"\n" +
+	"DeleteCert\x12\x12.signer.v1.CertRef\x1a\x1d.signer.v1.DeleteCertResponse\x12H\n" +
+	"\rSetCertStatus\x12\x1f.signer.v1.SetCertStatusRequest\x1a\x16.signer.v1.CertificateB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
 
 var (
 	file_signer_proto_rawDescOnce sync.Once
@@ -2097,85 +3348,140 @@ func file_signer_proto_rawDescGZIP() []byte {
 	return file_signer_proto_rawDescData
 }
 
-var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_signer_proto_goTypes = []any{
 	(KeyUsage)(0),                 // 0: signer.v1.KeyUsage
 	(BatchMode)(0),                // 1: signer.v1.BatchMode
-	(*GetStatusRequest)(nil),      // 2: signer.v1.GetStatusRequest
-	(*Status)(nil),                // 3: signer.v1.Status
-	(*Caller)(nil),                // 4: signer.v1.Caller
-	(*Module)(nil),                // 5: signer.v1.Module
-	(*PinStatus)(nil),             // 6: signer.v1.PinStatus
-	(*Token)(nil),                 // 7: signer.v1.Token
-	(*ListTokensRequest)(nil),     // 8: signer.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 9: signer.v1.ListTokensResponse
-	(*GetTokenRequest)(nil),       // 10: signer.v1.GetTokenRequest
-	(*LoginTokenRequest)(nil),     // 11: signer.v1.LoginTokenRequest
-	(*LogoutTokenRequest)(nil),    // 12: signer.v1.LogoutTokenRequest
-	(*ChangePinRequest)(nil),      // 13: signer.v1.ChangePinRequest
-	(*Key)(nil),                   // 14: signer.v1.Key
-	(*GenerateKeyRequest)(nil),    // 15: signer.v1.GenerateKeyRequest
-	(*ListKeysRequest)(nil),       // 16: signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),      // 17: signer.v1.ListKeysResponse
-	(*GetKeyRequest)(nil),         // 18: signer.v1.GetKeyRequest
-	(*DeleteKeyRequest)(nil),      // 19: signer.v1.DeleteKeyRequest
-	(*DeleteKeyResponse)(nil),     // 20: signer.v1.DeleteKeyResponse
-	(*RenameKeyRequest)(nil),      // 21: signer.v1.RenameKeyRequest
-	(*SignRequest)(nil),           // 22: signer.v1.SignRequest
-	(*SignResponse)(nil),          // 23: signer.v1.SignResponse
-	(*SignBatchRequest)(nil),      // 24: signer.v1.SignBatchRequest
-	(*MerkleProof)(nil),           // 25: signer.v1.MerkleProof
-	(*SignBatchResponse)(nil),     // 26: signer.v1.SignBatchResponse
-	nil,                           // 27: signer.v1.ListKeysResponse.SkippedTokensEntry
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(CsrFormat)(0),                // 2: signer.v1.CsrFormat
+	(CertStatus)(0),               // 3: signer.v1.CertStatus
+	(*GetStatusRequest)(nil),      // 4: signer.v1.GetStatusRequest
+	(*Status)(nil),                // 5: signer.v1.Status
+	(*Caller)(nil),                // 6: signer.v1.Caller
+	(*Module)(nil),                // 7: signer.v1.Module
+	(*PinStatus)(nil),             // 8: signer.v1.PinStatus
+	(*Token)(nil),                 // 9: signer.v1.Token
+	(*ListTokensRequest)(nil),     // 10: signer.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 11: signer.v1.ListTokensResponse
+	(*GetTokenRequest)(nil),       // 12: signer.v1.GetTokenRequest
+	(*LoginTokenRequest)(nil),     // 13: signer.v1.LoginTokenRequest
+	(*LogoutTokenRequest)(nil),    // 14: signer.v1.LogoutTokenRequest
+	(*ChangePinRequest)(nil),      // 15: signer.v1.ChangePinRequest
+	(*Key)(nil),                   // 16: signer.v1.Key
+	(*GenerateKeyRequest)(nil),    // 17: signer.v1.GenerateKeyRequest
+	(*ListKeysRequest)(nil),       // 18: signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),      // 19: signer.v1.ListKeysResponse
+	(*GetKeyRequest)(nil),         // 20: signer.v1.GetKeyRequest
+	(*DeleteKeyRequest)(nil),      // 21: signer.v1.DeleteKeyRequest
+	(*DeleteKeyResponse)(nil),     // 22: signer.v1.DeleteKeyResponse
+	(*RenameKeyRequest)(nil),      // 23: signer.v1.RenameKeyRequest
+	(*SignRequest)(nil),           // 24: signer.v1.SignRequest
+	(*SignResponse)(nil),          // 25: signer.v1.SignResponse
+	(*SignBatchRequest)(nil),      // 26: signer.v1.SignBatchRequest
+	(*MerkleProof)(nil),           // 27: signer.v1.MerkleProof
+	(*SignBatchResponse)(nil),     // 28: signer.v1.SignBatchResponse
+	(*GetSigningInfoRequest)(nil), // 29: signer.v1.GetSigningInfoRequest
+	(*SigningInfo)(nil),           // 30: signer.v1.SigningInfo
+	(*GenerateCSRRequest)(nil),    // 31: signer.v1.GenerateCSRRequest
+	(*CSR)(nil),                   // 32: signer.v1.CSR
+	(*ListCSRsRequest)(nil),       // 33: signer.v1.ListCSRsRequest
+	(*ListCSRsResponse)(nil),      // 34: signer.v1.ListCSRsResponse
+	(*GetCSRRequest)(nil),         // 35: signer.v1.GetCSRRequest
+	(*DeleteCSRRequest)(nil),      // 36: signer.v1.DeleteCSRRequest
+	(*DeleteCSRResponse)(nil),     // 37: signer.v1.DeleteCSRResponse
+	(*ImportCertRequest)(nil),     // 38: signer.v1.ImportCertRequest
+	(*Certificate)(nil),           // 39: signer.v1.Certificate
+	(*ListCertsRequest)(nil),      // 40: signer.v1.ListCertsRequest
+	(*ListCertsResponse)(nil),     // 41: signer.v1.ListCertsResponse
+	(*CertRef)(nil),               // 42: signer.v1.CertRef
+	(*DeleteCertResponse)(nil),    // 43: signer.v1.DeleteCertResponse
+	(*SetCertStatusRequest)(nil),  // 44: signer.v1.SetCertStatusRequest
+	nil,                           // 45: signer.v1.ListKeysResponse.SkippedTokensEntry
+	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
 }
 var file_signer_proto_depIdxs = []int32{
-	28, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
-	5,  // 1: signer.v1.Status.modules:type_name -> signer.v1.Module
-	7,  // 2: signer.v1.Status.tokens:type_name -> signer.v1.Token
-	4,  // 3: signer.v1.Status.caller:type_name -> signer.v1.Caller
-	6,  // 4: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
-	7,  // 5: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
+	46, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
+	7,  // 1: signer.v1.Status.modules:type_name -> signer.v1.Module
+	9,  // 2: signer.v1.Status.tokens:type_name -> signer.v1.Token
+	6,  // 3: signer.v1.Status.caller:type_name -> signer.v1.Caller
+	8,  // 4: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
+	9,  // 5: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
 	0,  // 6: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
-	28, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
+	46, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
 	0,  // 8: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
-	14, // 9: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
-	27, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
+	16, // 9: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
+	45, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
 	0,  // 11: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	1,  // 12: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
-	25, // 13: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
-	2,  // 14: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
-	8,  // 15: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
-	10, // 16: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
-	11, // 17: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
-	12, // 18: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
-	13, // 19: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
-	15, // 20: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
-	16, // 21: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	18, // 22: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
-	19, // 23: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
-	21, // 24: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
-	22, // 25: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	24, // 26: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
-	3,  // 27: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
-	9,  // 28: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
-	7,  // 29: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
-	7,  // 30: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
-	7,  // 31: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
-	7,  // 32: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
-	14, // 33: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
-	17, // 34: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	14, // 35: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
-	20, // 36: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
-	14, // 37: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
-	23, // 38: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	26, // 39: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
-	27, // [27:40] is the sub-list for method output_type
-	14, // [14:27] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	27, // 13: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
+	2,  // 14: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
+	46, // 15: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
+	0,  // 16: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
+	32, // 17: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
+	2,  // 18: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
+	3,  // 19: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
+	46, // 20: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	46, // 21: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 22: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
+	46, // 23: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
+	3,  // 24: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
+	39, // 25: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
+	3,  // 26: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
+	4,  // 27: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
+	10, // 28: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
+	12, // 29: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
+	13, // 30: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
+	14, // 31: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
+	15, // 32: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
+	17, // 33: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
+	18, // 34: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	20, // 35: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
+	21, // 36: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
+	23, // 37: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
+	24, // 38: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	26, // 39: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
+	29, // 40: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
+	31, // 41: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
+	33, // 42: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
+	35, // 43: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
+	36, // 44: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
+	38, // 45: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
+	40, // 46: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
+	42, // 47: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
+	42, // 48: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
+	42, // 49: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
+	42, // 50: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
+	44, // 51: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
+	5,  // 52: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
+	11, // 53: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
+	9,  // 54: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
+	9,  // 55: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
+	9,  // 56: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
+	9,  // 57: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
+	16, // 58: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
+	19, // 59: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	16, // 60: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
+	22, // 61: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
+	16, // 62: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
+	25, // 63: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	28, // 64: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
+	30, // 65: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
+	32, // 66: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
+	34, // 67: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
+	32, // 68: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
+	37, // 69: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
+	39, // 70: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
+	41, // 71: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
+	39, // 72: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
+	39, // 73: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
+	39, // 74: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
+	43, // 75: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
+	39, // 76: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
+	52, // [52:77] is the sub-list for method output_type
+	27, // [27:52] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_signer_proto_init() }
@@ -2196,8 +3502,8 @@ func file_signer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_proto_rawDesc), len(file_signer_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   26,
+			NumEnums:      4,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,19 +31,31 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Signer_GetStatus_FullMethodName   = "/signer.v1.Signer/GetStatus"
-	Signer_ListTokens_FullMethodName  = "/signer.v1.Signer/ListTokens"
-	Signer_GetToken_FullMethodName    = "/signer.v1.Signer/GetToken"
-	Signer_LoginToken_FullMethodName  = "/signer.v1.Signer/LoginToken"
-	Signer_LogoutToken_FullMethodName = "/signer.v1.Signer/LogoutToken"
-	Signer_ChangePin_FullMethodName   = "/signer.v1.Signer/ChangePin"
-	Signer_GenerateKey_FullMethodName = "/signer.v1.Signer/GenerateKey"
-	Signer_ListKeys_FullMethodName    = "/signer.v1.Signer/ListKeys"
-	Signer_GetKey_FullMethodName      = "/signer.v1.Signer/GetKey"
-	Signer_DeleteKey_FullMethodName   = "/signer.v1.Signer/DeleteKey"
-	Signer_RenameKey_FullMethodName   = "/signer.v1.Signer/RenameKey"
-	Signer_Sign_FullMethodName        = "/signer.v1.Signer/Sign"
-	Signer_SignBatch_FullMethodName   = "/signer.v1.Signer/SignBatch"
+	Signer_GetStatus_FullMethodName      = "/signer.v1.Signer/GetStatus"
+	Signer_ListTokens_FullMethodName     = "/signer.v1.Signer/ListTokens"
+	Signer_GetToken_FullMethodName       = "/signer.v1.Signer/GetToken"
+	Signer_LoginToken_FullMethodName     = "/signer.v1.Signer/LoginToken"
+	Signer_LogoutToken_FullMethodName    = "/signer.v1.Signer/LogoutToken"
+	Signer_ChangePin_FullMethodName      = "/signer.v1.Signer/ChangePin"
+	Signer_GenerateKey_FullMethodName    = "/signer.v1.Signer/GenerateKey"
+	Signer_ListKeys_FullMethodName       = "/signer.v1.Signer/ListKeys"
+	Signer_GetKey_FullMethodName         = "/signer.v1.Signer/GetKey"
+	Signer_DeleteKey_FullMethodName      = "/signer.v1.Signer/DeleteKey"
+	Signer_RenameKey_FullMethodName      = "/signer.v1.Signer/RenameKey"
+	Signer_Sign_FullMethodName           = "/signer.v1.Signer/Sign"
+	Signer_SignBatch_FullMethodName      = "/signer.v1.Signer/SignBatch"
+	Signer_GetSigningInfo_FullMethodName = "/signer.v1.Signer/GetSigningInfo"
+	Signer_GenerateCSR_FullMethodName    = "/signer.v1.Signer/GenerateCSR"
+	Signer_ListCSRs_FullMethodName       = "/signer.v1.Signer/ListCSRs"
+	Signer_GetCSR_FullMethodName         = "/signer.v1.Signer/GetCSR"
+	Signer_DeleteCSR_FullMethodName      = "/signer.v1.Signer/DeleteCSR"
+	Signer_ImportCert_FullMethodName     = "/signer.v1.Signer/ImportCert"
+	Signer_ListCerts_FullMethodName      = "/signer.v1.Signer/ListCerts"
+	Signer_GetCert_FullMethodName        = "/signer.v1.Signer/GetCert"
+	Signer_ActivateCert_FullMethodName   = "/signer.v1.Signer/ActivateCert"
+	Signer_DeactivateCert_FullMethodName = "/signer.v1.Signer/DeactivateCert"
+	Signer_DeleteCert_FullMethodName     = "/signer.v1.Signer/DeleteCert"
+	Signer_SetCertStatus_FullMethodName  = "/signer.v1.Signer/SetCertStatus"
 )
 
 // SignerClient is the client API for Signer service.
@@ -83,6 +95,38 @@ type SignerClient interface {
 	// Merkle mode, one signature over the root of a SHA-256 Merkle tree of
 	// the digests with each digest's inclusion proof. Client.
 	SignBatch(ctx context.Context, in *SignBatchRequest, opts ...grpc.CallOption) (*SignBatchResponse, error)
+	// GetSigningInfo returns what a security server signs with for a member:
+	// the key, the certificate and its chain, the algorithm and the freshest
+	// good OCSP response. Client, for the members the policy allows.
+	GetSigningInfo(ctx context.Context, in *GetSigningInfoRequest, opts ...grpc.CallOption) (*SigningInfo, error)
+	// GenerateCSR makes a certificate request for a key, signed inside the
+	// HSM, with the extensions the key's usage calls for. Admin.
+	GenerateCSR(ctx context.Context, in *GenerateCSRRequest, opts ...grpc.CallOption) (*CSR, error)
+	// ListCSRs lists the requests no certificate has answered yet. Admin.
+	ListCSRs(ctx context.Context, in *ListCSRsRequest, opts ...grpc.CallOption) (*ListCSRsResponse, error)
+	// GetCSR returns one request again. Admin.
+	GetCSR(ctx context.Context, in *GetCSRRequest, opts ...grpc.CallOption) (*CSR, error)
+	// DeleteCSR forgets a request. Admin.
+	DeleteCSR(ctx context.Context, in *DeleteCSRRequest, opts ...grpc.CallOption) (*DeleteCSRResponse, error)
+	// ImportCert matches a certificate to its key by public key, checks that
+	// it fits the key's usage and is valid now, stores it on the token and
+	// in the state, and closes the request it answers. Importing the same
+	// certificate again changes nothing. Admin.
+	ImportCert(ctx context.Context, in *ImportCertRequest, opts ...grpc.CallOption) (*Certificate, error)
+	// ListCerts lists certificates by member, key and status. Admin.
+	ListCerts(ctx context.Context, in *ListCertsRequest, opts ...grpc.CallOption) (*ListCertsResponse, error)
+	// GetCert returns a certificate by SHA-256 or SHA-1 hex (a unique prefix
+	// of at least 8 digits will do). Admin.
+	GetCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*Certificate, error)
+	// ActivateCert lets the certificate be used for signing. Admin.
+	ActivateCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*Certificate, error)
+	// DeactivateCert stops its use for signing. Admin.
+	DeactivateCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*Certificate, error)
+	// DeleteCert removes the certificate from the token and the state. Admin.
+	DeleteCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*DeleteCertResponse, error)
+	// SetCertStatus records where the certificate is in its registration,
+	// as the security server drives it. Admin.
+	SetCertStatus(ctx context.Context, in *SetCertStatusRequest, opts ...grpc.CallOption) (*Certificate, error)
 }
 
 type signerClient struct {
@@ -223,6 +267,126 @@ func (c *signerClient) SignBatch(ctx context.Context, in *SignBatchRequest, opts
 	return out, nil
 }
 
+func (c *signerClient) GetSigningInfo(ctx context.Context, in *GetSigningInfoRequest, opts ...grpc.CallOption) (*SigningInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SigningInfo)
+	err := c.cc.Invoke(ctx, Signer_GetSigningInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) GenerateCSR(ctx context.Context, in *GenerateCSRRequest, opts ...grpc.CallOption) (*CSR, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CSR)
+	err := c.cc.Invoke(ctx, Signer_GenerateCSR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) ListCSRs(ctx context.Context, in *ListCSRsRequest, opts ...grpc.CallOption) (*ListCSRsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCSRsResponse)
+	err := c.cc.Invoke(ctx, Signer_ListCSRs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) GetCSR(ctx context.Context, in *GetCSRRequest, opts ...grpc.CallOption) (*CSR, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CSR)
+	err := c.cc.Invoke(ctx, Signer_GetCSR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) DeleteCSR(ctx context.Context, in *DeleteCSRRequest, opts ...grpc.CallOption) (*DeleteCSRResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteCSRResponse)
+	err := c.cc.Invoke(ctx, Signer_DeleteCSR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) ImportCert(ctx context.Context, in *ImportCertRequest, opts ...grpc.CallOption) (*Certificate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Certificate)
+	err := c.cc.Invoke(ctx, Signer_ImportCert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) ListCerts(ctx context.Context, in *ListCertsRequest, opts ...grpc.CallOption) (*ListCertsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCertsResponse)
+	err := c.cc.Invoke(ctx, Signer_ListCerts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) GetCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*Certificate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Certificate)
+	err := c.cc.Invoke(ctx, Signer_GetCert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) ActivateCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*Certificate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Certificate)
+	err := c.cc.Invoke(ctx, Signer_ActivateCert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) DeactivateCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*Certificate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Certificate)
+	err := c.cc.Invoke(ctx, Signer_DeactivateCert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) DeleteCert(ctx context.Context, in *CertRef, opts ...grpc.CallOption) (*DeleteCertResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteCertResponse)
+	err := c.cc.Invoke(ctx, Signer_DeleteCert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) SetCertStatus(ctx context.Context, in *SetCertStatusRequest, opts ...grpc.CallOption) (*Certificate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Certificate)
+	err := c.cc.Invoke(ctx, Signer_SetCertStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SignerServer is the server API for Signer service.
 // All implementations must embed UnimplementedSignerServer
 // for forward compatibility.
@@ -260,6 +424,38 @@ type SignerServer interface {
 	// Merkle mode, one signature over the root of a SHA-256 Merkle tree of
 	// the digests with each digest's inclusion proof. Client.
 	SignBatch(context.Context, *SignBatchRequest) (*SignBatchResponse, error)
+	// GetSigningInfo returns what a security server signs with for a member:
+	// the key, the certificate and its chain, the algorithm and the freshest
+	// good OCSP response. Client, for the members the policy allows.
+	GetSigningInfo(context.Context, *GetSigningInfoRequest) (*SigningInfo, error)
+	// GenerateCSR makes a certificate request for a key, signed inside the
+	// HSM, with the extensions the key's usage calls for. Admin.
+	GenerateCSR(context.Context, *GenerateCSRRequest) (*CSR, error)
+	// ListCSRs lists the requests no certificate has answered yet. Admin.
+	ListCSRs(context.Context, *ListCSRsRequest) (*ListCSRsResponse, error)
+	// GetCSR returns one request again. Admin.
+	GetCSR(context.Context, *GetCSRRequest) (*CSR, error)
+	// DeleteCSR forgets a request. Admin.
+	DeleteCSR(context.Context, *DeleteCSRRequest) (*DeleteCSRResponse, error)
+	// ImportCert matches a certificate to its key by public key, checks that
+	// it fits the key's usage and is valid now, stores it on the token and
+	// in the state, and closes the request it answers. Importing the same
+	// certificate again changes nothing. Admin.
+	ImportCert(context.Context, *ImportCertRequest) (*Certificate, error)
+	// ListCerts lists certificates by member, key and status. Admin.
+	ListCerts(context.Context, *ListCertsRequest) (*ListCertsResponse, error)
+	// GetCert returns a certificate by SHA-256 or SHA-1 hex (a unique prefix
+	// of at least 8 digits will do). Admin.
+	GetCert(context.Context, *CertRef) (*Certificate, error)
+	// ActivateCert lets the certificate be used for signing. Admin.
+	ActivateCert(context.Context, *CertRef) (*Certificate, error)
+	// DeactivateCert stops its use for signing. Admin.
+	DeactivateCert(context.Context, *CertRef) (*Certificate, error)
+	// DeleteCert removes the certificate from the token and the state. Admin.
+	DeleteCert(context.Context, *CertRef) (*DeleteCertResponse, error)
+	// SetCertStatus records where the certificate is in its registration,
+	// as the security server drives it. Admin.
+	SetCertStatus(context.Context, *SetCertStatusRequest) (*Certificate, error)
 	mustEmbedUnimplementedSignerServer()
 }
 
@@ -308,6 +504,42 @@ func (UnimplementedSignerServer) Sign(context.Context, *SignRequest) (*SignRespo
 }
 func (UnimplementedSignerServer) SignBatch(context.Context, *SignBatchRequest) (*SignBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignBatch not implemented")
+}
+func (UnimplementedSignerServer) GetSigningInfo(context.Context, *GetSigningInfoRequest) (*SigningInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSigningInfo not implemented")
+}
+func (UnimplementedSignerServer) GenerateCSR(context.Context, *GenerateCSRRequest) (*CSR, error) {
+	return nil, status.Error(codes.Unimplemented, "method GenerateCSR not implemented")
+}
+func (UnimplementedSignerServer) ListCSRs(context.Context, *ListCSRsRequest) (*ListCSRsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCSRs not implemented")
+}
+func (UnimplementedSignerServer) GetCSR(context.Context, *GetCSRRequest) (*CSR, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCSR not implemented")
+}
+func (UnimplementedSignerServer) DeleteCSR(context.Context, *DeleteCSRRequest) (*DeleteCSRResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCSR not implemented")
+}
+func (UnimplementedSignerServer) ImportCert(context.Context, *ImportCertRequest) (*Certificate, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportCert not implemented")
+}
+func (UnimplementedSignerServer) ListCerts(context.Context, *ListCertsRequest) (*ListCertsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCerts not implemented")
+}
+func (UnimplementedSignerServer) GetCert(context.Context, *CertRef) (*Certificate, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCert not implemented")
+}
+func (UnimplementedSignerServer) ActivateCert(context.Context, *CertRef) (*Certificate, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateCert not implemented")
+}
+func (UnimplementedSignerServer) DeactivateCert(context.Context, *CertRef) (*Certificate, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeactivateCert not implemented")
+}
+func (UnimplementedSignerServer) DeleteCert(context.Context, *CertRef) (*DeleteCertResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCert not implemented")
+}
+func (UnimplementedSignerServer) SetCertStatus(context.Context, *SetCertStatusRequest) (*Certificate, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetCertStatus not implemented")
 }
 func (UnimplementedSignerServer) mustEmbedUnimplementedSignerServer() {}
 func (UnimplementedSignerServer) testEmbeddedByValue()                {}
@@ -564,6 +796,222 @@ func _Signer_SignBatch_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Signer_GetSigningInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSigningInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GetSigningInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GetSigningInfo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GetSigningInfo(ctx, req.(*GetSigningInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_GenerateCSR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateCSRRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GenerateCSR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GenerateCSR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GenerateCSR(ctx, req.(*GenerateCSRRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_ListCSRs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCSRsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).ListCSRs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_ListCSRs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).ListCSRs(ctx, req.(*ListCSRsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_GetCSR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCSRRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GetCSR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GetCSR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GetCSR(ctx, req.(*GetCSRRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_DeleteCSR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCSRRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).DeleteCSR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_DeleteCSR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).DeleteCSR(ctx, req.(*DeleteCSRRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_ImportCert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportCertRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).ImportCert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_ImportCert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).ImportCert(ctx, req.(*ImportCertRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_ListCerts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCertsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).ListCerts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_ListCerts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).ListCerts(ctx, req.(*ListCertsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_GetCert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CertRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GetCert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GetCert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GetCert(ctx, req.(*CertRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_ActivateCert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CertRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).ActivateCert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_ActivateCert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).ActivateCert(ctx, req.(*CertRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_DeactivateCert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CertRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).DeactivateCert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_DeactivateCert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).DeactivateCert(ctx, req.(*CertRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_DeleteCert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CertRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).DeleteCert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_DeleteCert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).DeleteCert(ctx, req.(*CertRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_SetCertStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetCertStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).SetCertStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_SetCertStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).SetCertStatus(ctx, req.(*SetCertStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Signer_ServiceDesc is the grpc.ServiceDesc for Signer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -622,6 +1070,54 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignBatch",
 			Handler:    _Signer_SignBatch_Handler,
+		},
+		{
+			MethodName: "GetSigningInfo",
+			Handler:    _Signer_GetSigningInfo_Handler,
+		},
+		{
+			MethodName: "GenerateCSR",
+			Handler:    _Signer_GenerateCSR_Handler,
+		},
+		{
+			MethodName: "ListCSRs",
+			Handler:    _Signer_ListCSRs_Handler,
+		},
+		{
+			MethodName: "GetCSR",
+			Handler:    _Signer_GetCSR_Handler,
+		},
+		{
+			MethodName: "DeleteCSR",
+			Handler:    _Signer_DeleteCSR_Handler,
+		},
+		{
+			MethodName: "ImportCert",
+			Handler:    _Signer_ImportCert_Handler,
+		},
+		{
+			MethodName: "ListCerts",
+			Handler:    _Signer_ListCerts_Handler,
+		},
+		{
+			MethodName: "GetCert",
+			Handler:    _Signer_GetCert_Handler,
+		},
+		{
+			MethodName: "ActivateCert",
+			Handler:    _Signer_ActivateCert_Handler,
+		},
+		{
+			MethodName: "DeactivateCert",
+			Handler:    _Signer_DeactivateCert_Handler,
+		},
+		{
+			MethodName: "DeleteCert",
+			Handler:    _Signer_DeleteCert_Handler,
+		},
+		{
+			MethodName: "SetCertStatus",
+			Handler:    _Signer_SetCertStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // BenchmarkAppend appends typical sign records from 1, 8 and 64 goroutines
@@ -23,6 +24,9 @@ func BenchmarkAppend(b *testing.B) {
 				b.Run(fmt.Sprintf("%v-headinline/goroutines=%d", mode, g), func(b *testing.B) {
 					benchAppend(b, mode, g, hooks{syncHead: true})
 				})
+				b.Run(fmt.Sprintf("%v-head50ms/goroutines=%d", mode, g), func(b *testing.B) {
+					benchAppendOpts(b, Options{Mode: mode, HeadEvery: 50 * time.Millisecond}, g, hooks{})
+				})
 				b.Run(fmt.Sprintf("%v-nohead/goroutines=%d", mode, g), func(b *testing.B) {
 					benchAppend(b, mode, g, hooks{noHead: true})
 				})
@@ -32,10 +36,14 @@ func BenchmarkAppend(b *testing.B) {
 }
 
 func benchAppend(b *testing.B, mode Mode, goroutines int, variant hooks) {
+	benchAppendOpts(b, Options{Mode: mode}, goroutines, variant)
+}
+
+func benchAppendOpts(b *testing.B, opts Options, goroutines int, variant hooks) {
 	p := &probeFile{}
 	hk := probe(p)
 	hk.noHead, hk.syncHead = variant.noHead, variant.syncHead
-	l, err := open(b.Context(), filepath.Join(b.TempDir(), "audit.log"), Options{Mode: mode}, hk)
+	l, err := open(b.Context(), filepath.Join(b.TempDir(), "audit.log"), opts, hk)
 	if err != nil {
 		b.Fatal(err)
 	}

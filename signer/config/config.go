@@ -183,9 +183,12 @@ func readConfigFile(path string) ([]byte, error) {
 // an *Error wrapping ErrInvalid, joined with errors.Join when there are
 // several.
 func Parse(data []byte, name string) (*Config, error) {
+	ck := &checker{name: name, data: data}
+	if line := ck.index().tooDeep; line > 0 {
+		return nil, &Error{File: name, Line: line, Msg: fmt.Sprintf("nested deeper than %d levels (keys, tables, arrays); refusing", maxDepth)}
+	}
 	fc := defaultFile()
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&fc)
-	ck := &checker{name: name, data: data}
 	if err != nil {
 		var pe toml.ParseError
 		if !errors.As(err, &pe) || pe.LastKey != "" {

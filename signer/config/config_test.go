@@ -274,6 +274,10 @@ func TestParseInvalid(t *testing.T) {
 		{"empty member", client(`members = [""]`), `policy.client[0].members[0]: "" is empty`},
 		{"member with space", client(`members = ["EE GOV"]`), "holds a space"},
 
+		{"nested arrays", "[server]\nmax_batch = 1\nx = " + strings.Repeat("[", 17) + strings.Repeat("]", 17) + " # want\n", "nested deeper than 16 levels"},
+		{"nested inline tables", "\nx = {\n" + strings.Repeat("a={", 16) + strings.Repeat("}", 17) + " # want\n", "nested deeper than 16 levels"},
+		{"long dotted key", "[a.b.c.d.e.f.g.h]\ni.j.k.l.m.n.o.p.q = 1 # want\n", "nested deeper than 16 levels"},
+
 		{"wrong type", token(`sessions = "many"`), "module[0].token[0].sessions: is a string; want an integer"},
 		{"wrong type in second element", "[[policy.client]]\nname = \"a\"\nuids = [1]\n[[policy.client]]\nname = \"b\"\nuids = [2, \"3\"] # want\n",
 			"policy.client[1].uids[1]: is a string; want an integer"},

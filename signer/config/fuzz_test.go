@@ -34,8 +34,8 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// FuzzKeyIndex checks that, on any document the toml package accepts, the
-// line scanner finds the same keys in the same order as the decoder, and
+// FuzzKeyIndex checks that, on any document the toml package accepts and
+// that nests no deeper than maxDepth, the line scanner finds the same keys in the same order as the decoder, and
 // that it never panics on anything.
 func FuzzKeyIndex(f *testing.F) {
 	example, err := os.ReadFile("testdata/example.toml")
@@ -45,6 +45,9 @@ func FuzzKeyIndex(f *testing.F) {
 	f.Add(example)
 	f.Add([]byte("a = \"\"\"\n[b]\n\"\"\"\nc = { d = [ { e = 1 } ] }\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if indexKeys(data).tooDeep > 0 {
+			return // Parse refuses these before decoding
+		}
 		got := scannedKeys(data)
 		want, ok := metaKeys(t, data)
 		if !ok {

@@ -37,10 +37,15 @@ type keyDef struct {
 type keyIndex struct {
 	defs  []keyDef
 	first map[string]int // indexed name -> line of its first definition
+	// tooDeep is the line where the document nests deeper than maxDepth,
+	// or 0; the scan stops there.
+	tooDeep int
 }
 
-// maxScanDepth bounds the nesting of arrays and inline tables followed.
-const maxScanDepth = 256
+// maxDepth bounds how deeply a document may nest: the parts of a key,
+// with those of its table, and arrays and inline tables within a value.
+// The schema needs 3; the toml package takes time quadratic in the depth.
+const maxDepth = 16
 
 // indexKeys scans data. It never panics, whatever data holds.
 func indexKeys(data []byte) *keyIndex {
@@ -51,7 +56,7 @@ func indexKeys(data []byte) *keyIndex {
 		arrayTables: map[string]bool{},
 	}
 	s.document()
-	ix := &keyIndex{defs: s.defs, first: make(map[string]int, len(s.defs))}
+	ix := &keyIndex{defs: s.defs, first: make(map[string]int, len(s.defs)), tooDeep: s.tooDeep}
 	for _, d := range s.defs {
 		if _, ok := ix.first[d.indexed]; !ok {
 			ix.first[d.indexed] = d.line
@@ -91,6 +96,8 @@ type keyScanner struct {
 	pos  int
 	line int
 	bad  bool // set when the scanner met something it does not expect
+
+	tooDeep int // line where the nesting passed maxDepth
 
 	defs []keyDef
 
@@ -193,12 +200,18 @@ func (s *keyScanner) keyValue(ctx toml.Key, ctxIndexed string, depth int) {
 }
 
 func (s *keyScanner) emit(path toml.Key, indexed string, line int) {
+	if len(path) > maxDepth {
+		s.tooDeep = line
+		s.fail()
+		return
+	}
 	s.defs = append(s.defs, keyDef{path: append(toml.Key(nil), path...), indexed: indexed, line: line})
 }
 
 // value skips one value; inline tables in it are scanned for their keys.
 func (s *keyScanner) value(path toml.Key, indexed string, depth int) {
-	if depth > maxScanDepth {
+	if c := s.peek(0); (c == '[' || c == '{') && depth+1 > maxDepth {
+		s.tooDeep = s.line
 		s.fail()
 		return
 	}
@@ -302,6 +315,11 @@ func (s *keyScanner) key() toml.Key {
 			return parts
 		}
 		parts = append(parts, part)
+		if len(parts) > maxDepth {
+			s.tooDeep = s.line
+			s.fail()
+			return parts
+		}
 		s.skipSpace()
 		if s.peek(0) != '.' || s.eof() {
 			return parts

@@ -1,0 +1,45 @@
+package config
+
+import "testing"
+
+func TestPolicyMayUseKeyOfMembers(t *testing.T) {
+	p, err := NewPolicy(Admins{UIDs: []uint32{0}}, []ClientRule{
+		{Name: "ss-a", UIDs: []uint32{100}, Keys: []string{Wildcard}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/A"}},
+		{Name: "ss-b", UIDs: []uint32{200}, Keys: []string{"aa"}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/B"}},
+		{Name: "all", UIDs: []uint32{300}, Keys: []string{Wildcard}, Usages: []string{UsageSign}, Members: []string{Wildcard}},
+		{Name: "auth-only", UIDs: []uint32{400}, Keys: []string{Wildcard}, Usages: []string{UsageAuth}, Members: []string{Wildcard}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		uid     uint32
+		key     string
+		usage   string
+		members []string
+		want    bool
+	}{
+		{"own member's key", 100, "bb", UsageSign, []string{"EE/GOV/A"}, true},
+		{"another member's key, whatever the keys say", 100, "bb", UsageSign, []string{"EE/GOV/B"}, false},
+		{"key of two members, one allowed", 100, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, true},
+		{"unbound key by key grant", 100, "bb", UsageSign, nil, true},
+		{"member grant covers a key not in keys", 200, "cc", UsageSign, []string{"EE/GOV/B"}, true},
+		{"unbound key not in keys", 200, "cc", UsageSign, nil, false},
+		{"wildcard member", 300, "dd", UsageSign, []string{"EE/GOV/Z"}, true},
+		{"usage not granted", 400, "dd", UsageSign, []string{"EE/GOV/Z"}, false},
+		{"unknown peer", 999, "dd", UsageSign, []string{"EE/GOV/A"}, false},
+		{"empty member never matches", 100, "dd", UsageSign, []string{""}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := p.MayUseKeyOfMembers(Peer{UID: tt.uid, GID: 12345}, tt.key, tt.usage, tt.members); got != tt.want {
+				t.Fatalf("MayUseKeyOfMembers = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	var nilPolicy *Policy
+	if nilPolicy.MayUseKeyOfMembers(Peer{UID: 100}, "bb", UsageSign, []string{"EE/GOV/A"}) {
+		t.Fatal("a nil policy granted a key")
+	}
+}
