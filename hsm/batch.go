@@ -5,8 +5,8 @@ import (
 	"fmt"
 )
 
-// SignMany signs each digest with the key whose CKA_ID is id, by alg, on
-// one pool session held for the whole batch, so that a batch pays for one
+// SignMany signs each digest with the key whose CKA_ID is id, by alg, as
+// Sign does, on one pool session held for the whole batch, so that a batch pays for one
 // session hand-over and one key lookup. Every digest's length is checked
 // before the first signature is made: a bad batch signs nothing. After a
 // recovered failure the batch resumes where it stopped.
@@ -16,7 +16,11 @@ func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests 
 	}
 	for i, d := range digests {
 		if len(d) != alg.Hash.Size() {
-			return nil, fmt.Errorf("%w: digest %d: %s needs %d bytes, got %d", ErrDigestLength, i, alg.Name, alg.Hash.Size(), len(d))
+			err := fmt.Errorf("%w: %s needs a %d-byte digest, got %d bytes", ErrDigestLength, alg.Name, alg.Hash.Size(), len(d))
+			if len(digests) > 1 {
+				err = fmt.Errorf("digest %d: %w", i, err)
+			}
+			return nil, err
 		}
 	}
 	sigs := make([][]byte, len(digests))
@@ -54,7 +58,10 @@ func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests 
 	}
 	for i := range sigs {
 		if sigs[i], err = t.finish(key, alg, digests[i], sigs[i]); err != nil {
-			return nil, fmt.Errorf("digest %d: %w", i, err)
+			if len(digests) > 1 {
+				err = fmt.Errorf("digest %d: %w", i, err)
+			}
+			return nil, err
 		}
 	}
 	return sigs, nil

@@ -1,11 +1,14 @@
 package hsm
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -87,4 +90,43 @@ func TestSignManyResumesAfterSessionFailure(t *testing.T) {
 		t.Fatalf("%d C_Sign calls for %d digests: the batch did not resume where it stopped", got, len(ds))
 	}
 	e.assertNoLeakedSessions(t)
+}
+
+func TestECDSADER(t *testing.T) {
+	tests := []struct {
+		name string
+		rs   []byte
+	}{
+		{"plain", append(bytes.Repeat([]byte{0x11}, 32), bytes.Repeat([]byte{0x22}, 32)...)},
+		{"high bits set", append(bytes.Repeat([]byte{0xff}, 32), bytes.Repeat([]byte{0x80}, 32)...)},
+		{"leading zeros", append(append([]byte{0, 0, 0x01}, make([]byte, 29)...), append([]byte{0, 0x80}, bytes.Repeat([]byte{1}, 30)...)...)},
+		{"P-521 size", append(append([]byte{0x01}, bytes.Repeat([]byte{0xee}, 65)...), append([]byte{0x00, 0xff}, bytes.Repeat([]byte{0x7f}, 64)...)...)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			der, err := ecdsaDER(tt.rs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sig struct{ R, S *big.Int }
+			rest, err := asn1.Unmarshal(der, &sig)
+			if err != nil || len(rest) != 0 {
+				t.Fatalf("not DER: %v", err)
+			}
+			half := len(tt.rs) / 2
+			if sig.R.Cmp(new(big.Int).SetBytes(tt.rs[:half])) != 0 || sig.S.Cmp(new(big.Int).SetBytes(tt.rs[half:])) != 0 {
+				t.Fatalf("r, s = %x, %x", sig.R, sig.S)
+			}
+			// Exactly what encoding/asn1 makes of the same integers.
+			want, _ := asn1.Marshal(sig)
+			if !bytes.Equal(der, want) {
+				t.Fatalf("DER %x, want %x", der, want)
+			}
+		})
+	}
+	for _, bad := range [][]byte{nil, {1, 2, 3}, make([]byte, 64), make([]byte, 200)} {
+		if _, err := ecdsaDER(bad); err == nil {
+			t.Errorf("ecdsaDER(%x) accepted", bad)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package hsm
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/asn1"
 	"fmt"
@@ -29,7 +30,19 @@ func (t *Token) StoreCertificate(ctx context.Context, id []byte, label string, c
 	}
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
+	pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok {
+		return fmt.Errorf("%w: certificate public key of type %T", ErrInvalidArgument, cert.PublicKey)
+	}
 	return t.withSession(ctx, func(s *session) error {
+		// The certificate must belong to the key pair whose id it gets.
+		e, err := t.keyByID(s, id)
+		if err != nil {
+			return err
+		}
+		if !pub.Equal(e.key.Public) {
+			return fmt.Errorf("%w: the certificate's public key is not that of key %x", ErrInvalidArgument, id)
+		}
 		hs, err := t.find(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),

@@ -7,14 +7,11 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"io"
-	"math/big"
 	"time"
 
 	"github.com/miekg/pkcs11"
 
 	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // Sign signs digest with the private key whose CKA_ID is id, by alg. The
@@ -23,45 +20,11 @@ import (
 // unless the token was opened WithRSAVerify(false). ECDSA signatures are
 // returned DER-encoded.
 func (t *Token) Sign(ctx context.Context, id []byte, alg Algorithm, digest []byte) ([]byte, error) {
-	sig, _, err := t.sign(ctx, id, alg, digest)
-	return sig, err
-}
-
-func (t *Token) sign(ctx context.Context, id []byte, alg Algorithm, digest []byte) ([]byte, Key, error) {
-	if alg.Scheme == SchemeUnknown || !alg.Hash.Available() {
-		return nil, Key{}, fmt.Errorf("%w: no algorithm given", ErrAlgorithm)
-	}
-	if len(digest) != alg.Hash.Size() {
-		return nil, Key{}, fmt.Errorf("%w: %s needs a %d-byte digest, got %d bytes", ErrDigestLength, alg.Name, alg.Hash.Size(), len(digest))
-	}
-	mech, data := mechanism(alg, digest)
-	var (
-		sig []byte
-		key Key
-	)
-	err := t.withSession(ctx, func(s *session) error {
-		e, err := t.keyByID(s, id)
-		if err != nil {
-			return err
-		}
-		key = e.key
-		if key.Type != keyTypeFor(alg) {
-			return fmt.Errorf("%w: %s needs an %s key; key %x is %s", ErrAlgorithm, alg.Name, keyTypeFor(alg), id, key.Type)
-		}
-		if err := t.m.api.SignInit(s.h, mech, e.handle); err != nil {
-			return p11err("C_SignInit", err)
-		}
-		sig, err = t.m.api.Sign(s.h, data)
-		return p11err("C_Sign", err)
-	})
+	sigs, err := t.SignMany(ctx, id, alg, [][]byte{digest})
 	if err != nil {
-		return nil, Key{}, err
+		return nil, err
 	}
-	sig, err = t.finish(key, alg, digest, sig)
-	if err != nil {
-		return nil, Key{}, err
-	}
-	return sig, key, nil
+	return sigs[0], nil
 }
 
 // finish turns the module's signature into the one returned: ECDSA's r‖s
@@ -109,20 +72,42 @@ func mechanism(alg Algorithm, digest []byte) ([]*pkcs11.Mechanism, []byte) {
 }
 
 // ecdsaDER turns PKCS#11's r‖s into the DER SEQUENCE { r, s } that X.509,
-// CMS and TLS expect.
+// CMS and TLS expect, without going through big.Int.
 func ecdsaDER(rs []byte) ([]byte, error) {
-	if len(rs) == 0 || len(rs)%2 != 0 {
+	if len(rs) == 0 || len(rs)%2 != 0 || len(rs) > 2*66 {
 		return nil, fmt.Errorf("ECDSA signature of %d bytes is not r‖s", len(rs))
 	}
 	half := len(rs) / 2
-	r := new(big.Int).SetBytes(rs[:half])
-	s := new(big.Int).SetBytes(rs[half:])
-	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1BigInt(r)
-		b.AddASN1BigInt(s)
-	})
-	return b.Bytes()
+	r, s := derInteger(rs[:half]), derInteger(rs[half:])
+	if r == nil || s == nil {
+		return nil, fmt.Errorf("ECDSA signature has a zero r or s")
+	}
+	body := 2 + len(r) + 2 + len(s)
+	out := make([]byte, 0, 3+body)
+	out = append(out, 0x30)
+	if body >= 0x80 {
+		out = append(out, 0x81)
+	}
+	out = append(out, byte(body), 0x02, byte(len(r)))
+	out = append(out, r...)
+	out = append(out, 0x02, byte(len(s)))
+	return append(out, s...), nil
+}
+
+// derInteger returns the content octets of a DER INTEGER holding the
+// unsigned big-endian b: leading zeros trimmed, a zero byte added when the
+// top bit is set. It returns nil for zero, which ECDSA never yields.
+func derInteger(b []byte) []byte {
+	for len(b) > 0 && b[0] == 0 {
+		b = b[1:]
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	if b[0]&0x80 != 0 {
+		return append([]byte{0}, b...)
+	}
+	return b
 }
 
 // KeySigner is a key on a token seen as a crypto.Signer, for

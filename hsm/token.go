@@ -41,10 +41,15 @@ func ParseTokenSelector(s string) (TokenSelector, error) {
 			return TokenSelector{}, fmt.Errorf("%w: %q names no token (give token= or serial=)", ErrInvalidURI, s)
 		}
 		return TokenSelector{Label: u.Token, Serial: u.Serial}, nil
-	case strings.HasPrefix(s, "serial:"):
-		return TokenSelector{Serial: strings.TrimPrefix(s, "serial:")}, nil
-	case strings.HasPrefix(s, "label:"):
-		return TokenSelector{Label: strings.TrimPrefix(s, "label:")}, nil
+	case strings.HasPrefix(s, "serial:") || strings.HasPrefix(s, "label:"):
+		kind, v, _ := strings.Cut(s, ":")
+		if v == "" {
+			return TokenSelector{}, fmt.Errorf("%w: %q names no token", ErrInvalidArgument, s)
+		}
+		if kind == "serial" {
+			return TokenSelector{Serial: v}, nil
+		}
+		return TokenSelector{Label: v}, nil
 	case s == "":
 		return TokenSelector{}, fmt.Errorf("%w: empty token selector", ErrInvalidArgument)
 	}
@@ -145,7 +150,9 @@ type tokenOptions struct {
 }
 
 // WithPoolSize sets how many sessions the token's pool may open. The
-// default is the CPU count, capped by the token's maximum.
+// default is four per CPU, capped by the token's maximum: a PKCS#11 call
+// may block (SoftHSM locks its object files; a network HSM waits on the
+// network), and a spare session keeps a CPU busy meanwhile.
 func WithPoolSize(n int) TokenOption {
 	return func(o *tokenOptions) { o.poolSize = n }
 }
@@ -192,7 +199,8 @@ type Token struct {
 }
 
 // Token finds the token sel names and returns it, opening no session yet.
-// Asking twice for the same token returns the same *Token.
+// Asking twice for the same token returns the same *Token, with the options
+// of the first call: the later call's options are not applied.
 func (m *Module) Token(ctx context.Context, sel TokenSelector, opts ...TokenOption) (*Token, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -223,7 +231,7 @@ func (m *Module) Token(ctx context.Context, sel TokenSelector, opts ...TokenOpti
 	}
 	size := o.poolSize
 	if size <= 0 {
-		size = runtime.NumCPU()
+		size = 4 * runtime.NumCPU()
 	}
 	if info.MaxSessionCount > 0 && uint(size) > info.MaxSessionCount {
 		size = int(info.MaxSessionCount)

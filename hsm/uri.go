@@ -77,6 +77,10 @@ func ParseURI(s string) (URI, error) {
 	if query != "" {
 		for attr := range strings.SplitSeq(query, "&") {
 			name, raw, _ := strings.Cut(attr, "=")
+			if seen["?"+name] {
+				return URI{}, fmt.Errorf("%w: query attribute %q given twice", ErrInvalidURI, name)
+			}
+			seen["?"+name] = true
 			if name == "pin-value" {
 				return URI{}, fmt.Errorf("%w: pin-value is refused; give the PIN through a PIN source, never in a URI", ErrInvalidURI)
 			}
@@ -111,7 +115,7 @@ func (u URI) String() string {
 	var path []string
 	add := func(name, v string) {
 		if v != "" {
-			path = append(path, name+"="+escape(v))
+			path = append(path, name+"="+escape(v, false))
 		}
 	}
 	add("token", u.Token)
@@ -124,13 +128,13 @@ func (u URI) String() string {
 	s := "pkcs11:" + strings.Join(path, ";")
 	var q []string
 	if u.ModulePath != "" {
-		q = append(q, "module-path="+escape(u.ModulePath))
+		q = append(q, "module-path="+escape(u.ModulePath, true))
 	}
 	if u.ModuleName != "" {
-		q = append(q, "module-name="+escape(u.ModuleName))
+		q = append(q, "module-name="+escape(u.ModuleName, true))
 	}
 	if u.PINSource != "" {
-		q = append(q, "pin-source="+escape(u.PINSource))
+		q = append(q, "pin-source="+escape(u.PINSource, true))
 	}
 	if len(q) > 0 {
 		s += "?" + strings.Join(q, "&")
@@ -139,13 +143,14 @@ func (u URI) String() string {
 }
 
 // escape percent-encodes everything but RFC 7512's unreserved characters
-// and the few path characters that are safe in a value.
-func escape(v string) string {
+// and the characters its grammar allows unencoded in a value: "/" only in
+// a query value (pk11-qchar), never in a path value (pk11-pchar).
+func escape(v string, query bool) string {
 	var b strings.Builder
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~:[]@!$'()*+,", c) >= 0 ||
-			c == '/' {
+			c == '/' && query {
 			b.WriteByte(c)
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hsmsigner/hsmsigner/hsm"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
 )
 
 // runParallel calls fn n times from g goroutines and returns the rate.
@@ -53,10 +54,10 @@ func BenchmarkDaemonVsRaw(b *testing.B) {
 		auditMode   string
 	}{
 		{"EC-P256", "SHA256withECDSA", 1, false, "buffered"},
-		{"EC-P256", "SHA256withECDSA", 1, false, "sync"},
 		{"EC-P256", "SHA256withECDSA", 64, false, "buffered"},
 		{"RSA2048", "SHA256withRSA", 1, false, "buffered"},
 		{"RSA2048", "SHA256withRSA", 64, true, "buffered"},
+		{"EC-P256", "SHA256withECDSA", 1, false, "sync"},
 	} {
 		for _, g := range []int{2, 8} {
 			mode := "single"
@@ -128,5 +129,53 @@ func BenchmarkDaemonVsRaw(b *testing.B) {
 				b.ReportMetric(dRate/rRate, "daemon/raw")
 			})
 		}
+	}
+}
+
+// discardAudit is the audit log switched off, for measuring what the audit
+// costs; it is never used outside this benchmark.
+type discardAudit struct{}
+
+func (discardAudit) Append(context.Context, audit.Record) error { return nil }
+func (discardAudit) Head() (uint64, string)                     { return 0, "" }
+func (discardAudit) Close() error                               { return nil }
+
+// BenchmarkAuditCost signs ECDSA P-256 digests through the daemon's socket
+// with the audit log on (buffered, the default) and off, alternating in one
+// run, and reports audit-on/audit-off.
+func BenchmarkAuditCost(b *testing.B) {
+	for _, g := range []int{2, 8} {
+		b.Run(fmt.Sprintf("ES256/g%d", g), func(b *testing.B) {
+			d := newDaemon(b, func(p *daemonParams) { p.AuditMode = "buffered" })
+			k := d.genKey(b, "bench", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+			ctx := context.Background()
+			digest := sha("audit cost")
+			sign := func(int) error {
+				_, err := d.client.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: k.GetId()}, Algorithm: "ES256", Digest: digest})
+				return err
+			}
+			real := d.svc.audit
+			calls := max(b.N, 50)
+			var on, off float64
+			b.ResetTimer()
+			for range 3 {
+				d.svc.audit = real
+				r, err := runParallel(g, calls, sign)
+				if err != nil {
+					b.Fatal(err)
+				}
+				on += r
+				d.svc.audit = discardAudit{}
+				r, err = runParallel(g, calls, sign)
+				if err != nil {
+					b.Fatal(err)
+				}
+				off += r
+			}
+			d.svc.audit = real
+			b.ReportMetric(on/3, "audit-on-sig/s")
+			b.ReportMetric(off/3, "audit-off-sig/s")
+			b.ReportMetric(on/off, "on/off")
+		})
 	}
 }

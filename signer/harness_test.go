@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"text/template"
 	"time"
@@ -132,7 +133,8 @@ func (d *testDaemon) start() {
 		svc.Close()
 		t.Fatalf("ListenUnix: %v", err)
 	}
-	srv := grpc.NewServer(grpc.Creds(peercred.Credentials{}), grpc.UnaryInterceptor(svc.UnaryInterceptor()), grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes))
+	srv := grpc.NewServer(grpc.Creds(peercred.Credentials{}),
+		grpc.NumStreamWorkers(uint32(runtime.NumCPU())), grpc.UnaryInterceptor(svc.UnaryInterceptor()), grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes))
 	signerv1.RegisterSignerServer(srv, svc)
 	go func() { _ = srv.Serve(l) }()
 	c, err := client.Dial(cfg.Server.GRPCSocket)

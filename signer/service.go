@@ -41,7 +41,7 @@ type Service struct {
 	started time.Time
 
 	store   *state.Store
-	audit   *audit.Log
+	audit   auditLog
 	policy  atomic.Pointer[config.Policy]
 	modules []*moduleEntry
 	tokens  []*tokenEntry
@@ -61,6 +61,13 @@ type tokenEntry struct {
 	name   string
 	module *moduleEntry
 	tok    *hsm.Token
+}
+
+// auditLog is what the service needs of the audit log.
+type auditLog interface {
+	Append(ctx context.Context, r audit.Record) error
+	Head() (seq uint64, hash string)
+	Close() error
 }
 
 // keyRef locates a key and carries what the state knows of it.
@@ -97,9 +104,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if cfg.Server.AuditMode == config.AuditBuffered {
 		mode = audit.Buffered
 	}
-	if s.audit, err = audit.Open(ctx, cfg.Server.AuditFile, audit.Options{Mode: mode}); err != nil {
+	auditFile, err := audit.Open(ctx, cfg.Server.AuditFile, audit.Options{Mode: mode})
+	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)
 	}
+	s.audit = auditFile
 	for _, mc := range cfg.Modules {
 		m, err := hsm.OpenModule(ctx, mc.Path, hsm.WithLogger(log))
 		if err != nil {

@@ -241,7 +241,8 @@ func (a *app) benchRun(ctx context.Context, name string, fn func(context.Context
 		})
 	}
 	done := make(chan struct{})
-	go func() {
+	var progress sync.WaitGroup
+	progress.Go(func() {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
@@ -253,9 +254,10 @@ func (a *app) benchRun(ctx context.Context, name string, fn func(context.Context
 				fmt.Fprintf(a.stderr, "\r%s round %d: %6.1fs %10.0f digests/s   ", name, round+1, el.Seconds(), float64(digests.Load())/el.Seconds())
 			}
 		}
-	}()
+	})
 	wg.Wait()
 	close(done)
+	progress.Wait()
 	fmt.Fprint(a.stderr, "\r\033[K")
 	return &benchResult{name: name, digests: digests.Load(), calls: calls.Load(), elapsed: time.Since(start), latencies: lat, errs: errs.Load(), firstErr: firstErr}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -61,6 +62,7 @@ func runDaemon(ctx context.Context, configPath string, ready afterReady) error {
 
 	gs := grpc.NewServer(
 		grpc.Creds(peercred.Credentials{}),
+		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
 		grpc.UnaryInterceptor(svc.UnaryInterceptor()),
 		grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes),
 		grpc.MaxSendMsgSize(64<<20),

@@ -21,7 +21,7 @@ const (
 	// acknowledged record survives a crash. The default.
 	Sync Mode = iota
 	// Buffered makes Append return once its group is written with
-	// write(2); the writer fsyncs at most every Options.FlushEvery and at
+	// write(2); the log is fsynced at most every Options.FlushEvery and at
 	// Close. A crash of the machine (not of the process) can lose the
 	// records of the last FlushEvery and leave a torn last line.
 	Buffered
@@ -142,7 +142,11 @@ type Log struct {
 	seq    uint64 // last written line, for Head
 	hash   string
 
-	// Owned by the writer goroutine.
+	// wmu is held by whoever writes: the writer goroutine, or an Append
+	// that found no writer busy and commits the queue itself (so the first
+	// caller of a group pays no goroutine hand-off). It guards the fields
+	// below.
+	wmu      sync.Mutex
 	wseq     uint64
 	whash    string
 	wsize    int64 // bytes of complete, acknowledged lines
@@ -386,7 +390,24 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 		l.hooks.queued(len(l.queue))
 	}
 	l.mu.Unlock()
-	l.signal()
+	if l.opts.Mode == Buffered && l.wmu.TryLock() {
+		// Buffered, and nobody is writing: commit one group, this record
+		// included, with one write(2) and no hand-off to the writer
+		// goroutine, which gets the rest. (In Sync mode the fsync stays on
+		// the writer goroutine, so that ctx can end the wait.)
+		wasDirty := l.dirty
+		l.commitNext()
+		startTimer := !wasDirty && l.dirty // the writer arms the fsync timer
+		l.wmu.Unlock()
+		l.mu.Lock()
+		more := len(l.queue) > 0
+		l.mu.Unlock()
+		if more || startTimer {
+			l.signal()
+		}
+	} else {
+		l.signal()
+	}
 	select {
 	case err := <-p.done:
 		return err
@@ -430,7 +451,9 @@ func (l *Log) signal() {
 	}
 }
 
-// run is the writer goroutine.
+// run is the writer goroutine: it commits what Appends queued while
+// another commit was under way, fsyncs written records at most FlushEvery
+// after they were written (Buffered), and closes the file on Close.
 func (l *Log) run() {
 	defer close(l.done)
 	var timer *time.Timer
@@ -442,35 +465,26 @@ func (l *Log) run() {
 		}
 	}
 	for {
+		l.wmu.Lock()
+		l.drain()
 		l.mu.Lock()
-		n := min(len(l.queue), l.opts.MaxBatch)
-		batch := append(l.spare[:0], l.queue[:n]...)
-		rest := copy(l.queue, l.queue[n:])
-		clear(l.queue[rest:])
-		l.queue = l.queue[:rest]
-		closing := l.closed
+		closing := l.closed && len(l.queue) == 0
 		l.mu.Unlock()
-
-		if len(batch) > 0 {
-			l.commit(batch)
-			clear(batch)
-			l.spare = batch[:0]
-			if l.dirty && time.Since(l.lastSync) >= l.opts.FlushEvery {
-				stopTimer()
-				l.flush()
-			}
-			continue
-		}
 		if closing {
 			stopTimer()
 			l.flush()
+			l.wmu.Unlock()
 			close(l.dstop)
 			<-l.ddone
 			l.fileErr = l.f.Close()
 			return
 		}
-		if l.dirty && tick == nil {
-			d := max(l.opts.FlushEvery-time.Since(l.lastSync), 0)
+		dirty, lastSync := l.dirty, l.lastSync
+		l.wmu.Unlock()
+		if !dirty {
+			stopTimer()
+		} else if tick == nil {
+			d := max(l.opts.FlushEvery-time.Since(lastSync), 0)
 			if timer == nil {
 				timer = time.NewTimer(d)
 			} else {
@@ -482,9 +496,41 @@ func (l *Log) run() {
 		case <-l.wake:
 		case <-tick:
 			tick = nil
+			l.wmu.Lock()
 			l.flush()
+			l.wmu.Unlock()
 		}
 	}
+}
+
+// drain commits the queued records in groups until the queue is empty.
+// The caller holds wmu.
+func (l *Log) drain() {
+	for l.commitNext() {
+	}
+}
+
+// commitNext commits the next group of at most MaxBatch queued records and
+// reports whether there was one. The caller holds wmu.
+func (l *Log) commitNext() bool {
+	l.mu.Lock()
+	n := min(len(l.queue), l.opts.MaxBatch)
+	if n == 0 {
+		l.mu.Unlock()
+		return false
+	}
+	batch := append(l.spare[:0], l.queue[:n]...)
+	rest := copy(l.queue, l.queue[n:])
+	clear(l.queue[rest:])
+	l.queue = l.queue[:rest]
+	l.mu.Unlock()
+	l.commit(batch)
+	clear(batch)
+	l.spare = batch[:0]
+	if l.dirty && time.Since(l.lastSync) >= l.opts.FlushEvery {
+		l.flush()
+	}
+	return true
 }
 
 // commit writes a group with one write and, in Sync mode, one fsync, then

@@ -20,7 +20,7 @@ const (
 	DefaultHTTPSocket      = "/run/signerd/http.sock"
 	DefaultStateDir        = "/var/lib/signerd"
 	DefaultAuditFile       = "/var/log/signerd/audit.jsonl"
-	DefaultAuditMode       = AuditSync
+	DefaultAuditMode       = AuditBuffered
 	DefaultMaxMessageBytes = 4 << 20
 	DefaultMaxBatch        = 4096
 	DefaultShutdownTimeout = 10 * time.Second

@@ -67,7 +67,7 @@ func TestLoadExample(t *testing.T) {
 		HTTPSocket:      "/run/signerd/http.sock",
 		StateDir:        "/var/lib/signerd",
 		AuditFile:       "/var/log/signerd/audit.jsonl",
-		AuditMode:       AuditSync,
+		AuditMode:       AuditBuffered,
 		MaxMessageBytes: 4194304,
 		MaxBatch:        4096,
 		ShutdownTimeout: 10 * time.Second,

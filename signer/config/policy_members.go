@@ -26,3 +26,17 @@ func (p *Policy) MayUseKeyOfMembers(peer Peer, keyID, usage string, members []st
 	}
 	return false
 }
+
+// IsClient reports whether a client rule matches peer, without copying
+// the rules as Clients does (it is asked on every call).
+func (p *Policy) IsClient(peer Peer) bool {
+	if p == nil {
+		return false
+	}
+	for i := range p.rules {
+		if p.rules[i].matches(peer) {
+			return true
+		}
+	}
+	return false
+}

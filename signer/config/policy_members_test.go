@@ -43,3 +43,22 @@ func TestPolicyMayUseKeyOfMembers(t *testing.T) {
 		t.Fatal("a nil policy granted a key")
 	}
 }
+
+func TestPolicyIsClient(t *testing.T) {
+	p, err := NewPolicy(Admins{UIDs: []uint32{0}}, []ClientRule{{Name: "c", GIDs: []uint32{50}, Keys: []string{Wildcard}, Usages: []string{UsageSign}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		peer Peer
+		want bool
+	}{{Peer{UID: 7, GID: 50}, true}, {Peer{UID: 0, GID: 0}, false}, {Peer{UID: 50, GID: 7}, false}} {
+		if got := p.IsClient(tt.peer); got != tt.want || got != (len(p.Clients(tt.peer)) > 0) {
+			t.Errorf("IsClient(%+v) = %v, want %v", tt.peer, got, tt.want)
+		}
+	}
+	var nilPolicy *Policy
+	if nilPolicy.IsClient(Peer{}) {
+		t.Error("nil policy has a client")
+	}
+}
