@@ -31,7 +31,7 @@ bench: deps
 # bench-daemon: signing through signerd's socket against in-process hsm
 # signing in the same run (daemon/raw).
 bench-daemon: deps
-	$(GO) test -run '^$$' -bench BenchmarkDaemonVsRaw -benchtime 3000x ./signer/
+	$(GO) test -run '^$$' -bench 'BenchmarkDaemonVsRaw|BenchmarkAuditCost' -benchtime 3000x ./signer/
 
 # generate regenerates the committed protobuf code (needs protoc-gen-go and
 # protoc-gen-go-grpc on PATH; see signer/api/generate.go).

@@ -77,10 +77,6 @@ func BenchmarkSign(b *testing.B) {
 		{"RSA2048-PKCS1-noverify", RSA2048, "SHA256withRSA", []TokenOption{WithRSAVerify(false)}, all},
 		{"RSA2048-PSS", RSA2048, "SHA256withRSAandMGF1", nil, all},
 		{"ECDSA-P256", ECP256, "SHA256withECDSA", nil, all},
-		// With as many sessions as goroutines, as the raw path has: shows
-		// what the default pool size (the CPU count) costs at g=8.
-		{"RSA2048-PKCS1-pool8", RSA2048, "SHA256withRSA", []TokenOption{WithPoolSize(8)}, []int{8}},
-		{"ECDSA-P256-pool8", ECP256, "SHA256withECDSA", []TokenOption{WithPoolSize(8)}, []int{8}},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {

@@ -15,6 +15,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/hsm"
 	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/merkle"
 )
 
@@ -23,6 +24,7 @@ type benchOptions struct {
 	keyID       string
 	alg         string
 	concurrency int
+	connections int
 	duration    time.Duration
 	batch       int
 	mode        string
@@ -77,6 +79,7 @@ concurrency; a Merkle batch in the raw run is one signature over the tree root.`
 	f.StringVar(&o.keyID, "key", "", "key id (hex)")
 	f.StringVar(&o.alg, "alg", "SHA256withECDSA", "signature algorithm")
 	f.IntVarP(&o.concurrency, "concurrency", "c", 8, "concurrent callers")
+	f.IntVar(&o.connections, "connections", 1, "gRPC connections the callers share (as several security server processes would open)")
 	f.DurationVarP(&o.duration, "duration", "d", 10*time.Second, "how long to measure (in all, split over the rounds)")
 	f.IntVarP(&o.batch, "batch", "b", 1, "digests per call (1: Sign; more: SignBatch)")
 	f.StringVar(&o.mode, "mode", "individual", "batch mode: individual or merkle")
@@ -105,12 +108,21 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	default:
 		return fmt.Errorf("--mode %q: use individual or merkle", o.mode)
 	}
-	c, err := a.dial()
-	if err != nil {
-		return err
+	if o.connections < 1 || o.connections > o.concurrency {
+		return errors.New("--connections must be between 1 and --concurrency")
 	}
-	defer c.Close()
+	var conns []*client.Client
+	for range o.connections {
+		c, err := a.dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	var next atomic.Uint64
 	daemon := func(ctx context.Context, digests [][]byte) error {
+		c := conns[next.Add(1)%uint64(len(conns))]
 		if len(digests) == 1 {
 			_, err := c.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: o.keyID}, Algorithm: alg.Name, Digest: digests[0]})
 			return err

@@ -390,11 +390,14 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 		l.hooks.queued(len(l.queue))
 	}
 	l.mu.Unlock()
-	if l.opts.Mode == Buffered && l.wmu.TryLock() {
-		// Buffered, and nobody is writing: commit one group, this record
-		// included, with one write(2) and no hand-off to the writer
-		// goroutine, which gets the rest. (In Sync mode the fsync stays on
-		// the writer goroutine, so that ctx can end the wait.)
+	if l.opts.Mode == Buffered {
+		// Buffered: the caller commits the queue's next group, its record
+		// included (unless the writer of another group took it along),
+		// with one write(2) and no hand-off to the writer goroutine. A
+		// write(2) is short, so waiting for the lock costs less than
+		// waking a goroutine. (In Sync mode the fsync stays on the writer
+		// goroutine, so that ctx can end the wait.)
+		l.wmu.Lock()
 		wasDirty := l.dirty
 		l.commitNext()
 		startTimer := !wasDirty && l.dirty // the writer arms the fsync timer
