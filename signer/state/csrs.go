@@ -105,23 +105,7 @@ func (t *Tx) GetCSR(id string) (CSRRecord, error) {
 
 // ListCSRs returns every CSR, ordered by id.
 func (t *Tx) ListCSRs() ([]CSRRecord, error) {
-	csrs, err := t.bucket(bucketCSRs, false)
-	if err != nil {
-		return nil, err
-	}
-	var out []CSRRecord
-	err = csrs.ForEach(func(k, v []byte) error {
-		var rec CSRRecord
-		if _, err := decodeJSON(string(k), v, &rec); err != nil {
-			return err
-		}
-		out = append(out, rec)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return listAll[CSRRecord](t, bucketCSRs)
 }
 
 // DeleteCSR removes the CSR with the given id, or returns ErrNotFound.

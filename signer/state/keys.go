@@ -167,23 +167,7 @@ func (t *Tx) GetKey(token, id string) (KeyRecord, error) {
 
 // ListKeys returns every key record, ordered by token serial, then id.
 func (t *Tx) ListKeys() ([]KeyRecord, error) {
-	keys, err := t.bucket(bucketKeys, false)
-	if err != nil {
-		return nil, err
-	}
-	var out []KeyRecord
-	err = keys.ForEach(func(k, v []byte) error {
-		var rec KeyRecord
-		if _, err := decodeJSON(string(k), v, &rec); err != nil {
-			return err
-		}
-		out = append(out, rec)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return listAll[KeyRecord](t, bucketKeys)
 }
 
 // UpdateKey reads the record of key id on token, lets fn change it, and

@@ -69,3 +69,24 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 	}
 	return nil
 }
+
+// listAll decodes every record of a bucket, in key order.
+func listAll[T any](t *Tx, bucket []byte) ([]T, error) {
+	b, err := t.bucket(bucket, false)
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	err = b.ForEach(func(k, v []byte) error {
+		var rec T
+		if _, err := decodeJSON(string(k), v, &rec); err != nil {
+			return err
+		}
+		out = append(out, rec)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
