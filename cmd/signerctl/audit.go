@@ -20,6 +20,9 @@ func (a *app) auditCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "%s: %d lines, chain intact (last seq %d, head %s)\n", args[0], sum.Lines, sum.LastSeq, sum.LastHash)
+			if sum.Head == nil {
+				fmt.Fprintf(a.stderr, "warning: no head file %s.head beside the log: lines cut from its end cannot be detected\n", args[0])
+			}
 			return nil
 		},
 	}

@@ -113,6 +113,14 @@ func TestSignctlWalkthrough(t *testing.T) {
 	if code == 0 || !strings.Contains(errs, "line") {
 		t.Fatalf("tampered audit: exit %d, %s", code, errs)
 	}
+	// A copy without its head file verifies, with a warning that a cut
+	// could not be checked.
+	intact := filepath.Join(work, "copy.jsonl")
+	_ = os.WriteFile(intact, b, 0o600)
+	out, errs, code := ctl(t, "audit", "verify", intact)
+	if code != 0 || !strings.Contains(out, "chain intact") || !strings.Contains(errs, "no head file") {
+		t.Fatalf("audit copy without head: exit %d, %s, %s", code, out, errs)
+	}
 }
 
 func TestSignctlErrors(t *testing.T) {
