@@ -28,6 +28,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is reported by GetStatus.
 	Version string
+	// AcceptAuditCut lets the service continue an audit log that lost
+	// lines at its end (a cut, a missing head file, a torn last line after
+	// a crash); the acknowledgement is itself audited. An officer sets it
+	// once, after reviewing the log.
+	AcceptAuditCut bool
 }
 
 // Service implements the signer.v1 API. Create it with New and Close it
@@ -104,7 +109,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if cfg.Server.AuditMode == config.AuditBuffered {
 		mode = audit.Buffered
 	}
-	auditFile, err := audit.Open(ctx, cfg.Server.AuditFile, audit.Options{Mode: mode})
+	auditFile, err := audit.Open(ctx, cfg.Server.AuditFile, audit.Options{Mode: mode, AcceptCut: opts.AcceptAuditCut})
+	if errors.Is(err, audit.ErrTampered) {
+		return nil, fmt.Errorf("opening audit log: %w (review it with `signerctl audit verify %s`; to acknowledge lines lost at its end, start once with --accept-audit-cut)", err, cfg.Server.AuditFile)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)
 	}

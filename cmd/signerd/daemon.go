@@ -29,7 +29,7 @@ type afterReady func(ctx context.Context, cfg *config.Config) error
 // runDaemon runs signerd with the configuration at configPath until
 // SIGTERM or SIGINT: open state, load modules, log in where a PIN source is
 // given, listen, then report ready. SIGHUP reloads the access policy.
-func runDaemon(ctx context.Context, configPath string, ready afterReady) error {
+func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready afterReady) error {
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		return err
@@ -38,7 +38,7 @@ func runDaemon(ctx context.Context, configPath string, ready afterReady) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: version})
+	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: version, AcceptAuditCut: flags.acceptAuditCut})
 	if err != nil {
 		return err
 	}

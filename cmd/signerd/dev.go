@@ -25,7 +25,7 @@ import (
 // devTokenLabel is the label of dev mode's SoftHSM token.
 const devTokenLabel = "signer-dev"
 
-func newDevCommand() *cobra.Command {
+func newDevCommand(flags *daemonFlags) *cobra.Command {
 	var dir string
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -41,7 +41,7 @@ The user who runs it is admin and client. Run it again to pick up where you left
 			if err != nil {
 				return err
 			}
-			return runDaemon(cmd.Context(), configPath, devReady)
+			return runDaemon(cmd.Context(), configPath, *flags, devReady)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "signer-dev", "folder for the token, PINs, state, audit log, sockets and configuration")

@@ -26,6 +26,7 @@ func main() {
 
 func newRootCommand() *cobra.Command {
 	var configPath string
+	var flags daemonFlags
 	root := &cobra.Command{
 		Use:           "signerd --config FILE",
 		Short:         "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
@@ -38,11 +39,13 @@ func newRootCommand() *cobra.Command {
 				return fmt.Errorf("--config is required (or run `signerd dev` to try it on a throwaway SoftHSM token)")
 			}
 			harden()
-			return runDaemon(cmd.Context(), configPath, nil)
+			return runDaemon(cmd.Context(), configPath, flags, nil)
 		},
 	}
 	root.Flags().StringVar(&configPath, "config", "", "path of the TOML configuration")
-	root.AddCommand(newDevCommand())
+	root.PersistentFlags().BoolVar(&flags.acceptAuditCut, "accept-audit-cut", false,
+		"continue an audit log that lost lines at its end (cut, head file missing, torn last line after a crash), recording the acknowledgement; use once, after reviewing the log")
+	root.AddCommand(newDevCommand(&flags))
 	return root
 }
 
@@ -52,6 +55,11 @@ func harden() {
 	_ = unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0})
 	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	unix.Umask(0o077)
+}
+
+// daemonFlags are the flags that change how the daemon starts.
+type daemonFlags struct {
+	acceptAuditCut bool
 }
 
 func newLogger(level slog.Level) *slog.Logger {

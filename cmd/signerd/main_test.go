@@ -321,3 +321,47 @@ func TestDevMode(t *testing.T) {
 		}
 	}
 }
+
+// TestTornAuditLineNeedsAcknowledgement: after a crash that left a torn
+// last audit line, signerd refuses to start and says how to go on; with
+// --accept-audit-cut it starts, keeps the torn bytes and audits the
+// acknowledgement.
+func TestTornAuditLineNeedsAcknowledgement(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	cfgPath := daemonConfig(t, dir, soft, `"*"`)
+	d := daemontest.Start(t, bin, nil, "--config", cfgPath)
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	auditFile := filepath.Join(dir, "audit.jsonl")
+	f, err := os.OpenFile(auditFile, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"time":"2026-11-27T10:00:00Z","seq":99,"ui`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, err := daemontest.Run(t, bin, nil, "--config", cfgPath)
+	if err == nil || !strings.Contains(out, "--accept-audit-cut") || !strings.Contains(out, "truncated") {
+		t.Fatalf("start with a torn audit line: %v\n%s", err, out)
+	}
+	d = daemontest.Start(t, bin, nil, "--config", cfgPath, "--accept-audit-cut")
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.VerifyFile(auditFile); err != nil {
+		t.Fatalf("audit log after the acknowledgement: %v", err)
+	}
+	b, _ := os.ReadFile(auditFile)
+	if !strings.Contains(string(b), audit.OpCutAcknowledged) {
+		t.Fatal("the acknowledgement was not audited")
+	}
+	if kept, _ := filepath.Glob(auditFile + ".torn-*"); len(kept) != 1 {
+		t.Fatalf("torn bytes kept in %v", kept)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -61,8 +62,10 @@ type Options struct {
 	// unseen. Close always brings the head file up to date.
 	HeadEvery time.Duration
 	// AcceptCut lets Open continue a log that ends before its head file
-	// (lines were cut from the end) or whose head file is missing or
-	// unreadable. It is for a PKI officer who has verified the log and
+	// (lines were cut from the end), whose head file is missing or
+	// unreadable, or whose last line is torn (a crash in mid-write: the
+	// torn bytes are kept in <path>.torn-<time> and cut off). It is for a
+	// PKI officer who has verified the log and
 	// acknowledges the loss: Open then appends a line with Op
 	// OpCutAcknowledged, this process's uid, gid and pid, and a Detail
 	// saying what was lost, so the acknowledgement is itself audited. Any
@@ -229,7 +232,7 @@ func open(ctx context.Context, path string, opts Options, hk hooks) (*Log, error
 	}
 
 	headPath := path + headSuffix
-	last, cut, err := resume(ctx, f, st.Size(), headPath, opts.AcceptCut)
+	last, cut, size, err := resume(ctx, f, st.Size(), headPath, opts.AcceptCut)
 	if err != nil {
 		return nil, fmt.Errorf("audit: open %s: %w", path, err)
 	}
@@ -255,7 +258,7 @@ func open(ctx context.Context, path string, opts Options, hk hooks) (*Log, error
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 		dwake: make(chan struct{}, 1), dstop: make(chan struct{}), ddone: make(chan struct{}),
 		seq: last.Seq, hash: last.Hash,
-		wseq: last.Seq, wsize: st.Size(), whash: last.Hash,
+		wseq: last.Seq, wsize: size, whash: last.Hash,
 		lastSync: time.Now(),
 	}
 	started = true
@@ -275,9 +278,60 @@ func open(ctx context.Context, path string, opts Options, hk hooks) (*Log, error
 }
 
 // resume finds where the chain of the log in f (size bytes) continues. It
-// returns the seq and hash of its last line, and, when acceptCut let it
-// pass a cut or a missing head file, what was lost.
-func resume(ctx context.Context, f *os.File, size int64, headPath string, acceptCut bool) (last Head, cut string, err error) {
+// returns the seq and hash of its last line, what was lost when acceptCut
+// let it pass a cut, a missing head file or a torn last line, and the size
+// of the log it continues (smaller than size after a torn line is cut off;
+// its bytes are kept beside the log).
+func resume(ctx context.Context, f *os.File, size int64, headPath string, acceptCut bool) (last Head, cut string, newSize int64, err error) {
+	last, cut, err = resumeAt(ctx, f, size, headPath, acceptCut)
+	var ve *VerifyError
+	if !acceptCut || !errors.As(err, &ve) || ve.Reason != ReasonTruncated {
+		return last, cut, size, err
+	}
+	// A torn last line, from a crash in mid-write: keep its bytes in a
+	// file of its own, cut them off and continue from the line before.
+	off, terr := lastNewline(f, size)
+	if terr != nil {
+		return Head{}, "", 0, terr
+	}
+	torn := make([]byte, size-off)
+	if _, terr := f.ReadAt(torn, off); terr != nil {
+		return Head{}, "", 0, fmt.Errorf("reading the torn line: %w", terr)
+	}
+	keep := strings.TrimSuffix(headPath, headSuffix) + ".torn-" + time.Now().UTC().Format("20060102T150405Z")
+	if terr := os.WriteFile(keep, torn, 0o600); terr != nil {
+		return Head{}, "", 0, fmt.Errorf("keeping the torn line: %w", terr)
+	}
+	if terr := f.Truncate(off); terr != nil {
+		return Head{}, "", 0, fmt.Errorf("cutting the torn line off: %w", terr)
+	}
+	last, cut, err = resumeAt(ctx, f, off, headPath, acceptCut)
+	note := fmt.Sprintf("torn last line (%d bytes) cut off, kept in %s", len(torn), keep)
+	if cut != "" {
+		note += "; " + cut
+	}
+	return last, note, off, err
+}
+
+// lastNewline returns the offset just past the last newline in the first
+// size bytes of f, or 0 when there is none.
+func lastNewline(f io.ReaderAt, size int64) (int64, error) {
+	n := min(size, MaxLineSize+1)
+	tail := make([]byte, n)
+	if _, err := f.ReadAt(tail, size-n); err != nil {
+		return 0, fmt.Errorf("reading the end of the log: %w", err)
+	}
+	if i := bytes.LastIndexByte(tail, '\n'); i >= 0 {
+		return size - n + int64(i) + 1, nil
+	}
+	if n < size {
+		return 0, fmt.Errorf("%w: no line end in the last %d bytes", ErrTampered, n)
+	}
+	return 0, nil
+}
+
+// resumeAt is resume without the torn-line repair.
+func resumeAt(ctx context.Context, f *os.File, size int64, headPath string, acceptCut bool) (last Head, cut string, err error) {
 	head, herr := readHead(headPath)
 	if herr != nil {
 		if !acceptCut {

@@ -532,15 +532,41 @@ func TestOpenAcceptCut(t *testing.T) {
 		t.Fatalf("verify after acknowledged cut: %+v, %v", sum, err)
 	}
 
-	// AcceptCut covers cuts only: a torn line is still refused, and an
-	// undamaged log gets no extra line.
+	// A torn last line (a crash in mid-write, or a cut in mid-line) is
+	// accepted too: its bytes are kept beside the log, the line is cut
+	// off, and the acknowledgement says so.
 	torn := applyTamper(t, tampers[slicesIndex(tampers, "truncate the last line mid-line")])
-	if l, err := Open(t.Context(), torn, Options{AcceptCut: true}); !errors.Is(err, ErrTampered) {
-		if err == nil {
-			l.Close()
-		}
+	before, err := os.ReadFile(torn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(t.Context(), torn, Options{}); !errors.Is(err, ErrTampered) {
+		t.Fatalf("Open of a torn log without AcceptCut: %v", err)
+	}
+	l, err = Open(t.Context(), torn, Options{AcceptCut: true})
+	if err != nil {
 		t.Fatalf("AcceptCut on a torn log: %v", err)
 	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := filepath.Glob(torn + ".torn-*")
+	if len(kept) != 1 {
+		t.Fatalf("torn bytes kept in %v; want one file", kept)
+	}
+	tornBytes, _ := os.ReadFile(kept[0])
+	if len(tornBytes) == 0 || !bytes.HasSuffix(before, tornBytes) || bytes.Contains(tornBytes, []byte("\n")) {
+		t.Fatalf("kept %q, not the torn end of the log", tornBytes)
+	}
+	if _, err := VerifyFile(torn); err != nil {
+		t.Fatalf("verify after the torn line was cut off: %v", err)
+	}
+	tl := readLines(t, torn)
+	if err := json.Unmarshal(tl[len(tl)-1], &r); err != nil || r.Op != OpCutAcknowledged || !strings.Contains(r.Detail, "torn last line") {
+		t.Fatalf("acknowledgement %+v, %v", r, err)
+	}
+
+	// An undamaged log gets no extra line.
 	clean := writeLog(t, 3)
 	l, err = Open(t.Context(), clean, Options{AcceptCut: true})
 	if err != nil {
