@@ -49,15 +49,11 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 		}
 	}()
 
-	grpcL, err := signer.ListenUnix(ctx, cfg.Server.GRPCSocket, cfg.Server.SocketGroup)
+	grpcL, httpL, err := listen(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer grpcL.Close()
-	httpL, err := signer.ListenUnix(ctx, cfg.Server.HTTPSocket, cfg.Server.SocketGroup)
-	if err != nil {
-		return err
-	}
 	defer httpL.Close()
 
 	gs := grpc.NewServer(
@@ -77,7 +73,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		log.Warn("could not notify systemd", "error", err.Error())
 	}
-	log.Info("signerd ready", "version", version, "grpc_socket", cfg.Server.GRPCSocket, "http_socket", cfg.Server.HTTPSocket)
+	log.Info("signerd ready", "version", version, "grpc_socket", grpcL.Addr().String(), "http_socket", httpL.Addr().String())
 	if ready != nil {
 		if err := ready(ctx, cfg); err != nil {
 			log.Error("start-up hook failed", "error", err.Error())

@@ -365,3 +365,51 @@ func TestTornAuditLineNeedsAcknowledgement(t *testing.T) {
 		t.Fatalf("torn bytes kept in %v", kept)
 	}
 }
+
+// TestSocketActivation passes signerd its two sockets the way systemd does
+// (descriptors 3 and 4, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES) and checks
+// that it serves on them instead of making its own.
+func TestSocketActivation(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	cfgPath := daemonConfig(t, dir, soft, `"*"`)
+	// The sockets systemd would make, at paths other than the config's.
+	sockDir := filepath.Join(dir, "activated")
+	if err := os.Mkdir(sockDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	var files []*os.File
+	for _, name := range []string{"grpc.sock", "http.sock"} {
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(sockDir, name), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := l.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.SetUnlinkOnClose(false) // the socket stays, as systemd keeps it
+		l.Close()
+		files = append(files, f)
+	}
+	// LISTEN_PID must be the daemon's own pid: a shell sets it and execs.
+	d := daemontest.StartWithFiles(t, "sh", []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=grpc:http"}, files,
+		"-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin, "--config", cfgPath)
+	if _, err := os.Stat(filepath.Join(dir, "run/signer.sock")); !os.IsNotExist(err) {
+		t.Fatalf("signerd made its own socket although systemd passed one: %v", err)
+	}
+	c, err := client.Dial(filepath.Join(sockDir, "grpc.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := c.GetStatus(ctxT(t), &signerv1.GetStatusRequest{})
+	if err != nil || st.GetCaller().GetRole() != "admin+client" {
+		t.Fatalf("status over the activated socket: %v, %v", st, err)
+	}
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatalf("exit: %v\n%s", err, d.Output())
+	}
+}

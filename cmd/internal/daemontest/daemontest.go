@@ -50,7 +50,14 @@ type Daemon struct {
 // The process is killed when the test ends, if it still runs.
 func Start(t testing.TB, bin string, env []string, args ...string) *Daemon {
 	t.Helper()
-	d := startProcess(t, bin, env, args...)
+	return StartWithFiles(t, bin, env, nil, args...)
+}
+
+// StartWithFiles is Start with files passed to the process as descriptors
+// 3, 4, ... (for systemd-style socket activation).
+func StartWithFiles(t testing.TB, bin string, env []string, files []*os.File, args ...string) *Daemon {
+	t.Helper()
+	d := startProcess(t, bin, env, files, args...)
 	ready := d.notify
 	select {
 	case <-ready:
@@ -79,7 +86,7 @@ type notifyingDaemon struct {
 	notify chan struct{}
 }
 
-func startProcess(t testing.TB, bin string, env []string, args ...string) notifyingDaemon {
+func startProcess(t testing.TB, bin string, env []string, files []*os.File, args ...string) notifyingDaemon {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "notify-")
 	if err != nil {
@@ -108,6 +115,7 @@ func startProcess(t testing.TB, bin string, env []string, args ...string) notify
 	}()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(append(os.Environ(), env...), "NOTIFY_SOCKET="+notifyPath)
+	cmd.ExtraFiles = files
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
