@@ -326,7 +326,7 @@ func (t *Token) withSession(ctx context.Context, fn func(s *session) error) erro
 			err = fn(s)
 		}
 		class := classify(err)
-		if class == classLogin && !recovered[classLogin] {
+		if class == classLogin && s != nil && !recovered[classLogin] {
 			// The token forgot the login (reset, or all sessions closed
 			// elsewhere): log in again with the kept PIN on this session.
 			recovered[classLogin] = true
