@@ -255,7 +255,8 @@ func (a *app) benchRun(ctx context.Context, name string, fn func(context.Context
 	done := make(chan struct{})
 	var progress sync.WaitGroup
 	progress.Go(func() {
-		tick := time.NewTicker(time.Second)
+		// A progress line every second, or four in a shorter run.
+		tick := time.NewTicker(min(time.Second, max(d/4, 100*time.Millisecond)))
 		defer tick.Stop()
 		for {
 			select {

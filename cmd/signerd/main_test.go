@@ -141,9 +141,9 @@ func TestDaemonLifecycle(t *testing.T) {
 	// with a: no call may fail.
 	daemonConfig(t, dir, soft, fmt.Sprintf("%q", a.GetId()))
 	stop := make(chan struct{})
+	signedOne := make(chan struct{}, 1) // a signature was made
+	signErr := make(chan error, 1)      // the signing loop failed
 	var wg sync.WaitGroup
-	var signed int
-	var signErr error
 	wg.Go(func() {
 		for {
 			select {
@@ -152,19 +152,38 @@ func TestDaemonLifecycle(t *testing.T) {
 			default:
 			}
 			if err := signWith(ctx, c, a.GetId()); err != nil {
-				signErr = err
+				signErr <- err
 				return
 			}
-			signed++
+			select {
+			case signedOne <- struct{}{}:
+			default:
+			}
 		}
 	})
+	waitSigned := func(when string) {
+		t.Helper()
+		select {
+		case <-signedOne:
+		case err := <-signErr:
+			t.Fatalf("signing %s the reload: %v", when, err)
+		case <-time.After(time.Minute):
+			t.Fatalf("no signature %s the reload", when)
+		}
+	}
+	waitSigned("before")
 	n := d.Lines()
 	d.Signal(syscall.SIGHUP)
 	d.WaitForLine("access policy reloaded", n, time.Minute)
+	for range 3 {
+		waitSigned("after")
+	}
 	close(stop)
 	wg.Wait()
-	if signErr != nil || signed == 0 {
-		t.Fatalf("signing during the reload: %d signed, error %v", signed, signErr)
+	select {
+	case err := <-signErr:
+		t.Fatalf("signing across the reload: %v", err)
+	default:
 	}
 	if err := signWith(ctx, c, b.GetId()); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("key b after the narrowing reload: %v; want PermissionDenied", err)
