@@ -134,7 +134,8 @@ func (d *testDaemon) start() {
 		t.Fatalf("ListenUnix: %v", err)
 	}
 	srv := grpc.NewServer(grpc.Creds(peercred.Credentials{}),
-		grpc.NumStreamWorkers(uint32(runtime.NumCPU())), grpc.UnaryInterceptor(svc.UnaryInterceptor()), grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes))
+		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
+		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20), grpc.UnaryInterceptor(svc.UnaryInterceptor()), grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes))
 	signerv1.RegisterSignerServer(srv, svc)
 	go func() { _ = srv.Serve(l) }()
 	c, err := client.Dial(cfg.Server.GRPCSocket)

@@ -59,6 +59,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	gs := grpc.NewServer(
 		grpc.Creds(peercred.Credentials{}),
 		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
+		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
 		grpc.UnaryInterceptor(svc.UnaryInterceptor()),
 		grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes),
 		grpc.MaxSendMsgSize(64<<20),
