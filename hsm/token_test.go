@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/miekg/pkcs11"
+
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
 func TestOpenModuleErrors(t *testing.T) {
@@ -274,5 +276,39 @@ func TestTwoTokensWithOneLabelAreAmbiguous(t *testing.T) {
 	_, _, err = findToken(e.mod.api, TokenSelector{Label: e.soft.Label})
 	if !errors.Is(err, ErrAmbiguousToken) {
 		t.Fatalf("label shared by two tokens: %v; want ErrAmbiguousToken", err)
+	}
+}
+
+func TestCloseLogsOutAndZeroesPIN(t *testing.T) {
+	soft := softhsmtest.New(t)
+	ctx := testContext(t)
+	m, err := OpenModule(ctx, soft.ModulePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := m.Token(ctx, TokenSelector{Label: soft.Label})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Login(ctx, soft.UserPIN); err != nil {
+		t.Fatal(err)
+	}
+	tok.loginMu.Lock()
+	kept := tok.pin
+	tok.loginMu.Unlock()
+	if err := m.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !bytes.Equal(kept, make([]byte, len(kept))) {
+		t.Fatal("Close left the kept PIN in memory")
+	}
+	if tok.LoggedIn() {
+		t.Fatal("LoggedIn() after Close")
+	}
+	if _, err := tok.Info(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Info after Close: %v; want ErrClosed", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 }
