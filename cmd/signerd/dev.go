@@ -105,7 +105,8 @@ func randomPIN() []byte {
 	return []byte(hex.EncodeToString(b))
 }
 
-var devConfig = template.Must(template.New("dev").Parse(`# signerd dev configuration, written by "signerd dev". For trying it out only:
+// devConfigTemplate is dev mode's configuration.
+const devConfigTemplate = `# signerd dev configuration, written by "signerd dev". For trying it out only:
 # the token's PINs are in files beside this one.
 [server]
 grpc_socket = "{{.Dir}}/run/signer.sock"
@@ -133,11 +134,15 @@ path = "{{.Module}}"
   keys = ["*"]
   usages = ["sign", "auth", "tsa"]
   members = ["*"]
-`))
+`
 
 func writeDevConfig(path, dir, module, pinFile string) error {
+	tmpl, err := template.New("dev").Parse(devConfigTemplate)
+	if err != nil {
+		return err
+	}
 	var b strings.Builder
-	err := devConfig.Execute(&b, map[string]string{
+	err = tmpl.Execute(&b, map[string]string{
 		"Dir": dir, "Module": module, "Label": devTokenLabel, "PINFile": pinFile, "UID": strconv.Itoa(os.Getuid()),
 	})
 	if err != nil {
