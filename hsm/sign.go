@@ -3,8 +3,6 @@ package hsm
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/rsa"
 	"fmt"
 	"io"
 	"time"
@@ -153,25 +151,12 @@ func (s *KeySigner) SignContext(ctx context.Context, digest []byte, opts crypto.
 	return s.t.Sign(ctx, s.key.ID, alg, digest)
 }
 
-// AlgorithmFor picks the algorithm for key and crypto.SignerOpts.
+// AlgorithmFor picks the algorithm for key and crypto.SignerOpts (see
+// sigalg.ForSignerOpts); what the appliance does not do wraps ErrAlgorithm.
 func AlgorithmFor(key Key, opts crypto.SignerOpts) (Algorithm, error) {
-	h := opts.HashFunc()
-	switch h {
-	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
-	default:
-		return Algorithm{}, fmt.Errorf("%w: hash %v (SHA-256, SHA-384 or SHA-512 only)", ErrAlgorithm, h)
+	alg, err := sigalg.ForSignerOpts(key.Public, opts)
+	if err != nil {
+		return Algorithm{}, fmt.Errorf("%w: %w", ErrAlgorithm, err)
 	}
-	switch key.Public.(type) {
-	case *ecdsa.PublicKey:
-		return sigalg.For(SchemeECDSA, h), nil
-	case *rsa.PublicKey:
-		if pss, ok := opts.(*rsa.PSSOptions); ok {
-			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
-				return Algorithm{}, fmt.Errorf("%w: PSS salt length %d (only the hash length is supported)", ErrAlgorithm, pss.SaltLength)
-			}
-			return sigalg.For(SchemePSS, h), nil
-		}
-		return sigalg.For(SchemePKCS1v15, h), nil
-	}
-	return Algorithm{}, fmt.Errorf("%w: key type %T", ErrAlgorithm, key.Public)
+	return alg, nil
 }

@@ -150,3 +150,34 @@ func Verify(pub crypto.PublicKey, alg Algorithm, digest, sig []byte) error {
 	}
 	return fmt.Errorf("%w: public key type %T", ErrVerify, pub)
 }
+
+// ErrUnsupported means crypto.SignerOpts ask for what the appliance does
+// not do: a hash other than SHA-256/384/512, a PSS salt other than the hash
+// length, or a key type other than RSA and ECDSA.
+var ErrUnsupported = errors.New("unsupported signer options")
+
+// ForSignerOpts picks the algorithm for a public key and the options a
+// crypto.Signer receives: the hash from opts, RSA-PSS for *rsa.PSSOptions
+// (salt = hash length; PSSSaltLengthAuto and PSSSaltLengthEqualsHash mean
+// the same here), PKCS#1 v1.5 for other RSA options, ECDSA for EC keys.
+func ForSignerOpts(pub crypto.PublicKey, opts crypto.SignerOpts) (Algorithm, error) {
+	h := opts.HashFunc()
+	switch h {
+	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
+	default:
+		return Algorithm{}, fmt.Errorf("%w: hash %v (SHA-256, SHA-384 or SHA-512 only)", ErrUnsupported, h)
+	}
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		return For(SchemeECDSA, h), nil
+	case *rsa.PublicKey:
+		if pss, ok := opts.(*rsa.PSSOptions); ok {
+			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
+				return Algorithm{}, fmt.Errorf("%w: PSS salt length %d (only the hash length is supported)", ErrUnsupported, pss.SaltLength)
+			}
+			return For(SchemePSS, h), nil
+		}
+		return For(SchemePKCS1v15, h), nil
+	}
+	return Algorithm{}, fmt.Errorf("%w: key type %T", ErrUnsupported, pub)
+}

@@ -6,10 +6,7 @@ package client
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/rsa"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -125,27 +122,9 @@ func (s *Signer) SignContext(ctx context.Context, digest []byte, opts crypto.Sig
 // ErrUnsupported means the signer options ask for what the appliance does
 // not do (a hash other than SHA-256/384/512, a PSS salt other than the hash
 // length).
-var ErrUnsupported = errors.New("unsupported signer options")
+var ErrUnsupported = sigalg.ErrUnsupported
 
 // AlgorithmFor picks the algorithm for a public key and signer options.
 func AlgorithmFor(pub crypto.PublicKey, opts crypto.SignerOpts) (sigalg.Algorithm, error) {
-	h := opts.HashFunc()
-	switch h {
-	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
-	default:
-		return sigalg.Algorithm{}, fmt.Errorf("%w: hash %v", ErrUnsupported, h)
-	}
-	switch pub.(type) {
-	case *ecdsa.PublicKey:
-		return sigalg.For(sigalg.SchemeECDSA, h), nil
-	case *rsa.PublicKey:
-		if pss, ok := opts.(*rsa.PSSOptions); ok {
-			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
-				return sigalg.Algorithm{}, fmt.Errorf("%w: PSS salt length %d", ErrUnsupported, pss.SaltLength)
-			}
-			return sigalg.For(sigalg.SchemePSS, h), nil
-		}
-		return sigalg.For(sigalg.SchemePKCS1v15, h), nil
-	}
-	return sigalg.Algorithm{}, fmt.Errorf("%w: key type %T", ErrUnsupported, pub)
+	return sigalg.ForSignerOpts(pub, opts)
 }
