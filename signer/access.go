@@ -99,8 +99,7 @@ func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	}
 	pol := s.policy.Load()
 	cp := config.Peer{UID: p.UID, GID: p.GID, PID: p.PID}
-	role := pol.Role(cp)
-	c := caller{peer: p, policy: pol, admin: role == config.RoleAdmin, client: pol.IsClient(cp)}
+	c := caller{peer: p, policy: pol, admin: pol.IsAdmin(cp), client: pol.IsClient(cp)}
 	method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
 	var ok bool
 	switch requiredRole(info.FullMethod) {

@@ -16,7 +16,7 @@ import (
 func TestRestartKeepsEverything(t *testing.T) {
 	d := newDaemon(t)
 	a := d.genKey(t, "alpha", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
-	b := d.genKey(t, "beta", "RSA2048", signerv1.KeyUsage_KEY_USAGE_AUTH)
+	d.genKey(t, "beta", "RSA2048", signerv1.KeyUsage_KEY_USAGE_AUTH)
 	if _, err := d.client.RenameKey(testCtx(t), &signerv1.RenameKeyRequest{KeyId: a.GetId(), Name: "Alpha signing key"}); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,6 @@ func TestRestartKeepsEverything(t *testing.T) {
 	if got := want[a.GetId()].GetName(); got != "Alpha signing key" {
 		t.Fatalf("name %q", got)
 	}
-	_ = b
 	// The key signs after the restart, and the audit chain goes on.
 	if _, err := d.client.Sign(testCtx(t), &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: a.GetId()}, Algorithm: "ES256", Digest: sha("after restart")}); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -332,8 +333,8 @@ func (a *app) openRaw(ctx context.Context, o benchOptions, alg sigalg.Algorithm,
 }
 
 func hexID(s string) ([]byte, error) {
-	var id []byte
-	if _, err := fmt.Sscanf(s, "%x", &id); err != nil || len(id) == 0 {
+	id, err := hex.DecodeString(s)
+	if err != nil || len(id) == 0 {
 		return nil, fmt.Errorf("key id %q is not hex", s)
 	}
 	return id, nil
