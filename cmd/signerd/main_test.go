@@ -24,6 +24,7 @@ import (
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
+	"github.com/hsmsigner/hsmsigner/signer/config"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
@@ -430,5 +431,17 @@ func TestSocketActivation(t *testing.T) {
 	d.Signal(syscall.SIGTERM)
 	if err := d.Wait(time.Minute); err != nil {
 		t.Fatalf("exit: %v\n%s", err, d.Output())
+	}
+}
+
+// TestShippedConfigLoads: the example production configuration in
+// systemd/ is one signerd accepts.
+func TestShippedConfigLoads(t *testing.T) {
+	cfg, err := config.Load("../../systemd/signerd.toml")
+	if err != nil {
+		t.Fatalf("systemd/signerd.toml: %v", err)
+	}
+	if cfg.Server.GRPCSocket != "/run/signerd/signer.sock" || len(cfg.Modules) != 1 || cfg.Policy == nil {
+		t.Fatalf("unexpected configuration: %+v", cfg.Server)
 	}
 }
