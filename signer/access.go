@@ -73,7 +73,7 @@ func requiredRole(fullMethod string) need {
 		"GenerateCSR", "ListCSRs", "GetCSR", "DeleteCSR",
 		"ImportCert", "ListCerts", "GetCert", "ActivateCert", "DeactivateCert", "DeleteCert", "SetCertStatus":
 		return needAdmin
-	case "Sign", "SignBatch", "GetSigningInfo":
+	case "Sign", "SignBatch", "SignStream", "GetSigningInfo":
 		return needClient
 	}
 	return needNobody
@@ -93,30 +93,74 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	p, err := peercred.FromContext(ctx)
+	c, err := s.admitPeer(ctx, info.FullMethod)
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
-	}
-	pol := s.policy.Load()
-	cp := config.Peer{UID: p.UID, GID: p.GID, PID: p.PID}
-	c := caller{peer: p, policy: pol, admin: pol.IsAdmin(cp), client: pol.IsClient(cp)}
-	method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
-	var ok bool
-	switch requiredRole(info.FullMethod) {
-	case needAny:
-		ok = c.admin || c.client
-	case needAdmin:
-		ok = c.admin
-	case needClient:
-		ok = c.client
-	}
-	if !ok {
-		err := fmt.Errorf("%w: %s may not call %s (role %s)", ErrPermission, p, method, c.roleName())
-		s.audited(ctx, c, audit.Record{Op: "denied", Detail: method}, err)
-		return nil, toStatus(err)
+		return nil, err
 	}
 	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
 	return resp, toStatus(err)
+}
+
+// StreamInterceptor admits each stream as UnaryInterceptor admits a call.
+// Handlers of streams that carry many requests admit each request again
+// under the policy in force when it arrives.
+func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		c, err := s.admitPeer(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return toStatus(handler(srv, &admittedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), callerKey{}, c)}))
+	}
+}
+
+// admittedStream is a server stream whose context carries the caller.
+type admittedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (a *admittedStream) Context() context.Context { return a.ctx }
+
+// admitPeer reads the caller from the socket and checks that the policy
+// in force gives it the role fullMethod needs; a refusal is audited and
+// returned as a gRPC status.
+func (s *Service) admitPeer(ctx context.Context, fullMethod string) (caller, error) {
+	p, err := peercred.FromContext(ctx)
+	if err != nil {
+		return caller{}, status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
+	}
+	c := s.callerFor(p)
+	if !c.may(requiredRole(fullMethod)) {
+		return c, toStatus(s.refuse(ctx, c, fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]))
+	}
+	return c, nil
+}
+
+// callerFor decides what the policy in force makes of peer p.
+func (s *Service) callerFor(p peercred.Peer) caller {
+	pol := s.policy.Load()
+	cp := config.Peer{UID: p.UID, GID: p.GID, PID: p.PID}
+	return caller{peer: p, policy: pol, admin: pol.IsAdmin(cp), client: pol.IsClient(cp)}
+}
+
+// may reports whether c has the role n.
+func (c caller) may(n need) bool {
+	switch n {
+	case needAny:
+		return c.admin || c.client
+	case needAdmin:
+		return c.admin
+	case needClient:
+		return c.client
+	}
+	return false
+}
+
+// refuse audits that c may not call method and returns the refusal.
+func (s *Service) refuse(ctx context.Context, c caller, method string) error {
+	err := fmt.Errorf("%w: %s may not call %s (role %s)", ErrPermission, c.peer, method, c.roleName())
+	return s.audited(ctx, c, audit.Record{Op: "denied", Detail: method}, err)
 }
 
 // audited appends one audit line for c's operation with the result of err

@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"text/template"
 	"time"
@@ -15,7 +14,6 @@ import (
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
-	"github.com/hsmsigner/hsmsigner/signer/peercred"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
@@ -133,9 +131,7 @@ func (d *testDaemon) start() {
 		svc.Close()
 		t.Fatalf("ListenUnix: %v", err)
 	}
-	srv := grpc.NewServer(grpc.Creds(peercred.Credentials{}),
-		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
-		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20), grpc.UnaryInterceptor(svc.UnaryInterceptor()), grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes))
+	srv := grpc.NewServer(svc.ServerOptions()...)
 	signerv1.RegisterSignerServer(srv, svc)
 	go func() { _ = srv.Serve(l) }()
 	c, err := client.Dial(cfg.Server.GRPCSocket)

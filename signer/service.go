@@ -6,16 +6,19 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/peercred"
 	"github.com/hsmsigner/hsmsigner/signer/state"
 )
 
@@ -55,6 +58,9 @@ type Service struct {
 	keys   map[string]*keyRef // hex id → where the key is and what it is for
 
 	metrics *metrics
+
+	draining  chan struct{} // closed by Drain
+	drainOnce sync.Once
 }
 
 type moduleEntry struct {
@@ -95,7 +101,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, log: log, version: opts.Version, started: time.Now(), keys: map[string]*keyRef{}}
+	s := &Service{cfg: cfg, log: log, version: opts.Version, started: time.Now(), keys: map[string]*keyRef{}, draining: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
@@ -222,4 +228,20 @@ func (s *Service) token(name string) (*tokenEntry, error) {
 		return nil, fmt.Errorf("%w: name a token (%d are configured)", ErrInvalid, len(s.tokens))
 	}
 	return nil, fmt.Errorf("%w: %q", ErrUnknownToken, name)
+}
+
+// ServerOptions are the gRPC server options the API is served with: peer
+// credentials from the Unix socket, the admission interceptors, the
+// configured message size limit, and fixed HTTP/2 flow-control windows
+// (no bandwidth probing on a local socket).
+func (s *Service) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.Creds(peercred.Credentials{}),
+		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
+		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20),
+		grpc.UnaryInterceptor(s.UnaryInterceptor()),
+		grpc.StreamInterceptor(s.StreamInterceptor()),
+		grpc.MaxRecvMsgSize(s.cfg.Server.MaxMessageBytes),
+		grpc.MaxSendMsgSize(64 << 20),
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/config"
-	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
 
 // afterReady runs once the daemon listens and is ready; dev mode uses it
@@ -56,14 +54,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	defer grpcL.Close()
 	defer httpL.Close()
 
-	gs := grpc.NewServer(
-		grpc.Creds(peercred.Credentials{}),
-		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
-		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
-		grpc.UnaryInterceptor(svc.UnaryInterceptor()),
-		grpc.MaxRecvMsgSize(cfg.Server.MaxMessageBytes),
-		grpc.MaxSendMsgSize(64<<20),
-	)
+	gs := grpc.NewServer(svc.ServerOptions()...)
 	signerv1.RegisterSignerServer(gs, svc)
 	hs := &http.Server{Handler: svc.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
 
@@ -100,6 +91,7 @@ loop:
 		}
 	}
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	svc.Drain()
 	shutdown(gs, hs, cfg.Server.ShutdownTimeout, log)
 	closed = true
 	if err := svc.Close(); err != nil {

@@ -205,6 +205,11 @@ func TestDaemonLifecycle(t *testing.T) {
 	if err := d.Wait(time.Minute); err != nil {
 		t.Fatalf("signerd exit after SIGTERM: %v\n%s", err, d.Output())
 	}
+	// The client's open sign stream ended with the drain; it did not hold
+	// the graceful stop until the shutdown timeout.
+	if strings.Contains(d.Output(), "did not finish in time") {
+		t.Fatalf("an open sign stream held up the graceful stop:\n%s", d.Output())
+	}
 	for _, s := range []string{sock, filepath.Join(dir, "run/http.sock")} {
 		if _, err := os.Stat(s); !os.IsNotExist(err) {
 			t.Fatalf("socket %s left behind after exit: %v", s, err)

@@ -1771,6 +1771,217 @@ func (x *SignResponse) GetAlgorithm() string {
 	return ""
 }
 
+// SignStreamRequest is one Sign call on a SignStream.
+type SignStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller, unique among its requests in flight on the
+	// stream; the response carries it back.
+	Id      uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Request *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// How long the caller waits, in milliseconds; the daemon gives up on
+	// the request after that. 0: no bound other than the stream's.
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamRequest) Reset() {
+	*x = SignStreamRequest{}
+	mi := &file_signer_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamRequest) ProtoMessage() {}
+
+func (x *SignStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamRequest.ProtoReflect.Descriptor instead.
+func (*SignStreamRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SignStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SignStreamRequest) GetRequest() *SignRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *SignStreamRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+// SignStreamResponse answers the SignStreamRequest with the same id.
+type SignStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*SignStreamResponse_Response
+	//	*SignStreamResponse_Error
+	Result        isSignStreamResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamResponse) Reset() {
+	*x = SignStreamResponse{}
+	mi := &file_signer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamResponse) ProtoMessage() {}
+
+func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamResponse.ProtoReflect.Descriptor instead.
+func (*SignStreamResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SignStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SignStreamResponse) GetResult() isSignStreamResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SignStreamResponse) GetResponse() *SignResponse {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *SignStreamResponse) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSignStreamResponse_Result interface {
+	isSignStreamResponse_Result()
+}
+
+type SignStreamResponse_Response struct {
+	Response *SignResponse `protobuf:"bytes,2,opt,name=response,proto3,oneof"`
+}
+
+type SignStreamResponse_Error struct {
+	// The error a Sign call would have failed with.
+	Error *CallError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*SignStreamResponse_Response) isSignStreamResponse_Result() {}
+
+func (*SignStreamResponse_Error) isSignStreamResponse_Result() {}
+
+// CallError is a failed request inside a stream: the gRPC status code
+// (google.rpc.Code) and message a unary call would have returned.
+type CallError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_signer_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CallError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type SignBatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Key:
@@ -1787,7 +1998,7 @@ type SignBatchRequest struct {
 
 func (x *SignBatchRequest) Reset() {
 	*x = SignBatchRequest{}
-	mi := &file_signer_proto_msgTypes[22]
+	mi := &file_signer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +2010,7 @@ func (x *SignBatchRequest) String() string {
 func (*SignBatchRequest) ProtoMessage() {}
 
 func (x *SignBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[22]
+	mi := &file_signer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +2023,7 @@ func (x *SignBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignBatchRequest.ProtoReflect.Descriptor instead.
 func (*SignBatchRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{22}
+	return file_signer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SignBatchRequest) GetKey() isSignBatchRequest_Key {
@@ -1889,7 +2100,7 @@ type MerkleProof struct {
 
 func (x *MerkleProof) Reset() {
 	*x = MerkleProof{}
-	mi := &file_signer_proto_msgTypes[23]
+	mi := &file_signer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2112,7 @@ func (x *MerkleProof) String() string {
 func (*MerkleProof) ProtoMessage() {}
 
 func (x *MerkleProof) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[23]
+	mi := &file_signer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2125,7 @@ func (x *MerkleProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MerkleProof.ProtoReflect.Descriptor instead.
 func (*MerkleProof) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{23}
+	return file_signer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MerkleProof) GetIndex() uint32 {
@@ -1951,7 +2162,7 @@ type SignBatchResponse struct {
 
 func (x *SignBatchResponse) Reset() {
 	*x = SignBatchResponse{}
-	mi := &file_signer_proto_msgTypes[24]
+	mi := &file_signer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2174,7 @@ func (x *SignBatchResponse) String() string {
 func (*SignBatchResponse) ProtoMessage() {}
 
 func (x *SignBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[24]
+	mi := &file_signer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2187,7 @@ func (x *SignBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignBatchResponse.ProtoReflect.Descriptor instead.
 func (*SignBatchResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{24}
+	return file_signer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SignBatchResponse) GetKeyId() string {
@@ -2038,7 +2249,7 @@ type GetSigningInfoRequest struct {
 
 func (x *GetSigningInfoRequest) Reset() {
 	*x = GetSigningInfoRequest{}
-	mi := &file_signer_proto_msgTypes[25]
+	mi := &file_signer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2261,7 @@ func (x *GetSigningInfoRequest) String() string {
 func (*GetSigningInfoRequest) ProtoMessage() {}
 
 func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[25]
+	mi := &file_signer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2274,7 @@ func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSigningInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetSigningInfoRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{25}
+	return file_signer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetSigningInfoRequest) GetMember() string {
@@ -2097,7 +2308,7 @@ type SigningInfo struct {
 
 func (x *SigningInfo) Reset() {
 	*x = SigningInfo{}
-	mi := &file_signer_proto_msgTypes[26]
+	mi := &file_signer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2109,7 +2320,7 @@ func (x *SigningInfo) String() string {
 func (*SigningInfo) ProtoMessage() {}
 
 func (x *SigningInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[26]
+	mi := &file_signer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2333,7 @@ func (x *SigningInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningInfo.ProtoReflect.Descriptor instead.
 func (*SigningInfo) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{26}
+	return file_signer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SigningInfo) GetMember() string {
@@ -2200,7 +2411,7 @@ type GenerateCSRRequest struct {
 
 func (x *GenerateCSRRequest) Reset() {
 	*x = GenerateCSRRequest{}
-	mi := &file_signer_proto_msgTypes[27]
+	mi := &file_signer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2423,7 @@ func (x *GenerateCSRRequest) String() string {
 func (*GenerateCSRRequest) ProtoMessage() {}
 
 func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[27]
+	mi := &file_signer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2436,7 @@ func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateCSRRequest.ProtoReflect.Descriptor instead.
 func (*GenerateCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{27}
+	return file_signer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GenerateCSRRequest) GetKeyId() string {
@@ -2296,7 +2507,7 @@ type CSR struct {
 
 func (x *CSR) Reset() {
 	*x = CSR{}
-	mi := &file_signer_proto_msgTypes[28]
+	mi := &file_signer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2519,7 @@ func (x *CSR) String() string {
 func (*CSR) ProtoMessage() {}
 
 func (x *CSR) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[28]
+	mi := &file_signer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2532,7 @@ func (x *CSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CSR.ProtoReflect.Descriptor instead.
 func (*CSR) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{28}
+	return file_signer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CSR) GetId() string {
@@ -2388,7 +2599,7 @@ type ListCSRsRequest struct {
 
 func (x *ListCSRsRequest) Reset() {
 	*x = ListCSRsRequest{}
-	mi := &file_signer_proto_msgTypes[29]
+	mi := &file_signer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2611,7 @@ func (x *ListCSRsRequest) String() string {
 func (*ListCSRsRequest) ProtoMessage() {}
 
 func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[29]
+	mi := &file_signer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2624,7 @@ func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsRequest.ProtoReflect.Descriptor instead.
 func (*ListCSRsRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{29}
+	return file_signer_proto_rawDescGZIP(), []int{32}
 }
 
 type ListCSRsResponse struct {
@@ -2425,7 +2636,7 @@ type ListCSRsResponse struct {
 
 func (x *ListCSRsResponse) Reset() {
 	*x = ListCSRsResponse{}
-	mi := &file_signer_proto_msgTypes[30]
+	mi := &file_signer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2437,7 +2648,7 @@ func (x *ListCSRsResponse) String() string {
 func (*ListCSRsResponse) ProtoMessage() {}
 
 func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[30]
+	mi := &file_signer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2450,7 +2661,7 @@ func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsResponse.ProtoReflect.Descriptor instead.
 func (*ListCSRsResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{30}
+	return file_signer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListCSRsResponse) GetCsrs() []*CSR {
@@ -2470,7 +2681,7 @@ type GetCSRRequest struct {
 
 func (x *GetCSRRequest) Reset() {
 	*x = GetCSRRequest{}
-	mi := &file_signer_proto_msgTypes[31]
+	mi := &file_signer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2693,7 @@ func (x *GetCSRRequest) String() string {
 func (*GetCSRRequest) ProtoMessage() {}
 
 func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[31]
+	mi := &file_signer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2706,7 @@ func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCSRRequest.ProtoReflect.Descriptor instead.
 func (*GetCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{31}
+	return file_signer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetCSRRequest) GetId() string {
@@ -2521,7 +2732,7 @@ type DeleteCSRRequest struct {
 
 func (x *DeleteCSRRequest) Reset() {
 	*x = DeleteCSRRequest{}
-	mi := &file_signer_proto_msgTypes[32]
+	mi := &file_signer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2744,7 @@ func (x *DeleteCSRRequest) String() string {
 func (*DeleteCSRRequest) ProtoMessage() {}
 
 func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[32]
+	mi := &file_signer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2757,7 @@ func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCSRRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{32}
+	return file_signer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteCSRRequest) GetId() string {
@@ -2564,7 +2775,7 @@ type DeleteCSRResponse struct {
 
 func (x *DeleteCSRResponse) Reset() {
 	*x = DeleteCSRResponse{}
-	mi := &file_signer_proto_msgTypes[33]
+	mi := &file_signer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2787,7 @@ func (x *DeleteCSRResponse) String() string {
 func (*DeleteCSRResponse) ProtoMessage() {}
 
 func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[33]
+	mi := &file_signer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2800,7 @@ func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCSRResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCSRResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{33}
+	return file_signer_proto_rawDescGZIP(), []int{36}
 }
 
 type ImportCertRequest struct {
@@ -2608,7 +2819,7 @@ type ImportCertRequest struct {
 
 func (x *ImportCertRequest) Reset() {
 	*x = ImportCertRequest{}
-	mi := &file_signer_proto_msgTypes[34]
+	mi := &file_signer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2831,7 @@ func (x *ImportCertRequest) String() string {
 func (*ImportCertRequest) ProtoMessage() {}
 
 func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[34]
+	mi := &file_signer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2844,7 @@ func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCertRequest.ProtoReflect.Descriptor instead.
 func (*ImportCertRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{34}
+	return file_signer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ImportCertRequest) GetCertificate() []byte {
@@ -2690,7 +2901,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_signer_proto_msgTypes[35]
+	mi := &file_signer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2913,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[35]
+	mi := &file_signer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2926,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{35}
+	return file_signer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Certificate) GetSha256() string {
@@ -2841,7 +3052,7 @@ type ListCertsRequest struct {
 
 func (x *ListCertsRequest) Reset() {
 	*x = ListCertsRequest{}
-	mi := &file_signer_proto_msgTypes[36]
+	mi := &file_signer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2853,7 +3064,7 @@ func (x *ListCertsRequest) String() string {
 func (*ListCertsRequest) ProtoMessage() {}
 
 func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[36]
+	mi := &file_signer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +3077,7 @@ func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertsRequest.ProtoReflect.Descriptor instead.
 func (*ListCertsRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{36}
+	return file_signer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListCertsRequest) GetMember() string {
@@ -2899,7 +3110,7 @@ type ListCertsResponse struct {
 
 func (x *ListCertsResponse) Reset() {
 	*x = ListCertsResponse{}
-	mi := &file_signer_proto_msgTypes[37]
+	mi := &file_signer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3122,7 @@ func (x *ListCertsResponse) String() string {
 func (*ListCertsResponse) ProtoMessage() {}
 
 func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[37]
+	mi := &file_signer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3135,7 @@ func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertsResponse.ProtoReflect.Descriptor instead.
 func (*ListCertsResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{37}
+	return file_signer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListCertsResponse) GetCertificates() []*Certificate {
@@ -2945,7 +3156,7 @@ type CertRef struct {
 
 func (x *CertRef) Reset() {
 	*x = CertRef{}
-	mi := &file_signer_proto_msgTypes[38]
+	mi := &file_signer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3168,7 @@ func (x *CertRef) String() string {
 func (*CertRef) ProtoMessage() {}
 
 func (x *CertRef) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[38]
+	mi := &file_signer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3181,7 @@ func (x *CertRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertRef.ProtoReflect.Descriptor instead.
 func (*CertRef) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{38}
+	return file_signer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CertRef) GetHash() string {
@@ -2988,7 +3199,7 @@ type DeleteCertResponse struct {
 
 func (x *DeleteCertResponse) Reset() {
 	*x = DeleteCertResponse{}
-	mi := &file_signer_proto_msgTypes[39]
+	mi := &file_signer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3211,7 @@ func (x *DeleteCertResponse) String() string {
 func (*DeleteCertResponse) ProtoMessage() {}
 
 func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[39]
+	mi := &file_signer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3224,7 @@ func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCertResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCertResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{39}
+	return file_signer_proto_rawDescGZIP(), []int{42}
 }
 
 type SetCertStatusRequest struct {
@@ -3026,7 +3237,7 @@ type SetCertStatusRequest struct {
 
 func (x *SetCertStatusRequest) Reset() {
 	*x = SetCertStatusRequest{}
-	mi := &file_signer_proto_msgTypes[40]
+	mi := &file_signer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3038,7 +3249,7 @@ func (x *SetCertStatusRequest) String() string {
 func (*SetCertStatusRequest) ProtoMessage() {}
 
 func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[40]
+	mi := &file_signer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3051,7 +3262,7 @@ func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCertStatusRequest.ProtoReflect.Descriptor instead.
 func (*SetCertStatusRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{40}
+	return file_signer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SetCertStatusRequest) GetHash() string {
@@ -3189,7 +3400,20 @@ const file_signer_proto_rawDesc = "" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1c\n" +
-	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"\xb3\x01\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"t\n" +
+	"\x11SignStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
+	"\arequest\x18\x02 \x01(\v2\x16.signer.v1.SignRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"\x93\x01\n" +
+	"\x12SignStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\bresponse\x18\x02 \x01(\v2\x17.signer.v1.SignResponseH\x00R\bresponse\x12,\n" +
+	"\x05error\x18\x03 \x01(\v2\x14.signer.v1.CallErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"9\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xb3\x01\n" +
 	"\x10SignBatchRequest\x12\x17\n" +
 	"\x06key_id\x18\x01 \x01(\tH\x00R\x05keyId\x12\x1d\n" +
 	"\tcert_hash\x18\x05 \x01(\tH\x00R\bcertHash\x12\x1c\n" +
@@ -3304,7 +3528,7 @@ const file_signer_proto_rawDesc = "" +
 	"$CERT_STATUS_REGISTRATION_IN_PROGRESS\x10\x02\x12\x1a\n" +
 	"\x16CERT_STATUS_REGISTERED\x10\x03\x12$\n" +
 	" CERT_STATUS_DELETION_IN_PROGRESS\x10\x04\x12\x1c\n" +
-	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xd1\f\n" +
+	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xa0\r\n" +
 	"\x06Signer\x12;\n" +
 	"\tGetStatus\x12\x1b.signer.v1.GetStatusRequest\x1a\x11.signer.v1.Status\x12I\n" +
 	"\n" +
@@ -3320,7 +3544,9 @@ const file_signer_proto_rawDesc = "" +
 	"\tDeleteKey\x12\x1b.signer.v1.DeleteKeyRequest\x1a\x1c.signer.v1.DeleteKeyResponse\x128\n" +
 	"\tRenameKey\x12\x1b.signer.v1.RenameKeyRequest\x1a\x0e.signer.v1.Key\x127\n" +
 	"\x04Sign\x12\x16.signer.v1.SignRequest\x1a\x17.signer.v1.SignResponse\x12F\n" +
-	"\tSignBatch\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse\x12J\n" +
+	"\tSignBatch\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse\x12M\n" +
+	"\n" +
+	"SignStream\x12\x1c.signer.v1.SignStreamRequest\x1a\x1d.signer.v1.SignStreamResponse(\x010\x01\x12J\n" +
 	"\x0eGetSigningInfo\x12 .signer.v1.GetSigningInfoRequest\x1a\x16.signer.v1.SigningInfo\x12<\n" +
 	"\vGenerateCSR\x12\x1d.signer.v1.GenerateCSRRequest\x1a\x0e.signer.v1.CSR\x12C\n" +
 	"\bListCSRs\x12\x1a.signer.v1.ListCSRsRequest\x1a\x1b.signer.v1.ListCSRsResponse\x122\n" +
@@ -3349,7 +3575,7 @@ func file_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_signer_proto_goTypes = []any{
 	(KeyUsage)(0),                 // 0: signer.v1.KeyUsage
 	(BatchMode)(0),                // 1: signer.v1.BatchMode
@@ -3377,111 +3603,119 @@ var file_signer_proto_goTypes = []any{
 	(*RenameKeyRequest)(nil),      // 23: signer.v1.RenameKeyRequest
 	(*SignRequest)(nil),           // 24: signer.v1.SignRequest
 	(*SignResponse)(nil),          // 25: signer.v1.SignResponse
-	(*SignBatchRequest)(nil),      // 26: signer.v1.SignBatchRequest
-	(*MerkleProof)(nil),           // 27: signer.v1.MerkleProof
-	(*SignBatchResponse)(nil),     // 28: signer.v1.SignBatchResponse
-	(*GetSigningInfoRequest)(nil), // 29: signer.v1.GetSigningInfoRequest
-	(*SigningInfo)(nil),           // 30: signer.v1.SigningInfo
-	(*GenerateCSRRequest)(nil),    // 31: signer.v1.GenerateCSRRequest
-	(*CSR)(nil),                   // 32: signer.v1.CSR
-	(*ListCSRsRequest)(nil),       // 33: signer.v1.ListCSRsRequest
-	(*ListCSRsResponse)(nil),      // 34: signer.v1.ListCSRsResponse
-	(*GetCSRRequest)(nil),         // 35: signer.v1.GetCSRRequest
-	(*DeleteCSRRequest)(nil),      // 36: signer.v1.DeleteCSRRequest
-	(*DeleteCSRResponse)(nil),     // 37: signer.v1.DeleteCSRResponse
-	(*ImportCertRequest)(nil),     // 38: signer.v1.ImportCertRequest
-	(*Certificate)(nil),           // 39: signer.v1.Certificate
-	(*ListCertsRequest)(nil),      // 40: signer.v1.ListCertsRequest
-	(*ListCertsResponse)(nil),     // 41: signer.v1.ListCertsResponse
-	(*CertRef)(nil),               // 42: signer.v1.CertRef
-	(*DeleteCertResponse)(nil),    // 43: signer.v1.DeleteCertResponse
-	(*SetCertStatusRequest)(nil),  // 44: signer.v1.SetCertStatusRequest
-	nil,                           // 45: signer.v1.ListKeysResponse.SkippedTokensEntry
-	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
+	(*SignStreamRequest)(nil),     // 26: signer.v1.SignStreamRequest
+	(*SignStreamResponse)(nil),    // 27: signer.v1.SignStreamResponse
+	(*CallError)(nil),             // 28: signer.v1.CallError
+	(*SignBatchRequest)(nil),      // 29: signer.v1.SignBatchRequest
+	(*MerkleProof)(nil),           // 30: signer.v1.MerkleProof
+	(*SignBatchResponse)(nil),     // 31: signer.v1.SignBatchResponse
+	(*GetSigningInfoRequest)(nil), // 32: signer.v1.GetSigningInfoRequest
+	(*SigningInfo)(nil),           // 33: signer.v1.SigningInfo
+	(*GenerateCSRRequest)(nil),    // 34: signer.v1.GenerateCSRRequest
+	(*CSR)(nil),                   // 35: signer.v1.CSR
+	(*ListCSRsRequest)(nil),       // 36: signer.v1.ListCSRsRequest
+	(*ListCSRsResponse)(nil),      // 37: signer.v1.ListCSRsResponse
+	(*GetCSRRequest)(nil),         // 38: signer.v1.GetCSRRequest
+	(*DeleteCSRRequest)(nil),      // 39: signer.v1.DeleteCSRRequest
+	(*DeleteCSRResponse)(nil),     // 40: signer.v1.DeleteCSRResponse
+	(*ImportCertRequest)(nil),     // 41: signer.v1.ImportCertRequest
+	(*Certificate)(nil),           // 42: signer.v1.Certificate
+	(*ListCertsRequest)(nil),      // 43: signer.v1.ListCertsRequest
+	(*ListCertsResponse)(nil),     // 44: signer.v1.ListCertsResponse
+	(*CertRef)(nil),               // 45: signer.v1.CertRef
+	(*DeleteCertResponse)(nil),    // 46: signer.v1.DeleteCertResponse
+	(*SetCertStatusRequest)(nil),  // 47: signer.v1.SetCertStatusRequest
+	nil,                           // 48: signer.v1.ListKeysResponse.SkippedTokensEntry
+	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
 }
 var file_signer_proto_depIdxs = []int32{
-	46, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
+	49, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
 	7,  // 1: signer.v1.Status.modules:type_name -> signer.v1.Module
 	9,  // 2: signer.v1.Status.tokens:type_name -> signer.v1.Token
 	6,  // 3: signer.v1.Status.caller:type_name -> signer.v1.Caller
 	8,  // 4: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
 	9,  // 5: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
 	0,  // 6: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
-	46, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
+	49, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
 	0,  // 8: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	16, // 9: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
-	45, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
+	48, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
 	0,  // 11: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
-	1,  // 12: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
-	27, // 13: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
-	2,  // 14: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
-	46, // 15: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
-	0,  // 16: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
-	32, // 17: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
-	2,  // 18: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
-	3,  // 19: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
-	46, // 20: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	46, // 21: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 22: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
-	46, // 23: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
-	3,  // 24: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
-	39, // 25: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
-	3,  // 26: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
-	4,  // 27: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
-	10, // 28: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
-	12, // 29: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
-	13, // 30: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
-	14, // 31: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
-	15, // 32: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
-	17, // 33: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
-	18, // 34: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	20, // 35: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
-	21, // 36: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
-	23, // 37: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
-	24, // 38: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	26, // 39: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
-	29, // 40: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
-	31, // 41: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
-	33, // 42: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
-	35, // 43: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
-	36, // 44: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
-	38, // 45: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
-	40, // 46: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
-	42, // 47: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
-	42, // 48: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
-	42, // 49: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
-	42, // 50: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
-	44, // 51: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
-	5,  // 52: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
-	11, // 53: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
-	9,  // 54: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
-	9,  // 55: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
-	9,  // 56: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
-	9,  // 57: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
-	16, // 58: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
-	19, // 59: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	16, // 60: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
-	22, // 61: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
-	16, // 62: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
-	25, // 63: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	28, // 64: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
-	30, // 65: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
-	32, // 66: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
-	34, // 67: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
-	32, // 68: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
-	37, // 69: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
-	39, // 70: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
-	41, // 71: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
-	39, // 72: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
-	39, // 73: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
-	39, // 74: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
-	43, // 75: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
-	39, // 76: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
-	52, // [52:77] is the sub-list for method output_type
-	27, // [27:52] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	24, // 12: signer.v1.SignStreamRequest.request:type_name -> signer.v1.SignRequest
+	25, // 13: signer.v1.SignStreamResponse.response:type_name -> signer.v1.SignResponse
+	28, // 14: signer.v1.SignStreamResponse.error:type_name -> signer.v1.CallError
+	1,  // 15: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
+	30, // 16: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
+	2,  // 17: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
+	49, // 18: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
+	0,  // 19: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
+	35, // 20: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
+	2,  // 21: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
+	3,  // 22: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
+	49, // 23: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	49, // 24: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 25: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
+	49, // 26: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
+	3,  // 27: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
+	42, // 28: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
+	3,  // 29: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
+	4,  // 30: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
+	10, // 31: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
+	12, // 32: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
+	13, // 33: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
+	14, // 34: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
+	15, // 35: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
+	17, // 36: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
+	18, // 37: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	20, // 38: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
+	21, // 39: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
+	23, // 40: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
+	24, // 41: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	29, // 42: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
+	26, // 43: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
+	32, // 44: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
+	34, // 45: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
+	36, // 46: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
+	38, // 47: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
+	39, // 48: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
+	41, // 49: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
+	43, // 50: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
+	45, // 51: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
+	45, // 52: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
+	45, // 53: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
+	45, // 54: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
+	47, // 55: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
+	5,  // 56: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
+	11, // 57: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
+	9,  // 58: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
+	9,  // 59: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
+	9,  // 60: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
+	9,  // 61: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
+	16, // 62: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
+	19, // 63: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	16, // 64: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
+	22, // 65: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
+	16, // 66: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
+	25, // 67: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	31, // 68: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
+	27, // 69: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	33, // 70: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
+	35, // 71: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
+	37, // 72: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
+	35, // 73: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
+	40, // 74: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
+	42, // 75: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
+	44, // 76: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
+	42, // 77: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
+	42, // 78: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
+	42, // 79: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
+	46, // 80: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
+	42, // 81: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
+	56, // [56:82] is the sub-list for method output_type
+	30, // [30:56] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_signer_proto_init() }
@@ -3493,7 +3727,11 @@ func file_signer_proto_init() {
 		(*SignRequest_KeyId)(nil),
 		(*SignRequest_CertHash)(nil),
 	}
-	file_signer_proto_msgTypes[22].OneofWrappers = []any{
+	file_signer_proto_msgTypes[23].OneofWrappers = []any{
+		(*SignStreamResponse_Response)(nil),
+		(*SignStreamResponse_Error)(nil),
+	}
+	file_signer_proto_msgTypes[25].OneofWrappers = []any{
 		(*SignBatchRequest_KeyId)(nil),
 		(*SignBatchRequest_CertHash)(nil),
 	}
@@ -3503,7 +3741,7 @@ func file_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_proto_rawDesc), len(file_signer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   42,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

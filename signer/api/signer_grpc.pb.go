@@ -44,6 +44,7 @@ const (
 	Signer_RenameKey_FullMethodName      = "/signer.v1.Signer/RenameKey"
 	Signer_Sign_FullMethodName           = "/signer.v1.Signer/Sign"
 	Signer_SignBatch_FullMethodName      = "/signer.v1.Signer/SignBatch"
+	Signer_SignStream_FullMethodName     = "/signer.v1.Signer/SignStream"
 	Signer_GetSigningInfo_FullMethodName = "/signer.v1.Signer/GetSigningInfo"
 	Signer_GenerateCSR_FullMethodName    = "/signer.v1.Signer/GenerateCSR"
 	Signer_ListCSRs_FullMethodName       = "/signer.v1.Signer/ListCSRs"
@@ -95,6 +96,16 @@ type SignerClient interface {
 	// Merkle mode, one signature over the root of a SHA-256 Merkle tree of
 	// the digests with each digest's inclusion proof. Client.
 	SignBatch(ctx context.Context, in *SignBatchRequest, opts ...grpc.CallOption) (*SignBatchResponse, error)
+	// SignStream carries many Sign calls on one long-lived stream, which
+	// spares each call the cost of a new HTTP/2 stream (headers, a
+	// goroutine, the status trailer). Each request carries an id the caller
+	// picks; the response with that id comes as soon as its signature is
+	// made, in any order. Each request is admitted under the policy in
+	// force when it arrives, signed and audited exactly as a Sign call, and
+	// fails alone. When the daemon stops, it answers what it has received
+	// and ends the stream with UNAVAILABLE; requests it had not received
+	// were not signed. signer/client sends its Sign calls this way. Client.
+	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 	// GetSigningInfo returns what a security server signs with for a member:
 	// the key, the certificate and its chain, the algorithm and the freshest
 	// good OCSP response. Client, for the members the policy allows.
@@ -267,6 +278,19 @@ func (c *signerClient) SignBatch(ctx context.Context, in *SignBatchRequest, opts
 	return out, nil
 }
 
+func (c *signerClient) SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Signer_ServiceDesc.Streams[0], Signer_SignStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SignStreamRequest, SignStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Signer_SignStreamClient = grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse]
+
 func (c *signerClient) GetSigningInfo(ctx context.Context, in *GetSigningInfoRequest, opts ...grpc.CallOption) (*SigningInfo, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SigningInfo)
@@ -424,6 +448,16 @@ type SignerServer interface {
 	// Merkle mode, one signature over the root of a SHA-256 Merkle tree of
 	// the digests with each digest's inclusion proof. Client.
 	SignBatch(context.Context, *SignBatchRequest) (*SignBatchResponse, error)
+	// SignStream carries many Sign calls on one long-lived stream, which
+	// spares each call the cost of a new HTTP/2 stream (headers, a
+	// goroutine, the status trailer). Each request carries an id the caller
+	// picks; the response with that id comes as soon as its signature is
+	// made, in any order. Each request is admitted under the policy in
+	// force when it arrives, signed and audited exactly as a Sign call, and
+	// fails alone. When the daemon stops, it answers what it has received
+	// and ends the stream with UNAVAILABLE; requests it had not received
+	// were not signed. signer/client sends its Sign calls this way. Client.
+	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	// GetSigningInfo returns what a security server signs with for a member:
 	// the key, the certificate and its chain, the algorithm and the freshest
 	// good OCSP response. Client, for the members the policy allows.
@@ -504,6 +538,9 @@ func (UnimplementedSignerServer) Sign(context.Context, *SignRequest) (*SignRespo
 }
 func (UnimplementedSignerServer) SignBatch(context.Context, *SignBatchRequest) (*SignBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignBatch not implemented")
+}
+func (UnimplementedSignerServer) SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method SignStream not implemented")
 }
 func (UnimplementedSignerServer) GetSigningInfo(context.Context, *GetSigningInfoRequest) (*SigningInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSigningInfo not implemented")
@@ -795,6 +832,13 @@ func _Signer_SignBatch_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Signer_SignStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SignerServer).SignStream(&grpc.GenericServerStream[SignStreamRequest, SignStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Signer_SignStreamServer = grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]
 
 func _Signer_GetSigningInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetSigningInfoRequest)
@@ -1120,6 +1164,13 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Signer_SetCertStatus_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SignStream",
+			Handler:       _Signer_SignStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "signer.proto",
 }

@@ -38,7 +38,8 @@ func SocketPath() string {
 // from each call's context. It is safe for concurrent use.
 type Client struct {
 	signerv1.SignerClient
-	conn *grpc.ClientConn
+	conn    *grpc.ClientConn
+	streams *signStreams
 }
 
 // Dial prepares a connection to the daemon's Unix socket at path; the
@@ -61,11 +62,15 @@ func Dial(path string, opts ...grpc.DialOption) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to signerd at %s: %w", abs, err)
 	}
-	return &Client{SignerClient: signerv1.NewSignerClient(conn), conn: conn}, nil
+	api := signerv1.NewSignerClient(conn)
+	return &Client{SignerClient: api, conn: conn, streams: &signStreams{api: api}}, nil
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	c.streams.close()
+	return c.conn.Close()
+}
 
 // Signer returns a crypto.Signer for the key with hex id keyID; its
 // private key stays in the daemon's HSM. The caller must be allowed to use

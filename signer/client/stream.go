@@ -1,0 +1,232 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+)
+
+// Sign signs one digest. Calls share one long-lived SignStream, which
+// spares each of them the cost of a new HTTP/2 stream; each is still
+// admitted, signed and audited by the daemon as a Sign call, and fails
+// alone. The context's deadline bounds the wait and travels to the
+// daemon. Calls with call options, calls made while the connection is not
+// up yet, calls to a daemon without SignStream, and requests larger than
+// any well-formed one (which the daemon may refuse as too large, ending
+// the stream they travel on) use the Sign method.
+func (c *Client) Sign(ctx context.Context, req *signerv1.SignRequest, opts ...grpc.CallOption) (*signerv1.SignResponse, error) {
+	if len(opts) == 0 && c.conn.GetState() == connectivity.Ready && proto.Size(req) <= maxStreamedRequest {
+		resp, err := c.streams.sign(ctx, req)
+		if !errors.Is(err, errNoSignStream) {
+			return resp, err
+		}
+	}
+	return c.SignerClient.Sign(ctx, req, opts...)
+}
+
+// maxStreamedRequest is the largest Sign request sent on the shared
+// stream. A well-formed one (a key id or certificate hash, an algorithm
+// name, a digest of at most 64 bytes) is under 200 bytes.
+const maxStreamedRequest = 512
+
+// errNoSignStream means the daemon does not know SignStream; the request
+// was not signed.
+var errNoSignStream = errors.New("the daemon has no SignStream")
+
+// signStreams keeps the stream a Client's Sign calls share, and opens a
+// new one when it ends.
+type signStreams struct {
+	api signerv1.SignerClient
+
+	mu      sync.Mutex
+	cur     *signStream // nil: none open
+	unary   bool        // the daemon has no SignStream
+	closing bool
+}
+
+// signStream is one open SignStream and the calls waiting on it.
+type signStream struct {
+	stream signerv1.Signer_SignStreamClient
+	cancel context.CancelFunc
+	sendMu sync.Mutex // SendMsg is not safe for concurrent use
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan streamResult // nil once the stream has ended
+	err     error                        // why it ended
+}
+
+type streamResult struct {
+	resp *signerv1.SignResponse
+	err  error
+}
+
+// sign sends req on the shared stream and waits for its answer or ctx.
+func (m *signStreams) sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
+	var timeoutMS uint32
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return nil, status.FromContextError(context.DeadlineExceeded).Err()
+		}
+		// Rounded up: the daemon must not give up before the caller does.
+		timeoutMS = uint32(min((left+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	var (
+		st *signStream
+		id uint64
+		ch chan streamResult
+	)
+	// A stream that ended between open and add is replaced once.
+	for attempt := 0; ; attempt++ {
+		var err error
+		if st, err = m.open(); err != nil {
+			return nil, err
+		}
+		if id, ch, err = st.add(); err == nil {
+			break
+		} else if attempt == 1 {
+			return nil, err
+		}
+	}
+	st.sendMu.Lock()
+	err := st.stream.Send(&signerv1.SignStreamRequest{Id: id, Request: req, TimeoutMs: timeoutMS})
+	st.sendMu.Unlock()
+	if err != nil && !errors.Is(err, io.EOF) {
+		st.remove(id)
+		return nil, err
+	}
+	// On io.EOF the stream has ended; the receiver fails the call with the
+	// stream's status.
+	select {
+	case r := <-ch:
+		return r.resp, r.err
+	case <-ctx.Done():
+		st.remove(id)
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// open returns the shared stream, opening one when there is none.
+func (m *signStreams) open() (*signStream, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.unary:
+		return nil, errNoSignStream
+	case m.closing:
+		return nil, status.Error(codes.Canceled, "the client is closed")
+	case m.cur != nil:
+		return m.cur, nil
+	}
+	// The stream lives until it fails or the client is closed, not as
+	// long as the call that happens to open it.
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := m.api.SignStream(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	st := &signStream{stream: stream, cancel: cancel, pending: map[uint64]chan streamResult{}}
+	m.cur = st
+	go m.receive(st)
+	return st, nil
+}
+
+// receive hands each response to its waiting call until the stream ends,
+// then fails the calls still waiting.
+func (m *signStreams) receive(st *signStream) {
+	for {
+		resp, err := st.stream.Recv()
+		if err != nil {
+			m.ended(st, err)
+			return
+		}
+		st.mu.Lock()
+		ch := st.pending[resp.GetId()]
+		delete(st.pending, resp.GetId())
+		st.mu.Unlock()
+		if ch == nil {
+			continue // its caller gave up
+		}
+		if e := resp.GetError(); e != nil {
+			ch <- streamResult{err: status.Error(codes.Code(e.GetCode()), e.GetMessage())}
+		} else {
+			ch <- streamResult{resp: resp.GetResponse()}
+		}
+	}
+}
+
+// ended forgets st and fails its waiting calls with why it ended.
+func (m *signStreams) ended(st *signStream, err error) {
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		// Refused before any request was read: safe to send them again as
+		// Sign calls.
+		err = errNoSignStream
+	case errors.Is(err, io.EOF):
+		err = status.Error(codes.Unavailable, "the daemon ended the sign stream")
+	}
+	m.mu.Lock()
+	if m.cur == st {
+		m.cur = nil
+	}
+	if errors.Is(err, errNoSignStream) {
+		m.unary = true
+	}
+	m.mu.Unlock()
+	st.cancel()
+	st.mu.Lock()
+	pending := st.pending
+	st.pending, st.err = nil, err
+	st.mu.Unlock()
+	for _, ch := range pending {
+		ch <- streamResult{err: err}
+	}
+}
+
+// add registers a call on st and returns its id and the channel its
+// answer comes on, or why st can take no more.
+func (st *signStream) add() (uint64, chan streamResult, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.pending == nil {
+		return 0, nil, st.err
+	}
+	st.nextID++
+	ch := make(chan streamResult, 1)
+	st.pending[st.nextID] = ch
+	return st.nextID, ch, nil
+}
+
+// remove forgets a call whose caller gave up.
+func (st *signStream) remove(id uint64) {
+	st.mu.Lock()
+	delete(st.pending, id)
+	st.mu.Unlock()
+}
+
+// close ends the shared stream; later calls fail.
+func (m *signStreams) close() {
+	m.mu.Lock()
+	m.closing = true
+	st := m.cur
+	m.mu.Unlock()
+	if st != nil {
+		st.cancel()
+	}
+}

@@ -1,0 +1,301 @@
+package signer
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/client"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+)
+
+// streamedSigns is how many requests the daemon answered on SignStreams
+// with the code.
+func (d *testDaemon) streamedSigns(code codes.Code) int {
+	var m dto.Metric
+	if err := d.svc.metrics.calls.WithLabelValues("SignStream", code.String()).Write(&m); err != nil {
+		d.t.Fatal(err)
+	}
+	return int(m.GetCounter().GetValue())
+}
+
+func ecPublic(t testing.TB, k *signerv1.Key) *ecdsa.PublicKey {
+	t.Helper()
+	pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub.(*ecdsa.PublicKey)
+}
+
+func signReq(keyID string, digest []byte) *signerv1.SignRequest {
+	return &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: keyID}, Algorithm: "ES256", Digest: digest}
+}
+
+func TestClientSignsOverOneStreamUnderLoad(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.AuditMode = "buffered" })
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	pub := ecPublic(t, k)
+	// GenerateKey brought the connection up, so every Sign call goes over
+	// the shared stream.
+	const callers, each = 16, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, callers*each)
+	for g := range callers {
+		wg.Go(func() {
+			for i := range each {
+				var b [8]byte
+				binary.BigEndian.PutUint64(b[:], uint64(g*each+i))
+				digest := sha(string(b[:]))
+				resp, err := d.client.Sign(testCtx(t), signReq(k.GetId(), digest))
+				switch {
+				case err != nil:
+					errs <- err
+				case !ecdsa.VerifyASN1(pub, digest, resp.GetSignature()):
+					errs <- errors.New("a signature does not verify against its own digest")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := d.streamedSigns(codes.OK); n != callers*each {
+		t.Fatalf("%d requests went over SignStream, want %d", n, callers*each)
+	}
+	// One audit line per request, as for Sign calls.
+	d.stop()
+	signs := 0
+	for _, r := range readAudit(t, d.cfg.Server.AuditFile) {
+		if r.Op == "sign" && r.Result == "ok" {
+			signs++
+		}
+	}
+	if signs != callers*each {
+		t.Fatalf("%d sign lines in the audit log, want %d", signs, callers*each)
+	}
+}
+
+// stream opens a SignStream straight through the generated client, so
+// the test sees the stream's own behaviour.
+func (d *testDaemon) stream(t testing.TB) grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse] {
+	t.Helper()
+	s, err := d.client.SignerClient.SignStream(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// roundTrip sends one request on s and returns its response.
+func roundTrip(t testing.TB, s grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse], id uint64, req *signerv1.SignRequest) *signerv1.SignStreamResponse {
+	t.Helper()
+	if err := s.Send(&signerv1.SignStreamRequest{Id: id, Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetId() != id {
+		t.Fatalf("response id %d for request %d", resp.GetId(), id)
+	}
+	return resp
+}
+
+func TestSignStreamRequestsFailAlone(t *testing.T) {
+	d := newDaemon(t)
+	ec := d.genKey(t, "ec", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	auth := d.genKey(t, "auth", "EC-P256", signerv1.KeyUsage_KEY_USAGE_AUTH)
+	s := d.stream(t)
+	tests := []struct {
+		name     string
+		req      *signerv1.SignRequest
+		code     codes.Code
+		contains string
+	}{
+		{"unknown key", signReq("00112233445566778899aabbccddeeff", sha("x")), codes.NotFound, "key not found"},
+		{"short digest", signReq(ec.GetId(), sha("x")[:20]), codes.InvalidArgument, "32-byte digest"},
+		{"RSA algorithm on an EC key", &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: ec.GetId()}, Algorithm: "PS256", Digest: sha("x")}, codes.InvalidArgument, "RSA key"},
+		{"auth key where the policy allows sign only", signReq(auth.GetId(), sha("x")), codes.PermissionDenied, "usage auth"},
+		{"no request", nil, codes.InvalidArgument, "unknown algorithm"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := roundTrip(t, s, uint64(i+1), tt.req)
+			e := resp.GetError()
+			if e == nil {
+				t.Fatalf("no error: %v", resp)
+			}
+			wantCode(t, status.Error(codes.Code(e.GetCode()), e.GetMessage()), tt.code, tt.contains)
+			// The stream goes on: the next good request on it is signed.
+			good := roundTrip(t, s, 100+uint64(i), signReq(ec.GetId(), sha("good")))
+			if !ecdsa.VerifyASN1(ecPublic(t, ec), sha("good"), good.GetResponse().GetSignature()) {
+				t.Fatalf("after a failed request: %v", good)
+			}
+		})
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after CloseSend: %v, want the stream to end cleanly", err)
+	}
+}
+
+func TestSignStreamAdmitsEachRequestUnderThePolicyInForce(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	s := d.stream(t)
+	if r := roundTrip(t, s, 1, signReq(k.GetId(), sha("a"))); r.GetResponse() == nil {
+		t.Fatalf("before the reload: %v", r)
+	}
+	me := uint32(os.Getuid())
+	noClients, err := config.NewPolicy(config.Admins{UIDs: []uint32{me}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := d.cfg.Policy
+	d.svc.SetPolicy(noClients)
+	r := roundTrip(t, s, 2, signReq(k.GetId(), sha("b")))
+	if e := r.GetError(); e == nil || codes.Code(e.GetCode()) != codes.PermissionDenied {
+		t.Fatalf("on a stream opened under a policy since withdrawn: %v, want PermissionDenied", r)
+	}
+	d.svc.SetPolicy(before)
+	if r := roundTrip(t, s, 3, signReq(k.GetId(), sha("c"))); r.GetResponse() == nil {
+		t.Fatalf("after the policy is restored: %v", r)
+	}
+	d.stop()
+	denied := 0
+	for _, rec := range readAudit(t, d.cfg.Server.AuditFile) {
+		if rec.Op == "denied" && rec.Detail == "SignStream" && rec.UID == int64(me) {
+			denied++
+		}
+	}
+	if denied != 1 {
+		t.Fatalf("%d denied lines, want 1", denied)
+	}
+}
+
+func TestDrainAnswersEverySignedRequest(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.AuditMode = "buffered" })
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	s := d.stream(t)
+	const n = 200
+	sent := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if err := s.Send(&signerv1.SignStreamRequest{Id: uint64(i + 1), Request: signReq(k.GetId(), sha(string(rune(i))))}); err != nil {
+				sent <- err
+				return
+			}
+			if i == n/4 {
+				d.svc.Drain()
+			}
+		}
+		sent <- nil
+	}()
+	answered := map[uint64]bool{}
+	var end error
+	for {
+		r, err := s.Recv()
+		if err != nil {
+			end = err
+			break
+		}
+		if r.GetResponse() == nil || answered[r.GetId()] {
+			t.Fatalf("response %v", r)
+		}
+		answered[r.GetId()] = true
+	}
+	<-sent
+	wantCode(t, end, codes.Unavailable, "stopping")
+	// A drained daemon takes no new stream either.
+	_, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("late")))
+	wantCode(t, err, codes.Unavailable, "stopping")
+	// Every signature the daemon made reached the caller.
+	d.stop()
+	signed := 0
+	for _, rec := range readAudit(t, d.cfg.Server.AuditFile) {
+		if rec.Op == "sign" {
+			signed++
+		}
+	}
+	if signed != len(answered) {
+		t.Fatalf("%d signatures made, %d answered", signed, len(answered))
+	}
+}
+
+// unaryOnly is a daemon of before SignStream.
+type unaryOnly struct{ *Service }
+
+func (unaryOnly) SignStream(grpc.BidiStreamingServer[signerv1.SignStreamRequest, signerv1.SignStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method SignStream not implemented")
+}
+
+func TestClientFallsBackToSignCalls(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	sock := filepath.Join(d.dir, "run", "old.sock")
+	l, err := ListenUnix(testCtx(t), sock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(d.svc.ServerOptions()...)
+	signerv1.RegisterSignerServer(srv, unaryOnly{d.svc})
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	c, err := client.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 5 {
+		resp, err := c.Sign(testCtx(t), signReq(k.GetId(), sha(string(rune(i)))))
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if !ecdsa.VerifyASN1(ecPublic(t, k), sha(string(rune(i))), resp.GetSignature()) {
+			t.Fatalf("call %d: bad signature", i)
+		}
+	}
+	if n := d.streamedSigns(codes.OK); n != 0 {
+		t.Fatalf("%d requests signed over a stream the daemon does not have", n)
+	}
+}
+
+func TestClientSignHonoursAnExpiredContext(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	if _, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("connect"))); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(testCtx(t))
+	cancel()
+	_, err := d.client.Sign(ctx, signReq(k.GetId(), sha("x")))
+	wantCode(t, err, codes.Canceled, "")
+	ctx, cancel = context.WithTimeout(testCtx(t), -time.Second)
+	defer cancel()
+	_, err = d.client.Sign(ctx, signReq(k.GetId(), sha("x")))
+	wantCode(t, err, codes.DeadlineExceeded, "")
+	// The shared stream is still there for the next caller.
+	if _, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("y"))); err != nil {
+		t.Fatal(err)
+	}
+}
