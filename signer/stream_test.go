@@ -103,20 +103,20 @@ func (d *testDaemon) stream(t testing.TB) grpc.BidiStreamingClient[signerv1.Sign
 	return s
 }
 
-// roundTrip sends one request on s and returns its response.
-func roundTrip(t testing.TB, s grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse], id uint64, req *signerv1.SignRequest) *signerv1.SignStreamResponse {
+// roundTrip sends one call on s and returns its result.
+func roundTrip(t testing.TB, s grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse], id uint64, req *signerv1.SignRequest) *signerv1.StreamedSignResult {
 	t.Helper()
-	if err := s.Send(&signerv1.SignStreamRequest{Id: id, Request: req}); err != nil {
+	if err := s.Send(&signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{{Id: id, Request: req}}}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := s.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetId() != id {
-		t.Fatalf("response id %d for request %d", resp.GetId(), id)
+	if len(resp.GetResults()) != 1 || resp.GetResults()[0].GetId() != id {
+		t.Fatalf("results %v for call %d", resp.GetResults(), id)
 	}
-	return resp
+	return resp.GetResults()[0]
 }
 
 func TestSignStreamRequestsFailAlone(t *testing.T) {
@@ -124,6 +124,33 @@ func TestSignStreamRequestsFailAlone(t *testing.T) {
 	ec := d.genKey(t, "ec", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
 	auth := d.genKey(t, "auth", "EC-P256", signerv1.KeyUsage_KEY_USAGE_AUTH)
 	s := d.stream(t)
+	// A message with several calls, one of them bad: each gets its own
+	// result.
+	if err := s.Send(&signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{
+		{Id: 1, Request: signReq(ec.GetId(), sha("one"))},
+		{Id: 2, Request: signReq("00112233445566778899aabbccddeeff", sha("two"))},
+		{Id: 3, Request: signReq(ec.GetId(), sha("three"))},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]*signerv1.StreamedSignResult{}
+	for len(got) < 3 {
+		m, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.GetResults() {
+			got[r.GetId()] = r
+		}
+	}
+	for id, digest := range map[uint64][]byte{1: sha("one"), 3: sha("three")} {
+		if !ecdsa.VerifyASN1(ecPublic(t, ec), digest, got[id].GetResponse().GetSignature()) {
+			t.Fatalf("call %d: %v", id, got[id])
+		}
+	}
+	if codes.Code(got[2].GetError().GetCode()) != codes.NotFound {
+		t.Fatalf("call 2 (unknown key): %v", got[2])
+	}
 	tests := []struct {
 		name     string
 		req      *signerv1.SignRequest
@@ -138,7 +165,7 @@ func TestSignStreamRequestsFailAlone(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp := roundTrip(t, s, uint64(i+1), tt.req)
+			resp := roundTrip(t, s, uint64(10+i), tt.req)
 			e := resp.GetError()
 			if e == nil {
 				t.Fatalf("no error: %v", resp)
@@ -201,7 +228,12 @@ func TestDrainAnswersEverySignedRequest(t *testing.T) {
 	sent := make(chan error, 1)
 	go func() {
 		for i := range n {
-			if err := s.Send(&signerv1.SignStreamRequest{Id: uint64(i + 1), Request: signReq(k.GetId(), sha(string(rune(i))))}); err != nil {
+			// Some messages carry several calls, as a busy client's do.
+			calls := []*signerv1.StreamedSign{{Id: uint64(2*i + 1), Request: signReq(k.GetId(), sha(string(rune(2*i))))}}
+			if i%2 == 0 {
+				calls = append(calls, &signerv1.StreamedSign{Id: uint64(2*i + 2), Request: signReq(k.GetId(), sha(string(rune(2*i+1))))})
+			}
+			if err := s.Send(&signerv1.SignStreamRequest{Calls: calls}); err != nil {
 				sent <- err
 				return
 			}
@@ -214,15 +246,17 @@ func TestDrainAnswersEverySignedRequest(t *testing.T) {
 	answered := map[uint64]bool{}
 	var end error
 	for {
-		r, err := s.Recv()
+		m, err := s.Recv()
 		if err != nil {
 			end = err
 			break
 		}
-		if r.GetResponse() == nil || answered[r.GetId()] {
-			t.Fatalf("response %v", r)
+		for _, r := range m.GetResults() {
+			if r.GetResponse() == nil || answered[r.GetId()] {
+				t.Fatalf("result %v", r)
+			}
+			answered[r.GetId()] = true
 		}
-		answered[r.GetId()] = true
 	}
 	<-sent
 	wantCode(t, end, codes.Unavailable, "stopping")

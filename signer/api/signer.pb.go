@@ -1771,16 +1771,12 @@ func (x *SignResponse) GetAlgorithm() string {
 	return ""
 }
 
-// SignStreamRequest is one Sign call on a SignStream.
+// SignStreamRequest carries one or more Sign calls on a SignStream. A
+// client sends the calls that queue up while it is sending together in
+// one message; each is still handled on its own.
 type SignStreamRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Chosen by the caller, unique among its requests in flight on the
-	// stream; the response carries it back.
-	Id      uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Request *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
-	// How long the caller waits, in milliseconds; the daemon gives up on
-	// the request after that. 0: no bound other than the stream's.
-	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*StreamedSign        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1815,43 +1811,90 @@ func (*SignStreamRequest) Descriptor() ([]byte, []int) {
 	return file_signer_proto_rawDescGZIP(), []int{22}
 }
 
-func (x *SignStreamRequest) GetId() uint64 {
+func (x *SignStreamRequest) GetCalls() []*StreamedSign {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+// StreamedSign is one Sign call on a SignStream.
+type StreamedSign struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller, unique among its calls in flight on the
+	// stream; the result carries it back.
+	Id      uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Request *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// How long the caller waits, in milliseconds; the daemon gives up on
+	// the call after that. 0: no bound other than the stream's.
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamedSign) Reset() {
+	*x = StreamedSign{}
+	mi := &file_signer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamedSign) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamedSign) ProtoMessage() {}
+
+func (x *StreamedSign) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamedSign.ProtoReflect.Descriptor instead.
+func (*StreamedSign) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StreamedSign) GetId() uint64 {
 	if x != nil {
 		return x.Id
 	}
 	return 0
 }
 
-func (x *SignStreamRequest) GetRequest() *SignRequest {
+func (x *StreamedSign) GetRequest() *SignRequest {
 	if x != nil {
 		return x.Request
 	}
 	return nil
 }
 
-func (x *SignStreamRequest) GetTimeoutMs() uint32 {
+func (x *StreamedSign) GetTimeoutMs() uint32 {
 	if x != nil {
 		return x.TimeoutMs
 	}
 	return 0
 }
 
-// SignStreamResponse answers the SignStreamRequest with the same id.
+// SignStreamResponse carries the results of one or more calls, each as
+// soon as it is ready; results that are ready together travel together.
 type SignStreamResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Types that are valid to be assigned to Result:
-	//
-	//	*SignStreamResponse_Response
-	//	*SignStreamResponse_Error
-	Result        isSignStreamResponse_Result `protobuf_oneof:"result"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*StreamedSignResult  `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SignStreamResponse) Reset() {
 	*x = SignStreamResponse{}
-	mi := &file_signer_proto_msgTypes[23]
+	mi := &file_signer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1906,7 @@ func (x *SignStreamResponse) String() string {
 func (*SignStreamResponse) ProtoMessage() {}
 
 func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[23]
+	mi := &file_signer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,57 +1919,107 @@ func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignStreamResponse.ProtoReflect.Descriptor instead.
 func (*SignStreamResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{23}
+	return file_signer_proto_rawDescGZIP(), []int{24}
 }
 
-func (x *SignStreamResponse) GetId() uint64 {
+func (x *SignStreamResponse) GetResults() []*StreamedSignResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// StreamedSignResult answers the StreamedSign with the same id.
+type StreamedSignResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*StreamedSignResult_Response
+	//	*StreamedSignResult_Error
+	Result        isStreamedSignResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamedSignResult) Reset() {
+	*x = StreamedSignResult{}
+	mi := &file_signer_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamedSignResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamedSignResult) ProtoMessage() {}
+
+func (x *StreamedSignResult) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamedSignResult.ProtoReflect.Descriptor instead.
+func (*StreamedSignResult) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StreamedSignResult) GetId() uint64 {
 	if x != nil {
 		return x.Id
 	}
 	return 0
 }
 
-func (x *SignStreamResponse) GetResult() isSignStreamResponse_Result {
+func (x *StreamedSignResult) GetResult() isStreamedSignResult_Result {
 	if x != nil {
 		return x.Result
 	}
 	return nil
 }
 
-func (x *SignStreamResponse) GetResponse() *SignResponse {
+func (x *StreamedSignResult) GetResponse() *SignResponse {
 	if x != nil {
-		if x, ok := x.Result.(*SignStreamResponse_Response); ok {
+		if x, ok := x.Result.(*StreamedSignResult_Response); ok {
 			return x.Response
 		}
 	}
 	return nil
 }
 
-func (x *SignStreamResponse) GetError() *CallError {
+func (x *StreamedSignResult) GetError() *CallError {
 	if x != nil {
-		if x, ok := x.Result.(*SignStreamResponse_Error); ok {
+		if x, ok := x.Result.(*StreamedSignResult_Error); ok {
 			return x.Error
 		}
 	}
 	return nil
 }
 
-type isSignStreamResponse_Result interface {
-	isSignStreamResponse_Result()
+type isStreamedSignResult_Result interface {
+	isStreamedSignResult_Result()
 }
 
-type SignStreamResponse_Response struct {
+type StreamedSignResult_Response struct {
 	Response *SignResponse `protobuf:"bytes,2,opt,name=response,proto3,oneof"`
 }
 
-type SignStreamResponse_Error struct {
+type StreamedSignResult_Error struct {
 	// The error a Sign call would have failed with.
 	Error *CallError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
 }
 
-func (*SignStreamResponse_Response) isSignStreamResponse_Result() {}
+func (*StreamedSignResult_Response) isStreamedSignResult_Result() {}
 
-func (*SignStreamResponse_Error) isSignStreamResponse_Result() {}
+func (*StreamedSignResult_Error) isStreamedSignResult_Result() {}
 
 // CallError is a failed request inside a stream: the gRPC status code
 // (google.rpc.Code) and message a unary call would have returned.
@@ -1940,7 +2033,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_signer_proto_msgTypes[24]
+	mi := &file_signer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2045,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[24]
+	mi := &file_signer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2058,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{24}
+	return file_signer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CallError) GetCode() int32 {
@@ -1998,7 +2091,7 @@ type SignBatchRequest struct {
 
 func (x *SignBatchRequest) Reset() {
 	*x = SignBatchRequest{}
-	mi := &file_signer_proto_msgTypes[25]
+	mi := &file_signer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2103,7 @@ func (x *SignBatchRequest) String() string {
 func (*SignBatchRequest) ProtoMessage() {}
 
 func (x *SignBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[25]
+	mi := &file_signer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2116,7 @@ func (x *SignBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignBatchRequest.ProtoReflect.Descriptor instead.
 func (*SignBatchRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{25}
+	return file_signer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SignBatchRequest) GetKey() isSignBatchRequest_Key {
@@ -2100,7 +2193,7 @@ type MerkleProof struct {
 
 func (x *MerkleProof) Reset() {
 	*x = MerkleProof{}
-	mi := &file_signer_proto_msgTypes[26]
+	mi := &file_signer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2205,7 @@ func (x *MerkleProof) String() string {
 func (*MerkleProof) ProtoMessage() {}
 
 func (x *MerkleProof) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[26]
+	mi := &file_signer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2218,7 @@ func (x *MerkleProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MerkleProof.ProtoReflect.Descriptor instead.
 func (*MerkleProof) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{26}
+	return file_signer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MerkleProof) GetIndex() uint32 {
@@ -2162,7 +2255,7 @@ type SignBatchResponse struct {
 
 func (x *SignBatchResponse) Reset() {
 	*x = SignBatchResponse{}
-	mi := &file_signer_proto_msgTypes[27]
+	mi := &file_signer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2267,7 @@ func (x *SignBatchResponse) String() string {
 func (*SignBatchResponse) ProtoMessage() {}
 
 func (x *SignBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[27]
+	mi := &file_signer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2280,7 @@ func (x *SignBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignBatchResponse.ProtoReflect.Descriptor instead.
 func (*SignBatchResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{27}
+	return file_signer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SignBatchResponse) GetKeyId() string {
@@ -2249,7 +2342,7 @@ type GetSigningInfoRequest struct {
 
 func (x *GetSigningInfoRequest) Reset() {
 	*x = GetSigningInfoRequest{}
-	mi := &file_signer_proto_msgTypes[28]
+	mi := &file_signer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2354,7 @@ func (x *GetSigningInfoRequest) String() string {
 func (*GetSigningInfoRequest) ProtoMessage() {}
 
 func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[28]
+	mi := &file_signer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2367,7 @@ func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSigningInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetSigningInfoRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{28}
+	return file_signer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetSigningInfoRequest) GetMember() string {
@@ -2308,7 +2401,7 @@ type SigningInfo struct {
 
 func (x *SigningInfo) Reset() {
 	*x = SigningInfo{}
-	mi := &file_signer_proto_msgTypes[29]
+	mi := &file_signer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2413,7 @@ func (x *SigningInfo) String() string {
 func (*SigningInfo) ProtoMessage() {}
 
 func (x *SigningInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[29]
+	mi := &file_signer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2426,7 @@ func (x *SigningInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningInfo.ProtoReflect.Descriptor instead.
 func (*SigningInfo) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{29}
+	return file_signer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SigningInfo) GetMember() string {
@@ -2411,7 +2504,7 @@ type GenerateCSRRequest struct {
 
 func (x *GenerateCSRRequest) Reset() {
 	*x = GenerateCSRRequest{}
-	mi := &file_signer_proto_msgTypes[30]
+	mi := &file_signer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2516,7 @@ func (x *GenerateCSRRequest) String() string {
 func (*GenerateCSRRequest) ProtoMessage() {}
 
 func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[30]
+	mi := &file_signer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2529,7 @@ func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateCSRRequest.ProtoReflect.Descriptor instead.
 func (*GenerateCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{30}
+	return file_signer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GenerateCSRRequest) GetKeyId() string {
@@ -2507,7 +2600,7 @@ type CSR struct {
 
 func (x *CSR) Reset() {
 	*x = CSR{}
-	mi := &file_signer_proto_msgTypes[31]
+	mi := &file_signer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2612,7 @@ func (x *CSR) String() string {
 func (*CSR) ProtoMessage() {}
 
 func (x *CSR) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[31]
+	mi := &file_signer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2625,7 @@ func (x *CSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CSR.ProtoReflect.Descriptor instead.
 func (*CSR) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{31}
+	return file_signer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CSR) GetId() string {
@@ -2599,7 +2692,7 @@ type ListCSRsRequest struct {
 
 func (x *ListCSRsRequest) Reset() {
 	*x = ListCSRsRequest{}
-	mi := &file_signer_proto_msgTypes[32]
+	mi := &file_signer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2704,7 @@ func (x *ListCSRsRequest) String() string {
 func (*ListCSRsRequest) ProtoMessage() {}
 
 func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[32]
+	mi := &file_signer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2717,7 @@ func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsRequest.ProtoReflect.Descriptor instead.
 func (*ListCSRsRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{32}
+	return file_signer_proto_rawDescGZIP(), []int{34}
 }
 
 type ListCSRsResponse struct {
@@ -2636,7 +2729,7 @@ type ListCSRsResponse struct {
 
 func (x *ListCSRsResponse) Reset() {
 	*x = ListCSRsResponse{}
-	mi := &file_signer_proto_msgTypes[33]
+	mi := &file_signer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2648,7 +2741,7 @@ func (x *ListCSRsResponse) String() string {
 func (*ListCSRsResponse) ProtoMessage() {}
 
 func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[33]
+	mi := &file_signer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2661,7 +2754,7 @@ func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsResponse.ProtoReflect.Descriptor instead.
 func (*ListCSRsResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{33}
+	return file_signer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListCSRsResponse) GetCsrs() []*CSR {
@@ -2681,7 +2774,7 @@ type GetCSRRequest struct {
 
 func (x *GetCSRRequest) Reset() {
 	*x = GetCSRRequest{}
-	mi := &file_signer_proto_msgTypes[34]
+	mi := &file_signer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +2786,7 @@ func (x *GetCSRRequest) String() string {
 func (*GetCSRRequest) ProtoMessage() {}
 
 func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[34]
+	mi := &file_signer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +2799,7 @@ func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCSRRequest.ProtoReflect.Descriptor instead.
 func (*GetCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{34}
+	return file_signer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetCSRRequest) GetId() string {
@@ -2732,7 +2825,7 @@ type DeleteCSRRequest struct {
 
 func (x *DeleteCSRRequest) Reset() {
 	*x = DeleteCSRRequest{}
-	mi := &file_signer_proto_msgTypes[35]
+	mi := &file_signer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2744,7 +2837,7 @@ func (x *DeleteCSRRequest) String() string {
 func (*DeleteCSRRequest) ProtoMessage() {}
 
 func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[35]
+	mi := &file_signer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2757,7 +2850,7 @@ func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCSRRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{35}
+	return file_signer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteCSRRequest) GetId() string {
@@ -2775,7 +2868,7 @@ type DeleteCSRResponse struct {
 
 func (x *DeleteCSRResponse) Reset() {
 	*x = DeleteCSRResponse{}
-	mi := &file_signer_proto_msgTypes[36]
+	mi := &file_signer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2787,7 +2880,7 @@ func (x *DeleteCSRResponse) String() string {
 func (*DeleteCSRResponse) ProtoMessage() {}
 
 func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[36]
+	mi := &file_signer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2800,7 +2893,7 @@ func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCSRResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCSRResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{36}
+	return file_signer_proto_rawDescGZIP(), []int{38}
 }
 
 type ImportCertRequest struct {
@@ -2819,7 +2912,7 @@ type ImportCertRequest struct {
 
 func (x *ImportCertRequest) Reset() {
 	*x = ImportCertRequest{}
-	mi := &file_signer_proto_msgTypes[37]
+	mi := &file_signer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +2924,7 @@ func (x *ImportCertRequest) String() string {
 func (*ImportCertRequest) ProtoMessage() {}
 
 func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[37]
+	mi := &file_signer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +2937,7 @@ func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCertRequest.ProtoReflect.Descriptor instead.
 func (*ImportCertRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{37}
+	return file_signer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ImportCertRequest) GetCertificate() []byte {
@@ -2901,7 +2994,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_signer_proto_msgTypes[38]
+	mi := &file_signer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3006,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[38]
+	mi := &file_signer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3019,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{38}
+	return file_signer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Certificate) GetSha256() string {
@@ -3052,7 +3145,7 @@ type ListCertsRequest struct {
 
 func (x *ListCertsRequest) Reset() {
 	*x = ListCertsRequest{}
-	mi := &file_signer_proto_msgTypes[39]
+	mi := &file_signer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3157,7 @@ func (x *ListCertsRequest) String() string {
 func (*ListCertsRequest) ProtoMessage() {}
 
 func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[39]
+	mi := &file_signer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3170,7 @@ func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertsRequest.ProtoReflect.Descriptor instead.
 func (*ListCertsRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{39}
+	return file_signer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListCertsRequest) GetMember() string {
@@ -3110,7 +3203,7 @@ type ListCertsResponse struct {
 
 func (x *ListCertsResponse) Reset() {
 	*x = ListCertsResponse{}
-	mi := &file_signer_proto_msgTypes[40]
+	mi := &file_signer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3215,7 @@ func (x *ListCertsResponse) String() string {
 func (*ListCertsResponse) ProtoMessage() {}
 
 func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[40]
+	mi := &file_signer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3228,7 @@ func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertsResponse.ProtoReflect.Descriptor instead.
 func (*ListCertsResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{40}
+	return file_signer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListCertsResponse) GetCertificates() []*Certificate {
@@ -3156,7 +3249,7 @@ type CertRef struct {
 
 func (x *CertRef) Reset() {
 	*x = CertRef{}
-	mi := &file_signer_proto_msgTypes[41]
+	mi := &file_signer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3168,7 +3261,7 @@ func (x *CertRef) String() string {
 func (*CertRef) ProtoMessage() {}
 
 func (x *CertRef) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[41]
+	mi := &file_signer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3181,7 +3274,7 @@ func (x *CertRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertRef.ProtoReflect.Descriptor instead.
 func (*CertRef) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{41}
+	return file_signer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CertRef) GetHash() string {
@@ -3199,7 +3292,7 @@ type DeleteCertResponse struct {
 
 func (x *DeleteCertResponse) Reset() {
 	*x = DeleteCertResponse{}
-	mi := &file_signer_proto_msgTypes[42]
+	mi := &file_signer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3211,7 +3304,7 @@ func (x *DeleteCertResponse) String() string {
 func (*DeleteCertResponse) ProtoMessage() {}
 
 func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[42]
+	mi := &file_signer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3224,7 +3317,7 @@ func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCertResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCertResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{42}
+	return file_signer_proto_rawDescGZIP(), []int{44}
 }
 
 type SetCertStatusRequest struct {
@@ -3237,7 +3330,7 @@ type SetCertStatusRequest struct {
 
 func (x *SetCertStatusRequest) Reset() {
 	*x = SetCertStatusRequest{}
-	mi := &file_signer_proto_msgTypes[43]
+	mi := &file_signer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3249,7 +3342,7 @@ func (x *SetCertStatusRequest) String() string {
 func (*SetCertStatusRequest) ProtoMessage() {}
 
 func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[43]
+	mi := &file_signer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3262,7 +3355,7 @@ func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCertStatusRequest.ProtoReflect.Descriptor instead.
 func (*SetCertStatusRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{43}
+	return file_signer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SetCertStatusRequest) GetHash() string {
@@ -3400,13 +3493,17 @@ const file_signer_proto_rawDesc = "" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1c\n" +
-	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"t\n" +
-	"\x11SignStreamRequest\x12\x0e\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"B\n" +
+	"\x11SignStreamRequest\x12-\n" +
+	"\x05calls\x18\x01 \x03(\v2\x17.signer.v1.StreamedSignR\x05calls\"o\n" +
+	"\fStreamedSign\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
 	"\arequest\x18\x02 \x01(\v2\x16.signer.v1.SignRequestR\arequest\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"\x93\x01\n" +
-	"\x12SignStreamResponse\x12\x0e\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"M\n" +
+	"\x12SignStreamResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.signer.v1.StreamedSignResultR\aresults\"\x93\x01\n" +
+	"\x12StreamedSignResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\bresponse\x18\x02 \x01(\v2\x17.signer.v1.SignResponseH\x00R\bresponse\x12,\n" +
 	"\x05error\x18\x03 \x01(\v2\x14.signer.v1.CallErrorH\x00R\x05errorB\b\n" +
@@ -3575,7 +3672,7 @@ func file_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_signer_proto_goTypes = []any{
 	(KeyUsage)(0),                 // 0: signer.v1.KeyUsage
 	(BatchMode)(0),                // 1: signer.v1.BatchMode
@@ -3604,118 +3701,122 @@ var file_signer_proto_goTypes = []any{
 	(*SignRequest)(nil),           // 24: signer.v1.SignRequest
 	(*SignResponse)(nil),          // 25: signer.v1.SignResponse
 	(*SignStreamRequest)(nil),     // 26: signer.v1.SignStreamRequest
-	(*SignStreamResponse)(nil),    // 27: signer.v1.SignStreamResponse
-	(*CallError)(nil),             // 28: signer.v1.CallError
-	(*SignBatchRequest)(nil),      // 29: signer.v1.SignBatchRequest
-	(*MerkleProof)(nil),           // 30: signer.v1.MerkleProof
-	(*SignBatchResponse)(nil),     // 31: signer.v1.SignBatchResponse
-	(*GetSigningInfoRequest)(nil), // 32: signer.v1.GetSigningInfoRequest
-	(*SigningInfo)(nil),           // 33: signer.v1.SigningInfo
-	(*GenerateCSRRequest)(nil),    // 34: signer.v1.GenerateCSRRequest
-	(*CSR)(nil),                   // 35: signer.v1.CSR
-	(*ListCSRsRequest)(nil),       // 36: signer.v1.ListCSRsRequest
-	(*ListCSRsResponse)(nil),      // 37: signer.v1.ListCSRsResponse
-	(*GetCSRRequest)(nil),         // 38: signer.v1.GetCSRRequest
-	(*DeleteCSRRequest)(nil),      // 39: signer.v1.DeleteCSRRequest
-	(*DeleteCSRResponse)(nil),     // 40: signer.v1.DeleteCSRResponse
-	(*ImportCertRequest)(nil),     // 41: signer.v1.ImportCertRequest
-	(*Certificate)(nil),           // 42: signer.v1.Certificate
-	(*ListCertsRequest)(nil),      // 43: signer.v1.ListCertsRequest
-	(*ListCertsResponse)(nil),     // 44: signer.v1.ListCertsResponse
-	(*CertRef)(nil),               // 45: signer.v1.CertRef
-	(*DeleteCertResponse)(nil),    // 46: signer.v1.DeleteCertResponse
-	(*SetCertStatusRequest)(nil),  // 47: signer.v1.SetCertStatusRequest
-	nil,                           // 48: signer.v1.ListKeysResponse.SkippedTokensEntry
-	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
+	(*StreamedSign)(nil),          // 27: signer.v1.StreamedSign
+	(*SignStreamResponse)(nil),    // 28: signer.v1.SignStreamResponse
+	(*StreamedSignResult)(nil),    // 29: signer.v1.StreamedSignResult
+	(*CallError)(nil),             // 30: signer.v1.CallError
+	(*SignBatchRequest)(nil),      // 31: signer.v1.SignBatchRequest
+	(*MerkleProof)(nil),           // 32: signer.v1.MerkleProof
+	(*SignBatchResponse)(nil),     // 33: signer.v1.SignBatchResponse
+	(*GetSigningInfoRequest)(nil), // 34: signer.v1.GetSigningInfoRequest
+	(*SigningInfo)(nil),           // 35: signer.v1.SigningInfo
+	(*GenerateCSRRequest)(nil),    // 36: signer.v1.GenerateCSRRequest
+	(*CSR)(nil),                   // 37: signer.v1.CSR
+	(*ListCSRsRequest)(nil),       // 38: signer.v1.ListCSRsRequest
+	(*ListCSRsResponse)(nil),      // 39: signer.v1.ListCSRsResponse
+	(*GetCSRRequest)(nil),         // 40: signer.v1.GetCSRRequest
+	(*DeleteCSRRequest)(nil),      // 41: signer.v1.DeleteCSRRequest
+	(*DeleteCSRResponse)(nil),     // 42: signer.v1.DeleteCSRResponse
+	(*ImportCertRequest)(nil),     // 43: signer.v1.ImportCertRequest
+	(*Certificate)(nil),           // 44: signer.v1.Certificate
+	(*ListCertsRequest)(nil),      // 45: signer.v1.ListCertsRequest
+	(*ListCertsResponse)(nil),     // 46: signer.v1.ListCertsResponse
+	(*CertRef)(nil),               // 47: signer.v1.CertRef
+	(*DeleteCertResponse)(nil),    // 48: signer.v1.DeleteCertResponse
+	(*SetCertStatusRequest)(nil),  // 49: signer.v1.SetCertStatusRequest
+	nil,                           // 50: signer.v1.ListKeysResponse.SkippedTokensEntry
+	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
 }
 var file_signer_proto_depIdxs = []int32{
-	49, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
+	51, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
 	7,  // 1: signer.v1.Status.modules:type_name -> signer.v1.Module
 	9,  // 2: signer.v1.Status.tokens:type_name -> signer.v1.Token
 	6,  // 3: signer.v1.Status.caller:type_name -> signer.v1.Caller
 	8,  // 4: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
 	9,  // 5: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
 	0,  // 6: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
-	49, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
+	51, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
 	0,  // 8: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	16, // 9: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
-	48, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
+	50, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
 	0,  // 11: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
-	24, // 12: signer.v1.SignStreamRequest.request:type_name -> signer.v1.SignRequest
-	25, // 13: signer.v1.SignStreamResponse.response:type_name -> signer.v1.SignResponse
-	28, // 14: signer.v1.SignStreamResponse.error:type_name -> signer.v1.CallError
-	1,  // 15: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
-	30, // 16: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
-	2,  // 17: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
-	49, // 18: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
-	0,  // 19: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
-	35, // 20: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
-	2,  // 21: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
-	3,  // 22: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
-	49, // 23: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	49, // 24: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 25: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
-	49, // 26: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
-	3,  // 27: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
-	42, // 28: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
-	3,  // 29: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
-	4,  // 30: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
-	10, // 31: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
-	12, // 32: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
-	13, // 33: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
-	14, // 34: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
-	15, // 35: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
-	17, // 36: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
-	18, // 37: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	20, // 38: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
-	21, // 39: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
-	23, // 40: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
-	24, // 41: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	29, // 42: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
-	26, // 43: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
-	32, // 44: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
-	34, // 45: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
-	36, // 46: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
-	38, // 47: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
-	39, // 48: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
-	41, // 49: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
-	43, // 50: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
-	45, // 51: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
-	45, // 52: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
-	45, // 53: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
-	45, // 54: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
-	47, // 55: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
-	5,  // 56: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
-	11, // 57: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
-	9,  // 58: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
-	9,  // 59: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
-	9,  // 60: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
-	9,  // 61: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
-	16, // 62: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
-	19, // 63: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	16, // 64: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
-	22, // 65: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
-	16, // 66: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
-	25, // 67: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	31, // 68: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
-	27, // 69: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
-	33, // 70: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
-	35, // 71: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
-	37, // 72: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
-	35, // 73: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
-	40, // 74: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
-	42, // 75: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
-	44, // 76: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
-	42, // 77: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
-	42, // 78: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
-	42, // 79: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
-	46, // 80: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
-	42, // 81: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
-	56, // [56:82] is the sub-list for method output_type
-	30, // [30:56] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	27, // 12: signer.v1.SignStreamRequest.calls:type_name -> signer.v1.StreamedSign
+	24, // 13: signer.v1.StreamedSign.request:type_name -> signer.v1.SignRequest
+	29, // 14: signer.v1.SignStreamResponse.results:type_name -> signer.v1.StreamedSignResult
+	25, // 15: signer.v1.StreamedSignResult.response:type_name -> signer.v1.SignResponse
+	30, // 16: signer.v1.StreamedSignResult.error:type_name -> signer.v1.CallError
+	1,  // 17: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
+	32, // 18: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
+	2,  // 19: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
+	51, // 20: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
+	0,  // 21: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
+	37, // 22: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
+	2,  // 23: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
+	3,  // 24: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
+	51, // 25: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	51, // 26: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 27: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
+	51, // 28: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
+	3,  // 29: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
+	44, // 30: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
+	3,  // 31: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
+	4,  // 32: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
+	10, // 33: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
+	12, // 34: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
+	13, // 35: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
+	14, // 36: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
+	15, // 37: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
+	17, // 38: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
+	18, // 39: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	20, // 40: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
+	21, // 41: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
+	23, // 42: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
+	24, // 43: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	31, // 44: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
+	26, // 45: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
+	34, // 46: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
+	36, // 47: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
+	38, // 48: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
+	40, // 49: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
+	41, // 50: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
+	43, // 51: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
+	45, // 52: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
+	47, // 53: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
+	47, // 54: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
+	47, // 55: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
+	47, // 56: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
+	49, // 57: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
+	5,  // 58: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
+	11, // 59: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
+	9,  // 60: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
+	9,  // 61: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
+	9,  // 62: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
+	9,  // 63: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
+	16, // 64: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
+	19, // 65: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	16, // 66: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
+	22, // 67: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
+	16, // 68: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
+	25, // 69: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	33, // 70: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
+	28, // 71: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	35, // 72: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
+	37, // 73: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
+	39, // 74: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
+	37, // 75: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
+	42, // 76: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
+	44, // 77: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
+	46, // 78: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
+	44, // 79: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
+	44, // 80: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
+	44, // 81: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
+	48, // 82: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
+	44, // 83: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
+	58, // [58:84] is the sub-list for method output_type
+	32, // [32:58] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_signer_proto_init() }
@@ -3727,11 +3828,11 @@ func file_signer_proto_init() {
 		(*SignRequest_KeyId)(nil),
 		(*SignRequest_CertHash)(nil),
 	}
-	file_signer_proto_msgTypes[23].OneofWrappers = []any{
-		(*SignStreamResponse_Response)(nil),
-		(*SignStreamResponse_Error)(nil),
-	}
 	file_signer_proto_msgTypes[25].OneofWrappers = []any{
+		(*StreamedSignResult_Response)(nil),
+		(*StreamedSignResult_Error)(nil),
+	}
+	file_signer_proto_msgTypes[27].OneofWrappers = []any{
 		(*SignBatchRequest_KeyId)(nil),
 		(*SignBatchRequest_CertHash)(nil),
 	}
@@ -3741,7 +3842,7 @@ func file_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_proto_rawDesc), len(file_signer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

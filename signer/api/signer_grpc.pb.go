@@ -98,13 +98,13 @@ type SignerClient interface {
 	SignBatch(ctx context.Context, in *SignBatchRequest, opts ...grpc.CallOption) (*SignBatchResponse, error)
 	// SignStream carries many Sign calls on one long-lived stream, which
 	// spares each call the cost of a new HTTP/2 stream (headers, a
-	// goroutine, the status trailer). Each request carries an id the caller
-	// picks; the response with that id comes as soon as its signature is
-	// made, in any order. Each request is admitted under the policy in
-	// force when it arrives, signed and audited exactly as a Sign call, and
-	// fails alone. When the daemon stops, it answers what it has received
-	// and ends the stream with UNAVAILABLE; requests it had not received
-	// were not signed. signer/client sends its Sign calls this way. Client.
+	// goroutine, the status trailer). Each call carries an id the caller
+	// picks; the result with that id comes as soon as its signature is
+	// made, in any order. Each call is admitted under the policy in force
+	// when it arrives, signed and audited exactly as a Sign call, and fails
+	// alone. When the daemon stops, it answers the calls it has received
+	// and ends the stream with UNAVAILABLE; calls it had not received were
+	// not signed. signer/client sends its Sign calls this way. Client.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 	// GetSigningInfo returns what a security server signs with for a member:
 	// the key, the certificate and its chain, the algorithm and the freshest
@@ -450,13 +450,13 @@ type SignerServer interface {
 	SignBatch(context.Context, *SignBatchRequest) (*SignBatchResponse, error)
 	// SignStream carries many Sign calls on one long-lived stream, which
 	// spares each call the cost of a new HTTP/2 stream (headers, a
-	// goroutine, the status trailer). Each request carries an id the caller
-	// picks; the response with that id comes as soon as its signature is
-	// made, in any order. Each request is admitted under the policy in
-	// force when it arrives, signed and audited exactly as a Sign call, and
-	// fails alone. When the daemon stops, it answers what it has received
-	// and ends the stream with UNAVAILABLE; requests it had not received
-	// were not signed. signer/client sends its Sign calls this way. Client.
+	// goroutine, the status trailer). Each call carries an id the caller
+	// picks; the result with that id comes as soon as its signature is
+	// made, in any order. Each call is admitted under the policy in force
+	// when it arrives, signed and audited exactly as a Sign call, and fails
+	// alone. When the daemon stops, it answers the calls it has received
+	// and ends the stream with UNAVAILABLE; calls it had not received were
+	// not signed. signer/client sends its Sign calls this way. Client.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	// GetSigningInfo returns what a security server signs with for a member:
 	// the key, the certificate and its chain, the algorithm and the freshest

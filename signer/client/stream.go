@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/internal/coalesce"
 )
 
 // Sign signs one digest. Calls share one long-lived SignStream, which
@@ -40,6 +41,11 @@ func (c *Client) Sign(ctx context.Context, req *signerv1.SignRequest, opts ...gr
 // name, a digest of at most 64 bytes) is under 200 bytes.
 const maxStreamedRequest = 512
 
+// maxStreamBatch bounds the calls sent in one message: 64 of the largest
+// streamed requests stay far below any message size limit a daemon
+// accepts (at least 64 KiB).
+const maxStreamBatch = 64
+
 // errNoSignStream means the daemon does not know SignStream; the request
 // was not signed.
 var errNoSignStream = errors.New("the daemon has no SignStream")
@@ -59,7 +65,8 @@ type signStreams struct {
 type signStream struct {
 	stream signerv1.Signer_SignStreamClient
 	cancel context.CancelFunc
-	sendMu sync.Mutex // SendMsg is not safe for concurrent use
+	// calls sends the calls that queue up during a send in one message.
+	calls *coalesce.Sender[*signerv1.StreamedSign]
 
 	mu      sync.Mutex
 	nextID  uint64
@@ -103,15 +110,9 @@ func (m *signStreams) sign(ctx context.Context, req *signerv1.SignRequest) (*sig
 			return nil, err
 		}
 	}
-	st.sendMu.Lock()
-	err := st.stream.Send(&signerv1.SignStreamRequest{Id: id, Request: req, TimeoutMs: timeoutMS})
-	st.sendMu.Unlock()
-	if err != nil && !errors.Is(err, io.EOF) {
-		st.remove(id)
-		return nil, err
-	}
-	// On io.EOF the stream has ended; the receiver fails the call with the
-	// stream's status.
+	// A failed send ends the stream; the receiver then fails every call
+	// waiting on it with the stream's status.
+	_ = st.calls.Add(&signerv1.StreamedSign{Id: id, Request: req, TimeoutMs: timeoutMS})
 	select {
 	case r := <-ch:
 		return r.resp, r.err
@@ -142,6 +143,13 @@ func (m *signStreams) open() (*signStream, error) {
 		return nil, err
 	}
 	st := &signStream{stream: stream, cancel: cancel, pending: map[uint64]chan streamResult{}}
+	st.calls = coalesce.New(maxStreamBatch, func(cs []*signerv1.StreamedSign) error {
+		err := stream.Send(&signerv1.SignStreamRequest{Calls: cs})
+		if err != nil {
+			cancel()
+		}
+		return err
+	})
 	m.cur = st
 	go m.receive(st)
 	return st, nil
@@ -156,17 +164,19 @@ func (m *signStreams) receive(st *signStream) {
 			m.ended(st, err)
 			return
 		}
-		st.mu.Lock()
-		ch := st.pending[resp.GetId()]
-		delete(st.pending, resp.GetId())
-		st.mu.Unlock()
-		if ch == nil {
-			continue // its caller gave up
-		}
-		if e := resp.GetError(); e != nil {
-			ch <- streamResult{err: status.Error(codes.Code(e.GetCode()), e.GetMessage())}
-		} else {
-			ch <- streamResult{resp: resp.GetResponse()}
+		for _, r := range resp.GetResults() {
+			st.mu.Lock()
+			ch := st.pending[r.GetId()]
+			delete(st.pending, r.GetId())
+			st.mu.Unlock()
+			if ch == nil {
+				continue // its caller gave up
+			}
+			if e := r.GetError(); e != nil {
+				ch <- streamResult{err: status.Error(codes.Code(e.GetCode()), e.GetMessage())}
+			} else {
+				ch <- streamResult{resp: r.GetResponse()}
+			}
 		}
 	}
 }

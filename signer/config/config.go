@@ -33,6 +33,10 @@ const (
 	MaxSessions     = 1024    // most sessions one token may be given
 	maxBatchLimit   = 1 << 20
 	maxMessageLimit = 1<<31 - 1 // gRPC sizes are int32
+	// MinMessageBytes is the smallest max_message_bytes: below it ordinary
+	// calls (a certificate with its chain, a stream of Sign calls) would
+	// not fit.
+	MinMessageBytes = 64 << 10
 	maxNameLen      = 64
 )
 
@@ -68,7 +72,8 @@ type Server struct {
 	AuditFile string
 	// AuditMode is AuditSync or AuditBuffered.
 	AuditMode AuditMode
-	// MaxMessageBytes is the largest gRPC message accepted or sent.
+	// MaxMessageBytes is the largest gRPC message accepted or sent, at
+	// least MinMessageBytes.
 	MaxMessageBytes int
 	// MaxBatch is the most digests in one SignBatch.
 	MaxBatch int

@@ -126,13 +126,13 @@ socket_group = "signer-clients"
 state_dir = "/srv/state"
 audit_file = "/srv/audit.jsonl"
 audit_mode = "buffered"
-max_message_bytes = 1024
+max_message_bytes = 65536
 max_batch = 1
 shutdown_timeout = "1m30s"
 log_level = "debug"
 `, func(t *testing.T, c *Config) {
 			want := Server{"/tmp/s/g.sock", "/tmp/s/h.sock", "signer-clients", "/srv/state", "/srv/audit.jsonl",
-				AuditBuffered, 1024, 1, 90 * time.Second, slog.LevelDebug}
+				AuditBuffered, 65536, 1, 90 * time.Second, slog.LevelDebug}
 			if c.Server != want {
 				t.Errorf("server = %+v, want %+v", c.Server, want)
 			}
@@ -224,7 +224,7 @@ func TestParseInvalid(t *testing.T) {
 		{"control char in path", server(`audit_file = "/a\nb"`), "control character"},
 		{"socket group", server(`socket_group = "bad group"`), "server.socket_group"},
 		{"audit mode", server(`audit_mode = "async"`), `server.audit_mode: "async" is not one of sync, buffered`},
-		{"zero message size", server(`max_message_bytes = 0`), "server.max_message_bytes: 0 is not between 1"},
+		{"zero message size", server(`max_message_bytes = 0`), "server.max_message_bytes: 0 is not between 65536"},
 		{"huge message size", server(`max_message_bytes = 4294967296`), "server.max_message_bytes"},
 		{"negative batch", server(`max_batch = -1`), "server.max_batch: -1"},
 		{"duration without unit", server(`shutdown_timeout = "10"`), `server.shutdown_timeout: "10" is not a duration`},

@@ -155,8 +155,8 @@ func (ck *checker) server(fs *fileServer) Server {
 	default:
 		ck.addf("server.audit_mode", "%q is not one of sync, buffered", fs.AuditMode)
 	}
-	if fs.MaxMessageBytes < 1 || fs.MaxMessageBytes > maxMessageLimit {
-		ck.addf("server.max_message_bytes", "%d is not between 1 and %d", fs.MaxMessageBytes, maxMessageLimit)
+	if fs.MaxMessageBytes < MinMessageBytes || fs.MaxMessageBytes > maxMessageLimit {
+		ck.addf("server.max_message_bytes", "%d is not between %d and %d", fs.MaxMessageBytes, MinMessageBytes, maxMessageLimit)
 	}
 	if fs.MaxBatch < 1 || fs.MaxBatch > maxBatchLimit {
 		ck.addf("server.max_batch", "%d is not between 1 and %d", fs.MaxBatch, maxBatchLimit)
