@@ -233,7 +233,7 @@ func (a *app) benchRun(ctx context.Context, name string, fn func(context.Context
 				if err != nil {
 					// gRPC may report the deadline a moment before the
 					// context's own timer fires: either ends the run.
-					if ctx.Err() != nil || time.Since(start) >= d {
+					if dl, _ := ctx.Deadline(); ctx.Err() != nil || !time.Now().Before(dl) {
 						break
 					}
 					errs.Add(1)

@@ -81,17 +81,15 @@ type streamResult struct {
 
 // sign sends req on the shared stream and waits for its answer or ctx.
 func (m *signStreams) sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
-	var timeoutMS uint32
-	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
-		if left <= 0 {
-			return nil, status.FromContextError(context.DeadlineExceeded).Err()
-		}
-		// Rounded up: the daemon must not give up before the caller does.
-		timeoutMS = uint32(min((left+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
+	}
+	var timeoutMS uint32
+	if dl, ok := ctx.Deadline(); ok {
+		// Rounded up, and at least 1: the daemon must not give up before
+		// the caller does, and the caller's context says when it has.
+		left := max(time.Until(dl), time.Millisecond)
+		timeoutMS = uint32(min((left+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
 	}
 	var (
 		st *signStream
