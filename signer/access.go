@@ -167,18 +167,23 @@ func (s *Service) refuse(ctx context.Context, c caller, method string) error {
 // and returns err, or an ErrAudit error when the line could not be written
 // (then the operation's result must not be returned).
 func (s *Service) audited(ctx context.Context, c caller, r audit.Record, err error) error {
-	r.UID, r.GID, r.PID = int64(c.peer.UID), int64(c.peer.GID), int64(c.peer.PID)
-	r.Result = "ok"
-	if err != nil {
-		r.Result = codeOf(err).String() + ": " + err.Error()
-	}
-	if aerr := s.audit.Append(context.WithoutCancel(ctx), r); aerr != nil {
+	if aerr := s.audit.Append(context.WithoutCancel(ctx), auditRecord(c, r, err)); aerr != nil {
 		s.log.Error("audit append failed", "op", r.Op, "error", aerr.Error())
 		if err == nil {
 			return fmt.Errorf("%w: %w", ErrAudit, aerr)
 		}
 	}
 	return err
+}
+
+// auditRecord completes r with the caller and the result of err.
+func auditRecord(c caller, r audit.Record, err error) audit.Record {
+	r.UID, r.GID, r.PID = int64(c.peer.UID), int64(c.peer.GID), int64(c.peer.PID)
+	r.Result = "ok"
+	if err != nil {
+		r.Result = codeOf(err).String() + ": " + err.Error()
+	}
+	return r
 }
 
 // policyAllowsKey applies the client rules to a key and its usage.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
@@ -29,7 +31,41 @@ type testDaemon struct {
 	srv    *grpc.Server
 	sock   string
 	client *client.Client
+	audit  *switchAudit // with SwitchAudit
 }
+
+// switchAudit passes to the daemon's audit log or, while one is set, to
+// another: a log that fails, or none, for a test or a benchmark.
+type switchAudit struct {
+	real auditLog
+	alt  atomic.Pointer[auditLog]
+}
+
+// set makes l the log in use; nil brings back the real one.
+func (s *switchAudit) set(l auditLog) {
+	if l == nil {
+		s.alt.Store(nil)
+		return
+	}
+	s.alt.Store(&l)
+}
+
+func (s *switchAudit) cur() auditLog {
+	if p := s.alt.Load(); p != nil {
+		return *p
+	}
+	return s.real
+}
+
+func (s *switchAudit) Append(ctx context.Context, r audit.Record) error {
+	return s.cur().Append(ctx, r)
+}
+func (s *switchAudit) Enqueue(r audit.Record) (audit.Ticket, error) { return s.cur().Enqueue(r) }
+func (s *switchAudit) Wait(ctx context.Context, t audit.Ticket) error {
+	return s.cur().Wait(ctx, t)
+}
+func (s *switchAudit) Head() (uint64, string) { return s.real.Head() }
+func (s *switchAudit) Close() error           { return s.real.Close() }
 
 // daemonParams fill the configuration template.
 type daemonParams struct {
@@ -41,6 +77,9 @@ type daemonParams struct {
 	Members                            string // the test user's members, TOML array body
 	MaxBatch, MaxMessage               int
 	AuditMode                          string
+	// SwitchAudit puts a switchAudit in front of the audit log, so that a
+	// test can swap the log while the daemon serves.
+	SwitchAudit bool
 }
 
 var configTemplate = template.Must(template.New("cfg").Parse(`
@@ -130,6 +169,10 @@ func (d *testDaemon) start() {
 	if err != nil {
 		svc.Close()
 		t.Fatalf("ListenUnix: %v", err)
+	}
+	if d.params.SwitchAudit {
+		d.audit = &switchAudit{real: svc.audit}
+		svc.audit = d.audit
 	}
 	srv := grpc.NewServer(svc.ServerOptions()...)
 	signerv1.RegisterSignerServer(srv, svc)

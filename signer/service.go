@@ -77,6 +77,8 @@ type tokenEntry struct {
 // auditLog is what the service needs of the audit log.
 type auditLog interface {
 	Append(ctx context.Context, r audit.Record) error
+	Enqueue(r audit.Record) (audit.Ticket, error)
+	Wait(ctx context.Context, t audit.Ticket) error
 	Head() (seq uint64, hash string)
 	Close() error
 }

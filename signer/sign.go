@@ -96,23 +96,32 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 // after its audit line is written.
 func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "sign", Key: req.GetKeyId(), Digest: hexOf(req.GetDigest()), Detail: req.GetAlgorithm()}
-	alg, err := hsm.ParseAlgorithm(req.GetAlgorithm())
-	var (
-		ref *keyRef
-		sig []byte
-	)
-	if err == nil {
-		ref, err = s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
-	}
-	if err == nil {
-		rec.Token, rec.Key = ref.tok.name, ref.idHex
-		sig, err = ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
-	}
+	resp, rec, err := s.sign(ctx, c, req)
 	if err = s.audited(ctx, c, rec, err); err != nil {
 		return nil, err
 	}
-	return &signerv1.SignResponse{Signature: sig, KeyId: ref.idHex, Algorithm: alg.Name}, nil
+	return resp, nil
+}
+
+// sign signs for c as Sign does and returns the audit record of the
+// operation, which the caller must write before it returns the
+// signature.
+func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest) (*signerv1.SignResponse, audit.Record, error) {
+	rec := audit.Record{Op: "sign", Key: req.GetKeyId(), Digest: hexOf(req.GetDigest()), Detail: req.GetAlgorithm()}
+	alg, err := hsm.ParseAlgorithm(req.GetAlgorithm())
+	if err != nil {
+		return nil, rec, err
+	}
+	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
+	if err != nil {
+		return nil, rec, err
+	}
+	rec.Token, rec.Key = ref.tok.name, ref.idHex
+	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
+	if err != nil {
+		return nil, rec, err
+	}
+	return &signerv1.SignResponse{Signature: sig, KeyId: ref.idHex, Algorithm: alg.Name}, rec, nil
 }
 
 // SignBatch implements signerv1.SignerServer.

@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/internal/coalesce"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
@@ -37,10 +39,11 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		peer:   callerFrom(stream.Context()).peer,
 		work:   make(chan *signerv1.StreamedSign),
 	}
-	// Results ready together travel in one message. Send is not safe for
-	// concurrent use; the Sender never calls it concurrently.
-	ss.results = coalesce.New(maxStreamBatch, func(rs []*signerv1.StreamedSignResult) error {
-		return stream.Send(&signerv1.SignStreamResponse{Results: rs})
+	// Results ready together travel in one message, after one wait for
+	// all their audit lines. Send is not safe for concurrent use; the
+	// Sender never calls it concurrently.
+	ss.results = coalesce.New(maxStreamBatch, func(rs []streamResult) error {
+		return stream.Send(&signerv1.SignStreamResponse{Results: s.withAudit(stream.Context(), rs)})
 	})
 	received := make(chan error, 1)
 	go func() { received <- ss.receive() }()
@@ -67,7 +70,7 @@ type signStream struct {
 	// work hands calls to idle workers; receive closes it when it ends.
 	work    chan *signerv1.StreamedSign
 	workers int // started so far; only receive touches it
-	results *coalesce.Sender[*signerv1.StreamedSignResult]
+	results *coalesce.Sender[streamResult]
 
 	mu       sync.Mutex
 	stopped  bool           // no call is taken any more
@@ -124,36 +127,80 @@ func (ss *signStream) worker(r *signerv1.StreamedSign) {
 	}
 }
 
-// answer signs r and sends the result with r's id.
-func (ss *signStream) answer(r *signerv1.StreamedSign) {
-	start := time.Now()
-	resp, err := ss.svc.signStreamed(ss.stream.Context(), ss.peer, r)
-	ss.svc.metrics.observe("SignStream", status.Code(err), time.Since(start))
-	out := &signerv1.StreamedSignResult{Id: r.GetId()}
-	if err != nil {
-		st := status.Convert(err)
-		out.Result = &signerv1.StreamedSignResult_Error{Error: &signerv1.CallError{Code: int32(st.Code()), Message: st.Message()}}
-	} else {
-		out.Result = &signerv1.StreamedSignResult_Response{Response: resp}
-	}
-	// A failed Send means the stream is gone; receive sees that too.
-	_ = ss.results.Add(out)
+// streamResult is the result of one call of a stream and the ticket of
+// its audit line, which must be written before the result is sent.
+type streamResult struct {
+	res    *signerv1.StreamedSignResult
+	ticket audit.Ticket
+	queued bool // ticket holds a queued line
 }
 
-// signStreamed admits one request of a stream from peer p under the
-// policy in force and signs it as Sign does.
-func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1.StreamedSign) (*signerv1.SignResponse, error) {
+// answer signs r and queues its result for sending.
+func (ss *signStream) answer(r *signerv1.StreamedSign) {
+	start := time.Now()
+	resp, ticket, queued, err := ss.svc.signStreamed(ss.stream.Context(), ss.peer, r)
+	ss.svc.metrics.observe("SignStream", status.Code(err), time.Since(start))
+	res := &signerv1.StreamedSignResult{Id: r.GetId()}
+	if err != nil {
+		res.Result = callError(err)
+	} else {
+		res.Result = &signerv1.StreamedSignResult_Response{Response: resp}
+	}
+	// A failed Send means the stream is gone; receive sees that too.
+	_ = ss.results.Add(streamResult{res: res, ticket: ticket, queued: queued})
+}
+
+func callError(err error) *signerv1.StreamedSignResult_Error {
+	st := status.Convert(err)
+	return &signerv1.StreamedSignResult_Error{Error: &signerv1.CallError{Code: int32(st.Code()), Message: st.Message()}}
+}
+
+// withAudit waits for the audit lines of results about to be sent, all
+// in one commit, and withholds each signature whose line could not be
+// written.
+func (s *Service) withAudit(ctx context.Context, rs []streamResult) []*signerv1.StreamedSignResult {
+	out := make([]*signerv1.StreamedSignResult, len(rs))
+	for i, r := range rs {
+		out[i] = r.res
+		if !r.queued {
+			continue
+		}
+		if aerr := s.audit.Wait(context.WithoutCancel(ctx), r.ticket); aerr != nil {
+			s.log.Error("audit append failed", "op", "sign", "error", aerr.Error())
+			if r.res.GetError() == nil {
+				out[i] = &signerv1.StreamedSignResult{Id: r.res.GetId(), Result: callError(toStatus(fmt.Errorf("%w: %w", ErrAudit, aerr)))}
+			}
+		}
+	}
+	return out
+}
+
+// signStreamed admits one call of a stream from peer p under the policy
+// in force and signs it as Sign does. Its audit line is queued, not yet
+// written: queued says whether ticket holds it.
+func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1.StreamedSign) (_ *signerv1.SignResponse, _ audit.Ticket, queued bool, _ error) {
 	c := s.callerFor(p)
 	if !c.may(needClient) {
-		return nil, toStatus(s.refuse(ctx, c, "SignStream"))
+		return nil, audit.Ticket{}, false, toStatus(s.refuse(ctx, c, "SignStream"))
 	}
 	if ms := r.GetTimeoutMs(); ms > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 		defer cancel()
 	}
-	resp, err := s.Sign(context.WithValue(ctx, callerKey{}, c), r.GetRequest())
-	return resp, toStatus(err)
+	resp, rec, err := s.sign(ctx, c, r.GetRequest())
+	ticket, aerr := s.audit.Enqueue(auditRecord(c, rec, err))
+	if aerr != nil {
+		s.log.Error("audit append failed", "op", rec.Op, "error", aerr.Error())
+		if err == nil {
+			err = fmt.Errorf("%w: %w", ErrAudit, aerr)
+		}
+		return nil, audit.Ticket{}, false, toStatus(err)
+	}
+	if err != nil {
+		return nil, ticket, true, toStatus(err)
+	}
+	return resp, ticket, true, nil
 }
 
 // Drain makes every SignStream answer the requests it has received, take

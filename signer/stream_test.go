@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 )
@@ -331,5 +332,56 @@ func TestClientSignHonoursAnExpiredContext(t *testing.T) {
 	// The shared stream is still there for the next caller.
 	if _, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("y"))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// failingAudit is an audit log whose writes fail, at queueing or at
+// commit: a fault the real log gives only on a failing disk.
+type failingAudit struct{ atCommit bool }
+
+var errDiskGone = errors.New("write audit.jsonl: input/output error")
+
+func (f failingAudit) Append(context.Context, audit.Record) error { return errDiskGone }
+func (f failingAudit) Enqueue(audit.Record) (audit.Ticket, error) {
+	if f.atCommit {
+		return audit.Ticket{}, nil
+	}
+	return audit.Ticket{}, errDiskGone
+}
+func (f failingAudit) Wait(context.Context, audit.Ticket) error { return errDiskGone }
+func (f failingAudit) Head() (uint64, string)                   { return 0, "" }
+func (f failingAudit) Close() error                             { return nil }
+
+func TestSignatureWithheldWhenAuditFails(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.SwitchAudit = true })
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	tests := []struct {
+		name string
+		log  failingAudit
+		sign func() (*signerv1.SignResponse, error)
+	}{
+		{"Sign call", failingAudit{}, func() (*signerv1.SignResponse, error) {
+			return d.client.SignerClient.Sign(testCtx(t), signReq(k.GetId(), sha("x")))
+		}},
+		{"stream, queueing fails", failingAudit{}, func() (*signerv1.SignResponse, error) {
+			return d.client.Sign(testCtx(t), signReq(k.GetId(), sha("x")))
+		}},
+		{"stream, commit fails", failingAudit{atCommit: true}, func() (*signerv1.SignResponse, error) {
+			return d.client.Sign(testCtx(t), signReq(k.GetId(), sha("x")))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d.audit.set(tt.log)
+			resp, err := tt.sign()
+			wantCode(t, err, codes.Unavailable, "audit log unavailable")
+			if resp.GetSignature() != nil {
+				t.Fatal("a signature left the daemon without its audit line")
+			}
+		})
+	}
+	d.audit.set(nil)
+	if _, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("y"))); err != nil {
+		t.Fatalf("with the audit log back: %v", err)
 	}
 }

@@ -138,12 +138,13 @@ type Log struct {
 	dstop chan struct{} // closed by the writer when it stops
 	ddone chan struct{} // closed when the durability goroutine has stopped
 
-	mu     sync.Mutex
-	queue  []*pending
-	closed bool
-	failed error  // set once; wraps ErrFailed
-	seq    uint64 // last written line, for Head
-	hash   string
+	mu         sync.Mutex
+	queue      []*pending
+	committing bool // an Append is committing the queue (Buffered)
+	closed     bool
+	failed     error  // set once; wraps ErrFailed
+	seq        uint64 // last written line, for Head
+	hash       string
 
 	// wmu is held by whoever writes: the writer goroutine, or an Append
 	// that found no writer busy and commits the queue itself (so the first
@@ -421,55 +422,105 @@ func lastLine(f io.ReaderAt, size int64) (last Head, ok bool, err error) {
 // ErrClosed after Close, and an error wrapping ErrFailed once a write,
 // fsync or head update has failed.
 func (l *Log) Append(ctx context.Context, r Record) error {
+	t, err := l.Enqueue(r)
+	if err != nil {
+		return err
+	}
+	return l.Wait(ctx, t)
+}
+
+// Ticket is a record queued by Enqueue.
+type Ticket struct{ p *pending }
+
+// Enqueue queues r as Append does, without waiting: the record is
+// committed in its turn, and Wait says when it is. A caller that has many
+// records to wait for, such as a stream sending several results in one
+// message, enqueues each and waits for them together, which takes one
+// write. Every ticket must be waited for once, before the operation it
+// records is acknowledged.
+func (l *Log) Enqueue(r Record) (Ticket, error) {
 	if r.Time.IsZero() {
 		r.Time = time.Now()
 	}
 	body, err := encodeBody(&r)
 	if err != nil {
-		return err
+		return Ticket{}, err
 	}
 	p := &pending{t: r.Time, body: body, done: make(chan error, 1)}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return ErrClosed
+		return Ticket{}, ErrClosed
 	}
 	if l.failed != nil {
 		err := l.failed
 		l.mu.Unlock()
-		return err
+		return Ticket{}, err
 	}
 	l.queue = append(l.queue, p)
 	if l.hooks.queued != nil {
 		l.hooks.queued(len(l.queue))
 	}
 	l.mu.Unlock()
-	if l.opts.Mode == Buffered {
-		// Buffered: the caller commits the queue's next group, its record
-		// included (unless the writer of another group took it along),
-		// with one write(2) and no hand-off to the writer goroutine. A
-		// write(2) is short, so waiting for the lock costs less than
-		// waking a goroutine. (In Sync mode the fsync stays on the writer
-		// goroutine, so that ctx can end the wait.)
-		l.wmu.Lock()
-		wasDirty := l.dirty
-		l.commitNext()
-		startTimer := !wasDirty && l.dirty // the writer arms the fsync timer
-		l.wmu.Unlock()
-		l.mu.Lock()
-		more := len(l.queue) > 0
-		l.mu.Unlock()
-		if more || startTimer {
-			l.signal()
-		}
-	} else {
+	if l.opts.Mode == Sync {
 		l.signal()
 	}
+	return Ticket{p}, nil
+}
+
+// Wait returns when t's record is fsynced (Sync) or written (Buffered),
+// with the error of its commit, or when ctx is done; see Append.
+//
+// Buffered: the waiter that finds no other committing commits the queue
+// itself, in groups of one write(2) each, until it is empty, with no
+// hand-off to the writer goroutine; waiters that come meanwhile find
+// their record in its groups, and are woken together. (In Sync mode the
+// fsync stays on the writer goroutine, so that ctx can end the wait.)
+func (l *Log) Wait(ctx context.Context, t Ticket) error {
 	select {
-	case err := <-p.done:
+	case err := <-t.p.done:
+		return err
+	default:
+	}
+	if l.opts.Mode == Buffered {
+		l.mu.Lock()
+		if l.committing {
+			l.mu.Unlock()
+		} else {
+			l.committing = true
+			l.mu.Unlock()
+			l.commitQueue()
+		}
+	}
+	select {
+	case err := <-t.p.done:
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("audit: append: stopped waiting, the record stays queued: %w", ctx.Err())
+	}
+}
+
+// commitQueue commits the queue in groups until it is empty, then ends
+// the caller's turn as committer (Buffered). The writer goroutine may
+// commit some of the groups meanwhile; that is fine, wmu orders them.
+func (l *Log) commitQueue() {
+	startTimer := false
+	l.wmu.Lock()
+	for {
+		wasDirty := l.dirty
+		l.commitNext()
+		startTimer = startTimer || (!wasDirty && l.dirty)
+		l.mu.Lock()
+		if len(l.queue) == 0 {
+			l.committing = false
+			l.mu.Unlock()
+			break
+		}
+		l.mu.Unlock()
+	}
+	l.wmu.Unlock()
+	if startTimer {
+		l.signal() // the writer arms the fsync timer
 	}
 }
 

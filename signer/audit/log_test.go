@@ -992,3 +992,53 @@ func TestHeadEvery(t *testing.T) {
 		})
 	}
 }
+
+// TestEnqueueThenWaitTogether queues records without waiting and waits for
+// them together: one write commits them all, in order, and each ticket
+// then reports its commit.
+func TestEnqueueThenWaitTogether(t *testing.T) {
+	for _, mode := range []Mode{Buffered, Sync} {
+		t.Run(mode.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			p := &probeFile{}
+			l, err := open(t.Context(), path, Options{Mode: mode, FlushEvery: time.Hour}, probe(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w0 := p.writes.Load() // Open's own
+			const n = 10
+			tickets := make([]Ticket, n)
+			for i := range n {
+				if tickets[i], err = l.Enqueue(sampleRecord(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if mode == Buffered {
+				// Nothing is written until someone waits.
+				if got := p.writes.Load() - w0; got != 0 {
+					t.Fatalf("%d writes before any Wait", got)
+				}
+			}
+			if err := l.Wait(t.Context(), tickets[n-1]); err != nil {
+				t.Fatal(err)
+			}
+			if mode == Buffered {
+				if got := p.writes.Load() - w0; got != 1 {
+					t.Fatalf("%d writes for %d records waited for together, want 1", got, n)
+				}
+			}
+			for i := range n - 1 {
+				if err := l.Wait(t.Context(), tickets[i]); err != nil {
+					t.Fatalf("ticket %d: %v", i, err)
+				}
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			sum, err := VerifyFile(path)
+			if err != nil || sum.Lines != n {
+				t.Fatalf("log after the waits: %+v, %v", sum, err)
+			}
+		})
+	}
+}
