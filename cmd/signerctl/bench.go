@@ -31,6 +31,7 @@ type benchOptions struct {
 	mode        string
 	rounds      int
 	raw         bool
+	unary       bool
 	module      string
 	token       string
 	pinFile     string
@@ -65,7 +66,9 @@ func (a *app) benchCommand() *cobra.Command {
 		Long: `bench signs random digests through signerd for --duration with --concurrency
 callers and prints digests signed per second and the p50/p99 latency of a call,
 with a progress line while it runs. --batch N sends SignBatch calls of N
-digests, --mode individual or merkle.
+digests, --mode individual or merkle. Single digests go, as with any user of
+signer/client, on the client's shared SignStream; --unary sends each as its
+own Sign call instead.
 
 With --raw it also signs in this process through the hsm package on the same
 token (--module, --token, --pin-file), alternating daemon and raw runs in
@@ -86,6 +89,7 @@ concurrency; a Merkle batch in the raw run is one signature over the tree root.`
 	f.StringVar(&o.mode, "mode", "individual", "batch mode: individual or merkle")
 	f.IntVar(&o.rounds, "rounds", 2, "with --raw: alternate daemon and raw runs this many times")
 	f.BoolVar(&o.raw, "raw", false, "also sign in-process through hsm on the same token and print the ratio")
+	f.BoolVar(&o.unary, "unary", false, "send each single digest as its own Sign call instead of on the client's shared SignStream")
 	f.StringVar(&o.module, "module", "", "with --raw: PKCS#11 module path")
 	f.StringVar(&o.token, "token", "", "with --raw: token label, serial:NNN or PKCS#11 URI")
 	f.StringVar(&o.pinFile, "pin-file", "", "with --raw: file holding the user PIN")
@@ -125,7 +129,13 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	daemon := func(ctx context.Context, digests [][]byte) error {
 		c := conns[next.Add(1)%uint64(len(conns))]
 		if len(digests) == 1 {
-			_, err := c.Sign(ctx, &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: o.keyID}, Algorithm: alg.Name, Digest: digests[0]})
+			req := &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: o.keyID}, Algorithm: alg.Name, Digest: digests[0]}
+			var err error
+			if o.unary {
+				_, err = c.SignerClient.Sign(ctx, req)
+			} else {
+				_, err = c.Sign(ctx, req)
+			}
 			return err
 		}
 		_, err := c.SignBatch(ctx, &signerv1.SignBatchRequest{Key: &signerv1.SignBatchRequest_KeyId{KeyId: o.keyID}, Algorithm: alg.Name, Digests: digests, Mode: mode})

@@ -5,9 +5,13 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -174,19 +178,66 @@ func TestBenchPrintsRatio(t *testing.T) {
 			break
 		}
 	}
-	out, errs, code := ctl(t, "bench", "--key", keyID, "--duration", "1s", "--concurrency", "2", "--rounds", "1",
-		"--raw", "--module", module, "--token", "label:signer-dev", "--pin-file", filepath.Join(dir, "user.pin"))
-	if code != 0 {
-		t.Fatalf("bench: %s", errs)
+	for _, tt := range []struct {
+		name   string
+		flags  []string
+		method string // the API method that carried the digests
+	}{
+		{"shared stream", nil, "SignStream"},
+		{"unary", []string{"--unary"}, "Sign"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := signCalls(t, dir, tt.method)
+			args := append([]string{"bench", "--key", keyID, "--duration", "1s", "--concurrency", "2", "--rounds", "1",
+				"--raw", "--module", module, "--token", "label:signer-dev", "--pin-file", filepath.Join(dir, "user.pin")}, tt.flags...)
+			out, errs, code := ctl(t, args...)
+			if code != 0 {
+				t.Fatalf("bench: %s", errs)
+			}
+			for _, want := range []string{"daemon ", "raw ", "daemon/raw: ", "p99"} {
+				if !strings.Contains(out, want) {
+					t.Fatalf("bench output lacks %q:\n%s", want, out)
+				}
+			}
+			if !strings.Contains(errs, "digests/s") {
+				t.Fatalf("no progress line on stderr: %q", errs)
+			}
+			// Most digests went by the method asked for; the first call of
+			// a fresh connection is always a Sign call.
+			if n := signCalls(t, dir, tt.method) - before; n < 100 {
+				t.Fatalf("%d digests signed by %s during the run", n, tt.method)
+			}
+		})
 	}
-	for _, want := range []string{"daemon ", "raw ", "daemon/raw: ", "p99"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("bench output lacks %q:\n%s", want, out)
+}
+
+// signCalls reads from the dev daemon's /metrics how many calls of method
+// it answered with OK.
+func signCalls(t *testing.T, dir, method string) int {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "run/http.sock"))
+	}}}
+	resp, err := hc.Get("http://signerd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := `signerd_calls_total{code="OK",method="` + method + `"} `
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			return int(n)
 		}
 	}
-	if !strings.Contains(errs, "digests/s") {
-		t.Fatalf("no progress line on stderr: %q", errs)
-	}
+	return 0
 }
 
 // TestREADMEWalkthrough runs the README's walkthrough blocks word for word,
