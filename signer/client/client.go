@@ -1,6 +1,10 @@
 // Package client is the Go client of signerd's local gRPC API, and a
 // crypto.Signer whose private key stays in the daemon's HSM. It builds
 // with CGO_ENABLED=0, so a pure-Go security server can use it.
+//
+// A Client's Sign calls share one long-lived SignStream, the cheapest way
+// through the socket for many concurrent single signatures; every other
+// method is a plain gRPC call.
 package client
 
 import (
