@@ -17,9 +17,11 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
 
-// maxStreamInFlight bounds the requests of one SignStream that are signed
-// at once. Beyond it the daemon stops reading the stream until one is
-// answered, and HTTP/2 flow control holds the caller back.
+// maxStreamInFlight bounds the calls of one SignStream taken and not yet
+// sent back: signed at once, or waiting for the caller to read their
+// results. Beyond it the daemon stops reading the stream until a result
+// is sent, and HTTP/2 flow control holds the caller back; a caller that
+// does not read its results holds at most this many.
 const maxStreamInFlight = 64
 
 // maxStreamBatch bounds the results sent in one message.
@@ -38,12 +40,17 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		stream: stream,
 		peer:   callerFrom(stream.Context()).peer,
 		work:   make(chan *signerv1.StreamedSign),
+		slots:  make(chan struct{}, maxStreamInFlight),
 	}
 	// Results ready together travel in one message, after one wait for
 	// all their audit lines. Send is not safe for concurrent use; the
 	// Sender never calls it concurrently.
 	ss.results = coalesce.New(maxStreamBatch, func(rs []streamResult) error {
-		return stream.Send(&signerv1.SignStreamResponse{Results: s.withAudit(stream.Context(), rs)})
+		err := stream.Send(&signerv1.SignStreamResponse{Results: s.withAudit(stream.Context(), rs)})
+		for range rs {
+			<-ss.slots
+		}
+		return err
 	})
 	received := make(chan error, 1)
 	go func() { received <- ss.receive() }()
@@ -70,6 +77,8 @@ type signStream struct {
 	// work hands calls to idle workers; receive closes it when it ends.
 	work    chan *signerv1.StreamedSign
 	workers int // started so far; only receive touches it
+	// slots holds a token for each call taken and not yet sent back.
+	slots   chan struct{}
 	results *coalesce.Sender[streamResult]
 
 	mu       sync.Mutex
@@ -90,16 +99,22 @@ func (ss *signStream) receive() error {
 		if err != nil {
 			return err
 		}
-		calls := m.GetCalls()
-		ss.mu.Lock()
-		if ss.stopped {
-			// Dropped unsigned; the caller learns it from the stream's end.
+		for _, c := range m.GetCalls() {
+			select {
+			case ss.slots <- struct{}{}:
+			case <-ss.stream.Context().Done():
+				return ss.stream.Context().Err()
+			}
+			ss.mu.Lock()
+			if ss.stopped {
+				// Dropped unsigned, with the rest of the message; the
+				// caller learns it from the stream's end.
+				ss.mu.Unlock()
+				<-ss.slots
+				return nil
+			}
+			ss.inFlight.Add(1)
 			ss.mu.Unlock()
-			return nil
-		}
-		ss.inFlight.Add(len(calls))
-		ss.mu.Unlock()
-		for _, c := range calls {
 			select {
 			case ss.work <- c:
 			default:

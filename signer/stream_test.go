@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
 
 // streamedSigns is how many requests the daemon answered on SignStreams
@@ -383,5 +385,82 @@ func TestSignatureWithheldWhenAuditFails(t *testing.T) {
 	d.audit.set(nil)
 	if _, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("y"))); err != nil {
 		t.Fatalf("with the audit log back: %v", err)
+	}
+}
+
+// stallingStream is a SignStream whose caller sends its calls and does
+// not read the results: Send blocks until release is closed.
+type stallingStream struct {
+	grpc.ServerStream // unused; Context, Recv and Send are what the handler calls
+	ctx               context.Context
+	calls             chan *signerv1.SignStreamRequest
+	received          atomic.Int64
+	full              chan struct{} // closed at the read after which the daemon must wait
+	release           chan struct{}
+	sent              atomic.Int64
+}
+
+func (s *stallingStream) Context() context.Context { return s.ctx }
+
+func (s *stallingStream) Recv() (*signerv1.SignStreamRequest, error) {
+	m, ok := <-s.calls
+	if !ok {
+		return nil, io.EOF
+	}
+	if s.received.Add(1) == maxStreamInFlight+1 {
+		close(s.full)
+	}
+	return m, nil
+}
+
+func (s *stallingStream) Send(m *signerv1.SignStreamResponse) error {
+	<-s.release
+	s.sent.Add(int64(len(m.GetResults())))
+	return nil
+}
+
+func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	const n = 3 * maxStreamInFlight
+	me := peercred.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
+	s := &stallingStream{
+		ctx:     context.WithValue(testCtx(t), callerKey{}, d.svc.callerFor(me)),
+		calls:   make(chan *signerv1.SignStreamRequest, n),
+		full:    make(chan struct{}),
+		release: make(chan struct{}),
+	}
+	for i := range n {
+		s.calls <- &signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{{Id: uint64(i), Request: signReq(k.GetId(), sha(string(rune(i))))}}}
+	}
+	close(s.calls)
+	done := make(chan error, 1)
+	go func() { done <- d.svc.SignStream(s) }()
+	select {
+	case <-s.full:
+	case <-time.After(time.Minute):
+		t.Fatalf("the daemon read %d calls, want it to read %d and wait", s.received.Load(), maxStreamInFlight+1)
+	}
+	// Once the calls it took are signed and their results wait for the
+	// caller, the daemon has read one call more (which waits for a slot)
+	// and no other.
+	for deadline := time.Now().Add(time.Minute); d.streamedSigns(codes.OK) < maxStreamInFlight; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls signed, want %d", d.streamedSigns(codes.OK), maxStreamInFlight)
+		}
+	}
+	if got := s.received.Load(); got != maxStreamInFlight+1 {
+		t.Fatalf("the daemon read %d calls while %d results waited for the caller; want %d", got, maxStreamInFlight, maxStreamInFlight+1)
+	}
+	if got := d.streamedSigns(codes.OK); got != maxStreamInFlight {
+		t.Fatalf("%d calls signed while %d results waited for the caller", got, maxStreamInFlight)
+	}
+	// The caller reads again: every call is answered.
+	close(s.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := s.sent.Load(); got != n {
+		t.Fatalf("%d results sent for %d calls", got, n)
 	}
 }
