@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -13,16 +14,23 @@ import (
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
+	"github.com/hsmsigner/hsmsigner/signer/config"
 	"github.com/hsmsigner/hsmsigner/signer/internal/coalesce"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
 
 // maxStreamInFlight bounds the calls of one SignStream taken and not yet
-// sent back: signed at once, or waiting for the caller to read their
+// sent back: being signed, or waiting for the caller to read their
 // results. Beyond it the daemon stops reading the stream until a result
 // is sent, and HTTP/2 flow control holds the caller back; a caller that
-// does not read its results holds at most this many.
-const maxStreamInFlight = 64
+// does not read its results holds at most this many. It is the most
+// sessions a token may have, so that calls waiting on one busy token do
+// not hold up a client's calls for another.
+const maxStreamInFlight = config.MaxSessions
+
+// idleWorker is how long a stream's worker waits for a call before it
+// ends; a burst's workers do not outlive it by much.
+const idleWorker = time.Second
 
 // maxStreamBatch bounds the results sent in one message.
 const maxStreamBatch = 64
@@ -35,10 +43,16 @@ var errStopping = status.Error(codes.Unavailable, "signerd is stopping; requests
 // call, on its own goroutine, so one slow request does not hold up the
 // others. Drain makes the stream answer what it has received and end.
 func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
+	// The peer again from the socket, not from the interceptor's caller:
+	// a stream no interceptor admitted is refused, not taken for uid 0.
+	peer, err := peercred.FromContext(stream.Context())
+	if err != nil {
+		return status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
+	}
 	ss := &signStream{
 		svc:    s,
 		stream: stream,
-		peer:   callerFrom(stream.Context()).peer,
+		peer:   peer,
 		work:   make(chan *signerv1.StreamedSign),
 		slots:  make(chan struct{}, maxStreamInFlight),
 	}
@@ -54,7 +68,6 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	})
 	received := make(chan error, 1)
 	go func() { received <- ss.receive() }()
-	var err error
 	select {
 	case err = <-received:
 	case <-s.draining:
@@ -76,7 +89,7 @@ type signStream struct {
 	peer   peercred.Peer
 	// work hands calls to idle workers; receive closes it when it ends.
 	work    chan *signerv1.StreamedSign
-	workers int // started so far; only receive touches it
+	workers atomic.Int32 // running
 	// slots holds a token for each call taken and not yet sent back.
 	slots   chan struct{}
 	results *coalesce.Sender[streamResult]
@@ -118,8 +131,8 @@ func (ss *signStream) receive() error {
 			select {
 			case ss.work <- c:
 			default:
-				if ss.workers < maxStreamInFlight {
-					ss.workers++
+				if ss.workers.Load() < maxStreamInFlight {
+					ss.workers.Add(1)
 					go ss.worker(c)
 				} else {
 					ss.work <- c
@@ -130,13 +143,22 @@ func (ss *signStream) receive() error {
 }
 
 // worker answers r and then whatever work it is handed, until receive
-// ends.
+// ends or no call comes for idleWorker.
 func (ss *signStream) worker(r *signerv1.StreamedSign) {
+	defer ss.workers.Add(-1)
+	idle := time.NewTimer(idleWorker)
+	defer idle.Stop()
 	for {
 		ss.answer(r)
 		ss.inFlight.Done()
+		idle.Reset(idleWorker)
 		var ok bool
-		if r, ok = <-ss.work; !ok {
+		select {
+		case r, ok = <-ss.work:
+			if !ok {
+				return
+			}
+		case <-idle.C:
 			return
 		}
 	}

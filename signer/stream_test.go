@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
@@ -422,10 +423,10 @@ func (s *stallingStream) Send(m *signerv1.SignStreamResponse) error {
 func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 	d := newDaemon(t)
 	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
-	const n = 3 * maxStreamInFlight
+	const n = maxStreamInFlight + 64
 	me := peercred.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
 	s := &stallingStream{
-		ctx:     context.WithValue(testCtx(t), callerKey{}, d.svc.callerFor(me)),
+		ctx:     peer.NewContext(testCtx(t), &peer.Peer{AuthInfo: peercred.AuthInfo{Peer: me}}),
 		calls:   make(chan *signerv1.SignStreamRequest, n),
 		full:    make(chan struct{}),
 		release: make(chan struct{}),
@@ -463,4 +464,37 @@ func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 	if got := s.sent.Load(); got != n {
 		t.Fatalf("%d results sent for %d calls", got, n)
 	}
+}
+
+func TestSignStreamWithoutSocketCredentialsIsRefused(t *testing.T) {
+	d := newDaemon(t)
+	// A stream whose context has no peer credentials, as one served
+	// without the daemon's transport credentials or interceptor would.
+	s := &stallingStream{ctx: testCtx(t), calls: make(chan *signerv1.SignStreamRequest), release: make(chan struct{})}
+	wantCode(t, d.svc.SignStream(s), codes.Unauthenticated, "no socket credentials")
+}
+
+// TestClientSignDoesNotKeepTheRequest reuses each request's digest as soon
+// as Sign returns, often because its short deadline passed: the client
+// must not encode the request later (the race detector watches).
+func TestClientSignDoesNotKeepTheRequest(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.AuditMode = "buffered" })
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			req := signReq(k.GetId(), sha(string(rune(g))))
+			for range 20 {
+				ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Microsecond)
+				_, err := d.client.Sign(ctx, req)
+				cancel()
+				if c := status.Code(err); c != codes.OK && c != codes.DeadlineExceeded {
+					t.Errorf("Sign: %v", err)
+				}
+				req.Digest[0]++
+				req.Algorithm = "SHA256withECDSA"
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -1826,7 +1826,9 @@ type StreamedSign struct {
 	Id      uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Request *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
 	// How long the caller waits, in milliseconds; the daemon gives up on
-	// the call after that. 0: no bound other than the stream's.
+	// the call after that. 0: no bound other than the stream's. A caller
+	// that gives up sooner (a cancelled context) does not tell the daemon,
+	// which signs and audits the call and sends a result nobody reads.
 	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -429,8 +429,15 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 	return l.Wait(ctx, t)
 }
 
-// Ticket is a record queued by Enqueue.
-type Ticket struct{ p *pending }
+// Ticket is a record queued by Enqueue, for Wait on the same Log.
+type Ticket struct {
+	l *Log
+	p *pending
+}
+
+// ErrNoTicket means Wait was given a Ticket its Log's Enqueue did not
+// issue; nothing is known of the record.
+var ErrNoTicket = errors.New("audit: wait on a ticket this log did not issue")
 
 // Enqueue queues r as Append does, without waiting: the record is
 // committed in its turn, and Wait says when it is. A caller that has many
@@ -465,7 +472,7 @@ func (l *Log) Enqueue(r Record) (Ticket, error) {
 	if l.opts.Mode == Sync {
 		l.signal()
 	}
-	return Ticket{p}, nil
+	return Ticket{l: l, p: p}, nil
 }
 
 // Wait returns when t's record is fsynced (Sync) or written (Buffered),
@@ -477,6 +484,9 @@ func (l *Log) Enqueue(r Record) (Ticket, error) {
 // their record in its groups, and are woken together. (In Sync mode the
 // fsync stays on the writer goroutine, so that ctx can end the wait.)
 func (l *Log) Wait(ctx context.Context, t Ticket) error {
+	if t.l != l || t.p == nil {
+		return ErrNoTicket
+	}
 	select {
 	case err := <-t.p.done:
 		return err
@@ -496,7 +506,7 @@ func (l *Log) Wait(ctx context.Context, t Ticket) error {
 	case err := <-t.p.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("audit: append: stopped waiting, the record stays queued: %w", ctx.Err())
+		return fmt.Errorf("audit: stopped waiting, the record stays queued: %w", ctx.Err())
 	}
 }
 

@@ -1042,3 +1042,34 @@ func TestEnqueueThenWaitTogether(t *testing.T) {
 		})
 	}
 }
+
+func TestWaitRefusesAForeignTicket(t *testing.T) {
+	a, err := Open(t.Context(), filepath.Join(t.TempDir(), "a.log"), Options{Mode: Buffered})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(t.Context(), filepath.Join(t.TempDir(), "b.log"), Options{Mode: Buffered})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tk, err := a.Enqueue(sampleRecord(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tt := range map[string]struct {
+		log *Log
+		tk  Ticket
+	}{
+		"zero ticket":          {a, Ticket{}},
+		"another log's ticket": {b, tk},
+	} {
+		if err := tt.log.Wait(t.Context(), tt.tk); !errors.Is(err, ErrNoTicket) {
+			t.Errorf("%s: Wait = %v, want ErrNoTicket", name, err)
+		}
+	}
+	if err := a.Wait(t.Context(), tk); err != nil {
+		t.Fatalf("its own log: %v", err)
+	}
+}

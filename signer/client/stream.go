@@ -109,8 +109,10 @@ func (m *signStreams) sign(ctx context.Context, req *signerv1.SignRequest) (*sig
 		}
 	}
 	// A failed send ends the stream; the receiver then fails every call
-	// waiting on it with the stream's status.
-	_ = st.calls.Add(&signerv1.StreamedSign{Id: id, Request: req, TimeoutMs: timeoutMS})
+	// waiting on it with the stream's status. The request is copied: it
+	// may be encoded by another caller's send after this one has returned
+	// (its context ended), and the caller may reuse it by then.
+	_ = st.calls.Add(&signerv1.StreamedSign{Id: id, Request: proto.CloneOf(req), TimeoutMs: timeoutMS})
 	select {
 	case r := <-ch:
 		return r.resp, r.err

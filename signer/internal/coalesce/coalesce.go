@@ -11,8 +11,8 @@ import "sync"
 // Sender queues items and sends them in batches. It is safe for
 // concurrent use.
 type Sender[T any] struct {
-	send func([]T) error
-	max  int
+	send  func([]T) error
+	limit int
 
 	mu      sync.Mutex
 	queue   []T
@@ -22,7 +22,7 @@ type Sender[T any] struct {
 // New returns a Sender that sends with send, at most limit items at a time.
 // send is never called concurrently, and must not keep the slice.
 func New[T any](limit int, send func([]T) error) *Sender[T] {
-	return &Sender[T]{send: send, max: max(limit, 1)}
+	return &Sender[T]{send: send, limit: max(limit, 1)}
 }
 
 // Add queues v. When no other goroutine is sending, this one sends
@@ -42,9 +42,9 @@ func (s *Sender[T]) Add(v T) error {
 	var first error
 	for len(s.queue) > 0 {
 		batch := s.queue
-		if len(batch) > s.max {
+		if len(batch) > s.limit {
 			// The rest shares the array past batch's end only.
-			batch, s.queue = batch[:s.max:s.max], batch[s.max:]
+			batch, s.queue = batch[:s.limit:s.limit], batch[s.limit:]
 		} else {
 			s.queue = nil
 		}
