@@ -46,6 +46,10 @@ const maxStreamedRequest = 512
 // accepts (at least 64 KiB).
 const maxStreamBatch = 64
 
+// retryStreamAfter is how long a client whose daemon had no SignStream
+// uses Sign calls before it tries a stream again.
+const retryStreamAfter = time.Minute
+
 // errNoSignStream means the daemon does not know SignStream; the request
 // was not signed.
 var errNoSignStream = errors.New("the daemon has no SignStream")
@@ -55,10 +59,12 @@ var errNoSignStream = errors.New("the daemon has no SignStream")
 type signStreams struct {
 	api signerv1.SignerClient
 
-	mu      sync.Mutex
-	cur     *signStream // nil: none open
-	unary   bool        // the daemon has no SignStream
-	closing bool
+	mu  sync.Mutex
+	cur *signStream // nil: none open
+	// unaryUntil: the daemon had no SignStream; Sign calls until then
+	// (a daemon may be upgraded under a long-lived client).
+	unaryUntil time.Time
+	closing    bool
 }
 
 // signStream is one open SignStream and the calls waiting on it.
@@ -127,7 +133,7 @@ func (m *signStreams) open() (*signStream, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
-	case m.unary:
+	case time.Now().Before(m.unaryUntil):
 		return nil, errNoSignStream
 	case m.closing:
 		return nil, status.Error(codes.Canceled, "the client is closed")
@@ -196,7 +202,7 @@ func (m *signStreams) ended(st *signStream, err error) {
 		m.cur = nil
 	}
 	if errors.Is(err, errNoSignStream) {
-		m.unary = true
+		m.unaryUntil = time.Now().Add(retryStreamAfter)
 	}
 	m.mu.Unlock()
 	st.cancel()
