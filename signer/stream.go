@@ -36,7 +36,7 @@ const idleWorker = time.Second
 const maxStreamBatch = 64
 
 // errStopping ends the streams of a stopping daemon.
-var errStopping = status.Error(codes.Unavailable, "signerd is stopping; requests of this stream that got no answer were not signed")
+var errStopping = status.Error(codes.Unavailable, "signerd is stopping; calls of this stream that got no answer were not signed")
 
 // SignStream implements signerv1.SignerServer. Each request is admitted
 // under the policy in force when it arrives and then handled as a Sign
