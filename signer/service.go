@@ -61,6 +61,7 @@ type Service struct {
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
+	closeOnce sync.Once
 }
 
 type moduleEntry struct {
@@ -176,27 +177,29 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 }
 
 // Close closes the audit log, logs out every token, zeroes the kept PINs,
-// finalizes the modules and closes the state.
+// finalizes the modules and closes the state. Calls still being served
+// (after a gRPC server's Stop, which does not wait for them) fail with
+// the closed parts' errors; nothing they read is taken away under them.
+// Close may be called more than once; later calls return nil.
 func (s *Service) Close() error {
 	var errs []error
-	for _, m := range s.modules {
-		if err := m.mod.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
+	s.closeOnce.Do(func() {
+		for _, m := range s.modules {
+			if err := m.mod.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
+			}
 		}
-	}
-	s.modules = nil
-	if s.audit != nil {
-		if err := s.audit.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("audit log: %w", err))
+		if s.audit != nil {
+			if err := s.audit.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("audit log: %w", err))
+			}
 		}
-		s.audit = nil
-	}
-	if s.store != nil {
-		if err := s.store.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("state: %w", err))
+		if s.store != nil {
+			if err := s.store.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("state: %w", err))
+			}
 		}
-		s.store = nil
-	}
+	})
 	return errors.Join(errs...)
 }
 

@@ -498,3 +498,56 @@ func TestClientSignDoesNotKeepTheRequest(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// recordingStream is a SignStream that delivers the calls it is given and
+// keeps the results sent.
+type recordingStream struct {
+	grpc.ServerStream // unused; Context, Recv and Send are what the handler calls
+	ctx               context.Context
+	calls             chan *signerv1.SignStreamRequest
+	mu                sync.Mutex
+	results           []*signerv1.StreamedSignResult
+}
+
+func (s *recordingStream) Context() context.Context { return s.ctx }
+
+func (s *recordingStream) Recv() (*signerv1.SignStreamRequest, error) {
+	m, ok := <-s.calls
+	if !ok {
+		return nil, io.EOF
+	}
+	return m, nil
+}
+
+func (s *recordingStream) Send(m *signerv1.SignStreamResponse) error {
+	s.mu.Lock()
+	s.results = append(s.results, m.GetResults()...)
+	s.mu.Unlock()
+	return nil
+}
+
+// TestCallsAfterCloseFail serves a call that arrives after the service is
+// closed, as one may after a gRPC server's Stop, which does not wait for
+// handlers: it fails with an error result, and nothing panics.
+func TestCallsAfterCloseFail(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	me := peercred.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
+	s := &recordingStream{
+		ctx:   peer.NewContext(testCtx(t), &peer.Peer{AuthInfo: peercred.AuthInfo{Peer: me}}),
+		calls: make(chan *signerv1.SignStreamRequest),
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.svc.SignStream(s) }()
+	if err := d.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.calls <- &signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{{Id: 1, Request: signReq(k.GetId(), sha("late"))}}}
+	close(s.calls)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(s.results) != 1 || s.results[0].GetError() == nil {
+		t.Fatalf("results %v: want one error", s.results)
+	}
+}
