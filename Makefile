@@ -7,7 +7,7 @@ GO ?= go
 DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc
 
-.PHONY: all build vet test dev bench bench-daemon fuzz generate deps
+.PHONY: all build vet test dev bench bench-daemon bench-processes fuzz generate deps
 
 all: build
 
@@ -32,6 +32,11 @@ bench: deps
 # signing in the same run (daemon/raw).
 bench-daemon: deps
 	$(GO) test -run '^$$' -bench 'BenchmarkDaemonVsRaw|BenchmarkAuditCost' -benchtime 3000x ./signer/
+
+# bench-processes: signerctl bench --raw against signerd dev, each its own
+# process (the README's separate-process table; about 3 minutes).
+bench-processes: deps
+	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
 
 # generate regenerates the committed protobuf code (needs protoc-gen-go and
 # protoc-gen-go-grpc on PATH; see signer/api/generate.go).

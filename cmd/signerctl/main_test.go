@@ -22,7 +22,7 @@ import (
 
 // devDaemon starts `signerd dev` in a fresh folder and returns the folder
 // and the demo key id.
-func devDaemon(t *testing.T) (dir, keyID string) {
+func devDaemon(t testing.TB) (dir, keyID string) {
 	t.Helper()
 	bin := daemontest.Build(t, "github.com/hsmsigner/hsmsigner/cmd/signerd")
 	dir = filepath.Join(t.TempDir(), "signer-dev")
