@@ -49,6 +49,11 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	if err != nil {
 		return status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
 	}
+	select {
+	case <-s.draining:
+		return errStopping // takes no call at all
+	default:
+	}
 	ss := &signStream{
 		svc:    s,
 		stream: stream,
