@@ -281,26 +281,36 @@ func normSHA256(s string) (string, error) {
 	return h, nil
 }
 
+// certBySHA256 reads the certificate named by its full hex SHA-256 and
+// returns its normalised key, or ErrNotFound.
+func (t *Tx) certBySHA256(sha256hex string) (string, CertRecord, error) {
+	key, err := normSHA256(sha256hex)
+	if err != nil {
+		return "", CertRecord{}, err
+	}
+	certs, err := t.bucket(bucketCerts, true)
+	if err != nil {
+		return "", CertRecord{}, err
+	}
+	var rec CertRecord
+	found, err := getJSON(certs, key, &rec)
+	if err != nil {
+		return "", CertRecord{}, err
+	}
+	if !found {
+		return "", CertRecord{}, fmt.Errorf("%w: certificate %s", ErrNotFound, key)
+	}
+	return key, rec, nil
+}
+
 // UpdateCert reads the certificate named by its full hex SHA-256, lets fn
 // change the record, and writes it back as PutCert does. If fn returns an
 // error, nothing is written and that error is returned. fn may not change
 // DER or the hashes (ErrInvalid).
 func (t *Tx) UpdateCert(sha256hex string, fn func(*CertRecord) error) error {
-	key, err := normSHA256(sha256hex)
+	key, rec, err := t.certBySHA256(sha256hex)
 	if err != nil {
 		return err
-	}
-	certs, err := t.bucket(bucketCerts, true)
-	if err != nil {
-		return err
-	}
-	var rec CertRecord
-	found, err := getJSON(certs, key, &rec)
-	if err != nil {
-		return err
-	}
-	if !found {
-		return fmt.Errorf("%w: certificate %s", ErrNotFound, key)
 	}
 	der, s1 := bytes.Clone(rec.DER), rec.SHA1
 	if err := fn(&rec); err != nil {
@@ -315,7 +325,7 @@ func (t *Tx) UpdateCert(sha256hex string, fn func(*CertRecord) error) error {
 // DeleteCert removes the certificate named by its full hex SHA-256, or
 // returns ErrNotFound.
 func (t *Tx) DeleteCert(sha256hex string) error {
-	key, err := normSHA256(sha256hex)
+	key, rec, err := t.certBySHA256(sha256hex)
 	if err != nil {
 		return err
 	}
@@ -326,14 +336,6 @@ func (t *Tx) DeleteCert(sha256hex string) error {
 	idx, err := t.bucket(bucketCertSHA1, true)
 	if err != nil {
 		return err
-	}
-	var rec CertRecord
-	found, err := getJSON(certs, key, &rec)
-	if err != nil {
-		return err
-	}
-	if !found {
-		return fmt.Errorf("%w: certificate %s", ErrNotFound, key)
 	}
 	if owner := idx.Get([]byte(rec.SHA1)); owner != nil && string(owner) == key {
 		if err := idx.Delete([]byte(rec.SHA1)); err != nil {
