@@ -17,23 +17,6 @@ import (
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
-// buildCrypto11Sign builds softhsm-test/cmd/crypto11-sign into a temporary
-// directory and returns the binary's path.
-func buildCrypto11Sign(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("go tool not on PATH: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "crypto11-sign")
-	cmd := exec.CommandContext(testContext(t), goTool, "build", "-o", bin,
-		"github.com/hsmsigner/hsmsigner/softhsm-test/cmd/crypto11-sign")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build crypto11-sign: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // crypto11Sign runs the crypto11-sign binary as a separate process, which
 // loads and initialises its own copy of the SoftHSM module, with only the
 // token's environment and the user PIN on its standard input. It returns
@@ -77,7 +60,7 @@ func crypto11Sign(ctx context.Context, t *testing.T, bin string, soft *softhsmte
 func TestCrypto11SignsWithHSMKeys(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := testContext(t)
-	bin := buildCrypto11Sign(t)
+	bin := softhsmtest.BuildCommand(t, "github.com/hsmsigner/hsmsigner/softhsm-test/cmd/crypto11-sign")
 	rsaKey := e.genKey(t, RSA2048, "interop-rsa")
 	ecKey := e.genKey(t, ECP256, "interop-ec")
 

@@ -565,3 +565,16 @@ func redact(s string, pins ...[]byte) string {
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ; ")), " ")
 }
+
+// BuildCommand compiles the command pkg (an import path such as
+// "github.com/hsmsigner/hsmsigner/cmd/signerd") into the test's temporary
+// folder and returns the binary's path, for tests that run a command as a
+// separate process (one that loads its own copy of the module).
+func BuildCommand(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	if out, err := exec.CommandContext(t.Context(), "go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
+}

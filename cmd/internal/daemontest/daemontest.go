@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
 // Build compiles the command pkg (e.g.
@@ -25,11 +27,7 @@ import (
 // and returns the binary's path.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
+	return softhsmtest.BuildCommand(t, pkg)
 }
 
 // Daemon is a running signerd process.
