@@ -34,9 +34,11 @@ bench-daemon: deps
 	$(GO) test -run '^$$' -bench 'BenchmarkDaemonVsRaw|BenchmarkAuditCost' -benchtime 3000x ./signer/
 
 # bench-processes: signerctl bench --raw against signerd dev, each its own
-# process (the README's separate-process table; about 3 minutes).
+# process, then the same against the thinnest server there is (the
+# README's separate-process table and its floor; about 4 minutes).
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
+	$(GO) test -run '^$$' -bench BenchmarkSocketFloor -benchtime 1x -timeout 30m ./signer/
 
 # generate regenerates the committed protobuf code (needs protoc-gen-go and
 # protoc-gen-go-grpc on PATH; see signer/api/generate.go).

@@ -1,0 +1,360 @@
+package signer
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hsmsigner/hsmsigner/hsm"
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+)
+
+// The floor server is this test binary run again with these variables
+// set: floorSocketEnv names the socket to serve, floorPINFileEnv a 0600
+// file with the user PIN (a PIN goes in no argv and no environment),
+// floorTokenEnv the token label, floorModuleEnv the PKCS#11 module and
+// floorKeysEnv the keys.
+const (
+	floorSocketEnv  = "HSMSIGNER_FLOOR_SOCKET"
+	floorPINFileEnv = "HSMSIGNER_FLOOR_PIN_FILE"
+	floorTokenEnv   = "HSMSIGNER_FLOOR_TOKEN"
+	floorModuleEnv  = "HSMSIGNER_FLOOR_MODULE"
+	floorKeysEnv    = "HSMSIGNER_FLOOR_KEYS" // the key ids in hex, EC then RSA
+)
+
+// TestMain runs the tests, or, in the process BenchmarkSocketFloor starts,
+// the floor server.
+func TestMain(m *testing.M) {
+	if sock := os.Getenv(floorSocketEnv); sock != "" {
+		if err := serveFloor(sock); err != nil {
+			fmt.Fprintln(os.Stderr, "floor server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// BenchmarkSocketFloor measures the most any daemon can get out of this
+// machine when its callers are other processes: the "floor" server signs
+// through hsm exactly as signerd does (the same pool, with the same
+// defaults), but its transport is the thinnest there is: one Unix socket
+// connection per caller, a request of a key number and a digest, a reply
+// of a length and a signature, no gRPC, no policy, no audit, no metrics.
+// The benchmark process is the caller, and in the same run, alternating
+// in rounds, it signs in-process through hsm on the same token at the same
+// parallelism (as `signerctl bench --raw` does). It reports each path's
+// signatures per second and the median of the rounds' floor/raw ratios.
+//
+// The separate-process table's daemon/raw figures (BenchmarkSeparateProcesses
+// in cmd/signerctl) are bounded by these: what signerd adds to the floor is
+// gRPC, the policy check, the audit line and the metrics.
+//
+// Run: go test -run '^$' -bench BenchmarkSocketFloor -benchtime 1x ./signer/
+func BenchmarkSocketFloor(b *testing.B) {
+	f := newFloor(b)
+	for _, tc := range []struct {
+		name      string
+		key       byte // index into keys
+		alg       string
+		c         int
+		perCaller int // calls of each caller in a round
+	}{
+		{"ES256/c2", 0, "SHA256withECDSA", 2, 1000},
+		{"ES256/c8", 0, "SHA256withECDSA", 8, 250},
+		{"RS256/c2", 1, "SHA256withRSA", 2, 150},
+		{"RS256/c8", 1, "SHA256withRSA", 8, 40},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			alg, err := hsm.ParseAlgorithm(tc.alg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			digest := sha("floor " + tc.name)
+			// Each caller takes a connection of its own from the pool.
+			conns := make(chan *floorConn, tc.c)
+			for range tc.c {
+				conns <- f.dial(b)
+			}
+			floorSign := func(int) error {
+				fc := <-conns
+				defer func() { conns <- fc }()
+				_, err := fc.sign(tc.key, digest)
+				return err
+			}
+			calls := tc.c * tc.perCaller
+			floor := func() (float64, error) { return runParallel(tc.c, calls, floorSign) }
+			raw := func() (float64, error) {
+				return runParallel(tc.c, calls, func(int) error {
+					_, err := f.tok.Sign(f.ctx, f.keys[tc.key].ID, alg, digest)
+					return err
+				})
+			}
+			for b.Loop() {
+				f, r, ratio, err := compareRates(benchRounds, floor, raw)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(f, "floor-sig/s")
+				b.ReportMetric(r, "raw-sig/s")
+				b.ReportMetric(ratio, "floor/raw")
+			}
+		})
+	}
+}
+
+// floor is a logged-in token with an EC and an RSA key (floorKeysEnv's
+// order), and the floor server, another process, serving them.
+type floor struct {
+	ctx  context.Context
+	tok  *hsm.Token
+	keys []hsm.Key
+	sock string
+}
+
+func newFloor(tb testing.TB) *floor {
+	tb.Helper()
+	soft := softhsmtest.New(tb)
+	ctx := testCtx(tb)
+	m, err := hsm.OpenModule(ctx, soft.ModulePath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = m.Close() })
+	tok, err := m.Token(ctx, hsm.TokenSelector{Label: soft.Label})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := tok.Login(ctx, soft.UserPIN); err != nil {
+		tb.Fatal(err)
+	}
+	f := &floor{ctx: ctx, tok: tok, keys: make([]hsm.Key, 2)}
+	for i, spec := range []hsm.KeySpec{hsm.ECP256, hsm.RSA2048} {
+		if f.keys[i], err = tok.GenerateKey(ctx, spec, "floor-"+string(spec)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	f.sock = startFloorServer(tb, soft, f.keys)
+	return f
+}
+
+// dial opens a connection to the floor server, closed when tb ends.
+func (f *floor) dial(tb testing.TB) *floorConn {
+	tb.Helper()
+	c, err := net.Dial("unix", f.sock)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return &floorConn{Conn: c, r: bufio.NewReader(c), buf: make([]byte, 1024)}
+}
+
+// TestSocketFloorSigns checks the floor server of BenchmarkSocketFloor
+// does the work it is measured on: its signatures verify, for each key,
+// and it refuses a key it does not have.
+func TestSocketFloorSigns(t *testing.T) {
+	f := newFloor(t)
+	c := f.dial(t)
+	for i, k := range f.keys {
+		digest := sha(fmt.Sprint("floor test ", i))
+		sig, err := c.sign(byte(i), digest)
+		if err != nil {
+			t.Fatalf("key %d: %v", i, err)
+		}
+		if !verifies(k.Public, digest, sig) {
+			t.Errorf("key %d (%s): the floor server's signature does not verify", i, k.Type)
+		}
+	}
+	if _, err := c.sign(byte(len(f.keys)), sha("no such key")); err == nil || !strings.Contains(err.Error(), "no key 2") {
+		t.Errorf("signing with key 2 of 2: %v, want the server's refusal", err)
+	}
+}
+
+// startFloorServer runs this test binary as the floor server on a socket
+// in a temporary folder, waits until it listens, and stops it when the
+// benchmark ends.
+func startFloorServer(tb testing.TB, soft *softhsmtest.Token, keys []hsm.Key) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	sock := filepath.Join(dir, "floor.sock")
+	pinFile := filepath.Join(dir, "user.pin")
+	if err := os.WriteFile(pinFile, soft.UserPIN, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.IDHex()
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(),
+		floorSocketEnv+"="+sock,
+		floorPINFileEnv+"="+pinFile,
+		floorTokenEnv+"="+soft.Label,
+		floorModuleEnv+"="+soft.ModulePath,
+		floorKeysEnv+"="+strings.Join(ids, ","),
+	)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "listening" {
+		tb.Fatalf("floor server did not start: %q, %v", line, err)
+	}
+	return sock
+}
+
+// serveFloor is the floor server: it logs in, listens on sock, prints
+// "listening", and answers each connection's requests in turn until the
+// process is killed. A request is a key number, a digest length and the
+// digest; a reply is a 2-byte big-endian length and the signature, or a
+// zero length and an error text of one byte's length.
+func serveFloor(sock string) error {
+	ctx := context.Background()
+	var ids [][]byte
+	for _, h := range strings.Split(os.Getenv(floorKeysEnv), ",") {
+		id, err := hex.DecodeString(h)
+		if err != nil {
+			return fmt.Errorf("key id %q: %w", h, err)
+		}
+		ids = append(ids, id)
+	}
+	algs := make([]hsm.Algorithm, 2)
+	for i, name := range []string{"SHA256withECDSA", "SHA256withRSA"} {
+		var err error
+		if algs[i], err = hsm.ParseAlgorithm(name); err != nil {
+			return err
+		}
+	}
+	pin, err := os.ReadFile(os.Getenv(floorPINFileEnv))
+	if err != nil {
+		return err
+	}
+	m, err := hsm.OpenModule(ctx, os.Getenv(floorModuleEnv))
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	tok, err := m.Token(ctx, hsm.TokenSelector{Label: os.Getenv(floorTokenEnv)})
+	if err != nil {
+		return err
+	}
+	err = tok.Login(ctx, pin)
+	clear(pin)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	fmt.Println("listening")
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			var head [2]byte
+			digest := make([]byte, 255)
+			for {
+				if _, err := io.ReadFull(r, head[:]); err != nil {
+					return
+				}
+				d := digest[:head[1]]
+				if _, err := io.ReadFull(r, d); err != nil {
+					return
+				}
+				var sig []byte
+				k := int(head[0])
+				if k >= len(ids) || k >= len(algs) {
+					err = fmt.Errorf("no key %d", k)
+				} else {
+					sig, err = tok.Sign(ctx, ids[k], algs[k], d)
+				}
+				reply := make([]byte, 2, 2+len(sig))
+				if err != nil {
+					msg := err.Error()[:min(len(err.Error()), 255)]
+					reply = append(append(reply, byte(len(msg))), msg...)
+				} else {
+					binary.BigEndian.PutUint16(reply, uint16(len(sig)))
+					reply = append(reply, sig...)
+				}
+				if _, err := conn.Write(reply); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// floorConn is one caller's connection to the floor server.
+type floorConn struct {
+	net.Conn
+	r   *bufio.Reader
+	req []byte
+	buf []byte
+}
+
+// sign asks the floor server for one signature and reads it. The
+// signature is valid until the next call.
+func (c *floorConn) sign(key byte, digest []byte) ([]byte, error) {
+	c.req = append(append(c.req[:0], key, byte(len(digest))), digest...)
+	if _, err := c.Write(c.req); err != nil {
+		return nil, err
+	}
+	var head [2]byte
+	if _, err := io.ReadFull(c.r, head[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(head[:]))
+	if n == 0 {
+		m, err := c.r.ReadByte()
+		if err != nil {
+			return nil, err
+		}
+		msg := make([]byte, m)
+		if _, err := io.ReadFull(c.r, msg); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("floor server: %s", msg)
+	}
+	if _, err := io.ReadFull(c.r, c.buf[:n]); err != nil {
+		return nil, err
+	}
+	return c.buf[:n], nil
+}
+
+// verifies reports whether sig is a valid ECDSA (DER) or RSA PKCS#1 v1.5
+// signature of the SHA-256 digest by pub.
+func verifies(pub crypto.PublicKey, digest, sig []byte) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, digest, sig)
+	case *rsa.PublicKey:
+		return rsa.VerifyPKCS1v15(k, crypto.SHA256, digest, sig) == nil
+	}
+	return false
+}
