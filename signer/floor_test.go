@@ -47,8 +47,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// BenchmarkSocketFloor measures the most any daemon can get out of this
-// machine when its callers are other processes: the "floor" server signs
+// BenchmarkSocketFloor measures what crossing from one process to another
+// costs on this machine before any protocol does: the "floor" server signs
 // through hsm exactly as signerd does (the same pool, with the same
 // defaults), but its transport is the thinnest there is: one Unix socket
 // connection per caller, a request of a key number and a digest, a reply
@@ -58,9 +58,9 @@ func TestMain(m *testing.M) {
 // parallelism (as `signerctl bench --raw` does). It reports each path's
 // signatures per second and the median of the rounds' floor/raw ratios.
 //
-// The separate-process table's daemon/raw figures (BenchmarkSeparateProcesses
-// in cmd/signerctl) are bounded by these: what signerd adds to the floor is
-// gRPC, the policy check, the audit line and the metrics.
+// Set beside the separate-process table's daemon/raw figures
+// (BenchmarkSeparateProcesses in cmd/signerctl), it shows what signerd adds
+// to the floor: gRPC, the policy check, the audit line and the metrics.
 //
 // Run: go test -run '^$' -bench BenchmarkSocketFloor -benchtime 1x ./signer/
 func BenchmarkSocketFloor(b *testing.B) {
@@ -96,19 +96,20 @@ func BenchmarkSocketFloor(b *testing.B) {
 			}
 			calls := tc.c * tc.perCaller
 			floor := func() (float64, error) { return runParallel(tc.c, calls, floorSign) }
+			ctx := testCtx(b)
 			raw := func() (float64, error) {
 				return runParallel(tc.c, calls, func(int) error {
-					_, err := f.tok.Sign(f.ctx, f.keys[tc.key].ID, alg, digest)
+					_, err := f.tok.Sign(ctx, f.keys[tc.key].ID, alg, digest)
 					return err
 				})
 			}
 			for b.Loop() {
-				f, r, ratio, err := compareRates(benchRounds, floor, raw)
+				floorRate, rawRate, ratio, err := compareRates(benchRounds, floor, raw)
 				if err != nil {
 					b.Fatal(err)
 				}
-				b.ReportMetric(f, "floor-sig/s")
-				b.ReportMetric(r, "raw-sig/s")
+				b.ReportMetric(floorRate, "floor-sig/s")
+				b.ReportMetric(rawRate, "raw-sig/s")
 				b.ReportMetric(ratio, "floor/raw")
 			}
 		})
@@ -118,7 +119,6 @@ func BenchmarkSocketFloor(b *testing.B) {
 // floor is a logged-in token with an EC and an RSA key (floorKeysEnv's
 // order), and the floor server, another process, serving them.
 type floor struct {
-	ctx  context.Context
 	tok  *hsm.Token
 	keys []hsm.Key
 	sock string
@@ -140,7 +140,7 @@ func newFloor(tb testing.TB) *floor {
 	if err := tok.Login(ctx, soft.UserPIN); err != nil {
 		tb.Fatal(err)
 	}
-	f := &floor{ctx: ctx, tok: tok, keys: make([]hsm.Key, 2)}
+	f := &floor{tok: tok, keys: make([]hsm.Key, 2)}
 	for i, spec := range []hsm.KeySpec{hsm.ECP256, hsm.RSA2048} {
 		if f.keys[i], err = tok.GenerateKey(ctx, spec, "floor-"+string(spec)); err != nil {
 			tb.Fatal(err)
