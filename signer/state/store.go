@@ -25,20 +25,20 @@ const FileMode fs.FileMode = 0o600
 const lockTimeout = time.Second
 
 // Bucket names.
-var (
-	bucketMeta      = []byte("meta")
-	bucketKeys      = []byte("keys")
-	bucketKeyLabels = []byte("key_labels")
-	bucketCerts     = []byte("certs")
-	bucketCertSHA1  = []byte("cert_sha1")
-	bucketCSRs      = []byte("csrs")
+const (
+	bucketMeta      = "meta"
+	bucketKeys      = "keys"
+	bucketKeyLabels = "key_labels"
+	bucketCerts     = "certs"
+	bucketCertSHA1  = "cert_sha1"
+	bucketCSRs      = "csrs"
 
-	keySchemaVersion = []byte("schema_version")
+	keySchemaVersion = "schema_version"
 )
 
 // allBuckets returns every bucket of the current schema.
-func allBuckets() [][]byte {
-	return [][]byte{bucketMeta, bucketKeys, bucketKeyLabels, bucketCerts, bucketCertSHA1, bucketCSRs}
+func allBuckets() []string {
+	return []string{bucketMeta, bucketKeys, bucketKeyLabels, bucketCerts, bucketCertSHA1, bucketCSRs}
 }
 
 // Store is an open state file. Its methods are safe for concurrent use;
@@ -145,13 +145,13 @@ func (s *Store) initSchema() error {
 			return err
 		}
 		for _, name := range allBuckets() {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
 				return fmt.Errorf("state: create bucket %s: %w", name, err)
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		if meta.Get(keySchemaVersion) == nil {
-			return meta.Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
+		meta := tx.Bucket([]byte(bucketMeta))
+		if meta.Get([]byte(keySchemaVersion)) == nil {
+			return meta.Put([]byte(keySchemaVersion), []byte(strconv.Itoa(SchemaVersion)))
 		}
 		return nil
 	})
@@ -160,7 +160,7 @@ func (s *Store) initSchema() error {
 // checkSchema reports whether buckets or the version must be written, and
 // refuses files it does not understand.
 func checkSchema(tx *bolt.Tx) (need bool, err error) {
-	meta := tx.Bucket(bucketMeta)
+	meta := tx.Bucket([]byte(bucketMeta))
 	if meta == nil {
 		empty := true
 		_ = tx.ForEach(func([]byte, *bolt.Bucket) error {
@@ -172,7 +172,7 @@ func checkSchema(tx *bolt.Tx) (need bool, err error) {
 		}
 		return true, nil
 	}
-	raw := meta.Get(keySchemaVersion)
+	raw := meta.Get([]byte(keySchemaVersion))
 	if raw == nil {
 		return false, fmt.Errorf("%w: meta bucket has no schema version", ErrCorrupt)
 	}
@@ -184,7 +184,7 @@ func checkSchema(tx *bolt.Tx) (need bool, err error) {
 		return false, fmt.Errorf("%w: state file has schema version %d, this signerd supports up to %d", ErrSchemaVersion, v, SchemaVersion)
 	}
 	for _, name := range allBuckets() {
-		if tx.Bucket(name) == nil {
+		if tx.Bucket([]byte(name)) == nil {
 			return true, nil
 		}
 	}

@@ -26,14 +26,14 @@ func (t *Tx) Writable() bool { return t.tx != nil && t.tx.Writable() }
 
 // bucket returns the named bucket, checking that the transaction is live and,
 // for writes, writable.
-func (t *Tx) bucket(name []byte, write bool) (*bolt.Bucket, error) {
+func (t *Tx) bucket(name string, write bool) (*bolt.Bucket, error) {
 	if t.tx == nil {
 		return nil, ErrTxDone
 	}
 	if write && !t.tx.Writable() {
 		return nil, ErrReadOnly
 	}
-	b := t.tx.Bucket(name)
+	b := t.tx.Bucket([]byte(name))
 	if b == nil {
 		return nil, fmt.Errorf("%w: bucket %s missing", ErrCorrupt, name)
 	}
@@ -71,7 +71,7 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 }
 
 // listAll decodes every record of a bucket, in key order.
-func listAll[T any](t *Tx, bucket []byte) ([]T, error) {
+func listAll[T any](t *Tx, bucket string) ([]T, error) {
 	b, err := t.bucket(bucket, false)
 	if err != nil {
 		return nil, err
