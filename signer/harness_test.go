@@ -75,7 +75,7 @@ type daemonParams struct {
 	ExtraPolicy                        string // more [[policy.client]] tables
 	ClientUsages                       string // the test user's usages, TOML array body
 	Members                            string // the test user's members, TOML array body
-	MaxBatch, MaxMessage               int
+	MaxBatch, MaxMessage, MaxStreams   int
 	AuditMode                          string
 	// SwitchAudit puts a switchAudit in front of the audit log, so that a
 	// test can swap the log while the daemon serves.
@@ -92,6 +92,7 @@ audit_file = "{{.Dir}}/audit.jsonl"
 audit_mode = "{{.AuditMode}}"
 max_batch = {{.MaxBatch}}
 max_message_bytes = {{.MaxMessage}}
+max_concurrent_streams = {{.MaxStreams}}
 
 [[module]]
 name = "softhsm"
@@ -130,7 +131,7 @@ func newDaemon(t testing.TB, edit ...func(*daemonParams)) *testDaemon {
 	}
 	d := &testDaemon{t: t, soft: soft, dir: dir, params: daemonParams{
 		Dir: dir, Module: soft.ModulePath, Label: soft.Label, PINFile: pinFile, PIN: "file:" + pinFile,
-		UID: os.Getuid(), ClientUsages: `"sign"`, Members: `"*"`, MaxBatch: 4096, MaxMessage: 4 << 20, AuditMode: "sync",
+		UID: os.Getuid(), ClientUsages: `"sign"`, Members: `"*"`, MaxBatch: 4096, MaxMessage: 4 << 20, MaxStreams: 256, AuditMode: "sync",
 	}}
 	for _, e := range edit {
 		e(&d.params)

@@ -248,5 +248,6 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		grpc.StreamInterceptor(s.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(s.cfg.Server.MaxMessageBytes),
 		grpc.MaxSendMsgSize(64 << 20),
+		grpc.MaxConcurrentStreams(uint32(s.cfg.Server.MaxStreams)),
 	}
 }

@@ -96,6 +96,32 @@ func TestClientSignsOverOneStreamUnderLoad(t *testing.T) {
 	}
 }
 
+// TestMaxConcurrentStreams checks that max_concurrent_streams bounds the
+// calls one connection has in progress: with a limit of 1, a call waits
+// while a stream is open on the same connection, and goes through once
+// the stream has ended.
+func TestMaxConcurrentStreams(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.MaxStreams = 1 })
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	s := d.stream(t)
+	if res := roundTrip(t, s, 1, signReq(k.GetId(), sha("open"))); res.GetError() != nil {
+		t.Fatalf("call on the stream: %v", res.GetError())
+	}
+	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancel()
+	_, err := d.client.SignerClient.GetStatus(ctx, &signerv1.GetStatusRequest{})
+	wantCode(t, err, codes.DeadlineExceeded, "")
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("stream end: %v, want EOF", err)
+	}
+	if _, err := d.client.SignerClient.GetStatus(testCtx(t), &signerv1.GetStatusRequest{}); err != nil {
+		t.Fatalf("call after the stream ended: %v", err)
+	}
+}
+
 // stream opens a SignStream straight through the generated client, so
 // the test sees the stream's own behaviour.
 func (d *testDaemon) stream(t testing.TB) grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse] {

@@ -23,6 +23,7 @@ const (
 	DefaultAuditMode       = AuditBuffered
 	DefaultMaxMessageBytes = 4 << 20
 	DefaultMaxBatch        = 4096
+	DefaultMaxStreams      = 256
 	DefaultShutdownTimeout = 10 * time.Second
 	DefaultLogLevel        = slog.LevelInfo
 )
@@ -32,6 +33,7 @@ const (
 	MaxConfigBytes  = 1 << 20 // largest configuration file Load reads
 	MaxSessions     = 1024    // most sessions one token may be given
 	maxBatchLimit   = 1 << 20
+	maxStreamsLimit = 1 << 16
 	maxMessageLimit = 1<<31 - 1 // gRPC sizes are int32
 	// MinMessageBytes is the smallest max_message_bytes: below it ordinary
 	// calls (a certificate with its chain, a stream of Sign calls) would
@@ -77,6 +79,10 @@ type Server struct {
 	MaxMessageBytes int
 	// MaxBatch is the most digests in one SignBatch.
 	MaxBatch int
+	// MaxStreams is the most gRPC calls one connection may have in
+	// progress at once (HTTP/2's max concurrent streams); a client's
+	// further calls wait on its side until one ends.
+	MaxStreams int
 	// ShutdownTimeout bounds a graceful stop.
 	ShutdownTimeout time.Duration
 	// LogLevel is one of slog's Debug, Info, Warn and Error levels.
@@ -123,6 +129,7 @@ func Default() *Config {
 			AuditMode:       DefaultAuditMode,
 			MaxMessageBytes: DefaultMaxMessageBytes,
 			MaxBatch:        DefaultMaxBatch,
+			MaxStreams:      DefaultMaxStreams,
 			ShutdownTimeout: DefaultShutdownTimeout,
 			LogLevel:        DefaultLogLevel,
 		},

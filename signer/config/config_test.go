@@ -70,6 +70,7 @@ func TestLoadExample(t *testing.T) {
 		AuditMode:       AuditBuffered,
 		MaxMessageBytes: 4194304,
 		MaxBatch:        4096,
+		MaxStreams:      256,
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 	}
@@ -128,11 +129,12 @@ audit_file = "/srv/audit.jsonl"
 audit_mode = "buffered"
 max_message_bytes = 65536
 max_batch = 1
+max_concurrent_streams = 8
 shutdown_timeout = "1m30s"
 log_level = "debug"
 `, func(t *testing.T, c *Config) {
 			want := Server{"/tmp/s/g.sock", "/tmp/s/h.sock", "signer-clients", "/srv/state", "/srv/audit.jsonl",
-				AuditBuffered, 65536, 1, 90 * time.Second, slog.LevelDebug}
+				AuditBuffered, 65536, 1, 8, 90 * time.Second, slog.LevelDebug}
 			if c.Server != want {
 				t.Errorf("server = %+v, want %+v", c.Server, want)
 			}
@@ -227,6 +229,8 @@ func TestParseInvalid(t *testing.T) {
 		{"zero message size", server(`max_message_bytes = 0`), "server.max_message_bytes: 0 is not between 65536"},
 		{"huge message size", server(`max_message_bytes = 4294967296`), "server.max_message_bytes"},
 		{"negative batch", server(`max_batch = -1`), "server.max_batch: -1"},
+		{"no streams", server(`max_concurrent_streams = 0`), "server.max_concurrent_streams: 0 is not between 1 and 65536"},
+		{"too many streams", server(`max_concurrent_streams = 65537`), "server.max_concurrent_streams: 65537"},
 		{"duration without unit", server(`shutdown_timeout = "10"`), `server.shutdown_timeout: "10" is not a duration`},
 		{"zero duration", server(`shutdown_timeout = "0s"`), "must be greater than zero"},
 		{"negative duration", server(`shutdown_timeout = "-1s"`), "must be greater than zero"},

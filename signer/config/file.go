@@ -27,6 +27,7 @@ type fileServer struct {
 	AuditMode       string `toml:"audit_mode"`
 	MaxMessageBytes int64  `toml:"max_message_bytes"`
 	MaxBatch        int64  `toml:"max_batch"`
+	MaxStreams      int64  `toml:"max_concurrent_streams"`
 	ShutdownTimeout string `toml:"shutdown_timeout"`
 	LogLevel        string `toml:"log_level"`
 }
@@ -75,6 +76,7 @@ func defaultFile() fileConfig {
 		AuditMode:       string(DefaultAuditMode),
 		MaxMessageBytes: DefaultMaxMessageBytes,
 		MaxBatch:        DefaultMaxBatch,
+		MaxStreams:      DefaultMaxStreams,
 		ShutdownTimeout: DefaultShutdownTimeout.String(),
 		LogLevel:        levelName(DefaultLogLevel),
 	}}
@@ -148,6 +150,7 @@ func (c *Config) file() fileConfig {
 		AuditMode:       string(s.AuditMode),
 		MaxMessageBytes: int64(s.MaxMessageBytes),
 		MaxBatch:        int64(s.MaxBatch),
+		MaxStreams:      int64(s.MaxStreams),
 		ShutdownTimeout: s.ShutdownTimeout.String(),
 		LogLevel:        levelName(s.LogLevel),
 	}}

@@ -137,6 +137,7 @@ func (ck *checker) server(fs *fileServer) Server {
 		AuditMode:       AuditMode(fs.AuditMode),
 		MaxMessageBytes: int(fs.MaxMessageBytes),
 		MaxBatch:        int(fs.MaxBatch),
+		MaxStreams:      int(fs.MaxStreams),
 	}
 	ck.checkPath("server.grpc_socket", s.GRPCSocket, true)
 	ck.checkPath("server.http_socket", s.HTTPSocket, true)
@@ -160,6 +161,9 @@ func (ck *checker) server(fs *fileServer) Server {
 	}
 	if fs.MaxBatch < 1 || fs.MaxBatch > maxBatchLimit {
 		ck.addf("server.max_batch", "%d is not between 1 and %d", fs.MaxBatch, maxBatchLimit)
+	}
+	if fs.MaxStreams < 1 || fs.MaxStreams > maxStreamsLimit {
+		ck.addf("server.max_concurrent_streams", "%d is not between 1 and %d", fs.MaxStreams, maxStreamsLimit)
 	}
 	d, err := time.ParseDuration(fs.ShutdownTimeout)
 	switch {
