@@ -65,8 +65,16 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	// all their audit lines. Send is not safe for concurrent use; the
 	// Sender never calls it concurrently.
 	ss.results = coalesce.New(maxStreamBatch, func(rs []streamResult) error {
-		err := stream.Send(&signerv1.SignStreamResponse{Results: s.withAudit(stream.Context(), rs)})
-		for range rs {
+		out := s.withAudit(stream.Context(), rs)
+		err := stream.Send(&signerv1.SignStreamResponse{Results: out})
+		for i, r := range rs {
+			// Each call's code as sent (an audit failure withholds a
+			// signature), and its time from arrival to sending.
+			code := codes.OK
+			if e := out[i].GetError(); e != nil {
+				code = codes.Code(e.GetCode())
+			}
+			s.metrics.observe("SignStream", code, time.Since(r.start))
 			<-ss.slots
 		}
 		return err
@@ -174,14 +182,14 @@ func (ss *signStream) worker(r *signerv1.StreamedSign) {
 type streamResult struct {
 	res    *signerv1.StreamedSignResult
 	ticket audit.Ticket
-	queued bool // ticket holds a queued line
+	queued bool      // ticket holds a queued line
+	start  time.Time // when the call was taken up
 }
 
 // answer signs r and queues its result for sending.
 func (ss *signStream) answer(r *signerv1.StreamedSign) {
 	start := time.Now()
 	resp, ticket, queued, err := ss.svc.signStreamed(ss.stream.Context(), ss.peer, r)
-	ss.svc.metrics.observe("SignStream", status.Code(err), time.Since(start))
 	res := &signerv1.StreamedSignResult{Id: r.GetId()}
 	if err != nil {
 		res.Result = callError(err)
@@ -189,7 +197,7 @@ func (ss *signStream) answer(r *signerv1.StreamedSign) {
 		res.Result = &signerv1.StreamedSignResult_Response{Response: resp}
 	}
 	// A failed Send means the stream is gone; receive sees that too.
-	_ = ss.results.Add(streamResult{res: res, ticket: ticket, queued: queued})
+	_ = ss.results.Add(streamResult{res: res, ticket: ticket, queued: queued, start: start})
 }
 
 func callError(err error) *signerv1.StreamedSignResult_Error {

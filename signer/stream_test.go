@@ -409,6 +409,10 @@ func TestSignatureWithheldWhenAuditFails(t *testing.T) {
 			}
 		})
 	}
+	// The metrics count each streamed call with the code it was sent with.
+	if ok, unavailable := d.streamedSigns(codes.OK), d.streamedSigns(codes.Unavailable); ok != 0 || unavailable != 2 {
+		t.Errorf("SignStream calls counted: %d OK, %d UNAVAILABLE; want 0 and 2", ok, unavailable)
+	}
 	d.audit.set(nil)
 	if _, err := d.client.Sign(testCtx(t), signReq(k.GetId(), sha("y"))); err != nil {
 		t.Fatalf("with the audit log back: %v", err)
@@ -461,6 +465,10 @@ func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 		s.calls <- &signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{{Id: uint64(i), Request: signReq(k.GetId(), sha(string(rune(i))))}}}
 	}
 	close(s.calls)
+	// Signed calls show as audit lines (written by the writer in sync
+	// mode, results sent or not); the metrics count calls once sent.
+	base, _ := d.svc.audit.Head()
+	signed := func() int { seq, _ := d.svc.audit.Head(); return int(seq - base) }
 	done := make(chan error, 1)
 	go func() { done <- d.svc.SignStream(s) }()
 	select {
@@ -471,16 +479,19 @@ func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 	// Once the calls it took are signed and their results wait for the
 	// caller, the daemon has read one call more (which waits for a slot)
 	// and no other.
-	for deadline := time.Now().Add(time.Minute); d.streamedSigns(codes.OK) < maxStreamInFlight; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); signed() < maxStreamInFlight; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d calls signed, want %d", d.streamedSigns(codes.OK), maxStreamInFlight)
+			t.Fatalf("%d calls signed, want %d", signed(), maxStreamInFlight)
 		}
 	}
 	if got := s.received.Load(); got != maxStreamInFlight+1 {
 		t.Fatalf("the daemon read %d calls while %d results waited for the caller; want %d", got, maxStreamInFlight, maxStreamInFlight+1)
 	}
-	if got := d.streamedSigns(codes.OK); got != maxStreamInFlight {
+	if got := signed(); got != maxStreamInFlight {
 		t.Fatalf("%d calls signed while %d results waited for the caller", got, maxStreamInFlight)
+	}
+	if got := d.streamedSigns(codes.OK); got != 0 {
+		t.Fatalf("%d calls counted as answered while every result waited for the caller", got)
 	}
 	// The caller reads again: every call is answered.
 	close(s.release)
@@ -489,6 +500,9 @@ func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 	}
 	if got := s.sent.Load(); got != n {
 		t.Fatalf("%d results sent for %d calls", got, n)
+	}
+	if got := d.streamedSigns(codes.OK); got != n {
+		t.Fatalf("%d calls counted as answered, want %d", got, n)
 	}
 }
 
