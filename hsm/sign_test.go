@@ -197,6 +197,43 @@ func TestSignBadInput(t *testing.T) {
 	e.assertNoLeakedSessions(t)
 }
 
+// TestSignWithEndedContextStartsNothing checks that a caller who has
+// given up gets no signature and costs the token no operation, even with
+// an idle session at hand.
+func TestSignWithEndedContextStartsNothing(t *testing.T) {
+	e := newEnv(t, nil)
+	k := e.genKey(t, ECP256, "ec")
+	alg := mustAlg(t, "ES256")
+	if _, err := e.tok.Sign(testContext(t), k.ID, alg, digestOf("warm")); err != nil {
+		t.Fatal(err) // leaves an idle session in the pool
+	}
+	cancelled, cancel := context.WithCancel(testContext(t))
+	cancel()
+	expired, cancel2 := context.WithDeadline(testContext(t), time.Now().Add(-time.Second))
+	defer cancel2()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		want error
+	}{
+		{"cancelled", cancelled, context.Canceled},
+		{"deadline passed", expired, context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inits := e.fault.count("SignInit")
+			sig, err := e.tok.Sign(tt.ctx, k.ID, alg, digestOf("x"))
+			if !errors.Is(err, tt.want) || sig != nil {
+				t.Fatalf("Sign = %x, %v; want %v", sig, err, tt.want)
+			}
+			if n := e.fault.count("SignInit") - inits; n != 0 {
+				t.Fatalf("%d C_SignInit calls for a caller who had given up", n)
+			}
+		})
+	}
+	e.assertNoLeakedSessions(t)
+}
+
 func TestSignBeforeLogin(t *testing.T) {
 	e := newEnv(t, nil)
 	k := e.genKey(t, ECP256, "ec")

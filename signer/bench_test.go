@@ -185,7 +185,8 @@ func (discardAudit) Close() error                               { return nil }
 // on (buffered, the default) and off, alternating in one run in rounds of
 // b.N/benchRounds calls each, and reports:
 //
-//	audit-on-sig/s, audit-off-sig/s  calls per second of each, over all rounds
+//	audit-on-calls/s, audit-off-calls/s  calls per second of each, the mean
+//	                                 of the rounds' rates
 //	on/off                           the median of the rounds' on/off rates
 //	on-cpu-us/call, off-cpu-us/call  CPU time of the whole process (client,
 //	                                 daemon and SoftHSM: all threads) per call
@@ -250,8 +251,8 @@ func BenchmarkAuditCost(b *testing.B) {
 				perCall := func(cpu time.Duration) float64 {
 					return float64(cpu.Microseconds()) / float64(calls*benchRounds)
 				}
-				b.ReportMetric(on, "audit-on-sig/s")
-				b.ReportMetric(off, "audit-off-sig/s")
+				b.ReportMetric(on, "audit-on-calls/s")
+				b.ReportMetric(off, "audit-off-calls/s")
 				b.ReportMetric(ratio, "on/off")
 				b.ReportMetric(perCall(cpuOn), "on-cpu-us/call")
 				b.ReportMetric(perCall(cpuOff), "off-cpu-us/call")

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -15,34 +16,39 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
-// The floor server is this test binary run again with these variables
-// set: floorSocketEnv names the socket to serve, floorPINFileEnv a 0600
-// file with the user PIN (a PIN goes in no argv and no environment),
-// floorTokenEnv the token label, floorModuleEnv the PKCS#11 module and
-// floorKeysEnv the keys.
-const (
-	floorSocketEnv  = "HSMSIGNER_FLOOR_SOCKET"
-	floorPINFileEnv = "HSMSIGNER_FLOOR_PIN_FILE"
-	floorTokenEnv   = "HSMSIGNER_FLOOR_TOKEN"
-	floorModuleEnv  = "HSMSIGNER_FLOOR_MODULE"
-	floorKeysEnv    = "HSMSIGNER_FLOOR_KEYS" // the key ids in hex, EC then RSA
-)
+// floorServerEnv set to 1 makes this test binary the floor server. Its
+// configuration and the PIN come as one JSON line on its stdin (a PIN
+// goes in no argv, environment or file), and it exits when its stdin
+// closes, so it ends with the benchmark that started it, however that
+// ends.
+const floorServerEnv = "HSMSIGNER_FLOOR_SERVER"
+
+// floorConfig is the floor server's configuration.
+type floorConfig struct {
+	Socket, Module, Token string
+	Keys                  []string // key ids in hex: EC, then RSA
+	PIN                   []byte
+}
 
 // TestMain runs the tests, or, in the process BenchmarkSocketFloor starts,
 // the floor server.
 func TestMain(m *testing.M) {
-	if sock := os.Getenv(floorSocketEnv); sock != "" {
-		if err := serveFloor(sock); err != nil {
-			fmt.Fprintln(os.Stderr, "floor server:", err)
-			os.Exit(1)
+	if v, ok := os.LookupEnv(floorServerEnv); ok {
+		_ = os.Unsetenv(floorServerEnv)
+		err := fmt.Errorf("%s=%q: set it to 1, or unset it to run the tests", floorServerEnv, v)
+		if v == "1" {
+			err = serveFloor(os.Stdin)
 		}
-		os.Exit(0)
+		fmt.Fprintln(os.Stderr, "floor server:", err)
+		os.Exit(1)
 	}
 	os.Exit(m.Run())
 }
@@ -163,49 +169,60 @@ func (f *floor) dial(tb testing.TB) *floorConn {
 
 // TestSocketFloorSigns checks the floor server of BenchmarkSocketFloor
 // does the work it is measured on: its signatures verify, for each key,
-// and it refuses a key it does not have.
+// from two connections at once, and it refuses a key it does not have.
 func TestSocketFloorSigns(t *testing.T) {
 	f := newFloor(t)
-	c := f.dial(t)
-	for i, k := range f.keys {
-		digest := sha(fmt.Sprint("floor test ", i))
-		sig, err := c.sign(byte(i), digest)
-		if err != nil {
-			t.Fatalf("key %d: %v", i, err)
-		}
-		if !verifies(k.Public, digest, sig) {
-			t.Errorf("key %d (%s): the floor server's signature does not verify", i, k.Type)
-		}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*len(f.keys)*4)
+	for conn := range 2 {
+		c := f.dial(t)
+		wg.Go(func() {
+			for round := range 4 {
+				for i, k := range f.keys {
+					digest := sha(fmt.Sprint("floor test ", conn, round, i))
+					sig, err := c.sign(byte(i), digest)
+					switch {
+					case err != nil:
+						errs <- fmt.Errorf("key %d: %w", i, err)
+					case !verifies(k.Public, digest, sig):
+						errs <- fmt.Errorf("key %d (%s): the floor server's signature does not verify", i, k.Type)
+					}
+				}
+			}
+		})
 	}
-	if _, err := c.sign(byte(len(f.keys)), sha("no such key")); err == nil || !strings.Contains(err.Error(), "no key 2") {
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if _, err := f.dial(t).sign(byte(len(f.keys)), sha("no such key")); err == nil || !strings.Contains(err.Error(), "no key 2") {
 		t.Errorf("signing with key 2 of 2: %v, want the server's refusal", err)
 	}
 }
 
 // startFloorServer runs this test binary as the floor server on a socket
-// in a temporary folder, waits until it listens, and stops it when the
-// benchmark ends.
+// in a temporary folder, waits until it listens, and stops it when tb
+// ends; it also ends if this process dies, with its stdin.
 func startFloorServer(tb testing.TB, soft *softhsmtest.Token, keys []hsm.Key) string {
 	tb.Helper()
-	dir := tb.TempDir()
-	sock := filepath.Join(dir, "floor.sock")
-	pinFile := filepath.Join(dir, "user.pin")
-	if err := os.WriteFile(pinFile, soft.UserPIN, 0o600); err != nil {
+	sock := filepath.Join(tb.TempDir(), "floor.sock")
+	cfg := floorConfig{Socket: sock, Module: soft.ModulePath, Token: soft.Label, PIN: soft.UserPIN}
+	for _, k := range keys {
+		cfg.Keys = append(cfg.Keys, k.IDHex())
+	}
+	line, err := json.Marshal(cfg)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	ids := make([]string, len(keys))
-	for i, k := range keys {
-		ids[i] = k.IDHex()
-	}
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(),
-		floorSocketEnv+"="+sock,
-		floorPINFileEnv+"="+pinFile,
-		floorTokenEnv+"="+soft.Label,
-		floorModuleEnv+"="+soft.ModulePath,
-		floorKeysEnv+"="+strings.Join(ids, ","),
-	)
+	cmd.Env = append(os.Environ(), floorServerEnv+"=1")
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -214,99 +231,123 @@ func startFloorServer(tb testing.TB, soft *softhsmtest.Token, keys []hsm.Key) st
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
+		_ = in.Close()
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "listening" {
-		tb.Fatalf("floor server did not start: %q, %v", line, err)
+	_, err = in.Write(append(line, '\n'))
+	clear(line)
+	if err != nil {
+		tb.Fatalf("configuring the floor server: %v", err)
+	}
+	ready, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(ready) != "listening" {
+		tb.Fatalf("floor server did not start: %q, %v", ready, err)
 	}
 	return sock
 }
 
-// serveFloor is the floor server: it logs in, listens on sock, prints
-// "listening", and answers each connection's requests in turn until the
-// process is killed. A request is a key number, a digest length and the
-// digest; a reply is a 2-byte big-endian length and the signature, or a
-// zero length and an error text of one byte's length.
-func serveFloor(sock string) error {
+// serveFloor is the floor server: it reads its configuration from in,
+// logs in, listens, prints "listening", and answers each connection's
+// requests in turn until in closes. A request is a key number, a digest
+// length and the digest; a reply is a 2-byte big-endian length and the
+// signature, or a zero length and an error text of one byte's length.
+func serveFloor(in io.Reader) error {
 	ctx := context.Background()
+	r := bufio.NewReader(in)
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("reading the configuration line from stdin: %w", err)
+	}
+	var cfg floorConfig
+	err = json.Unmarshal(line, &cfg)
+	clear(line)
+	defer clear(cfg.PIN)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	if cfg.Socket == "" || cfg.Module == "" || cfg.Token == "" || len(cfg.PIN) == 0 || len(cfg.Keys) != 2 {
+		return fmt.Errorf("configuration needs Socket, Module, Token, PIN and two Keys")
+	}
 	var ids [][]byte
-	for _, h := range strings.Split(os.Getenv(floorKeysEnv), ",") {
+	for _, h := range cfg.Keys {
 		id, err := hex.DecodeString(h)
-		if err != nil {
-			return fmt.Errorf("key id %q: %w", h, err)
+		if err != nil || len(id) == 0 {
+			return fmt.Errorf("key id %q is not hex", h)
 		}
 		ids = append(ids, id)
 	}
-	algs := make([]hsm.Algorithm, 2)
+	algs := make([]hsm.Algorithm, len(ids))
 	for i, name := range []string{"SHA256withECDSA", "SHA256withRSA"} {
-		var err error
 		if algs[i], err = hsm.ParseAlgorithm(name); err != nil {
 			return err
 		}
 	}
-	pin, err := os.ReadFile(os.Getenv(floorPINFileEnv))
+	m, err := hsm.OpenModule(ctx, cfg.Module)
 	if err != nil {
-		return err
-	}
-	m, err := hsm.OpenModule(ctx, os.Getenv(floorModuleEnv))
-	if err != nil {
-		return err
+		return fmt.Errorf("opening %s: %w", cfg.Module, err)
 	}
 	defer m.Close()
-	tok, err := m.Token(ctx, hsm.TokenSelector{Label: os.Getenv(floorTokenEnv)})
+	tok, err := m.Token(ctx, hsm.TokenSelector{Label: cfg.Token})
+	if err != nil {
+		return fmt.Errorf("token %q: %w", cfg.Token, err)
+	}
+	if err := tok.Login(ctx, cfg.PIN); err != nil {
+		return fmt.Errorf("token %q: %w", cfg.Token, err)
+	}
+	l, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
 		return err
 	}
-	err = tok.Login(ctx, pin)
-	clear(pin)
-	if err != nil {
-		return err
-	}
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		return err
-	}
+	go func() {
+		// Serve until stdin closes: the benchmark ended, or died.
+		_, _ = io.Copy(io.Discard, r)
+		_ = l.Close()
+	}()
 	fmt.Println("listening")
 	for {
 		conn, err := l.Accept()
 		if err != nil {
-			return err
+			return nil // stdin closed
 		}
-		go func() {
-			defer conn.Close()
-			r := bufio.NewReader(conn)
-			var head [2]byte
-			digest := make([]byte, 255)
-			for {
-				if _, err := io.ReadFull(r, head[:]); err != nil {
-					return
-				}
-				d := digest[:head[1]]
-				if _, err := io.ReadFull(r, d); err != nil {
-					return
-				}
-				var sig []byte
-				k := int(head[0])
-				if k >= len(ids) || k >= len(algs) {
-					err = fmt.Errorf("no key %d", k)
-				} else {
-					sig, err = tok.Sign(ctx, ids[k], algs[k], d)
-				}
-				reply := make([]byte, 2, 2+len(sig))
-				if err != nil {
-					msg := err.Error()[:min(len(err.Error()), 255)]
-					reply = append(append(reply, byte(len(msg))), msg...)
-				} else {
-					binary.BigEndian.PutUint16(reply, uint16(len(sig)))
-					reply = append(reply, sig...)
-				}
-				if _, err := conn.Write(reply); err != nil {
-					return
-				}
-			}
-		}()
+		go serveFloorConn(ctx, conn, tok, ids, algs)
+	}
+}
+
+// serveFloorConn answers the requests of one connection in turn.
+func serveFloorConn(ctx context.Context, conn net.Conn, tok *hsm.Token, ids [][]byte, algs []hsm.Algorithm) {
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	var head [2]byte
+	digest := make([]byte, 255)
+	for {
+		if _, err := io.ReadFull(r, head[:]); err != nil {
+			return
+		}
+		d := digest[:head[1]]
+		if _, err := io.ReadFull(r, d); err != nil {
+			return
+		}
+		var (
+			sig  []byte
+			serr error
+		)
+		if k := int(head[0]); k < len(ids) {
+			sig, serr = tok.Sign(ctx, ids[k], algs[k], d)
+		} else {
+			serr = fmt.Errorf("no key %d", k)
+		}
+		reply := make([]byte, 2, 2+len(sig))
+		if serr != nil {
+			msg := serr.Error()[:min(len(serr.Error()), 255)]
+			reply = append(append(reply, byte(len(msg))), msg...)
+		} else {
+			binary.BigEndian.PutUint16(reply, uint16(len(sig)))
+			reply = append(reply, sig...)
+		}
+		if _, err := conn.Write(reply); err != nil {
+			return
+		}
 	}
 }
 
@@ -340,6 +381,9 @@ func (c *floorConn) sign(key byte, digest []byte) ([]byte, error) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("floor server: %s", msg)
+	}
+	if n > len(c.buf) {
+		c.buf = make([]byte, n)
 	}
 	if _, err := io.ReadFull(c.r, c.buf[:n]); err != nil {
 		return nil, err

@@ -58,23 +58,28 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		svc:    s,
 		stream: stream,
 		peer:   peer,
-		work:   make(chan *signerv1.StreamedSign),
+		work:   make(chan streamCall),
 		slots:  make(chan struct{}, maxStreamInFlight),
+		calls:  map[uint64]context.CancelFunc{},
 	}
 	// Results ready together travel in one message, after one wait for
 	// all their audit lines. Send is not safe for concurrent use; the
 	// Sender never calls it concurrently.
 	ss.results = coalesce.New(maxStreamBatch, func(rs []streamResult) error {
 		out := s.withAudit(stream.Context(), rs)
-		err := stream.Send(&signerv1.SignStreamResponse{Results: out})
 		for i, r := range rs {
-			// Each call's code as sent (an audit failure withholds a
-			// signature), and its time from arrival to sending.
+			// Each call with the code it goes out with (an audit failure
+			// withholds a signature), timed from when a worker took it
+			// up to its audit line written, as a Sign call is timed
+			// (its send, which waits on the caller, left out).
 			code := codes.OK
 			if e := out[i].GetError(); e != nil {
 				code = codes.Code(e.GetCode())
 			}
 			s.metrics.observe("SignStream", code, time.Since(r.start))
+		}
+		err := stream.Send(&signerv1.SignStreamResponse{Results: out})
+		for range rs {
 			<-ss.slots
 		}
 		return err
@@ -101,7 +106,7 @@ type signStream struct {
 	stream signerv1.Signer_SignStreamServer
 	peer   peercred.Peer
 	// work hands calls to idle workers; receive closes it when it ends.
-	work    chan *signerv1.StreamedSign
+	work    chan streamCall
 	workers atomic.Int32 // running
 	// slots holds a token for each call taken and not yet sent back.
 	slots   chan struct{}
@@ -110,11 +115,24 @@ type signStream struct {
 	mu       sync.Mutex
 	stopped  bool           // no call is taken any more
 	inFlight sync.WaitGroup // calls taken and not yet answered
+	// calls cancels each call read and not yet answered, by id.
+	calls map[uint64]context.CancelFunc
+}
+
+// streamCall is a call of a stream with the context it is signed under,
+// which ends at its timeout, at the caller's cancel or with the stream.
+type streamCall struct {
+	call   *signerv1.StreamedSign
+	ctx    context.Context
+	cancel context.CancelFunc
+	dup    bool // its id is in flight already: refused, not registered
 }
 
 // receive reads requests and hands each call to a worker, starting
-// workers as needed up to maxStreamInFlight. It returns nil when the
-// caller closes its side of the stream.
+// workers as needed up to maxStreamInFlight. The calls of a message are
+// registered, then its cancels applied, then the calls handed out, so a
+// cancel sent with its call always wins. It returns nil when the caller
+// closes its side of the stream.
 func (ss *signStream) receive() error {
 	defer close(ss.work)
 	for {
@@ -125,49 +143,106 @@ func (ss *signStream) receive() error {
 		if err != nil {
 			return err
 		}
-		for _, c := range m.GetCalls() {
-			select {
-			case ss.slots <- struct{}{}:
-			case <-ss.stream.Context().Done():
-				return ss.stream.Context().Err()
+		taken := ss.register(m.GetCalls())
+		ss.mu.Lock()
+		for _, id := range m.GetCancel() {
+			if cancel := ss.calls[id]; cancel != nil {
+				cancel()
 			}
-			ss.mu.Lock()
-			if ss.stopped {
+		}
+		ss.mu.Unlock()
+		for i, c := range taken {
+			if ok, err := ss.dispatch(c); !ok {
 				// Dropped unsigned, with the rest of the message; the
 				// caller learns it from the stream's end.
-				ss.mu.Unlock()
-				<-ss.slots
-				return nil
-			}
-			ss.inFlight.Add(1)
-			ss.mu.Unlock()
-			select {
-			case ss.work <- c:
-			default:
-				if ss.workers.Load() < maxStreamInFlight {
-					ss.workers.Add(1)
-					go ss.worker(c)
-				} else {
-					ss.work <- c
+				for _, rest := range taken[i:] {
+					ss.forget(rest)
 				}
+				return err
 			}
 		}
 	}
 }
 
-// worker answers r and then whatever work it is handed, until receive
+// register gives each call its context and records it as in flight. A
+// call whose id is in flight already is marked to be refused.
+func (ss *signStream) register(calls []*signerv1.StreamedSign) []streamCall {
+	taken := make([]streamCall, len(calls))
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for i, c := range calls {
+		sc := streamCall{call: c}
+		if ms := c.GetTimeoutMs(); ms > 0 {
+			sc.ctx, sc.cancel = context.WithTimeout(ss.stream.Context(), time.Duration(ms)*time.Millisecond)
+		} else {
+			sc.ctx, sc.cancel = context.WithCancel(ss.stream.Context())
+		}
+		if _, ok := ss.calls[c.GetId()]; ok {
+			sc.dup = true
+		} else {
+			ss.calls[c.GetId()] = sc.cancel
+		}
+		taken[i] = sc
+	}
+	return taken
+}
+
+// forget ends c's context and removes it from the calls in flight.
+func (ss *signStream) forget(c streamCall) {
+	c.cancel()
+	if c.dup {
+		return
+	}
+	ss.mu.Lock()
+	delete(ss.calls, c.call.GetId())
+	ss.mu.Unlock()
+}
+
+// dispatch takes a slot for c, waiting while maxStreamInFlight calls are
+// taken and not sent back, and hands c to a worker. It reports whether it
+// did: not once the stream has stopped, nor if the stream ends while it
+// waits, which it returns as the error.
+func (ss *signStream) dispatch(c streamCall) (bool, error) {
+	select {
+	case ss.slots <- struct{}{}:
+	case <-ss.stream.Context().Done():
+		return false, ss.stream.Context().Err()
+	}
+	ss.mu.Lock()
+	if ss.stopped {
+		ss.mu.Unlock()
+		<-ss.slots
+		return false, nil
+	}
+	ss.inFlight.Add(1)
+	ss.mu.Unlock()
+	select {
+	case ss.work <- c:
+	default:
+		if ss.workers.Load() < maxStreamInFlight {
+			ss.workers.Add(1)
+			go ss.worker(c)
+		} else {
+			ss.work <- c
+		}
+	}
+	return true, nil
+}
+
+// worker answers c and then whatever work it is handed, until receive
 // ends or no call comes for idleWorker.
-func (ss *signStream) worker(r *signerv1.StreamedSign) {
+func (ss *signStream) worker(c streamCall) {
 	defer ss.workers.Add(-1)
 	idle := time.NewTimer(idleWorker)
 	defer idle.Stop()
 	for {
-		ss.answer(r)
+		ss.answer(c)
+		ss.forget(c)
 		ss.inFlight.Done()
 		idle.Reset(idleWorker)
 		var ok bool
 		select {
-		case r, ok = <-ss.work:
+		case c, ok = <-ss.work:
 			if !ok {
 				return
 			}
@@ -186,11 +261,22 @@ type streamResult struct {
 	start  time.Time // when the call was taken up
 }
 
-// answer signs r and queues its result for sending.
-func (ss *signStream) answer(r *signerv1.StreamedSign) {
+// answer signs c, or refuses it when its id was in flight already, and
+// queues its result for sending.
+func (ss *signStream) answer(c streamCall) {
 	start := time.Now()
-	resp, ticket, queued, err := ss.svc.signStreamed(ss.stream.Context(), ss.peer, r)
-	res := &signerv1.StreamedSignResult{Id: r.GetId()}
+	var (
+		resp   *signerv1.SignResponse
+		ticket audit.Ticket
+		queued bool
+		err    error
+	)
+	if c.dup {
+		err = status.Errorf(codes.InvalidArgument, "call id %d is in flight already on this stream", c.call.GetId())
+	} else {
+		resp, ticket, queued, err = ss.svc.signStreamed(c.ctx, ss.peer, c.call)
+	}
+	res := &signerv1.StreamedSignResult{Id: c.call.GetId()}
 	if err != nil {
 		res.Result = callError(err)
 	} else {
@@ -226,17 +312,13 @@ func (s *Service) withAudit(ctx context.Context, rs []streamResult) []*signerv1.
 }
 
 // signStreamed admits one call of a stream from peer p under the policy
-// in force and signs it as Sign does. Its audit line is queued, not yet
-// written: queued says whether ticket holds it.
+// in force and signs it as Sign does, under ctx, the call's own context.
+// Its audit line is queued, not yet written: queued says whether ticket
+// holds it.
 func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1.StreamedSign) (_ *signerv1.SignResponse, _ audit.Ticket, queued bool, _ error) {
 	c := s.callerFor(p)
 	if !c.may(needClient) {
 		return nil, audit.Ticket{}, false, toStatus(s.refuse(ctx, c, "SignStream"))
-	}
-	if ms := r.GetTimeoutMs(); ms > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
-		defer cancel()
 	}
 	resp, rec, err := s.sign(ctx, c, r.GetRequest())
 	ticket, aerr := s.audit.Enqueue(auditRecord(c, rec, err))

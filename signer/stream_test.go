@@ -6,9 +6,12 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -97,20 +100,35 @@ func TestClientSignsOverOneStreamUnderLoad(t *testing.T) {
 }
 
 // TestMaxConcurrentStreams checks that max_concurrent_streams bounds the
-// calls one connection has in progress: with a limit of 1, a call waits
-// while a stream is open on the same connection, and goes through once
-// the stream has ended.
+// calls one connection has in progress: with a limit of 2, a call waits
+// while two streams are open on the same connection, the daemon never
+// sees it, and it goes through once a stream has ended.
 func TestMaxConcurrentStreams(t *testing.T) {
-	d := newDaemon(t, func(p *daemonParams) { p.MaxStreams = 1 })
+	d := newDaemon(t, func(p *daemonParams) { p.MaxStreams = 2 })
 	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
-	s := d.stream(t)
-	if res := roundTrip(t, s, 1, signReq(k.GetId(), sha("open"))); res.GetError() != nil {
-		t.Fatalf("call on the stream: %v", res.GetError())
+	var streams []grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse]
+	for i := range 2 {
+		s := d.stream(t)
+		if res := roundTrip(t, s, 1, signReq(k.GetId(), sha(fmt.Sprint("open ", i)))); res.GetError() != nil {
+			t.Fatalf("call on stream %d: %v", i, res.GetError())
+		}
+		streams = append(streams, s)
+	}
+	statusCalls := func() int {
+		var m dto.Metric
+		if err := d.svc.metrics.calls.WithLabelValues("GetStatus", codes.OK.String()).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return int(m.GetCounter().GetValue())
 	}
 	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
 	defer cancel()
 	_, err := d.client.SignerClient.GetStatus(ctx, &signerv1.GetStatusRequest{})
 	wantCode(t, err, codes.DeadlineExceeded, "")
+	if n := statusCalls(); n != 0 {
+		t.Fatalf("the daemon served %d GetStatus calls beyond the limit", n)
+	}
+	s := streams[0]
 	if err := s.CloseSend(); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +136,10 @@ func TestMaxConcurrentStreams(t *testing.T) {
 		t.Fatalf("stream end: %v, want EOF", err)
 	}
 	if _, err := d.client.SignerClient.GetStatus(testCtx(t), &signerv1.GetStatusRequest{}); err != nil {
-		t.Fatalf("call after the stream ended: %v", err)
+		t.Fatalf("call after a stream ended: %v", err)
+	}
+	if n := statusCalls(); n != 1 {
+		t.Fatalf("%d GetStatus calls served, want 1", n)
 	}
 }
 
@@ -466,7 +487,7 @@ func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 	}
 	close(s.calls)
 	// Signed calls show as audit lines (written by the writer in sync
-	// mode, results sent or not); the metrics count calls once sent.
+	// mode, results sent or not).
 	base, _ := d.svc.audit.Head()
 	signed := func() int { seq, _ := d.svc.audit.Head(); return int(seq - base) }
 	done := make(chan error, 1)
@@ -489,9 +510,6 @@ func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
 	}
 	if got := signed(); got != maxStreamInFlight {
 		t.Fatalf("%d calls signed while %d results waited for the caller", got, maxStreamInFlight)
-	}
-	if got := d.streamedSigns(codes.OK); got != 0 {
-		t.Fatalf("%d calls counted as answered while every result waited for the caller", got)
 	}
 	// The caller reads again: every call is answered.
 	close(s.release)
@@ -589,5 +607,150 @@ func TestCallsAfterCloseFail(t *testing.T) {
 	}
 	if len(s.results) != 1 || s.results[0].GetError() == nil {
 		t.Fatalf("results %v: want one error", s.results)
+	}
+}
+
+// recvResults reads results from s until it has n, keyed by id; a
+// duplicated id keeps every result in arrival order.
+func recvResults(t *testing.T, s grpc.BidiStreamingClient[signerv1.SignStreamRequest, signerv1.SignStreamResponse], n int) map[uint64][]*signerv1.StreamedSignResult {
+	t.Helper()
+	got := map[uint64][]*signerv1.StreamedSignResult{}
+	for seen := 0; seen < n; {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatalf("after %d of %d results: %v", seen, n, err)
+		}
+		for _, r := range resp.GetResults() {
+			got[r.GetId()] = append(got[r.GetId()], r)
+			seen++
+		}
+	}
+	return got
+}
+
+// TestSignStreamCancels checks the daemon's side of SignStreamRequest's
+// cancel: a cancel sent with its call wins, and the call is answered
+// CANCELLED and not signed; a cancel for an id the daemon does not hold
+// is ignored; a call whose id is in flight already is refused.
+func TestSignStreamCancels(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	pub := ecPublic(t, k)
+	s := d.stream(t)
+	// Call 1 and its cancel in one message, beside call 2.
+	if err := s.Send(&signerv1.SignStreamRequest{
+		Calls: []*signerv1.StreamedSign{
+			{Id: 1, Request: signReq(k.GetId(), sha("cancelled"))},
+			{Id: 2, Request: signReq(k.GetId(), sha("kept"))},
+		},
+		Cancel: []uint64{1},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := recvResults(t, s, 2)
+	if e := got[1][0].GetError(); e.GetCode() != int32(codes.Canceled) || got[1][0].GetResponse() != nil {
+		t.Errorf("call 1, cancelled with its call: %v, want CANCELLED and no signature", got[1][0])
+	}
+	if !ecdsa.VerifyASN1(pub, sha("kept"), got[2][0].GetResponse().GetSignature()) {
+		t.Errorf("call 2: %v, want a valid signature", got[2][0])
+	}
+	if n := d.streamedSigns(codes.Canceled); n != 1 {
+		t.Errorf("%d calls counted CANCELLED, want 1", n)
+	}
+	// A cancel for calls already answered or never made: nothing comes
+	// back for it, and the stream goes on.
+	if err := s.Send(&signerv1.SignStreamRequest{Cancel: []uint64{2, 99}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := roundTrip(t, s, 3, signReq(k.GetId(), sha("after"))); r.GetResponse() == nil {
+		t.Fatalf("call 3 after stray cancels: %v", r)
+	}
+	// Two calls with one id in one message: the second is refused.
+	if err := s.Send(&signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{
+		{Id: 4, Request: signReq(k.GetId(), sha("first 4"))},
+		{Id: 4, Request: signReq(k.GetId(), sha("second 4"))},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	var signed, refused int
+	for _, r := range recvResults(t, s, 2)[4] {
+		switch {
+		case r.GetResponse() != nil && ecdsa.VerifyASN1(pub, sha("first 4"), r.GetResponse().GetSignature()):
+			signed++
+		case r.GetError().GetCode() == int32(codes.InvalidArgument) && strings.Contains(r.GetError().GetMessage(), "in flight already"):
+			refused++
+		default:
+			t.Errorf("call 4: %v", r)
+		}
+	}
+	if signed != 1 || refused != 1 {
+		t.Errorf("two calls with id 4: %d signed (the first), %d refused; want 1 and 1", signed, refused)
+	}
+}
+
+// listeningDaemon is a daemon whose SignStream records what it receives
+// and never answers.
+type listeningDaemon struct {
+	signerv1.UnimplementedSignerServer
+	got chan *signerv1.SignStreamRequest
+}
+
+func (r listeningDaemon) SignStream(s grpc.BidiStreamingServer[signerv1.SignStreamRequest, signerv1.SignStreamResponse]) error {
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return nil
+		}
+		r.got <- m
+	}
+}
+
+// TestClientCancelsWhatItGivesUpOn checks that a caller whose context is
+// cancelled (no deadline, so the daemon cannot know by itself) makes the
+// client send the call's cancel on the stream.
+func TestClientCancelsWhatItGivesUpOn(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "rec.sock")
+	l, err := ListenUnix(testCtx(t), sock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := listeningDaemon{got: make(chan *signerv1.SignStreamRequest, 16)}
+	srv := grpc.NewServer()
+	signerv1.RegisterSignerServer(srv, rec)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	c, err := client.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Bring the connection up, so that Sign uses the stream.
+	_, err = c.GetStatus(testCtx(t), &signerv1.GetStatusRequest{})
+	wantCode(t, err, codes.Unimplemented, "")
+	ctx, cancel := context.WithCancel(context.Background()) // no deadline
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Sign(ctx, signReq("00", sha("given up")))
+		done <- err
+	}()
+	next := func() *signerv1.SignStreamRequest {
+		select {
+		case m := <-rec.got:
+			return m
+		case <-time.After(time.Minute):
+			t.Fatal("nothing received on the stream")
+			return nil
+		}
+	}
+	m := next()
+	if len(m.GetCalls()) != 1 || m.GetCalls()[0].GetTimeoutMs() != 0 {
+		t.Fatalf("first message %v, want one call without timeout", m)
+	}
+	id := m.GetCalls()[0].GetId()
+	cancel()
+	wantCode(t, <-done, codes.Canceled, "")
+	if m := next(); len(m.GetCalls()) != 0 || !slices.Equal(m.GetCancel(), []uint64{id}) {
+		t.Fatalf("after the cancel: %v, want the cancel of call %d alone", m, id)
 	}
 }

@@ -1771,12 +1771,18 @@ func (x *SignResponse) GetAlgorithm() string {
 	return ""
 }
 
-// SignStreamRequest carries one or more Sign calls on a SignStream. A
-// client sends the calls that queue up while it is sending together in
-// one message; each is still handled on its own.
+// SignStreamRequest carries one or more Sign calls on a SignStream, and
+// the ids of calls their caller no longer waits for. A client sends what
+// queues up while it is sending together in one message; each call is
+// still handled on its own.
 type SignStreamRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Calls         []*StreamedSign        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Calls []*StreamedSign        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	// Calls of this stream the caller gave up on. A call not yet signed is
+	// not signed: its result is CANCELLED (a cancel in the same message as
+	// its call always wins). A call being signed is finished, audited and
+	// answered as usual. Ids of calls already answered are ignored.
+	Cancel        []uint64 `protobuf:"varint,2,rep,packed,name=cancel,proto3" json:"cancel,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1818,17 +1824,24 @@ func (x *SignStreamRequest) GetCalls() []*StreamedSign {
 	return nil
 }
 
+func (x *SignStreamRequest) GetCancel() []uint64 {
+	if x != nil {
+		return x.Cancel
+	}
+	return nil
+}
+
 // StreamedSign is one Sign call on a SignStream.
 type StreamedSign struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the caller, unique among its calls in flight on the
-	// stream; the result carries it back.
+	// stream; the result carries it back. A call whose id is in flight
+	// already is refused with INVALID_ARGUMENT.
 	Id      uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Request *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
 	// How long the caller waits, in milliseconds; the daemon gives up on
 	// the call after that. 0: no bound other than the stream's. A caller
-	// that gives up sooner (a cancelled context) does not tell the daemon,
-	// which signs and audits the call and sends a result nobody reads.
+	// that gives up sooner sends the call's id in SignStreamRequest.cancel.
 	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3495,9 +3508,10 @@ const file_signer_proto_rawDesc = "" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1c\n" +
-	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"B\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"Z\n" +
 	"\x11SignStreamRequest\x12-\n" +
-	"\x05calls\x18\x01 \x03(\v2\x17.signer.v1.StreamedSignR\x05calls\"o\n" +
+	"\x05calls\x18\x01 \x03(\v2\x17.signer.v1.StreamedSignR\x05calls\x12\x16\n" +
+	"\x06cancel\x18\x02 \x03(\x04R\x06cancel\"o\n" +
 	"\fStreamedSign\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
 	"\arequest\x18\x02 \x01(\v2\x16.signer.v1.SignRequestR\arequest\x12\x1d\n" +

@@ -71,8 +71,9 @@ type signStreams struct {
 type signStream struct {
 	stream signerv1.Signer_SignStreamClient
 	cancel context.CancelFunc
-	// calls sends the calls that queue up during a send in one message.
-	calls *coalesce.Sender[*signerv1.StreamedSign]
+	// out sends the calls and cancels that queue up during a send in one
+	// message.
+	out *coalesce.Sender[outgoing]
 
 	mu      sync.Mutex
 	nextID  uint64
@@ -83,6 +84,12 @@ type signStream struct {
 type streamResult struct {
 	resp *signerv1.SignResponse
 	err  error
+}
+
+// outgoing is a call to send, or the id of a call its caller gave up on.
+type outgoing struct {
+	call   *signerv1.StreamedSign // nil for a cancel
+	cancel uint64
 }
 
 // sign sends req on the shared stream and waits for its answer or ctx.
@@ -118,12 +125,17 @@ func (m *signStreams) sign(ctx context.Context, req *signerv1.SignRequest) (*sig
 	// waiting on it with the stream's status. The request is copied: it
 	// may be encoded by another caller's send after this one has returned
 	// (its context ended), and the caller may reuse it by then.
-	_ = st.calls.Add(&signerv1.StreamedSign{Id: id, Request: proto.CloneOf(req), TimeoutMs: timeoutMS})
+	_ = st.out.Add(outgoing{call: &signerv1.StreamedSign{Id: id, Request: proto.CloneOf(req), TimeoutMs: timeoutMS}})
 	select {
 	case r := <-ch:
 		return r.resp, r.err
 	case <-ctx.Done():
-		st.remove(id)
+		if st.remove(id) {
+			// Still unanswered: the daemon need not sign it. (Past its
+			// deadline the daemon gives up by itself, but a cancel
+			// costs little and reaches it sooner.)
+			_ = st.out.Add(outgoing{cancel: id})
+		}
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 }
@@ -149,8 +161,16 @@ func (m *signStreams) open() (*signStream, error) {
 		return nil, err
 	}
 	st := &signStream{stream: stream, cancel: cancel, pending: map[uint64]chan streamResult{}}
-	st.calls = coalesce.New(maxStreamBatch, func(cs []*signerv1.StreamedSign) error {
-		err := stream.Send(&signerv1.SignStreamRequest{Calls: cs})
+	st.out = coalesce.New(maxStreamBatch, func(items []outgoing) error {
+		m := &signerv1.SignStreamRequest{}
+		for _, o := range items {
+			if o.call != nil {
+				m.Calls = append(m.Calls, o.call)
+			} else {
+				m.Cancel = append(m.Cancel, o.cancel)
+			}
+		}
+		err := stream.Send(m)
 		if err != nil {
 			cancel()
 		}
@@ -229,11 +249,14 @@ func (st *signStream) add() (uint64, chan streamResult, error) {
 	return st.nextID, ch, nil
 }
 
-// remove forgets a call whose caller gave up.
-func (st *signStream) remove(id uint64) {
+// remove forgets a call whose caller gave up, and reports whether it
+// was still waiting for its answer on a live stream.
+func (st *signStream) remove(id uint64) bool {
 	st.mu.Lock()
+	defer st.mu.Unlock()
+	_, waiting := st.pending[id]
 	delete(st.pending, id)
-	st.mu.Unlock()
+	return waiting
 }
 
 // close ends the shared stream; later calls fail.

@@ -34,6 +34,9 @@ const (
 	MaxSessions     = 1024    // most sessions one token may be given
 	maxBatchLimit   = 1 << 20
 	maxStreamsLimit = 1 << 16
+	// minStreams leaves signer/client, which keeps one SignStream open on
+	// its connection, room for another call beside it.
+	minStreams      = 2
 	maxMessageLimit = 1<<31 - 1 // gRPC sizes are int32
 	// MinMessageBytes is the smallest max_message_bytes: below it ordinary
 	// calls (a certificate with its chain, a stream of Sign calls) would
@@ -80,8 +83,9 @@ type Server struct {
 	// MaxBatch is the most digests in one SignBatch.
 	MaxBatch int
 	// MaxStreams is the most gRPC calls one connection may have in
-	// progress at once (HTTP/2's max concurrent streams); a client's
-	// further calls wait on its side until one ends.
+	// progress at once (HTTP/2's max concurrent streams), at least 2; a
+	// client's further calls wait on its side until one ends. A
+	// signer/client connection's shared SignStream counts as one.
 	MaxStreams int
 	// ShutdownTimeout bounds a graceful stop.
 	ShutdownTimeout time.Duration

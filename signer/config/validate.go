@@ -162,8 +162,8 @@ func (ck *checker) server(fs *fileServer) Server {
 	if fs.MaxBatch < 1 || fs.MaxBatch > maxBatchLimit {
 		ck.addf("server.max_batch", "%d is not between 1 and %d", fs.MaxBatch, maxBatchLimit)
 	}
-	if fs.MaxStreams < 1 || fs.MaxStreams > maxStreamsLimit {
-		ck.addf("server.max_concurrent_streams", "%d is not between 1 and %d", fs.MaxStreams, maxStreamsLimit)
+	if fs.MaxStreams < minStreams || fs.MaxStreams > maxStreamsLimit {
+		ck.addf("server.max_concurrent_streams", "%d is not between %d (signer/client keeps a stream open) and %d", fs.MaxStreams, minStreams, maxStreamsLimit)
 	}
 	d, err := time.ParseDuration(fs.ShutdownTimeout)
 	switch {
