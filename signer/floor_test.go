@@ -122,7 +122,7 @@ func BenchmarkSocketFloor(b *testing.B) {
 	}
 }
 
-// floor is a logged-in token with an EC and an RSA key (floorKeysEnv's
+// floor is a logged-in token with an EC and an RSA key (in floorConfig.Keys'
 // order), and the floor server, another process, serving them.
 type floor struct {
 	tok  *hsm.Token

@@ -237,7 +237,6 @@ func (ss *signStream) worker(c streamCall) {
 	defer idle.Stop()
 	for {
 		ss.answer(c)
-		ss.forget(c)
 		ss.inFlight.Done()
 		idle.Reset(idleWorker)
 		var ok bool
@@ -261,8 +260,8 @@ type streamResult struct {
 	start  time.Time // when the call was taken up
 }
 
-// answer signs c, or refuses it when its id was in flight already, and
-// queues its result for sending.
+// answer signs c, or refuses it when its id was in flight already, takes
+// it off the calls in flight, and queues its result for sending.
 func (ss *signStream) answer(c streamCall) {
 	start := time.Now()
 	var (
@@ -276,6 +275,9 @@ func (ss *signStream) answer(c streamCall) {
 	} else {
 		resp, ticket, queued, err = ss.svc.signStreamed(c.ctx, ss.peer, c.call)
 	}
+	// Answered: no longer in flight, before its result can go out (and
+	// its id come back in a new call).
+	ss.forget(c)
 	res := &signerv1.StreamedSignResult{Id: c.call.GetId()}
 	if err != nil {
 		res.Result = callError(err)
