@@ -46,6 +46,8 @@ const (
 	KeyUsage_KEY_USAGE_AUTH KeyUsage = 2
 	// Timestamping (the TSA's key).
 	KeyUsage_KEY_USAGE_TSA KeyUsage = 3
+	// Signing the audit log's checkpoints.
+	KeyUsage_KEY_USAGE_AUDIT KeyUsage = 4
 )
 
 // Enum value maps for KeyUsage.
@@ -55,12 +57,14 @@ var (
 		1: "KEY_USAGE_SIGN",
 		2: "KEY_USAGE_AUTH",
 		3: "KEY_USAGE_TSA",
+		4: "KEY_USAGE_AUDIT",
 	}
 	KeyUsage_value = map[string]int32{
 		"KEY_USAGE_UNSPECIFIED": 0,
 		"KEY_USAGE_SIGN":        1,
 		"KEY_USAGE_AUTH":        2,
 		"KEY_USAGE_TSA":         3,
+		"KEY_USAGE_AUDIT":       4,
 	}
 )
 
@@ -639,8 +643,12 @@ type Token struct {
 	SessionsInUse     uint32     `protobuf:"varint,14,opt,name=sessions_in_use,json=sessionsInUse,proto3" json:"sessions_in_use,omitempty"`
 	SessionWaits      int64      `protobuf:"varint,15,opt,name=session_waits,json=sessionWaits,proto3" json:"session_waits,omitempty"`
 	Relogins          int64      `protobuf:"varint,16,opt,name=relogins,proto3" json:"relogins,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Why the daemon dropped the token's kept PIN and logged it out by
+	// itself (the token refused the PIN: changed elsewhere, locked,
+	// expired), or empty. An officer's login clears it.
+	LoggedOutReason string `protobuf:"bytes,17,opt,name=logged_out_reason,json=loggedOutReason,proto3" json:"logged_out_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Token) Reset() {
@@ -783,6 +791,13 @@ func (x *Token) GetRelogins() int64 {
 		return x.Relogins
 	}
 	return 0
+}
+
+func (x *Token) GetLoggedOutReason() string {
+	if x != nil {
+		return x.LoggedOutReason
+	}
+	return ""
 }
 
 type ListTokensRequest struct {
@@ -1091,8 +1106,20 @@ type Key struct {
 	Extractable bool `protobuf:"varint,12,opt,name=extractable,proto3" json:"extractable,omitempty"`
 	CanDecrypt  bool `protobuf:"varint,13,opt,name=can_decrypt,json=canDecrypt,proto3" json:"can_decrypt,omitempty"`
 	// Algorithms this key can sign with.
-	Algorithms    []string               `protobuf:"bytes,14,rep,name=algorithms,proto3" json:"algorithms,omitempty"`
-	Created       *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=created,proto3" json:"created,omitempty"`
+	Algorithms []string               `protobuf:"bytes,14,rep,name=algorithms,proto3" json:"algorithms,omitempty"`
+	Created    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=created,proto3" json:"created,omitempty"`
+	// More of the private key's attributes as the token reports them.
+	CanSignRecover bool `protobuf:"varint,16,opt,name=can_sign_recover,json=canSignRecover,proto3" json:"can_sign_recover,omitempty"`
+	Modifiable     bool `protobuf:"varint,17,opt,name=modifiable,proto3" json:"modifiable,omitempty"`
+	Copyable       bool `protobuf:"varint,18,opt,name=copyable,proto3" json:"copyable,omitempty"`
+	// CKA_ALLOWED_MECHANISMS as the token reports it (mechanism names);
+	// empty when the key has none.
+	AllowedMechanisms []string `protobuf:"bytes,19,rep,name=allowed_mechanisms,json=allowedMechanisms,proto3" json:"allowed_mechanisms,omitempty"`
+	// Why the key may not be used for signing (its attributes no longer
+	// hold what the daemon requires), or empty.
+	AttributeProblem string `protobuf:"bytes,20,opt,name=attribute_problem,json=attributeProblem,proto3" json:"attribute_problem,omitempty"`
+	// The member a certificate request bound the key to, or empty.
+	BoundMember   string `protobuf:"bytes,21,opt,name=bound_member,json=boundMember,proto3" json:"bound_member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1230,6 +1257,48 @@ func (x *Key) GetCreated() *timestamppb.Timestamp {
 		return x.Created
 	}
 	return nil
+}
+
+func (x *Key) GetCanSignRecover() bool {
+	if x != nil {
+		return x.CanSignRecover
+	}
+	return false
+}
+
+func (x *Key) GetModifiable() bool {
+	if x != nil {
+		return x.Modifiable
+	}
+	return false
+}
+
+func (x *Key) GetCopyable() bool {
+	if x != nil {
+		return x.Copyable
+	}
+	return false
+}
+
+func (x *Key) GetAllowedMechanisms() []string {
+	if x != nil {
+		return x.AllowedMechanisms
+	}
+	return nil
+}
+
+func (x *Key) GetAttributeProblem() string {
+	if x != nil {
+		return x.AttributeProblem
+	}
+	return ""
+}
+
+func (x *Key) GetBoundMember() string {
+	if x != nil {
+		return x.BoundMember
+	}
+	return ""
 }
 
 type GenerateKeyRequest struct {
@@ -3421,7 +3490,7 @@ const file_signer_proto_rawDesc = "" +
 	"\tcount_low\x18\x01 \x01(\bR\bcountLow\x12\x1b\n" +
 	"\tfinal_try\x18\x02 \x01(\bR\bfinalTry\x12\x16\n" +
 	"\x06locked\x18\x03 \x01(\bR\x06locked\x12\"\n" +
-	"\rto_be_changed\x18\x04 \x01(\bR\vtoBeChanged\"\xff\x03\n" +
+	"\rto_be_changed\x18\x04 \x01(\bR\vtoBeChanged\"\xab\x04\n" +
 	"\x05Token\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06module\x18\x02 \x01(\tR\x06module\x12\x14\n" +
@@ -3439,7 +3508,8 @@ const file_signer_proto_rawDesc = "" +
 	"\rsessions_open\x18\r \x01(\rR\fsessionsOpen\x12&\n" +
 	"\x0fsessions_in_use\x18\x0e \x01(\rR\rsessionsInUse\x12#\n" +
 	"\rsession_waits\x18\x0f \x01(\x03R\fsessionWaits\x12\x1a\n" +
-	"\brelogins\x18\x10 \x01(\x03R\brelogins\"\x13\n" +
+	"\brelogins\x18\x10 \x01(\x03R\brelogins\x12*\n" +
+	"\x11logged_out_reason\x18\x11 \x01(\tR\x0floggedOutReason\"\x13\n" +
 	"\x11ListTokensRequest\">\n" +
 	"\x12ListTokensResponse\x12(\n" +
 	"\x06tokens\x18\x01 \x03(\v2\x10.signer.v1.TokenR\x06tokens\"'\n" +
@@ -3453,7 +3523,7 @@ const file_signer_proto_rawDesc = "" +
 	"\x10ChangePinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\aold_pin\x18\x02 \x01(\fR\x06oldPin\x12\x17\n" +
-	"\anew_pin\x18\x03 \x01(\fR\x06newPin\"\xaa\x03\n" +
+	"\anew_pin\x18\x03 \x01(\fR\x06newPin\"\x8f\x05\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x14\n" +
@@ -3474,7 +3544,15 @@ const file_signer_proto_rawDesc = "" +
 	"\n" +
 	"algorithms\x18\x0e \x03(\tR\n" +
 	"algorithms\x124\n" +
-	"\acreated\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\x9d\x01\n" +
+	"\acreated\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12(\n" +
+	"\x10can_sign_recover\x18\x10 \x01(\bR\x0ecanSignRecover\x12\x1e\n" +
+	"\n" +
+	"modifiable\x18\x11 \x01(\bR\n" +
+	"modifiable\x12\x1a\n" +
+	"\bcopyable\x18\x12 \x01(\bR\bcopyable\x12-\n" +
+	"\x12allowed_mechanisms\x18\x13 \x03(\tR\x11allowedMechanisms\x12+\n" +
+	"\x11attribute_problem\x18\x14 \x01(\tR\x10attributeProblem\x12!\n" +
+	"\fbound_member\x18\x15 \x01(\tR\vboundMember\"\x9d\x01\n" +
 	"\x12GenerateKeyRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1c\n" +
@@ -3620,12 +3698,13 @@ const file_signer_proto_rawDesc = "" +
 	"\x12DeleteCertResponse\"Y\n" +
 	"\x14SetCertStatusRequest\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12-\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status*`\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status*u\n" +
 	"\bKeyUsage\x12\x19\n" +
 	"\x15KEY_USAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKEY_USAGE_SIGN\x10\x01\x12\x12\n" +
 	"\x0eKEY_USAGE_AUTH\x10\x02\x12\x11\n" +
-	"\rKEY_USAGE_TSA\x10\x03*Y\n" +
+	"\rKEY_USAGE_TSA\x10\x03\x12\x13\n" +
+	"\x0fKEY_USAGE_AUDIT\x10\x04*Y\n" +
 	"\tBatchMode\x12\x1a\n" +
 	"\x16BATCH_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15BATCH_MODE_INDIVIDUAL\x10\x01\x12\x15\n" +
