@@ -59,6 +59,8 @@ type Service struct {
 
 	metrics *metrics
 
+	reconciled reconciler // differences between tokens and state already audited
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 	closeOnce sync.Once
@@ -142,6 +144,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		}
 	}
 	s.metrics = newMetrics(s)
+	s.reconcileAll(ctx)
 	return s, nil
 }
 

@@ -86,6 +86,9 @@ func (s *Service) LoginToken(ctx context.Context, req *signerv1.LoginTokenReques
 		return nil, err
 	}
 	s.forgetKeyRefs()
+	if err := s.reconcileToken(ctx, t); err != nil {
+		s.log.Error("reconciling the token with the state", "token", t.name, "error", err.Error())
+	}
 	return s.tokenMessage(ctx, t), nil
 }
 
