@@ -74,7 +74,7 @@ func BenchmarkSign(b *testing.B) {
 		gs    []int
 	}{
 		{"RSA2048-PKCS1", RSA2048, "SHA256withRSA", nil, all},
-		{"RSA2048-PKCS1-noverify", RSA2048, "SHA256withRSA", []TokenOption{WithRSAVerify(false)}, all},
+		{"RSA2048-PKCS1-noverify", RSA2048, "SHA256withRSA", []TokenOption{WithVerify(false)}, all},
 		{"RSA2048-PSS", RSA2048, "SHA256withRSAandMGF1", nil, all},
 		{"ECDSA-P256", ECP256, "SHA256withECDSA", nil, all},
 	}
