@@ -3,10 +3,14 @@ package hsm
 import (
 	"context"
 	"fmt"
+
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 )
 
 // SignMany signs each digest with the key whose CKA_ID is id, by alg, as
-// Sign does, on one pool session held for the whole batch, so that a batch pays for one
+// Sign does (a key whose attributes do not hold is refused with
+// ErrKeyAttributes; an algorithm that does not fit the key's type, or a
+// JOSE name whose curve is not the key's, with ErrAlgorithm), on one pool session held for the whole batch, so that a batch pays for one
 // session hand-over and one key lookup. Every digest's length is checked
 // before the first signature is made: a bad batch signs nothing. After a
 // recovered failure the batch resumes where it stopped.
@@ -32,8 +36,14 @@ func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests 
 			return err
 		}
 		key = e.key
+		if e.problem != nil {
+			return fmt.Errorf("key %x on token %q: %w", id, t.label, e.problem)
+		}
 		if key.Type != keyTypeFor(alg) {
 			return fmt.Errorf("%w: %s needs an %s key; key %x is %s", ErrAlgorithm, alg.Name, keyTypeFor(alg), id, key.Type)
+		}
+		if err := sigalg.CheckCurve(key.Public, alg); err != nil {
+			return fmt.Errorf("%w: key %x: %w", ErrAlgorithm, id, err)
 		}
 		for ; done < len(digests); done++ {
 			if done%64 == 0 {

@@ -29,8 +29,8 @@ import (
 //     the pool;
 //   - pool: g goroutines calling Token.Sign, with the pool at its default
 //     size (the CPU count) and the token's default options, which verify
-//     every RSA signature (the -noverify case turns that off; the -pool8
-//     cases give the pool 8 sessions);
+//     every signature, RSA and ECDSA (the -noverify cases turn that off; the
+//     -pool8 cases give the pool 8 sessions);
 //   - raw1 (g > 1 only): one goroutine on one raw session.
 //
 // Work is handed out by an atomic counter to exactly g goroutines (not
@@ -74,9 +74,10 @@ func BenchmarkSign(b *testing.B) {
 		gs    []int
 	}{
 		{"RSA2048-PKCS1", RSA2048, "SHA256withRSA", nil, all},
-		{"RSA2048-PKCS1-noverify", RSA2048, "SHA256withRSA", []TokenOption{WithRSAVerify(false)}, all},
+		{"RSA2048-PKCS1-noverify", RSA2048, "SHA256withRSA", []TokenOption{WithVerify(false)}, all},
 		{"RSA2048-PSS", RSA2048, "SHA256withRSAandMGF1", nil, all},
 		{"ECDSA-P256", ECP256, "SHA256withECDSA", nil, all},
+		{"ECDSA-P256-noverify", ECP256, "SHA256withECDSA", []TokenOption{WithVerify(false)}, all},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {

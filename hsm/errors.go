@@ -40,8 +40,12 @@ var (
 	ErrDigestLength = errors.New("hsm: digest length does not match the algorithm")
 	// ErrAlgorithm means the algorithm is unknown or does not fit the key.
 	ErrAlgorithm = errors.New("hsm: algorithm not usable")
-	// ErrBadSignature means an RSA signature made by the token did not
-	// verify with the key's public key and was withheld.
+	// ErrKeyAttributes means a private key's attributes, as read from the
+	// token, do not make it a key that signs and does nothing else (see
+	// Key.AttributeProblem): it is neither registered nor used to sign.
+	ErrKeyAttributes = errors.New("hsm: key attributes do not allow its use")
+	// ErrBadSignature means a signature made by the token did not verify
+	// with the key's public key and was withheld.
 	ErrBadSignature = errors.New("hsm: signature made by the token failed verification")
 	// ErrSessionWait means no session became free before the context's
 	// deadline or the pool's maximum wait.

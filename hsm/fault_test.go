@@ -20,6 +20,11 @@ type faultyP11 struct {
 	calls   map[string]int
 	onCall  func(name string) // called before each checked call, unlocked
 	resetAt string            // the next call of this name finds the token reset
+	corrupt int               // signatures still to corrupt (one bit flipped) on their way out
+	// genPriv, when set, rewrites the private key template of
+	// C_GenerateKeyPair, as a module that does not make what it is asked.
+	genPriv  func([]*pkcs11.Attribute) []*pkcs11.Attribute
+	genPrivs [][]*pkcs11.Attribute // the private key templates C_GenerateKeyPair was given
 }
 
 func newFaulty(p p11) *faultyP11 {
@@ -185,12 +190,34 @@ func (f *faultyP11) Sign(h pkcs11.SessionHandle, msg []byte) ([]byte, error) {
 	if err := f.check("Sign", h, true); err != nil {
 		return nil, err
 	}
-	return f.p11.Sign(h, msg)
+	sig, err := f.p11.Sign(h, msg)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil && f.corrupt > 0 && len(sig) > 0 {
+		f.corrupt--
+		sig[len(sig)/4] ^= 0x01 // in r for ECDSA, mid-way for RSA
+	}
+	return sig, err
+}
+
+// corruptSigns makes the next n signatures the module returns wrong, as a
+// faulty device's would be.
+func (f *faultyP11) corruptSigns(n int) {
+	f.mu.Lock()
+	f.corrupt += n
+	f.mu.Unlock()
 }
 
 func (f *faultyP11) GenerateKeyPair(h pkcs11.SessionHandle, m []*pkcs11.Mechanism, pub, priv []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error) {
+	f.mu.Lock()
+	f.genPrivs = append(f.genPrivs, priv)
+	rewrite := f.genPriv
+	f.mu.Unlock()
 	if err := f.check("GenerateKeyPair", h, true); err != nil {
 		return 0, 0, err
+	}
+	if rewrite != nil {
+		priv = rewrite(priv)
 	}
 	return f.p11.GenerateKeyPair(h, m, pub, priv)
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,7 +137,7 @@ func TestCrypto11SignsWithHSMKeys(t *testing.T) {
 		// process has the module initialised and logged in.
 		const id, label = "0a0b0c0d", "made-by-pkcs11-tool"
 		if out, err := e.soft.PKCS11Tool(ctx, "--login", "--pin", "env:"+softhsmtest.UserPINEnv,
-			"--keypairgen", "--key-type", "EC:prime256v1", "--id", id, "--label="+label); err != nil {
+			"--keypairgen", "--key-type", "EC:prime256v1", "--usage-sign", "--sensitive", "--id", id, "--label="+label); err != nil {
 			t.Fatalf("pkcs11-tool --keypairgen: %v\n%s", err, out)
 		}
 		k, err := e.tok.KeyByLabel(ctx, label)
@@ -161,13 +162,20 @@ func TestCrypto11SignsWithHSMKeys(t *testing.T) {
 		if !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public) {
 			t.Fatalf("hsm reads a different public key than pkcs11-tool exports")
 		}
-		d := digestOf("made elsewhere")
-		sig, err := e.tok.Sign(ctx, k.ID, mustAlg(t, "ES256"), d)
-		if err != nil {
-			t.Fatalf("signing with the key made by another process: %v", err)
+		// pkcs11-tool leaves SoftHSM's defaults for what it is not told:
+		// even with --usage-sign the key may decrypt, unwrap and sign
+		// with recovery, so it is not used to sign.
+		if k.AttributeProblem() == nil {
+			t.Fatalf("a pkcs11-tool key passes the attribute check: %+v", k.Attrs)
 		}
-		if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d, sig) {
-			t.Fatal("signature does not verify with the public key pkcs11-tool exported")
+		sig, err := e.tok.Sign(ctx, k.ID, mustAlg(t, "ES256"), digestOf("made elsewhere"))
+		if !errors.Is(err, ErrKeyAttributes) || sig != nil {
+			t.Fatalf("signing with a pkcs11-tool key that may decrypt: %x, %v; want ErrKeyAttributes", sig, err)
+		}
+		for _, attr := range []string{"CKA_DECRYPT", "CKA_UNWRAP", "CKA_SIGN_RECOVER"} {
+			if !strings.Contains(err.Error(), attr) {
+				t.Errorf("the refusal does not name %s: %v", attr, err)
+			}
 		}
 	})
 

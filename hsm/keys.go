@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -12,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/miekg/pkcs11"
@@ -113,7 +116,8 @@ type Key struct {
 // IDHex returns the CKA_ID in lower-case hex.
 func (k Key) IDHex() string { return hex.EncodeToString(k.ID) }
 
-// KeyAttributes are the private key attributes an officer checks.
+// KeyAttributes are the private key attributes an officer checks, as the
+// token reports them.
 type KeyAttributes struct {
 	Sensitive        bool
 	Extractable      bool
@@ -123,13 +127,144 @@ type KeyAttributes struct {
 	Decrypt          bool
 	Unwrap           bool
 	Derive           bool
+	SignRecover      bool
+	// Modifiable is CKA_MODIFIABLE: the key's attributes can be changed
+	// with C_SetAttributeValue by whoever holds the user PIN.
+	Modifiable bool
+	// Copyable is CKA_COPYABLE: C_CopyObject may copy the key, with
+	// changed attributes. A module that does not know the attribute
+	// (before PKCS#11 v2.40) copies any object, and Copyable is true.
+	Copyable bool
+	// AllowedMechanisms is CKA_ALLOWED_MECHANISMS: the only mechanisms the
+	// key may be used with. Empty when the key has none, or the module
+	// does not know the attribute: the key is then not restricted to its
+	// mechanisms (an RSA key could then do raw RSA, CKM_RSA_X_509).
+	AllowedMechanisms []uint
 }
 
-// keyEntry is a cached private key handle with its key.
+// KeyRecheckInterval bounds how long a key's protection attributes, as
+// last read from the token, are trusted for signing. They are read (one
+// C_GetAttributeValue) when a key's handle is looked up, which is after
+// each login and each re-initialisation of the module, and again at a
+// sign that comes this long or longer after the last read; Token.KeyByID,
+// ListKeys and KeyByLabel read them every time. A key whose attributes stop
+// holding (a modifiable key whose CKA_DECRYPT someone set with the user
+// PIN) is refused for signing from the next read on. Keys generated here
+// are not modifiable, so their attributes cannot change at all.
+const KeyRecheckInterval = 5 * time.Second
+
+// signMechanisms returns the mechanisms the appliance signs with for a key
+// of type kt (see mechanism in sign.go): what GenerateKey puts in
+// CKA_ALLOWED_MECHANISMS, and all a key's CKA_ALLOWED_MECHANISMS may name.
+func signMechanisms(kt KeyType) []uint {
+	switch kt {
+	case KeyRSA:
+		return []uint{pkcs11.CKM_RSA_PKCS, pkcs11.CKM_RSA_PKCS_PSS}
+	case KeyEC:
+		return []uint{pkcs11.CKM_ECDSA}
+	}
+	return nil
+}
+
+// MechanismName returns the PKCS#11 name of a mechanism the appliance
+// meets in CKA_ALLOWED_MECHANISMS, or its number in hex.
+func MechanismName(m uint) string {
+	switch m {
+	case pkcs11.CKM_RSA_PKCS:
+		return "CKM_RSA_PKCS"
+	case pkcs11.CKM_RSA_PKCS_PSS:
+		return "CKM_RSA_PKCS_PSS"
+	case pkcs11.CKM_RSA_X_509:
+		return "CKM_RSA_X_509"
+	case pkcs11.CKM_RSA_PKCS_OAEP:
+		return "CKM_RSA_PKCS_OAEP"
+	case pkcs11.CKM_RSA_9796:
+		return "CKM_RSA_9796"
+	case pkcs11.CKM_SHA256_RSA_PKCS:
+		return "CKM_SHA256_RSA_PKCS"
+	case pkcs11.CKM_SHA384_RSA_PKCS:
+		return "CKM_SHA384_RSA_PKCS"
+	case pkcs11.CKM_SHA512_RSA_PKCS:
+		return "CKM_SHA512_RSA_PKCS"
+	case pkcs11.CKM_SHA256_RSA_PKCS_PSS:
+		return "CKM_SHA256_RSA_PKCS_PSS"
+	case pkcs11.CKM_SHA384_RSA_PKCS_PSS:
+		return "CKM_SHA384_RSA_PKCS_PSS"
+	case pkcs11.CKM_SHA512_RSA_PKCS_PSS:
+		return "CKM_SHA512_RSA_PKCS_PSS"
+	case pkcs11.CKM_ECDSA:
+		return "CKM_ECDSA"
+	case pkcs11.CKM_ECDSA_SHA256:
+		return "CKM_ECDSA_SHA256"
+	case pkcs11.CKM_ECDSA_SHA384:
+		return "CKM_ECDSA_SHA384"
+	case pkcs11.CKM_ECDSA_SHA512:
+		return "CKM_ECDSA_SHA512"
+	case pkcs11.CKM_ECDH1_DERIVE:
+		return "CKM_ECDH1_DERIVE"
+	}
+	return fmt.Sprintf("0x%08x", m)
+}
+
+// AttributeProblem returns nil when the private key's attributes, as last
+// read from the token, make it a key that signs and does nothing else, or
+// an error wrapping ErrKeyAttributes that names each one that does not
+// hold. The appliance registers and signs with a key only when it returns
+// nil.
+//
+// Required: CKA_SIGN true; CKA_SENSITIVE true; CKA_EXTRACTABLE,
+// CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN_RECOVER and CKA_DERIVE false; and a
+// CKA_ALLOWED_MECHANISMS, when the key has one, that names only mechanisms
+// the appliance signs with for the key's type (RSA: CKM_RSA_PKCS,
+// CKM_RSA_PKCS_PSS; EC: CKM_ECDSA).
+//
+// Reported (in the attributes) but not required, because a key made
+// outside the appliance or on an older module cannot have them changed
+// afterwards: CKA_MODIFIABLE (such a key is re-read at least every
+// KeyRecheckInterval instead), CKA_COPYABLE (a copy shares the key's
+// CKA_ID, and two private keys with one id are refused),
+// CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, and an empty
+// CKA_ALLOWED_MECHANISMS.
+func (k Key) AttributeProblem() error {
+	a := k.Attrs
+	var why []string
+	flag := func(bad bool, text string) {
+		if bad {
+			why = append(why, text)
+		}
+	}
+	flag(!a.Sign, "CKA_SIGN is false (the key cannot sign)")
+	flag(!a.Sensitive, "CKA_SENSITIVE is false (its private value can be read)")
+	flag(a.Extractable, "CKA_EXTRACTABLE is true (it can be wrapped out of the HSM)")
+	flag(a.Decrypt, "CKA_DECRYPT is true (it can decrypt)")
+	flag(a.Unwrap, "CKA_UNWRAP is true (it can unwrap keys)")
+	flag(a.SignRecover, "CKA_SIGN_RECOVER is true (it can sign with recovery, a raw private-key operation)")
+	flag(a.Derive, "CKA_DERIVE is true (it can derive keys)")
+	allowed := signMechanisms(k.Type)
+	var foreign []string
+	for _, m := range a.AllowedMechanisms {
+		if !slices.Contains(allowed, m) {
+			foreign = append(foreign, MechanismName(m))
+		}
+	}
+	if len(foreign) > 0 {
+		why = append(why, fmt.Sprintf("CKA_ALLOWED_MECHANISMS allows %s, which the appliance does not sign with", strings.Join(foreign, ", ")))
+	}
+	if len(why) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrKeyAttributes, strings.Join(why, "; "))
+}
+
+// keyEntry is a cached private key handle with its key, as read from the
+// token at checked. It is never changed once cached: a new read makes a
+// new entry.
 type keyEntry struct {
-	key    Key
-	handle pkcs11.ObjectHandle
-	gen    uint64
+	key     Key
+	handle  pkcs11.ObjectHandle
+	gen     uint64
+	checked time.Time
+	problem error // key.AttributeProblem() at checked
 }
 
 func (t *Token) forgetKeys() {
@@ -138,14 +273,37 @@ func (t *Token) forgetKeys() {
 	t.keysMu.Unlock()
 }
 
-// keyByID returns the cached entry for id or finds the private key on s and
-// caches it. The caller holds the module read lock.
+// remember caches key, read from the token through s at now, and returns
+// its entry.
+func (t *Token) remember(s *session, h pkcs11.ObjectHandle, key Key, now time.Time) *keyEntry {
+	e := &keyEntry{key: key, handle: h, gen: s.gen, checked: now, problem: key.AttributeProblem()}
+	t.keysMu.Lock()
+	t.keys[string(key.ID)] = e
+	t.keysMu.Unlock()
+	return e
+}
+
+// keyByID returns the entry for id: the cached one when it is of s's
+// generation and its attributes were read less than KeyRecheckInterval
+// ago; else the cached handle with its attributes read again; else the
+// private key found on s. The caller holds the module read lock, and
+// checks entry.problem before it signs.
 func (t *Token) keyByID(s *session, id []byte) (*keyEntry, error) {
+	return t.lookupKey(s, id, false)
+}
+
+// lookupKey is keyByID; fresh reads the attributes from the token even
+// when the cached ones are recent.
+func (t *Token) lookupKey(s *session, id []byte, fresh bool) (*keyEntry, error) {
 	t.keysMu.RLock()
 	e := t.keys[string(id)]
 	t.keysMu.RUnlock()
+	now := t.m.opts.now()
 	if e != nil && e.gen == s.gen {
-		return e, nil
+		if age := now.Sub(e.checked); !fresh && age >= 0 && age < KeyRecheckInterval {
+			return e, nil
+		}
+		return t.recheck(s, e, now)
 	}
 	handles, err := t.find(s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
@@ -164,11 +322,23 @@ func (t *Token) keyByID(s *session, id []byte) (*keyEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e = &keyEntry{key: key, handle: handles[0], gen: s.gen}
-	t.keysMu.Lock()
-	t.keys[string(id)] = e
-	t.keysMu.Unlock()
-	return e, nil
+	return t.remember(s, handles[0], key, now), nil
+}
+
+// recheck reads the private key attributes of a cached entry again. When
+// the handle no longer names the key, it returns OBJECT_HANDLE_INVALID, so
+// that withSession forgets the cached handles and looks the key up again.
+func (t *Token) recheck(s *session, e *keyEntry, now time.Time) (*keyEntry, error) {
+	k, err := t.readPrivate(s, e.handle)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(k.ID, e.key.ID) || k.Type != e.key.Type {
+		return nil, p11err("key check", pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID))
+	}
+	key := e.key
+	key.Label, key.Attrs = k.Label, k.Attrs
+	return t.remember(s, e.handle, key, now), nil
 }
 
 // notFound is called when no private key matched. When the session shows
@@ -212,23 +382,48 @@ func (t *Token) find(s *session, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.Ob
 	return out, nil
 }
 
-// readKey reads a private key's id, label, type and protection attributes,
-// and its public key from the public key object with the same id (or, for
-// RSA, from the private key's public components).
-func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
-	attrs, err := t.m.api.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_SIGN, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, nil),
-	})
+// attrQuery returns a C_GetAttributeValue template asking for types.
+func attrQuery(types ...uint) []*pkcs11.Attribute {
+	q := make([]*pkcs11.Attribute, len(types))
+	for i, typ := range types {
+		q[i] = pkcs11.NewAttribute(typ, nil)
+	}
+	return q
+}
+
+// readPrivate reads a private key's id, label, type and protection
+// attributes with one C_GetAttributeValue. A module that does not know
+// CKA_COPYABLE or CKA_ALLOWED_MECHANISMS (before PKCS#11 v2.40) refuses
+// the whole call with ATTRIBUTE_TYPE_INVALID; the attributes are then read
+// without them, and each of them alone.
+func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
+	base := []uint{
+		pkcs11.CKA_ID, pkcs11.CKA_LABEL, pkcs11.CKA_KEY_TYPE,
+		pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE,
+		pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE, pkcs11.CKA_SIGN_RECOVER,
+		pkcs11.CKA_MODIFIABLE,
+	}
+	newer := []uint{pkcs11.CKA_COPYABLE, pkcs11.CKA_ALLOWED_MECHANISMS}
+	attrs, err := t.m.api.GetAttributeValue(s.h, priv, attrQuery(append(base, newer...)...))
+	if isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID) {
+		attrs, err = t.m.api.GetAttributeValue(s.h, priv, attrQuery(base...))
+		if err != nil {
+			return Key{}, p11err("C_GetAttributeValue", err)
+		}
+		for _, typ := range newer {
+			a, err := t.m.api.GetAttributeValue(s.h, priv, attrQuery(typ))
+			switch {
+			case err == nil:
+				attrs = append(attrs, a...)
+			case isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID):
+				if typ == pkcs11.CKA_COPYABLE {
+					attrs = append(attrs, pkcs11.NewAttribute(typ, true))
+				}
+			default:
+				return Key{}, p11err("C_GetAttributeValue", err)
+			}
+		}
+	}
 	if err != nil {
 		return Key{}, p11err("C_GetAttributeValue", err)
 	}
@@ -263,7 +458,26 @@ func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 			k.Attrs.Unwrap = b
 		case pkcs11.CKA_DERIVE:
 			k.Attrs.Derive = b
+		case pkcs11.CKA_SIGN_RECOVER:
+			k.Attrs.SignRecover = b
+		case pkcs11.CKA_MODIFIABLE:
+			k.Attrs.Modifiable = b
+		case pkcs11.CKA_COPYABLE:
+			k.Attrs.Copyable = b
+		case pkcs11.CKA_ALLOWED_MECHANISMS:
+			k.Attrs.AllowedMechanisms = ulongs(a.Value)
 		}
+	}
+	return k, nil
+}
+
+// readKey reads a private key's id, label, type and protection attributes,
+// and its public key from the public key object with the same id (or, for
+// RSA, from the private key's public components).
+func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
+	k, err := t.readPrivate(s, priv)
+	if err != nil {
+		return Key{}, err
 	}
 	if k.Type == KeyUnknown {
 		return Key{}, fmt.Errorf("%w: key %x has a type this appliance does not use", ErrAlgorithm, k.ID)
@@ -360,6 +574,29 @@ func ulong(b []byte) uint {
 	return v
 }
 
+// ulongSize returns the size of a CK_ULONG as the module sees it.
+func ulongSize() int { return len(pkcs11.NewAttribute(0, uint(0)).Value) }
+
+// ulongs decodes an array of CK_ULONG (CKA_ALLOWED_MECHANISMS); a trailing
+// part shorter than a CK_ULONG is ignored.
+func ulongs(b []byte) []uint {
+	n := ulongSize()
+	var out []uint
+	for ; len(b) >= n; b = b[n:] {
+		out = append(out, ulong(b[:n]))
+	}
+	return out
+}
+
+// ulongArray encodes vs as an array of CK_ULONG in host byte order.
+func ulongArray(vs []uint) []byte {
+	var out []byte
+	for _, v := range vs {
+		out = append(out, pkcs11.NewAttribute(0, v).Value...)
+	}
+	return out
+}
+
 // checkLabel refuses labels an officer could not tell apart or type.
 func checkLabel(label string) error {
 	if label == "" {
@@ -378,14 +615,21 @@ func checkLabel(label string) error {
 
 // GenerateKey generates a key pair of spec on the token with a random
 // 16-byte CKA_ID and the label. The private key is a token object, private,
-// sensitive, never extractable, and may sign but not decrypt, unwrap or
-// derive. A label already used by a key on the token is refused with
-// ErrKeyExists.
+// sensitive, never extractable, not modifiable and not copyable, and may
+// sign but not sign with recovery, decrypt, unwrap or derive; its
+// CKA_ALLOWED_MECHANISMS names the mechanisms the appliance signs with for
+// its type (RSA: CKM_RSA_PKCS, CKM_RSA_PKCS_PSS; EC: CKM_ECDSA). A module
+// that refuses that attribute with ATTRIBUTE_TYPE_INVALID gets the key
+// without it (its Attrs.AllowedMechanisms is then empty, and a warning is
+// logged). The public key is not modifiable either. The pair is read back
+// from the token, and removed again when its attributes are not those asked
+// for (see Key.AttributeProblem). A label already used by a key on the
+// token is refused with ErrKeyExists.
 func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Key, error) {
 	if err := checkLabel(label); err != nil {
 		return Key{}, err
 	}
-	mech, pubT, err := keyTemplate(spec)
+	mech, pubT, kt, err := keyTemplate(spec)
 	if err != nil {
 		return Key{}, err
 	}
@@ -406,16 +650,22 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
 		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 	)...)
 	priv := append(common(pkcs11.CKO_PRIVATE_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN_RECOVER, false),
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_COPYABLE, false),
 	)
+	// Last, so that the template without it is a prefix.
+	privAllowed := append(slices.Clip(priv), pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, ulongArray(signMechanisms(kt))))
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	var key Key
@@ -428,19 +678,27 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 		if err := t.checkLabelFree(s, label); err != nil {
 			return err
 		}
-		pubH, privH, err := t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, priv)
+		pubH, privH, err := t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, privAllowed)
+		if isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID) {
+			// A module before PKCS#11 v2.40 does not know
+			// CKA_ALLOWED_MECHANISMS: make the key without it.
+			t.m.log.Warn("the module refused CKA_ALLOWED_MECHANISMS; the key is made without it and is not restricted to its signing mechanisms",
+				"token", t.label, "label", label)
+			pubH, privH, err = t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, priv)
+		}
 		if err != nil {
 			return p11err("C_GenerateKeyPair", err)
 		}
 		key, err = t.readKey(s, privH)
+		if err == nil {
+			err = key.AttributeProblem()
+		}
 		if err != nil {
 			_ = t.m.api.DestroyObject(s.h, privH)
 			_ = t.m.api.DestroyObject(s.h, pubH)
 			return fmt.Errorf("reading the new key back (the pair was removed): %w", err)
 		}
-		t.keysMu.Lock()
-		t.keys[string(id)] = &keyEntry{key: key, handle: privH, gen: s.gen}
-		t.keysMu.Unlock()
+		t.remember(s, privH, key, t.m.opts.now())
 		return nil
 	})
 	if err != nil {
@@ -449,7 +707,9 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 	return key, nil
 }
 
-func keyTemplate(spec KeySpec) (*pkcs11.Mechanism, []*pkcs11.Attribute, error) {
+// keyTemplate returns the mechanism, the public key template and the key
+// type of spec.
+func keyTemplate(spec KeySpec) (*pkcs11.Mechanism, []*pkcs11.Attribute, KeyType, error) {
 	rsaT := func(bits int) []*pkcs11.Attribute {
 		return []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
@@ -468,17 +728,17 @@ func keyTemplate(spec KeySpec) (*pkcs11.Mechanism, []*pkcs11.Attribute, error) {
 	ecM := pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)
 	switch spec {
 	case RSA2048:
-		return rsaM, rsaT(2048), nil
+		return rsaM, rsaT(2048), KeyRSA, nil
 	case RSA3072:
-		return rsaM, rsaT(3072), nil
+		return rsaM, rsaT(3072), KeyRSA, nil
 	case RSA4096:
-		return rsaM, rsaT(4096), nil
+		return rsaM, rsaT(4096), KeyRSA, nil
 	case ECP256:
-		return ecM, ecT(elliptic.P256()), nil
+		return ecM, ecT(elliptic.P256()), KeyEC, nil
 	case ECP384:
-		return ecM, ecT(elliptic.P384()), nil
+		return ecM, ecT(elliptic.P384()), KeyEC, nil
 	}
-	return nil, nil, fmt.Errorf("%w: unknown key type %q", ErrInvalidArgument, spec)
+	return nil, nil, KeyUnknown, fmt.Errorf("%w: unknown key type %q", ErrInvalidArgument, spec)
 }
 
 // checkLabelFree refuses a label that a key object on the token has.
@@ -518,7 +778,8 @@ func (t *Token) destroyByID(s *session, id []byte) error {
 	return nil
 }
 
-// ListKeys lists the token's private keys with their public keys.
+// ListKeys lists the token's private keys with their public keys and
+// attributes, read from the token.
 func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 	var keys []Key
 	err := t.withSession(ctx, func(s *session) error {
@@ -538,6 +799,7 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 			if err != nil {
 				return err
 			}
+			t.refreshCached(s, h, k)
 			keys = append(keys, k)
 		}
 		return nil
@@ -545,11 +807,24 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 	return keys, err
 }
 
-// KeyByID returns the key with CKA_ID id.
+// refreshCached replaces the cached entry of key, when it holds the same
+// handle, with key as just read from the token, so that signing follows
+// what the officer was shown.
+func (t *Token) refreshCached(s *session, h pkcs11.ObjectHandle, key Key) {
+	t.keysMu.RLock()
+	e := t.keys[string(key.ID)]
+	t.keysMu.RUnlock()
+	if e != nil && e.gen == s.gen && e.handle == h {
+		t.remember(s, h, key, t.m.opts.now())
+	}
+}
+
+// KeyByID returns the key with CKA_ID id, its attributes read from the
+// token.
 func (t *Token) KeyByID(ctx context.Context, id []byte) (Key, error) {
 	var k Key
 	err := t.withSession(ctx, func(s *session) error {
-		e, err := t.keyByID(s, id)
+		e, err := t.lookupKey(s, id, true)
 		if err != nil {
 			return err
 		}
@@ -559,7 +834,8 @@ func (t *Token) KeyByID(ctx context.Context, id []byte) (Key, error) {
 	return k, err
 }
 
-// KeyByLabel returns the key labelled label.
+// KeyByLabel returns the key labelled label, its attributes read from the
+// token.
 func (t *Token) KeyByLabel(ctx context.Context, label string) (Key, error) {
 	var k Key
 	err := t.withSession(ctx, func(s *session) error {
@@ -574,7 +850,9 @@ func (t *Token) KeyByLabel(ctx context.Context, label string) (Key, error) {
 		case 0:
 			return t.notFound(s, fmt.Errorf("%w: label %q on token %q", ErrKeyNotFound, label, t.label))
 		case 1:
-			k, err = t.readKey(s, hs[0])
+			if k, err = t.readKey(s, hs[0]); err == nil {
+				t.refreshCached(s, hs[0], k)
+			}
 			return err
 		}
 		return fmt.Errorf("%w: label %q names more than one key on token %q; use the id", ErrInvalidArgument, label, t.label)

@@ -6,7 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"errors"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -51,65 +53,67 @@ func TestGenerateKeyAttributes(t *testing.T) {
 			default:
 				t.Errorf("public key type %T", k.Public)
 			}
-			want := KeyAttributes{Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Sign: true}
-			if k.Attrs != want {
+			want := KeyAttributes{Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Sign: true,
+				AllowedMechanisms: signMechanisms(tt.typ)}
+			if !reflect.DeepEqual(k.Attrs, want) {
 				t.Errorf("private key attributes %+v, want %+v", k.Attrs, want)
 			}
-			e.assertObjectAttrs(t, k.ID)
+			if err := k.AttributeProblem(); err != nil {
+				t.Errorf("AttributeProblem: %v", err)
+			}
+			e.assertObjectAttrs(t, k.ID, tt.typ)
 		})
 	}
 }
 
-// assertObjectAttrs reads the raw attributes of the key pair with a new
-// session, independent of the package's own parsing.
-func (e *testEnv) assertObjectAttrs(t *testing.T, id []byte) {
+// assertObjectAttrs reads every attribute of the key pair that makes it
+// sign-only back through PKCS#11, with C_GetAttributeValue on a session of
+// its own (rawSession), independent of the package's own parsing.
+func (e *testEnv) assertObjectAttrs(t *testing.T, id []byte, kt KeyType) {
 	t.Helper()
-	err := e.tok.withSession(testContext(t), func(s *session) error {
-		for _, tc := range []struct {
-			class uint
-			want  map[uint]bool
-		}{
-			{pkcs11.CKO_PRIVATE_KEY, map[uint]bool{pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true,
-				pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_SIGN: true, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_UNWRAP: false, pkcs11.CKA_DERIVE: false}},
-			{pkcs11.CKO_PUBLIC_KEY, map[uint]bool{pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: false, pkcs11.CKA_VERIFY: true,
-				pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_WRAP: false}},
-		} {
-			hs, err := e.tok.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, tc.class), pkcs11.NewAttribute(pkcs11.CKA_ID, id)}, 2)
-			if err != nil {
-				return err
-			}
-			if len(hs) != 1 {
-				t.Errorf("class %d: %d objects with the key's id, want 1", tc.class, len(hs))
-				continue
-			}
-			var q []*pkcs11.Attribute
-			for a := range tc.want {
-				q = append(q, pkcs11.NewAttribute(a, nil))
-			}
-			got, err := e.mod.api.GetAttributeValue(s.h, hs[0], q)
-			if err != nil {
-				return err
-			}
-			for _, a := range got {
-				if v := len(a.Value) == 1 && a.Value[0] == 1; v != tc.want[a.Type] {
-					t.Errorf("class %d attribute 0x%x = %v, want %v", tc.class, a.Type, v, tc.want[a.Type])
-				}
-			}
+	ctx, h := e.rawSession(t)
+	for _, tc := range []struct {
+		class uint
+		want  map[uint]bool
+	}{
+		{pkcs11.CKO_PRIVATE_KEY, map[uint]bool{pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true,
+			pkcs11.CKA_ALWAYS_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_NEVER_EXTRACTABLE: true,
+			pkcs11.CKA_SIGN: true, pkcs11.CKA_SIGN_RECOVER: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_UNWRAP: false,
+			pkcs11.CKA_DERIVE: false, pkcs11.CKA_MODIFIABLE: false, pkcs11.CKA_COPYABLE: false, pkcs11.CKA_DESTROYABLE: true}},
+		{pkcs11.CKO_PUBLIC_KEY, map[uint]bool{pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: false, pkcs11.CKA_VERIFY: true,
+			pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_MODIFIABLE: false}},
+	} {
+		obj := rawFind(t, ctx, h, tc.class, id)
+		var q []*pkcs11.Attribute
+		for a := range tc.want {
+			q = append(q, pkcs11.NewAttribute(a, nil))
 		}
-		// The private value cannot be read.
-		hs, err := e.tok.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, id)}, 1)
+		got, err := ctx.GetAttributeValue(h, obj, q)
 		if err != nil {
-			return err
+			t.Fatalf("class %d: C_GetAttributeValue: %v", tc.class, err)
 		}
-		for _, secret := range []uint{pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_VALUE, pkcs11.CKA_PRIME_1} {
-			if v, err := e.mod.api.GetAttributeValue(s.h, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(secret, nil)}); err == nil && len(v) == 1 && len(v[0].Value) > 0 {
-				t.Errorf("secret attribute 0x%x readable from the token", secret)
+		for _, a := range got {
+			if len(a.Value) != 1 {
+				t.Errorf("class %d attribute 0x%x has %d bytes, want a CK_BBOOL", tc.class, a.Type, len(a.Value))
+			} else if v := a.Value[0] == 1; v != tc.want[a.Type] {
+				t.Errorf("class %d attribute 0x%x = %v, want %v", tc.class, a.Type, v, tc.want[a.Type])
 			}
 		}
-		return nil
-	})
+	}
+	priv := rawFind(t, ctx, h, pkcs11.CKO_PRIVATE_KEY, id)
+	got, err := ctx.GetAttributeValue(h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, nil)})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("C_GetAttributeValue(CKA_ALLOWED_MECHANISMS): %v", err)
+	}
+	want := map[KeyType][]uint{KeyRSA: {pkcs11.CKM_RSA_PKCS, pkcs11.CKM_RSA_PKCS_PSS}, KeyEC: {pkcs11.CKM_ECDSA}}[kt]
+	if mechs := rawMechanisms(got[0].Value); !slices.Equal(mechs, want) {
+		t.Errorf("CKA_ALLOWED_MECHANISMS = %#x, want %#x", mechs, want)
+	}
+	// The private value cannot be read.
+	for _, secret := range []uint{pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_VALUE, pkcs11.CKA_PRIME_1} {
+		if v, err := ctx.GetAttributeValue(h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(secret, nil)}); err == nil && len(v) == 1 && len(v[0].Value) > 0 {
+			t.Errorf("secret attribute 0x%x readable from the token", secret)
+		}
 	}
 }
 

@@ -13,9 +13,13 @@ import (
 )
 
 // Sign signs digest with the private key whose CKA_ID is id, by alg. The
-// digest length must be alg's hash size; the key type must fit the scheme.
-// RSA signatures are verified with the public key before they are returned
-// unless the token was opened WithRSAVerify(false). ECDSA signatures are
+// digest length must be alg's hash size; the key type must fit the scheme,
+// and the key's curve the JOSE name's (ES256 needs P-256, ES384 P-384,
+// ES512 P-521; the X-Road names take any curve). A key whose protection
+// attributes do not hold (Key.AttributeProblem) is refused with
+// ErrKeyAttributes. Each signature is verified with the public key before
+// it is returned, unless the token was opened WithVerify(false); one that
+// does not verify is withheld with ErrBadSignature. ECDSA signatures are
 // returned DER-encoded.
 func (t *Token) Sign(ctx context.Context, id []byte, alg Algorithm, digest []byte) ([]byte, error) {
 	sigs, err := t.SignMany(ctx, id, alg, [][]byte{digest})
@@ -26,21 +30,19 @@ func (t *Token) Sign(ctx context.Context, id []byte, alg Algorithm, digest []byt
 }
 
 // finish turns the module's signature into the one returned: ECDSA's r‖s
-// becomes DER; an RSA signature is verified with the public key unless
+// becomes DER; then the signature is verified with the public key unless
 // verification is off.
 func (t *Token) finish(key Key, alg Algorithm, digest, sig []byte) ([]byte, error) {
-	switch alg.Scheme {
-	case SchemeECDSA:
+	if alg.Scheme == SchemeECDSA {
 		der, err := ecdsaDER(sig)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
+			return nil, fmt.Errorf("%w: key %x: %w", ErrBadSignature, key.ID, err)
 		}
-		return der, nil
-	case SchemePKCS1v15, SchemePSS:
-		if t.opts.verifyRSA {
-			if err := sigalg.Verify(key.Public, alg, digest, sig); err != nil {
-				return nil, fmt.Errorf("%w: key %x: %w", ErrBadSignature, key.ID, err)
-			}
+		sig = der
+	}
+	if t.opts.verifySig {
+		if err := sigalg.Verify(key.Public, alg, digest, sig); err != nil {
+			return nil, fmt.Errorf("%w: key %x: %w", ErrBadSignature, key.ID, err)
 		}
 	}
 	return sig, nil

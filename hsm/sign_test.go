@@ -35,17 +35,20 @@ func TestParseAlgorithm(t *testing.T) {
 		hash   crypto.Hash
 		scheme Scheme
 		jose   string
+		curve  string // the curve the name binds
 	}{
-		{"SHA256withRSA", "SHA256withRSA", crypto.SHA256, SchemePKCS1v15, "RS256"},
-		{"sha384withrsa", "SHA384withRSA", crypto.SHA384, SchemePKCS1v15, "RS384"},
-		{"SHA512withRSA", "SHA512withRSA", crypto.SHA512, SchemePKCS1v15, "RS512"},
-		{"SHA256withRSAandMGF1", "SHA256withRSAandMGF1", crypto.SHA256, SchemePSS, "PS256"},
-		{"SHA512withRSAandMGF1", "SHA512withRSAandMGF1", crypto.SHA512, SchemePSS, "PS512"},
-		{"SHA256withECDSA", "SHA256withECDSA", crypto.SHA256, SchemeECDSA, "ES256"},
-		{"SHA384withECDSA", "SHA384withECDSA", crypto.SHA384, SchemeECDSA, "ES384"},
-		{"RS256", "SHA256withRSA", crypto.SHA256, SchemePKCS1v15, "RS256"},
-		{"ps384", "SHA384withRSAandMGF1", crypto.SHA384, SchemePSS, "PS384"},
-		{"ES512", "SHA512withECDSA", crypto.SHA512, SchemeECDSA, "ES512"},
+		{"SHA256withRSA", "SHA256withRSA", crypto.SHA256, SchemePKCS1v15, "RS256", ""},
+		{"sha384withrsa", "SHA384withRSA", crypto.SHA384, SchemePKCS1v15, "RS384", ""},
+		{"SHA512withRSA", "SHA512withRSA", crypto.SHA512, SchemePKCS1v15, "RS512", ""},
+		{"SHA256withRSAandMGF1", "SHA256withRSAandMGF1", crypto.SHA256, SchemePSS, "PS256", ""},
+		{"SHA512withRSAandMGF1", "SHA512withRSAandMGF1", crypto.SHA512, SchemePSS, "PS512", ""},
+		{"SHA256withECDSA", "SHA256withECDSA", crypto.SHA256, SchemeECDSA, "ES256", ""},
+		{"SHA384withECDSA", "SHA384withECDSA", crypto.SHA384, SchemeECDSA, "ES384", ""},
+		{"RS256", "SHA256withRSA", crypto.SHA256, SchemePKCS1v15, "RS256", ""},
+		{"ps384", "SHA384withRSAandMGF1", crypto.SHA384, SchemePSS, "PS384", ""},
+		{"ES256", "SHA256withECDSA", crypto.SHA256, SchemeECDSA, "ES256", "P-256"},
+		{"es384", "SHA384withECDSA", crypto.SHA384, SchemeECDSA, "ES384", "P-384"},
+		{"ES512", "SHA512withECDSA", crypto.SHA512, SchemeECDSA, "ES512", "P-521"},
 	}
 	for _, tt := range tests {
 		a, err := ParseAlgorithm(tt.in)
@@ -53,7 +56,7 @@ func TestParseAlgorithm(t *testing.T) {
 			t.Errorf("ParseAlgorithm(%q): %v", tt.in, err)
 			continue
 		}
-		if a.Name != tt.name || a.Hash != tt.hash || a.Scheme != tt.scheme || a.JOSE() != tt.jose {
+		if a.Name != tt.name || a.Hash != tt.hash || a.Scheme != tt.scheme || a.JOSE() != tt.jose || a.Curve != tt.curve {
 			t.Errorf("ParseAlgorithm(%q) = %+v (%s)", tt.in, a, a.JOSE())
 		}
 	}

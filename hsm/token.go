@@ -146,7 +146,7 @@ type TokenOption func(*tokenOptions)
 type tokenOptions struct {
 	poolSize  int
 	maxWait   time.Duration
-	verifyRSA bool
+	verifySig bool
 }
 
 // WithPoolSize sets how many sessions the token's pool may open. The
@@ -163,11 +163,12 @@ func WithMaxWait(d time.Duration) TokenOption {
 	return func(o *tokenOptions) { o.maxWait = d }
 }
 
-// WithRSAVerify turns the check of every RSA signature against the public
-// key before it is returned on or off (default on; it guards against RSA-CRT
-// faults in the device).
-func WithRSAVerify(on bool) TokenOption {
-	return func(o *tokenOptions) { o.verifyRSA = on }
+// WithVerify turns the check of every signature (RSA and ECDSA) against
+// the public key before it is returned on or off (default on; it guards
+// against RSA-CRT faults and any other fault of the device that yields a
+// bad signature).
+func WithVerify(on bool) TokenOption {
+	return func(o *tokenOptions) { o.verifySig = on }
 }
 
 // Token is one token of a module, with its session pool, its kept PIN and
@@ -208,7 +209,7 @@ func (m *Module) Token(ctx context.Context, sel TokenSelector, opts ...TokenOpti
 	if sel.Label == "" && sel.Serial == "" {
 		return nil, fmt.Errorf("%w: a token needs a label or serial", ErrInvalidArgument)
 	}
-	o := tokenOptions{maxWait: 10 * time.Second, verifyRSA: true}
+	o := tokenOptions{maxWait: 10 * time.Second, verifySig: true}
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -47,11 +47,19 @@ func usageEnum(u string) signerv1.KeyUsage {
 	return signerv1.KeyUsage_KEY_USAGE_UNSPECIFIED
 }
 
-// keyMessage describes a key; rec is its state record, or nil.
+// keyMessage describes a key, with its attributes as k holds them (read
+// from the token by the hsm lookups); rec is its state record, or nil.
 func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 	msg := &signerv1.Key{
 		Id: k.IDHex(), Token: t.name, Label: k.Label, Type: k.Type.String(), Bits: int32(k.Bits), Curve: k.Curve,
 		Sensitive: k.Attrs.Sensitive, Extractable: k.Attrs.Extractable, CanDecrypt: k.Attrs.Decrypt,
+		CanSignRecover: k.Attrs.SignRecover, Modifiable: k.Attrs.Modifiable, Copyable: k.Attrs.Copyable,
+	}
+	for _, m := range k.Attrs.AllowedMechanisms {
+		msg.AllowedMechanisms = append(msg.AllowedMechanisms, hsm.MechanismName(m))
+	}
+	if err := k.AttributeProblem(); err != nil {
+		msg.AttributeProblem = err.Error()
 	}
 	if der, err := x509.MarshalPKIXPublicKey(k.Public); err == nil {
 		msg.PublicKey = der
@@ -302,6 +310,11 @@ func (s *Service) renameKey(ctx context.Context, req *signerv1.RenameKeyRequest)
 	usage, err := usageName(req.GetUsage())
 	if err != nil {
 		return nil, fmt.Errorf("key %s is not recorded yet: %w", k.IDHex(), err)
+	}
+	// A key made outside signerd is recorded only when it signs and does
+	// nothing else; k's attributes were just read from the token.
+	if err := k.AttributeProblem(); err != nil {
+		return nil, fmt.Errorf("key %s is not recorded: %w", k.IDHex(), err)
 	}
 	now := time.Now().UTC()
 	nr := state.KeyRecord{Token: t.tok.Serial(), ID: k.IDHex(), Label: k.Label, Name: req.GetName(), Usage: usage, CreatedAt: now, UpdatedAt: now}

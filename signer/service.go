@@ -153,7 +153,7 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 	if err != nil {
 		return nil, err
 	}
-	opts := []hsm.TokenOption{hsm.WithRSAVerify(tc.RSAVerify)}
+	opts := []hsm.TokenOption{hsm.WithVerify(tc.Verify)}
 	if tc.Sessions > 0 {
 		opts = append(opts, hsm.WithPoolSize(tc.Sessions))
 	}

@@ -105,6 +105,7 @@ func (a *app) keyCommand() *cobra.Command {
 				fmt.Fprintf(a.stdout, "id:          %s\ntoken:       %s\nlabel:       %s\nname:        %s\nusage:       %s\ntype:        %s %d %s\nknown:       %s\nsensitive:   %s\nextractable: %s\ndecrypt:     %s\nalgorithms:  %s\n",
 					k.GetId(), k.GetToken(), k.GetLabel(), k.GetName(), usageString(k.GetUsage()), k.GetType(), k.GetBits(), k.GetCurve(),
 					yesNo(k.GetKnown()), yesNo(k.GetSensitive()), yesNo(k.GetExtractable()), yesNo(k.GetCanDecrypt()), strings.Join(k.GetAlgorithms(), ", "))
+				a.printKeyProtection(k)
 				return nil
 			})
 		},

@@ -77,6 +77,12 @@ func TestSignctlWalkthrough(t *testing.T) {
 	// Generate an RSA key, sign a file with it, verify with openssl.
 	gen := mustCtl(t, "key", "generate", "--label", "rsa-demo", "--algorithm", "RSA2048", "--usage", "sign", "--name", "RSA demo")
 	rsaID := strings.Fields(strings.Split(gen, "\n")[1])[0]
+	show := mustCtl(t, "key", "show", rsaID)
+	for _, line := range []string{"sig-recover: no\n", "modifiable:  no\n", "copyable:    no\n", "mechanisms:  CKM_RSA_PKCS, CKM_RSA_PKCS_PSS\n"} {
+		if !strings.Contains(show, line) || strings.Contains(show, "refused:") {
+			t.Fatalf("key show lacks %q or refuses the key:\n%s", line, show)
+		}
+	}
 	msg := filepath.Join(work, "msg.txt")
 	_ = os.WriteFile(msg, []byte("signed through signerctl"), 0o600)
 	for _, tc := range []struct{ id, alg, hash string }{

@@ -42,11 +42,19 @@ func (s Scheme) String() string {
 	return "unknown"
 }
 
-// Algorithm is a signature algorithm over a digest: a scheme and a hash.
+// Algorithm is a signature algorithm over a digest: a scheme and a hash,
+// and for the JOSE ECDSA names the curve the name binds.
 type Algorithm struct {
 	Name   string // canonical X-Road name, e.g. SHA256withRSA
 	Hash   crypto.Hash
 	Scheme Scheme
+	// Curve is the curve an ECDSA algorithm requires of the key ("P-256",
+	// "P-384", "P-521"), or empty when any curve will do. A JOSE name binds
+	// its curve (RFC 7518, section 3.4: ES256 is P-256 with SHA-256, ES384
+	// P-384 with SHA-384, ES512 P-521 with SHA-512); the X-Road names
+	// (SHA384withECDSA, ...) do not, as X-Road signs with any hash on any
+	// curve.
+	Curve string
 }
 
 // String returns the canonical name.
@@ -63,15 +71,18 @@ func (a Algorithm) NeedsRSA() bool { return a.Scheme != SchemeECDSA }
 
 // Parse accepts the X-Road names (SHA256withRSA,
 // SHA256withRSAandMGF1, SHA256withECDSA, and 384 and 512 likewise) and the
-// JOSE names (RS256, PS256, ES256, ...), case-insensitively.
+// JOSE names (RS256, PS256, ES256, ...), case-insensitively. A JOSE ECDSA
+// name sets Curve to the curve it binds.
 func Parse(name string) (Algorithm, error) {
 	n := strings.ToUpper(strings.TrimSpace(name))
 	var bits string
 	var scheme Scheme
+	jose := false
 	switch {
 	case len(n) == 5 && (strings.HasPrefix(n, "RS") || strings.HasPrefix(n, "PS") || strings.HasPrefix(n, "ES")):
 		bits = n[2:]
 		scheme = map[string]Scheme{"RS": SchemePKCS1v15, "PS": SchemePSS, "ES": SchemeECDSA}[n[:2]]
+		jose = true
 	case strings.HasPrefix(n, "SHA") && len(n) > 6:
 		bits = n[3:6]
 		switch n[6:] {
@@ -95,7 +106,37 @@ func Parse(name string) (Algorithm, error) {
 	if scheme == SchemeUnknown || h == 0 {
 		return Algorithm{}, fmt.Errorf("%w: unknown algorithm %q (use e.g. SHA256withRSA, SHA256withRSAandMGF1, SHA256withECDSA, RS256, PS256, ES256)", ErrUnknown, name)
 	}
-	return For(scheme, h), nil
+	a := For(scheme, h)
+	if jose && scheme == SchemeECDSA {
+		a.Curve = joseCurve(h)
+	}
+	return a, nil
+}
+
+// joseCurve returns the curve the JOSE ECDSA name with hash h binds.
+func joseCurve(h crypto.Hash) string {
+	switch h {
+	case crypto.SHA256:
+		return "P-256"
+	case crypto.SHA384:
+		return "P-384"
+	}
+	return "P-521"
+}
+
+// ErrCurve means an ECDSA algorithm whose name binds a curve was used with
+// a key on another curve.
+var ErrCurve = errors.New("algorithm needs another curve")
+
+// CheckCurve returns nil when alg may be used with pub, or an error
+// wrapping ErrCurve when alg binds a curve (a JOSE ECDSA name) and pub is
+// an ECDSA key on another one.
+func CheckCurve(pub crypto.PublicKey, alg Algorithm) error {
+	k, ok := pub.(*ecdsa.PublicKey)
+	if !ok || alg.Curve == "" || k.Curve.Params().Name == alg.Curve {
+		return nil
+	}
+	return fmt.Errorf("%w: %s needs a %s key; the key is %s", ErrCurve, alg.JOSE(), alg.Curve, k.Curve.Params().Name)
 }
 
 // For builds the algorithm of scheme and hash with its canonical
@@ -142,6 +183,9 @@ func Verify(pub crypto.PublicKey, alg Algorithm, digest, sig []byte) error {
 	case *ecdsa.PublicKey:
 		if alg.Scheme != SchemeECDSA {
 			return fmt.Errorf("%w: %s with an EC key", ErrVerify, alg.Name)
+		}
+		if err := CheckCurve(k, alg); err != nil {
+			return fmt.Errorf("%w: %w", ErrVerify, err)
 		}
 		if !ecdsa.VerifyASN1(k, digest, sig) {
 			return ErrVerify

@@ -117,8 +117,9 @@ type Token struct {
 	// Sessions is the size of the token's session pool; 0 means the CPU
 	// count capped by the token's maximum.
 	Sessions int
-	// RSAVerify verifies each RSA signature before it leaves.
-	RSAVerify bool
+	// Verify verifies each signature (RSA and ECDSA) with the public key
+	// before it leaves (verify_signatures; rsa_verify is its old name).
+	Verify bool
 }
 
 // Default returns a configuration with every default, no modules and a

@@ -81,8 +81,8 @@ func TestLoadExample(t *testing.T) {
 		Name: "softhsm",
 		Path: "/usr/lib/softhsm/libsofthsm2.so",
 		Tokens: []Token{
-			{Name: "signer", Selector: "pkcs11:token=signer", PIN: PINSource{Kind: PINFromLogin}, RSAVerify: true},
-			{Name: "tsa", Selector: "serial:4f1c2a9b0d3e5f60", PIN: PINSource{Kind: PINFromCredential, Name: "tsa-pin"}, Sessions: 2, RSAVerify: true},
+			{Name: "signer", Selector: "pkcs11:token=signer", PIN: PINSource{Kind: PINFromLogin}, Verify: true},
+			{Name: "tsa", Selector: "serial:4f1c2a9b0d3e5f60", PIN: PINSource{Kind: PINFromCredential, Name: "tsa-pin"}, Sessions: 2, Verify: true},
 		},
 	}}
 	if !reflect.DeepEqual(c.Modules, wantModules) {
@@ -151,10 +151,15 @@ path = "/opt/hsm/lib/libcs_pkcs11_R3.so"
   [[module.token]]
   name = "b"
   token = "pkcs11:serial=0123;token=My%20Token;slot-id=3"
+  [[module.token]]
+  name = "c"
+  token = "label:Signer 3"
+  verify_signatures = false
 `, func(t *testing.T, c *Config) {
 			want := []Token{
 				{Name: "a", Selector: "label:Signer 1", PIN: PINSource{Kind: PINFromFile, Path: "/etc/signerd/a.pin"}, Sessions: 16},
-				{Name: "b", Selector: "pkcs11:serial=0123;token=My%20Token;slot-id=3", PIN: PINSource{Kind: PINFromLogin}, RSAVerify: true},
+				{Name: "b", Selector: "pkcs11:serial=0123;token=My%20Token;slot-id=3", PIN: PINSource{Kind: PINFromLogin}, Verify: true},
+				{Name: "c", Selector: "label:Signer 3", PIN: PINSource{Kind: PINFromLogin}},
 			}
 			if !reflect.DeepEqual(c.Modules[0].Tokens, want) {
 				t.Errorf("tokens = %+v, want %+v", c.Modules[0].Tokens, want)
@@ -289,6 +294,8 @@ func TestParseInvalid(t *testing.T) {
 		{"table for array of tables", "[module] # want\nname = \"m\"\n", "module: is a table; want an array"},
 		{"float for integer", server(`max_batch = 1.5`), "server.max_batch: is a float; want an integer"},
 		{"bool as string", token(`rsa_verify = "yes"`), "module[0].token[0].rsa_verify: is a string; want true or false"},
+		{"old and new name of verify_signatures", token("verify_signatures = true\nrsa_verify = true"),
+			"module[0].token[0].rsa_verify: is the old name of verify_signatures; give verify_signatures only"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,7 +43,8 @@ type fileToken struct {
 	Token     string  `toml:"token"`
 	PIN       *string `toml:"pin"`
 	Sessions  int64   `toml:"sessions"`
-	RSAVerify *bool   `toml:"rsa_verify"`
+	Verify    *bool   `toml:"verify_signatures"`
+	RSAVerify *bool   `toml:"rsa_verify"` // the old name of verify_signatures
 }
 
 type filePolicy struct {
@@ -158,10 +159,10 @@ func (c *Config) file() fileConfig {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}
 		for _, t := range m.Tokens {
 			pin := t.PIN.String()
-			verify := t.RSAVerify
+			verify := t.Verify
 			fm.Tokens = append(fm.Tokens, fileToken{
 				Name: t.Name, Token: t.Selector, PIN: &pin,
-				Sessions: int64(t.Sessions), RSAVerify: &verify,
+				Sessions: int64(t.Sessions), Verify: &verify,
 			})
 		}
 		fc.Modules = append(fc.Modules, fm)

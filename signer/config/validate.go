@@ -208,7 +208,7 @@ func (ck *checker) modules(fms []fileModule, c *Config) {
 		selectors := map[string]string{}
 		for j, ft := range fm.Tokens {
 			tkey := fmt.Sprintf("%s.token[%d]", key, j)
-			t := Token{Name: ft.Name, Selector: ft.Token, PIN: PINSource{Kind: PINFromLogin}, Sessions: int(ft.Sessions), RSAVerify: true}
+			t := Token{Name: ft.Name, Selector: ft.Token, PIN: PINSource{Kind: PINFromLogin}, Sessions: int(ft.Sessions), Verify: true}
 			if ck.checkName(tkey+".name", ft.Name) {
 				if first, dup := tokenNames[ft.Name]; dup {
 					ck.addf(tkey+".name", "%q is already the name of %s; token names are unique across modules", ft.Name, first)
@@ -233,8 +233,13 @@ func (ck *checker) modules(fms []fileModule, c *Config) {
 			if ft.Sessions < 0 || ft.Sessions > MaxSessions {
 				ck.addf(tkey+".sessions", "%d is not between 0 (as many as CPUs) and %d", ft.Sessions, MaxSessions)
 			}
-			if ft.RSAVerify != nil {
-				t.RSAVerify = *ft.RSAVerify
+			switch {
+			case ft.Verify != nil && ft.RSAVerify != nil:
+				ck.addf(tkey+".rsa_verify", "is the old name of verify_signatures; give verify_signatures only")
+			case ft.Verify != nil:
+				t.Verify = *ft.Verify
+			case ft.RSAVerify != nil:
+				t.Verify = *ft.RSAVerify
 			}
 			m.Tokens = append(m.Tokens, t)
 		}
