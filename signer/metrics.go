@@ -13,14 +13,15 @@ import (
 
 // metrics are the service's Prometheus metrics, in a registry of its own.
 type metrics struct {
-	reg     *prometheus.Registry
-	calls   *prometheus.CounterVec
-	latency *prometheus.HistogramVec
-
+	// The audit log's: lines that failed, and the signed checkpoints.
 	auditFailures      prometheus.Counter
 	checkpoints        prometheus.Counter
 	checkpointFailures prometheus.Counter
 	lastCheckpoint     prometheus.Gauge
+
+	reg     *prometheus.Registry
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
 }
 
 func newMetrics(s *Service) *metrics {
@@ -34,20 +35,7 @@ func newMetrics(s *Service) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 18),
 		}, []string{"method"}),
 	}
-	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "signerd_audit_failures_total", Help: "Audit lines that could not be written; each call was refused or its result withheld.",
-	})
-	m.checkpoints = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "signerd_audit_checkpoints_total", Help: "Signed audit checkpoints appended to the audit log.",
-	})
-	m.checkpointFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "signerd_audit_checkpoint_failures_total", Help: "Audit checkpoints that could not be made (audit key missing or unusable, token logged out, audit log failed).",
-	})
-	m.lastCheckpoint = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "signerd_audit_last_checkpoint_timestamp_seconds", Help: "When the last audit checkpoint was appended (Unix time); 0 if none since start.",
-	})
-	m.reg.MustRegister(m.calls, m.latency, m.auditFailures, m.checkpoints, m.checkpointFailures, m.lastCheckpoint,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.calls, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, t := range s.tokens {
 		labels := prometheus.Labels{"token": t.name}
 		tok := t.tok
@@ -70,6 +58,19 @@ func newMetrics(s *Service) *metrics {
 			Name: "signerd_hsm_module_ready", Help: "1 when the PKCS#11 module is initialised and usable.", ConstLabels: prometheus.Labels{"module": me.name},
 		}, func() float64 { return boolFloat(mod.Info().Ready) }))
 	}
+	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signerd_audit_failures_total", Help: "Audit lines that could not be written; each call was refused or its result withheld.",
+	})
+	m.checkpoints = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signerd_audit_checkpoints_total", Help: "Signed audit checkpoints appended to the audit log.",
+	})
+	m.checkpointFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signerd_audit_checkpoint_failures_total", Help: "Audit checkpoints that could not be made (audit key missing or unusable, token logged out, audit log failed).",
+	})
+	m.lastCheckpoint = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "signerd_audit_last_checkpoint_timestamp_seconds", Help: "When the last audit checkpoint was appended (Unix time); 0 if none since start.",
+	})
+	m.reg.MustRegister(m.auditFailures, m.checkpoints, m.checkpointFailures, m.lastCheckpoint)
 	return m
 }
 
