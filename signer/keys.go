@@ -21,6 +21,9 @@ const (
 	UsageSign = "sign"
 	UsageAuth = "auth"
 	UsageTSA  = "tsa"
+	// UsageAudit marks the key that signs the audit log's checkpoints; no
+	// client rule reaches it unless it grants usage "audit".
+	UsageAudit = "audit"
 )
 
 func usageName(u signerv1.KeyUsage) (string, error) {
@@ -31,8 +34,10 @@ func usageName(u signerv1.KeyUsage) (string, error) {
 		return UsageAuth, nil
 	case signerv1.KeyUsage_KEY_USAGE_TSA:
 		return UsageTSA, nil
+	case signerv1.KeyUsage_KEY_USAGE_AUDIT:
+		return UsageAudit, nil
 	}
-	return "", fmt.Errorf("%w: give a key usage (sign, auth or tsa)", ErrInvalid)
+	return "", fmt.Errorf("%w: give a key usage (sign, auth, tsa or audit)", ErrInvalid)
 }
 
 func usageEnum(u string) signerv1.KeyUsage {
@@ -43,6 +48,8 @@ func usageEnum(u string) signerv1.KeyUsage {
 		return signerv1.KeyUsage_KEY_USAGE_AUTH
 	case UsageTSA:
 		return signerv1.KeyUsage_KEY_USAGE_TSA
+	case UsageAudit:
+		return signerv1.KeyUsage_KEY_USAGE_AUDIT
 	}
 	return signerv1.KeyUsage_KEY_USAGE_UNSPECIFIED
 }

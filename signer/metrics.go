@@ -13,6 +13,12 @@ import (
 
 // metrics are the service's Prometheus metrics, in a registry of its own.
 type metrics struct {
+	// The audit log's: lines that failed, and the signed checkpoints.
+	auditFailures      prometheus.Counter
+	checkpoints        prometheus.Counter
+	checkpointFailures prometheus.Counter
+	lastCheckpoint     prometheus.Gauge
+
 	reg     *prometheus.Registry
 	calls   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
@@ -52,6 +58,19 @@ func newMetrics(s *Service) *metrics {
 			Name: "signerd_hsm_module_ready", Help: "1 when the PKCS#11 module is initialised and usable.", ConstLabels: prometheus.Labels{"module": me.name},
 		}, func() float64 { return boolFloat(mod.Info().Ready) }))
 	}
+	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signerd_audit_failures_total", Help: "Audit lines that could not be written; each call was refused or its result withheld.",
+	})
+	m.checkpoints = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signerd_audit_checkpoints_total", Help: "Signed audit checkpoints appended to the audit log.",
+	})
+	m.checkpointFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signerd_audit_checkpoint_failures_total", Help: "Audit checkpoints that could not be made (audit key missing or unusable, token logged out, audit log failed).",
+	})
+	m.lastCheckpoint = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "signerd_audit_last_checkpoint_timestamp_seconds", Help: "When the last audit checkpoint was appended (Unix time); 0 if none since start.",
+	})
+	m.reg.MustRegister(m.auditFailures, m.checkpoints, m.checkpointFailures, m.lastCheckpoint)
 	return m
 }
 

@@ -61,6 +61,9 @@ type Service struct {
 
 	reconciled reconciler // differences between tokens and state already audited
 
+	// checkpoints anchors the audit log with the audit key.
+	checkpoints checkpointer
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 	closeOnce sync.Once
@@ -127,7 +130,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)
 	}
-	s.audit = auditFile
+	s.audit, s.checkpoints = auditFile, auditFile
 	for _, mc := range cfg.Modules {
 		m, err := hsm.OpenModule(ctx, mc.Path, hsm.WithLogger(log))
 		if err != nil {

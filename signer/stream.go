@@ -304,7 +304,11 @@ func (s *Service) withAudit(ctx context.Context, rs []streamResult) []*signerv1.
 			continue
 		}
 		if aerr := s.audit.Wait(context.WithoutCancel(ctx), r.ticket); aerr != nil {
-			s.log.Error("audit append failed", "op", "sign", "error", aerr.Error())
+			var err error
+			if e := r.res.GetError(); e != nil {
+				err = status.Error(codes.Code(e.GetCode()), e.GetMessage())
+			}
+			s.auditFailed("sign", err, aerr)
 			if r.res.GetError() == nil {
 				out[i] = &signerv1.StreamedSignResult{Id: r.res.GetId(), Result: callError(toStatus(fmt.Errorf("%w: %w", ErrAudit, aerr)))}
 			}
@@ -325,7 +329,7 @@ func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1
 	resp, rec, err := s.sign(ctx, c, r.GetRequest())
 	ticket, aerr := s.audit.Enqueue(auditRecord(c, rec, err))
 	if aerr != nil {
-		s.log.Error("audit append failed", "op", rec.Op, "error", aerr.Error())
+		s.auditFailed(rec.Op, err, aerr)
 		if err == nil {
 			err = fmt.Errorf("%w: %w", ErrAudit, aerr)
 		}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -10,12 +12,29 @@ import (
 
 func (a *app) auditCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Work with signerd's audit log"}
+	var pubFiles []string
+	var anchorsFile string
 	verify := &cobra.Command{
 		Use:   "verify FILE",
-		Short: "Check the audit log's hash chain; names the first edited, removed, reordered or cut line",
-		Args:  cobra.ExactArgs(1),
+		Short: "Check the audit log's hash chain and, with --pub, its signed checkpoints; names the first edited, removed, reordered or cut line",
+		Long: `Check the audit log's hash chain; names the first edited, removed,
+reordered or cut line.
+
+With --pub (the audit key's public key, from ` + "`signerctl key show ID --public-pem`" + `,
+or a certificate of it) every checkpoint line's signature is checked too: a
+history rewritten by someone who can write the log but has no audit key
+fails. Lines after the last checkpoint are reported as unanchored. With
+--checkpoints, checkpoints shipped off the machine (audit lines, or
+signerd's "audit checkpoint" log lines, one JSON object a line) must match
+the log as well; they also catch checkpoint lines removed with the lines
+they covered, and lines cut from the end. No HSM is needed.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			sum, err := audit.VerifyFile(args[0])
+			opts, err := verifyOptions(pubFiles, anchorsFile)
+			if err != nil {
+				return err
+			}
+			sum, err := audit.VerifyFileWith(args[0], opts)
 			if err != nil {
 				return err
 			}
@@ -23,9 +42,72 @@ func (a *app) auditCommand() *cobra.Command {
 			if sum.Head == nil {
 				fmt.Fprintf(a.stderr, "warning: no head file %s.head beside the log: lines cut from its end cannot be detected\n", args[0])
 			}
+			a.reportCheckpoints(sum, len(opts.Anchors))
 			return nil
 		},
 	}
+	verify.Flags().StringArrayVar(&pubFiles, "pub", nil, "PEM file with the audit key's public key or certificate; checks every checkpoint's signature (repeat for a replaced key)")
+	verify.Flags().StringVar(&anchorsFile, "checkpoints", "", "file of checkpoints shipped off the machine (JSON lines with a \"checkpoint\" object); needs --pub")
 	cmd.AddCommand(verify)
 	return cmd
+}
+
+// verifyOptions reads the keys and shipped checkpoints audit verify was
+// given.
+func verifyOptions(pubFiles []string, anchorsFile string) (audit.VerifyOptions, error) {
+	var opts audit.VerifyOptions
+	for _, p := range pubFiles {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return opts, fmt.Errorf("--pub: %w", err)
+		}
+		keys, err := audit.ParsePublicKeys(data)
+		if err != nil {
+			return opts, fmt.Errorf("--pub %s: %w", p, err)
+		}
+		opts.Keys = append(opts.Keys, keys...)
+	}
+	if anchorsFile == "" {
+		return opts, nil
+	}
+	if len(opts.Keys) == 0 {
+		return opts, errors.New("--checkpoints needs --pub: a shipped checkpoint counts only once its signature is checked")
+	}
+	f, err := os.Open(anchorsFile)
+	if err != nil {
+		return opts, fmt.Errorf("--checkpoints: %w", err)
+	}
+	defer f.Close()
+	if opts.Anchors, err = audit.ReadAnchors(f); err != nil {
+		return opts, fmt.Errorf("--checkpoints %s: %w", anchorsFile, err)
+	}
+	return opts, nil
+}
+
+// reportCheckpoints says what the checkpoints of a verified log vouch for.
+func (a *app) reportCheckpoints(sum audit.Summary, anchors int) {
+	if !sum.SignaturesChecked {
+		fmt.Fprintf(a.stdout, "checkpoints: %d found, signatures not checked (give --pub with the audit key's public key); a rewrite of the whole chain cannot be detected\n", sum.Checkpoints)
+		return
+	}
+	if sum.Checkpoints == 0 {
+		fmt.Fprint(a.stdout, "checkpoints: none in the log")
+	} else {
+		fmt.Fprintf(a.stdout, "checkpoints: %d, every signature verified", sum.Checkpoints)
+	}
+	if anchors > 0 {
+		fmt.Fprintf(a.stdout, "; %d shipped checkpoint(s) given, %d matched lines of the log", anchors, sum.Anchors)
+	}
+	fmt.Fprintln(a.stdout)
+	switch {
+	case sum.LastSeq == 0:
+	case sum.AnchoredSeq == 0:
+		fmt.Fprintf(a.stderr, "warning: no line is anchored by a signed checkpoint: all %d lines (seq 1 to %d) are unanchored\n", sum.LastSeq, sum.LastSeq)
+	case sum.AnchoredSeq < sum.LastSeq:
+		fmt.Fprintf(a.stdout, "anchored: seq 1 to %d\n", sum.AnchoredSeq)
+		fmt.Fprintf(a.stderr, "warning: %d line(s) after the last checkpoint are unanchored (seq %d to %d)\n",
+			sum.LastSeq-sum.AnchoredSeq, sum.AnchoredSeq+1, sum.LastSeq)
+	default:
+		fmt.Fprintf(a.stdout, "anchored: seq 1 to %d (every line)\n", sum.AnchoredSeq)
+	}
 }

@@ -22,8 +22,10 @@ func parseUsage(s string) (signerv1.KeyUsage, error) {
 		return signerv1.KeyUsage_KEY_USAGE_AUTH, nil
 	case "tsa":
 		return signerv1.KeyUsage_KEY_USAGE_TSA, nil
+	case "audit":
+		return signerv1.KeyUsage_KEY_USAGE_AUDIT, nil
 	}
-	return 0, fmt.Errorf("--usage %q: use sign, auth or tsa", s)
+	return 0, fmt.Errorf("--usage %q: use sign, auth, tsa or audit", s)
 }
 
 func usageString(u signerv1.KeyUsage) string {
@@ -58,7 +60,7 @@ func (a *app) keyCommand() *cobra.Command {
 	generate.Flags().StringVar(&token, "token", "", "token name (may be left out when only one is configured)")
 	generate.Flags().StringVar(&label, "label", "", "key label (CKA_LABEL), unique on the token")
 	generate.Flags().StringVar(&algorithm, "algorithm", "EC-P256", "RSA2048, RSA3072, RSA4096, EC-P256 or EC-P384")
-	generate.Flags().StringVar(&usage, "usage", "sign", "sign, auth or tsa")
+	generate.Flags().StringVar(&usage, "usage", "sign", "sign, auth, tsa or audit (the key that signs the audit log's checkpoints)")
 	generate.Flags().StringVar(&name, "name", "", "friendly name")
 	generate.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the new key's id")
 	_ = generate.MarkFlagRequired("label")
@@ -144,7 +146,7 @@ func (a *app) keyCommand() *cobra.Command {
 			})
 		},
 	}
-	rename.Flags().StringVar(&renameUsage, "usage", "", "usage to record for a key signerd does not know: sign, auth or tsa")
+	rename.Flags().StringVar(&renameUsage, "usage", "", "usage to record for a key signerd does not know: sign, auth, tsa or audit")
 
 	cmd.AddCommand(generate, list, show, del, rename)
 	return cmd

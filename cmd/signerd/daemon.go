@@ -61,6 +61,18 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- serveGRPC(gs, grpcL) }()
 	go func() { serveErr <- serveHTTP(hs, httpL) }()
+	// Checkpoints of the audit log, on their own goroutine; the last one
+	// once every call has been served.
+	ckCtx, stopCheckpoints := context.WithCancel(context.WithoutCancel(ctx))
+	checkpointsDone := make(chan struct{})
+	go func() {
+		defer close(checkpointsDone)
+		svc.RunCheckpoints(ckCtx)
+	}()
+	defer func() { // before svc.Close
+		stopCheckpoints()
+		<-checkpointsDone
+	}()
 
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		log.Warn("could not notify systemd", "error", err.Error())
@@ -93,6 +105,8 @@ loop:
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	svc.Drain()
 	shutdown(gs, hs, cfg.Server.ShutdownTimeout, log)
+	stopCheckpoints()
+	<-checkpointsDone
 	closed = true
 	if err := svc.Close(); err != nil {
 		log.Error("closing", "error", err.Error())

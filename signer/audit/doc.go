@@ -25,9 +25,26 @@
 // 25-70% of Sync-mode throughput (most with one caller), beside the writer
 // (the default) 25-45%, and with HeadEvery at 50ms nothing beyond noise.
 //
-// The chain is not keyed: someone who can rewrite both files can rewrite
-// history. The log guards against edits, accidents and careless cuts; a
-// copy shipped elsewhere pins it.
+// The chain alone is not keyed: someone who can rewrite both files can
+// delete a line and recompute every later hash and the head file. So the
+// log is anchored by checkpoints, as a transparency log signs its tree
+// heads: Log.Checkpoint signs a Statement (a fixed four-line text naming
+// the seq and hash of a durable line, and the time) with an audit key in
+// the HSM and appends it, with its signature, as a line of its own (Op
+// OpCheckpoint), itself part of the chain. VerifyWith and VerifyFileWith,
+// given the audit key's public key, check every checkpoint's signature and
+// that the line it names has the hash it states; a rewritten history
+// fails unless the rewriter holds the audit key. Lines after the last
+// checkpoint (Summary.AnchoredSeq) are not anchored. Checkpoints shipped
+// off the machine (VerifyOptions.Anchors) also catch a rewrite that drops
+// the checkpoint lines, and a cut at the end. Without keys, statements are
+// still checked against the chain, signatures are not. Verification needs
+// only the public key, never the HSM.
+//
+// Every string field is bounded (MaxDetailLen and its siblings): a longer
+// value, such as a 40 KiB digest a caller sent, is written as its SHA-256
+// and length, "sha256:<hex> len=<n>" (FieldHash), never dropped, so that
+// a refusal is recorded whatever the caller sent.
 //
 // Records are committed in groups: one writer goroutine takes every record
 // waiting, up to Options.MaxBatch, and writes them with one write(2) and

@@ -118,6 +118,10 @@ type pending struct {
 	t    time.Time
 	body []byte
 	done chan error // receives the commit result once
+	// checkpoint marks a checkpoint line, whose statement names the line
+	// of seq names.
+	checkpoint bool
+	names      uint64
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -145,6 +149,10 @@ type Log struct {
 	failed     error  // set once; wraps ErrFailed
 	seq        uint64 // last written line, for Head
 	hash       string
+	// synced is the last line known fsynced, which a checkpoint signs;
+	// lastCheckpoint the seq of the last checkpoint line this Log wrote.
+	synced         Head
+	lastCheckpoint uint64
 
 	// wmu is held by whoever writes: the writer goroutine, or an Append
 	// that found no writer busy and commits the queue itself (so the first
@@ -258,7 +266,7 @@ func open(ctx context.Context, path string, opts Options, hk hooks) (*Log, error
 		path: path, headPath: headPath, opts: opts, hooks: hk, f: lf,
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 		dwake: make(chan struct{}, 1), dstop: make(chan struct{}), ddone: make(chan struct{}),
-		seq: last.Seq, hash: last.Hash,
+		seq: last.Seq, hash: last.Hash, synced: last,
 		wseq: last.Seq, wsize: size, whash: last.Hash,
 		lastSync: time.Now(),
 	}
@@ -348,7 +356,7 @@ func resumeAt(ctx context.Context, f *os.File, size int64, headPath string, acce
 		ok = false
 	}
 	if !ok {
-		sum, err := verify(ctx, io.NewSectionReader(f, 0, size), head)
+		sum, err := verify(ctx, io.NewSectionReader(f, 0, size), head, nil)
 		var ve *VerifyError
 		switch {
 		case err == nil:
@@ -453,7 +461,24 @@ func (l *Log) Enqueue(r Record) (Ticket, error) {
 	if err != nil {
 		return Ticket{}, err
 	}
-	p := &pending{t: r.Time, body: body, done: make(chan error, 1)}
+	return l.queue1(&pending{t: r.Time, body: body, done: make(chan error, 1)})
+}
+
+// enqueue queues the checkpoint record r, whose statement names the line
+// of seq names.
+func (l *Log) enqueue(r Record, names uint64) (Ticket, error) {
+	if r.Time.IsZero() {
+		r.Time = time.Now()
+	}
+	body, err := encodeAnyBody(&r)
+	if err != nil {
+		return Ticket{}, err
+	}
+	return l.queue1(&pending{t: r.Time, body: body, done: make(chan error, 1), checkpoint: true, names: names})
+}
+
+// queue1 queues p for the writer.
+func (l *Log) queue1(p *pending) (Ticket, error) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -652,8 +677,27 @@ func (l *Log) commitNext() bool {
 }
 
 // commit writes a group with one write and, in Sync mode, one fsync, then
-// wakes its callers.
+// wakes its callers. A checkpoint that would land more than
+// CheckpointWindow lines after the line it names is answered with an
+// error and left out.
 func (l *Log) commit(batch []*pending) {
+	kept := batch[:0]
+	lastCheckpoint := uint64(0)
+	for _, p := range batch {
+		if p.checkpoint {
+			at := l.wseq + uint64(len(kept)) + 1
+			if at-p.names > CheckpointWindow {
+				p.done <- errCheckpointStale
+				continue
+			}
+			lastCheckpoint = at
+		}
+		kept = append(kept, p)
+	}
+	batch = kept
+	if len(batch) == 0 {
+		return
+	}
 	buf := l.buf[:0]
 	seq, hash := l.wseq, l.whash
 	for _, p := range batch {
@@ -680,6 +724,12 @@ func (l *Log) commit(batch []*pending) {
 	l.wseq, l.whash = seq, hash
 	l.mu.Lock()
 	l.seq, l.hash = seq, hash
+	if l.opts.Mode == Sync {
+		l.synced = Head{Seq: seq, Hash: hash}
+	}
+	if lastCheckpoint != 0 {
+		l.lastCheckpoint = lastCheckpoint
+	}
 	l.mu.Unlock()
 	for _, p := range batch {
 		p.done <- nil
@@ -770,6 +820,9 @@ func (l *Log) doDurable(d durable) {
 	}
 	l.mu.Lock()
 	failed := l.failed != nil
+	if d.sync && !failed && d.head.Seq > l.synced.Seq {
+		l.synced = d.head
+	}
 	l.mu.Unlock()
 	if failed || l.hooks.noHead {
 		return

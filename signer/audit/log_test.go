@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -684,7 +686,8 @@ func TestAppendRefusesInvalidRecord(t *testing.T) {
 		{"empty result", func(r *Record) { r.Result = "" }},
 		{"negative count", func(r *Record) { r.Count = -1 }},
 		{"year 10000", func(r *Record) { r.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }},
-		{"too long", func(r *Record) { r.Detail = strings.Repeat("d", MaxLineSize) }},
+		{"checkpoint op", func(r *Record) { r.Op = OpCheckpoint }},
+		{"checkpoint on another op", func(r *Record) { r.Checkpoint = &Checkpoint{Statement: "x"} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -698,9 +701,11 @@ func TestAppendRefusesInvalidRecord(t *testing.T) {
 	if seq, _ := l.Head(); seq != 0 {
 		t.Fatalf("refused records were written: head seq %d", seq)
 	}
-	// A record as long as the limit allows is written and verifies.
+	// A record whose fields are as long as the bounds allow is written
+	// and verifies, even with every byte escaped.
 	r := ok
-	r.Detail = strings.Repeat("d", MaxLineSize-lineOverhead-200)
+	r.Op, r.Token, r.Key = strings.Repeat("\x01", MaxOpLen), strings.Repeat("\x01", MaxTokenLen), strings.Repeat("\x01", MaxKeyLen)
+	r.Digest, r.Detail, r.Result = strings.Repeat("\x01", MaxDigestLen), strings.Repeat("\x01", MaxDetailLen), strings.Repeat("\x01", MaxResultLen)
 	if err := l.Append(t.Context(), r); err != nil {
 		t.Fatal(err)
 	}
@@ -1067,3 +1072,72 @@ func TestWaitRefusesAForeignTicket(t *testing.T) {
 		t.Fatalf("its own log: %v", err)
 	}
 }
+
+// TestOversizedFieldsAreHashed: a field longer than its bound is written
+// as its SHA-256 and length, never refused or dropped (issue 9, finding
+// 3: a refusal with a 40 KiB digest left no line).
+func TestOversizedFieldsAreHashed(t *testing.T) {
+	big := strings.Repeat("ab", 20<<10) // a 20 KiB digest in hex
+	tests := []struct {
+		name  string
+		set   func(r *Record, v string)
+		get   func(r Record) string
+		limit int
+	}{
+		{"op", func(r *Record, v string) { r.Op = v }, func(r Record) string { return r.Op }, MaxOpLen},
+		{"token", func(r *Record, v string) { r.Token = v }, func(r Record) string { return r.Token }, MaxTokenLen},
+		{"key", func(r *Record, v string) { r.Key = v }, func(r Record) string { return r.Key }, MaxKeyLen},
+		{"digest", func(r *Record, v string) { r.Digest = v }, func(r Record) string { return r.Digest }, MaxDigestLen},
+		{"detail", func(r *Record, v string) { r.Detail = v }, func(r Record) string { return r.Detail }, MaxDetailLen},
+		{"result", func(r *Record, v string) { r.Result = v }, func(r Record) string { return r.Result }, MaxResultLen},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			l, err := Open(t.Context(), path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			atLimit := strings.Repeat("x", tt.limit)
+			values := []struct{ in, want string }{
+				{atLimit, atLimit},
+				{atLimit + "x", FieldHash(atLimit + "x")},
+				{big, FieldHash(big)},
+				{big + maxLineText, FieldHash(big + maxLineText)},
+				// A value that could be taken for a replacement is
+				// replaced too, so the form is never ambiguous.
+				{FieldHash("short"), FieldHash(FieldHash("short"))},
+				{"sha256:", FieldHash("sha256:")},
+			}
+			for _, v := range values {
+				r := sampleRecord(0)
+				tt.set(&r, v.in)
+				if err := l.Append(t.Context(), r); err != nil {
+					t.Fatalf("Append with a %s of %d bytes: %v", tt.name, len(v.in), err)
+				}
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := VerifyFile(path); err != nil {
+				t.Fatal(err)
+			}
+			for i, line := range readLines(t, path) {
+				var r Record
+				if err := json.Unmarshal(line, &r); err != nil {
+					t.Fatal(err)
+				}
+				if got := tt.get(r); got != values[i].want {
+					t.Errorf("value %d (%d bytes) written as %.100q, want %.100q", i, len(values[i].in), got, values[i].want)
+				}
+			}
+		})
+	}
+	sum := sha256.Sum256([]byte(big))
+	if want := "sha256:" + hex.EncodeToString(sum[:]) + " len=40960"; FieldHash(big) != want {
+		t.Fatalf("FieldHash = %q, want %q", FieldHash(big), want)
+	}
+}
+
+// maxLineText is longer than a whole line.
+var maxLineText = strings.Repeat("z", MaxLineSize)

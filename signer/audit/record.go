@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -15,8 +16,45 @@ import (
 const ZeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
 
 // MaxLineSize is the longest line, without its newline, that the log
-// writes or that Verify accepts. Append refuses a record that would not fit.
+// writes or that Verify accepts. The field bounds below keep every record
+// well inside it; Append refuses one that would still not fit.
 const MaxLineSize = 64 << 10
+
+// Bounds, in bytes, on the string fields of a record. A field longer than
+// its bound, or one that begins with FieldHashPrefix, is written as
+// FieldHash of its value: "sha256:<64 hex digits> len=<bytes>", the SHA-256
+// and length of the field's text as the caller gave it (for Digest, the
+// hex text). So a record is never refused for the size of what a caller
+// sent, and a value in the log that begins with "sha256:" is always such
+// a replacement. Verify accepts either form.
+const (
+	MaxOpLen     = 128
+	MaxTokenLen  = 256
+	MaxKeyLen    = 256  // a CKA_ID of 128 bytes in hex
+	MaxDigestLen = 128  // a SHA-512 digest in hex, the largest the appliance signs
+	MaxDetailLen = 1024 // free text
+	MaxResultLen = 1024 // an error text
+)
+
+// FieldHashPrefix begins every field value that FieldHash replaced.
+const FieldHashPrefix = "sha256:"
+
+// FieldHash returns what the log writes in place of a field value that is
+// too long (or begins with FieldHashPrefix): "sha256:<hex> len=<n>", with
+// the lower-case hex SHA-256 of v and its length in bytes.
+func FieldHash(v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return FieldHashPrefix + hex.EncodeToString(sum[:]) + " len=" + strconv.Itoa(len(v))
+}
+
+// boundField returns v, or FieldHash(v) when v is longer than limit or
+// could be taken for a replacement.
+func boundField(v string, limit int) string {
+	if len(v) <= limit && !strings.HasPrefix(v, FieldHashPrefix) {
+		return v
+	}
+	return FieldHash(v)
+}
 
 // OpCutAcknowledged is the Op of the line Open appends when Options.AcceptCut
 // lets it continue a log that was cut at the end.
@@ -70,6 +108,9 @@ type Record struct {
 	Detail string `json:"detail,omitempty"`
 	// Result is "ok" or a short error text. Required.
 	Result string `json:"result"`
+	// Checkpoint is the signed statement of a line of Op OpCheckpoint, and
+	// is set on no other line. Only Log.Checkpoint writes one.
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 	// Prev is the SHA-256 (hex) of the previous line without its newline;
 	// ZeroHash for the first line. Append sets it.
 	Prev string `json:"prev"`
@@ -88,6 +129,8 @@ type body struct {
 	Count  int    `json:"count,omitempty"`
 	Detail string `json:"detail,omitempty"`
 	Result string `json:"result"`
+
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 }
 
 // lineOverhead bounds what the writer adds around a body: the time (at
@@ -95,8 +138,18 @@ type body struct {
 // digits), the prev hash and the field names.
 const lineOverhead = len(`{"time":"","seq":,,"prev":""}`) + 35 + 20 + 64
 
-// encodeBody checks r and encodes its body fields.
+// encodeBody checks r and encodes its body fields, each string field
+// bounded (see MaxDetailLen). A checkpoint record is refused: only
+// Log.Checkpoint, through encodeCheckpointBody, writes one.
 func encodeBody(r *Record) ([]byte, error) {
+	if r.Op == OpCheckpoint || r.Checkpoint != nil {
+		return nil, fmt.Errorf("%w: a checkpoint is written by Log.Checkpoint only", ErrInvalidRecord)
+	}
+	return encodeAnyBody(r)
+}
+
+// encodeAnyBody is encodeBody without the checkpoint refusal.
+func encodeAnyBody(r *Record) ([]byte, error) {
 	switch {
 	case r.Op == "":
 		return nil, fmt.Errorf("%w: empty op", ErrInvalidRecord)
@@ -109,8 +162,14 @@ func encodeBody(r *Record) ([]byte, error) {
 	}
 	b, err := json.Marshal(body{
 		UID: r.UID, GID: r.GID, PID: r.PID,
-		Op: r.Op, Token: r.Token, Key: r.Key, Digest: r.Digest,
-		Count: r.Count, Detail: r.Detail, Result: r.Result,
+		Op:         boundField(r.Op, MaxOpLen),
+		Token:      boundField(r.Token, MaxTokenLen),
+		Key:        boundField(r.Key, MaxKeyLen),
+		Digest:     boundField(r.Digest, MaxDigestLen),
+		Count:      r.Count,
+		Detail:     boundField(r.Detail, MaxDetailLen),
+		Result:     boundField(r.Result, MaxResultLen),
+		Checkpoint: r.Checkpoint,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
@@ -152,13 +211,21 @@ type lineFields struct {
 	Detail string  `json:"detail"`
 	Result *string `json:"result"`
 	Prev   *string `json:"prev"`
+
+	Checkpoint *Checkpoint `json:"checkpoint"`
 }
 
 // parseLine checks that line is a complete record and returns its seq and
 // prev.
 func parseLine(line []byte) (seq uint64, prev string, err error) {
 	var f lineFields
-	if err := json.Unmarshal(line, &f); err != nil {
+	return parseLineFields(line, &f)
+}
+
+// parseLineFields is parseLine, which leaves the line's fields in f.
+func parseLineFields(line []byte, f *lineFields) (seq uint64, prev string, err error) {
+	*f = lineFields{}
+	if err := json.Unmarshal(line, f); err != nil {
 		return 0, "", fmt.Errorf("not a JSON record: %v", err)
 	}
 	var missing []string
@@ -192,6 +259,10 @@ func parseLine(line []byte) (seq uint64, prev string, err error) {
 		return 0, "", fmt.Errorf("negative count %d", f.Count)
 	case !isHash(*f.Prev):
 		return 0, "", fmt.Errorf("prev %q is not 64 lower-case hex digits", *f.Prev)
+	case *f.Op == OpCheckpoint && f.Checkpoint == nil:
+		return 0, "", errors.New("a checkpoint line without its checkpoint")
+	case *f.Op != OpCheckpoint && f.Checkpoint != nil:
+		return 0, "", fmt.Errorf("a checkpoint on a line of op %q", *f.Op)
 	}
 	return *f.Seq, *f.Prev, nil
 }

@@ -3,6 +3,9 @@ package audit
 import (
 	"bufio"
 	"context"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,9 +35,18 @@ const (
 	// ReasonTruncated: the last line has no newline (a torn write, or a
 	// cut in the middle of a line).
 	ReasonTruncated Reason = "truncated"
-	// ReasonCut: the head file records a later seq than the log's last
+	// ReasonCut: the head file, or a shipped checkpoint
+	// (VerifyOptions.Anchors), records a later seq than the log's last
 	// line; VerifyError.Missing lines were removed from the end.
 	ReasonCut Reason = "cut"
+	// ReasonCheckpoint: a checkpoint does not match the log. Either a
+	// checkpoint line's statement names a line whose hash is not the one
+	// it states (a line up to it was changed, removed or inserted after it
+	// was checkpointed, and the chain recomputed), or its signature does
+	// not verify with the given keys (the checkpoint was forged or its
+	// statement rewritten), or a line differs from what a shipped
+	// checkpoint signed.
+	ReasonCheckpoint Reason = "checkpoint"
 )
 
 // VerifyError reports the first bad line of a log. It wraps ErrTampered.
@@ -82,6 +94,128 @@ type Summary struct {
 	// Verify, or when the file has no head file (then a cut at the end
 	// cannot be detected, and a caller should say so).
 	Head *Head
+	// Checkpoints is the number of checkpoint lines, each of whose
+	// statement names the line it should; with VerifyOptions.Keys, each
+	// signature verified too.
+	Checkpoints int
+	// SignaturesChecked reports whether checkpoint signatures were
+	// checked (VerifyOptions.Keys given). Without it, whoever can write
+	// the log can rewrite it and its checkpoints' statements unseen.
+	SignaturesChecked bool
+	// AnchoredSeq is the highest seq that a checkpoint with a verified
+	// signature, in the log or shipped (VerifyOptions.Anchors), vouches
+	// for; the lines up to it cannot have been rewritten without the
+	// audit key. The lines after it (LastSeq - AnchoredSeq of them) are
+	// unanchored. 0 without keys.
+	AnchoredSeq uint64
+	// Anchors is the number of shipped checkpoints that matched the log.
+	Anchors int
+}
+
+// VerifyOptions are what VerifyWith and VerifyFileWith check beyond the
+// chain.
+type VerifyOptions struct {
+	// Keys are the audit keys' public keys (ECDSA or RSA; see
+	// ParsePublicKeys). Every checkpoint line's signature must verify
+	// with one of them. Without keys, checkpoint statements are checked
+	// against the chain but signatures are not.
+	Keys []crypto.PublicKey
+	// Anchors are checkpoints shipped off the machine (see ReadAnchors).
+	// Each must verify with Keys, and the log's line at each one's seq
+	// must have the hash it states, or the log was rewritten or cut.
+	Anchors []Checkpoint
+}
+
+// anchor is a shipped checkpoint's claim on one line.
+type anchor struct {
+	hash string
+	time string
+}
+
+// verifier holds what verify checks beyond the chain.
+type verifier struct {
+	keys    []crypto.PublicKey
+	anchors map[uint64]anchor
+	maxSeq  uint64 // the highest seq an anchor names
+	// recent holds the hashes of the last CheckpointWindow lines, the
+	// line of seq s at (s-1) % CheckpointWindow.
+	recent [][sha256.Size]byte
+}
+
+// newVerifier checks the shipped checkpoints of opts.
+func newVerifier(opts VerifyOptions) (*verifier, error) {
+	v := &verifier{keys: opts.Keys}
+	if len(opts.Anchors) > 0 && len(opts.Keys) == 0 {
+		return nil, errors.New("shipped checkpoints need the audit key to be verified: give its public key")
+	}
+	for i := range opts.Anchors {
+		c := &opts.Anchors[i]
+		st, alg, err := c.parse()
+		if err == nil {
+			err = c.verifySignature(st, alg, opts.Keys)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("shipped checkpoint %d: %w", i+1, err)
+		}
+		if st.Seq == 0 {
+			continue
+		}
+		a := anchor{hash: st.Hash, time: st.Time.Format("2006-01-02T15:04:05Z")}
+		if v.anchors == nil {
+			v.anchors = map[uint64]anchor{}
+		}
+		if prev, ok := v.anchors[st.Seq]; ok && prev.hash != a.hash {
+			return nil, fmt.Errorf("%w: shipped checkpoints signed at %s and %s both vouch for seq %d, with different hashes: two different logs were signed with the audit key",
+				ErrTampered, prev.time, a.time, st.Seq)
+		}
+		v.anchors[st.Seq] = a
+		v.maxSeq = max(v.maxSeq, st.Seq)
+	}
+	return v, nil
+}
+
+// remember keeps the hash of the line of seq.
+func (v *verifier) remember(seq uint64, sum [sha256.Size]byte) {
+	if len(v.recent) < CheckpointWindow {
+		v.recent = append(v.recent, sum)
+		return
+	}
+	v.recent[(seq-1)%CheckpointWindow] = sum
+}
+
+// checkpoint checks the checkpoint line n (seq seq) whose fields are f,
+// once the lines before it have verified, and returns the seq its
+// statement vouches for and whether its signature was verified.
+func (v *verifier) checkpoint(n int, seq uint64, f *lineFields) (uint64, bool, error) {
+	fail := func(reason Reason, format string, a ...any) (uint64, bool, error) {
+		return 0, false, &VerifyError{Line: n, Seq: seq, Reason: reason, Detail: fmt.Sprintf(format, a...)}
+	}
+	st, alg, err := f.Checkpoint.parse()
+	if err != nil {
+		return fail(ReasonMalformed, "checkpoint: %v", err)
+	}
+	if f.Digest != hex.EncodeToString(st.Digest()) {
+		return fail(ReasonCheckpoint, "checkpoint digest %q is not the SHA-256 of its statement", f.Digest)
+	}
+	if st.Seq >= seq || seq-st.Seq > CheckpointWindow {
+		return fail(ReasonCheckpoint, "the checkpoint's statement names seq %d; it must name one of the %d lines before it", st.Seq, CheckpointWindow)
+	}
+	want := ZeroHash
+	if st.Seq > 0 {
+		h := v.recent[(st.Seq-1)%CheckpointWindow]
+		want = hex.EncodeToString(h[:])
+	}
+	if st.Hash != want {
+		return fail(ReasonCheckpoint, "the checkpoint signed at %s vouches for seq %d with hash %s, but that line's hash is %s: lines up to seq %d were changed, removed or inserted after the checkpoint (and the chain recomputed), or the checkpoint was edited",
+			st.Time.Format("2006-01-02T15:04:05Z"), st.Seq, st.Hash, want, st.Seq)
+	}
+	if len(v.keys) == 0 {
+		return st.Seq, false, nil
+	}
+	if err := f.Checkpoint.verifySignature(st, alg, v.keys); err != nil {
+		return fail(ReasonCheckpoint, "the checkpoint vouching for seq %d: %v: it was forged, or its statement rewritten along with the lines before it", st.Seq, err)
+	}
+	return st.Seq, true, nil
 }
 
 // Verify reads a whole log and checks its chain: every line a complete JSON
@@ -91,7 +225,20 @@ type Summary struct {
 // wrapped as it is. Lines cut from the end cannot be seen without the head
 // file: use VerifyFile for a log on disk.
 func Verify(r io.Reader) (Summary, error) {
-	sum, err := verify(context.Background(), r, nil)
+	return VerifyWith(r, VerifyOptions{})
+}
+
+// VerifyWith is Verify with checkpoint signatures checked against
+// opts.Keys and the log compared with the shipped checkpoints
+// opts.Anchors. A checkpoint that does not match is reported as
+// ReasonCheckpoint. Lines after Summary.AnchoredSeq are not anchored: a
+// caller should say how many.
+func VerifyWith(r io.Reader, opts VerifyOptions) (Summary, error) {
+	v, err := newVerifier(opts)
+	if err != nil {
+		return Summary{}, fmt.Errorf("audit: verify: %w", err)
+	}
+	sum, err := verify(context.Background(), r, nil, v)
 	if err != nil {
 		return sum, fmt.Errorf("audit: verify: %w", err)
 	}
@@ -105,6 +252,15 @@ func Verify(r io.Reader) (Summary, error) {
 // normal after a crash. Verifying a log while signerd appends to it may
 // report a torn last line.
 func VerifyFile(path string) (Summary, error) {
+	return VerifyFileWith(path, VerifyOptions{})
+}
+
+// VerifyFileWith is VerifyFile with the checks of VerifyWith.
+func VerifyFileWith(path string, opts VerifyOptions) (Summary, error) {
+	v, err := newVerifier(opts)
+	if err != nil {
+		return Summary{}, fmt.Errorf("audit: verify %s: %w", path, err)
+	}
 	head, err := readHead(path + headSuffix)
 	if err != nil {
 		return Summary{}, err
@@ -114,7 +270,7 @@ func VerifyFile(path string) (Summary, error) {
 		return Summary{}, fmt.Errorf("audit: %w", err)
 	}
 	defer f.Close()
-	sum, err := verify(context.Background(), f, head)
+	sum, err := verify(context.Background(), f, head, v)
 	sum.Head = head
 	if err != nil {
 		return sum, fmt.Errorf("audit: verify %s: %w", path, err)
@@ -122,10 +278,16 @@ func VerifyFile(path string) (Summary, error) {
 	return sum, nil
 }
 
-// verify checks the log in r; with a head it also checks the end against it.
-func verify(ctx context.Context, r io.Reader, head *Head) (Summary, error) {
+// verify checks the log in r; with a head it also checks the end against
+// it; with v, its checkpoints and shipped checkpoints (nil: statements
+// only).
+func verify(ctx context.Context, r io.Reader, head *Head, v *verifier) (Summary, error) {
+	if v == nil {
+		v = &verifier{}
+	}
 	br := bufio.NewReaderSize(r, MaxLineSize+1)
-	sum := Summary{LastHash: ZeroHash}
+	sum := Summary{LastHash: ZeroHash, SignaturesChecked: len(v.keys) > 0}
+	var f lineFields
 	for {
 		if sum.Lines%4096 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -141,7 +303,10 @@ func verify(ctx context.Context, r io.Reader, head *Head) (Summary, error) {
 				Detail: fmt.Sprintf("line longer than %d bytes", MaxLineSize)}
 		case errors.Is(err, io.EOF):
 			if len(data) == 0 {
-				return sum, checkEnd(sum, head)
+				if err := checkEnd(sum, head); err != nil {
+					return sum, err
+				}
+				return sum, v.checkEnd(sum)
 			}
 			return sum, &VerifyError{Line: n, Reason: ReasonTruncated,
 				Detail: fmt.Sprintf("last line (%d bytes) has no newline: torn write or cut in mid-line", len(data))}
@@ -149,7 +314,7 @@ func verify(ctx context.Context, r io.Reader, head *Head) (Summary, error) {
 			return sum, fmt.Errorf("reading log: %w", err)
 		}
 		line := data[:len(data)-1]
-		seq, prev, err := parseLine(line)
+		seq, prev, err := parseLineFields(line, &f)
 		if err != nil {
 			return sum, &VerifyError{Line: n, Reason: ReasonMalformed, Detail: err.Error()}
 		}
@@ -184,11 +349,31 @@ func verify(ctx context.Context, r io.Reader, head *Head) (Summary, error) {
 			}
 			return sum, &VerifyError{Line: n, Seq: seq, Reason: ReasonRemoved, Missing: seq - want, Detail: detail}
 		}
-		hash := lineHash(line)
+		digest := sha256.Sum256(line)
+		hash := hex.EncodeToString(digest[:])
 		if head != nil && seq == head.Seq && hash != head.Hash {
 			return sum, &VerifyError{Line: n, Seq: seq, Reason: ReasonEdited,
 				Detail: fmt.Sprintf("line %d (seq %d) was changed: its SHA-256 does not match the head file", n, seq)}
 		}
+		if a, ok := v.anchors[seq]; ok {
+			if a.hash != hash {
+				return sum, &VerifyError{Line: n, Seq: seq, Reason: ReasonCheckpoint,
+					Detail: fmt.Sprintf("line %d (seq %d) is not the line a shipped checkpoint signed at %s vouches for: the log was rewritten up to here", n, seq, a.time)}
+			}
+			sum.Anchors++
+			sum.AnchoredSeq = max(sum.AnchoredSeq, seq)
+		}
+		if f.Checkpoint != nil {
+			vouched, signed, err := v.checkpoint(n, seq, &f)
+			if err != nil {
+				return sum, err
+			}
+			sum.Checkpoints++
+			if signed {
+				sum.AnchoredSeq = max(sum.AnchoredSeq, vouched)
+			}
+		}
+		v.remember(seq, digest)
 		sum.Lines, sum.LastSeq, sum.LastHash = n, seq, hash
 	}
 }
@@ -206,6 +391,19 @@ func checkEnd(sum Summary, head *Head) error {
 	return &VerifyError{Line: sum.Lines + 1, Seq: sum.LastSeq + 1, Reason: ReasonCut, Missing: missing,
 		Detail: fmt.Sprintf("the head file records seq %d but the log ends at seq %d: %s removed",
 			head.Seq, sum.LastSeq, lines)}
+}
+
+// checkEnd compares the end of a log that verified with the shipped
+// checkpoints.
+func (v *verifier) checkEnd(sum Summary) error {
+	if v.maxSeq <= sum.LastSeq {
+		return nil
+	}
+	a := v.anchors[v.maxSeq]
+	missing := v.maxSeq - sum.LastSeq
+	return &VerifyError{Line: sum.Lines + 1, Seq: sum.LastSeq + 1, Reason: ReasonCut, Missing: missing,
+		Detail: fmt.Sprintf("a shipped checkpoint signed at %s vouches for seq %d but the log ends at seq %d: at least %d lines were removed from its end",
+			a.time, v.maxSeq, sum.LastSeq, missing)}
 }
 
 // findSeq reads the rest of a log after line n for a line whose seq is in

@@ -26,7 +26,14 @@ const (
 	DefaultMaxStreams      = 256
 	DefaultShutdownTimeout = 10 * time.Second
 	DefaultLogLevel        = slog.LevelInfo
+	// DefaultAuditCheckpointInterval spaces the signed checkpoints of the
+	// audit log.
+	DefaultAuditCheckpointInterval = 5 * time.Minute
 )
+
+// MinAuditCheckpointInterval is the shortest audit_checkpoint_interval
+// other than 0 (no checkpoints).
+const MinAuditCheckpointInterval = time.Second
 
 // Limits on values, beyond which a configuration is refused.
 const (
@@ -91,6 +98,14 @@ type Server struct {
 	ShutdownTimeout time.Duration
 	// LogLevel is one of slog's Debug, Info, Warn and Error levels.
 	LogLevel slog.Level
+	// AuditCheckpointInterval is how often the daemon signs the audit
+	// log's head with the audit key and appends the checkpoint (and once
+	// more at shutdown); 0 turns checkpoints off.
+	AuditCheckpointInterval time.Duration
+	// AuditCheckpointKey is the id (lower-case hex) of the key that signs
+	// checkpoints, which must have usage "audit"; "" means the one key
+	// with usage "audit" in the state.
+	AuditCheckpointKey string
 }
 
 // Module is one [[module]]: a PKCS#11 library and the tokens used from it.
@@ -137,6 +152,8 @@ func Default() *Config {
 			MaxStreams:      DefaultMaxStreams,
 			ShutdownTimeout: DefaultShutdownTimeout,
 			LogLevel:        DefaultLogLevel,
+
+			AuditCheckpointInterval: DefaultAuditCheckpointInterval,
 		},
 		Policy: (&checker{}).policy(Admins{}, nil),
 	}

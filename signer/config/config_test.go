@@ -73,6 +73,8 @@ func TestLoadExample(t *testing.T) {
 		MaxStreams:      256,
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
+
+		AuditCheckpointInterval: 5 * time.Minute,
 	}
 	if c.Server != want {
 		t.Errorf("server = %+v, want %+v", c.Server, want)
@@ -132,9 +134,11 @@ max_batch = 1
 max_concurrent_streams = 8
 shutdown_timeout = "1m30s"
 log_level = "debug"
+audit_checkpoint_interval = "1h"
+audit_checkpoint_key = "0A1B"
 `, func(t *testing.T, c *Config) {
 			want := Server{"/tmp/s/g.sock", "/tmp/s/h.sock", "signer-clients", "/srv/state", "/srv/audit.jsonl",
-				AuditBuffered, 65536, 1, 8, 90 * time.Second, slog.LevelDebug}
+				AuditBuffered, 65536, 1, 8, 90 * time.Second, slog.LevelDebug, time.Hour, "0a1b"}
 			if c.Server != want {
 				t.Errorf("server = %+v, want %+v", c.Server, want)
 			}
@@ -231,6 +235,10 @@ func TestParseInvalid(t *testing.T) {
 		{"control char in path", server(`audit_file = "/a\nb"`), "control character"},
 		{"socket group", server(`socket_group = "bad group"`), "server.socket_group"},
 		{"audit mode", server(`audit_mode = "async"`), `server.audit_mode: "async" is not one of sync, buffered`},
+		{"checkpoint interval not a duration", server(`audit_checkpoint_interval = "often"`), `server.audit_checkpoint_interval: "often" is not a duration`},
+		{"checkpoint interval too short", server(`audit_checkpoint_interval = "10ms"`), `server.audit_checkpoint_interval: "10ms" is neither 0 (off) nor at least 1s`},
+		{"checkpoint key not hex", server(`audit_checkpoint_key = "audit"`), `server.audit_checkpoint_key: "audit" is not a key id`},
+		{"checkpoint key wildcard", server(`audit_checkpoint_key = "*"`), `server.audit_checkpoint_key: "*" is not a key id`},
 		{"zero message size", server(`max_message_bytes = 0`), "server.max_message_bytes: 0 is not between 65536"},
 		{"huge message size", server(`max_message_bytes = 4294967296`), "server.max_message_bytes"},
 		{"negative batch", server(`max_batch = -1`), "server.max_batch: -1"},

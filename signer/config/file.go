@@ -30,6 +30,9 @@ type fileServer struct {
 	MaxStreams      int64  `toml:"max_concurrent_streams"`
 	ShutdownTimeout string `toml:"shutdown_timeout"`
 	LogLevel        string `toml:"log_level"`
+
+	AuditCheckpointInterval string `toml:"audit_checkpoint_interval"`
+	AuditCheckpointKey      string `toml:"audit_checkpoint_key"`
 }
 
 type fileModule struct {
@@ -80,6 +83,8 @@ func defaultFile() fileConfig {
 		MaxStreams:      DefaultMaxStreams,
 		ShutdownTimeout: DefaultShutdownTimeout.String(),
 		LogLevel:        levelName(DefaultLogLevel),
+
+		AuditCheckpointInterval: DefaultAuditCheckpointInterval.String(),
 	}}
 }
 
@@ -154,6 +159,9 @@ func (c *Config) file() fileConfig {
 		MaxStreams:      int64(s.MaxStreams),
 		ShutdownTimeout: s.ShutdownTimeout.String(),
 		LogLevel:        levelName(s.LogLevel),
+
+		AuditCheckpointInterval: s.AuditCheckpointInterval.String(),
+		AuditCheckpointKey:      s.AuditCheckpointKey,
 	}}
 	for _, m := range c.Modules {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}

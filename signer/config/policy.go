@@ -44,6 +44,11 @@ const (
 	UsageSign = "sign" // signing messages (X-Road sign keys)
 	UsageAuth = "auth" // TLS authentication keys
 	UsageTSA  = "tsa"  // timestamping with a TSA key
+	// UsageAudit is the usage of the key that signs the audit log's
+	// checkpoints. A rule that grants it lets its peers sign any digest
+	// with that key, and so forge checkpoints: grant it to nobody unless
+	// you mean to.
+	UsageAudit = "audit"
 )
 
 // Wildcard in a rule's keys or members grants every key or member.
@@ -71,8 +76,9 @@ type ClientRule struct {
 	// Keys are the key ids (lower-case hex CKA_ID) the peers may sign with,
 	// or Wildcard for all.
 	Keys []string
-	// Usages are the key usages (UsageSign, UsageAuth, UsageTSA) the peers
-	// may sign with.
+	// Usages are the key usages (UsageSign, UsageAuth, UsageTSA,
+	// UsageAudit) the peers may sign with; a usage not listed is never
+	// granted, whatever Keys says.
 	Usages []string
 	// Members are the member identifiers (e.g. "EE/GOV/70000310") whose
 	// signing information the peers may ask for, or Wildcard for all.

@@ -243,3 +243,46 @@ func TestRoleString(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditUsageOnlyWhenGranted: the audit key, which signs the audit
+// log's checkpoints, is usable only by a rule that names usage "audit";
+// a wildcard key with every other usage does not reach it.
+func TestAuditUsageOnlyWhenGranted(t *testing.T) {
+	c, err := Parse([]byte(`
+[[policy.client]]
+name = "everything-else"
+uids = [998]
+keys = ["*"]
+usages = ["sign", "auth", "tsa"]
+members = ["*"]
+
+[[policy.client]]
+name = "auditor"
+uids = [999]
+keys = ["0a1b"]
+usages = ["audit"]
+`), "policy.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Policy
+	tests := []struct {
+		name    string
+		peer    Peer
+		key     string
+		members []string
+		want    bool
+	}{
+		{"wildcard key, other usages", Peer{UID: 998}, "0a1b", nil, false},
+		{"wildcard key and member, other usages", Peer{UID: 998}, "0a1b", []string{"EE/GOV/1"}, false},
+		{"granted explicitly", Peer{UID: 999}, "0a1b", nil, true},
+		{"granted usage, another key", Peer{UID: 999}, "0a1c", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := p.MayUseKeyOfMembers(tt.peer, tt.key, UsageAudit, tt.members); got != tt.want {
+				t.Fatalf("MayUseKeyOfMembers(%+v, %q, audit, %v) = %v, want %v", tt.peer, tt.key, tt.members, got, tt.want)
+			}
+		})
+	}
+}

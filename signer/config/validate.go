@@ -178,7 +178,26 @@ func (ck *checker) server(fs *fileServer) Server {
 		ck.addf("server.log_level", "%q is not one of debug, info, warn, error", fs.LogLevel)
 	}
 	s.LogLevel = level
+	ck.auditCheckpoints(fs, &s)
 	return s
+}
+
+// auditCheckpoints checks the audit_checkpoint_* keys into s.
+func (ck *checker) auditCheckpoints(fs *fileServer, s *Server) {
+	d, err := time.ParseDuration(fs.AuditCheckpointInterval)
+	switch {
+	case err != nil:
+		ck.addf("server.audit_checkpoint_interval", "%q is not a duration such as \"5m\" (\"0s\" turns checkpoints off)", fs.AuditCheckpointInterval)
+	case d != 0 && d < MinAuditCheckpointInterval:
+		ck.addf("server.audit_checkpoint_interval", "%q is neither 0 (off) nor at least %s", fs.AuditCheckpointInterval, MinAuditCheckpointInterval)
+	}
+	s.AuditCheckpointInterval = d
+	if k := fs.AuditCheckpointKey; k != "" {
+		if problem := keyIDProblem(k); problem != "" || k == Wildcard {
+			ck.addf("server.audit_checkpoint_key", "%q is not a key id: an even number (2 to 256) of hex digits", k)
+		}
+		s.AuditCheckpointKey = strings.ToLower(k)
+	}
 }
 
 func (ck *checker) modules(fms []fileModule, c *Config) {
@@ -294,9 +313,9 @@ func (ck *checker) policy(admins Admins, clients []ClientRule) *Policy {
 		}
 		for j, u := range r.Usages {
 			switch u {
-			case UsageSign, UsageAuth, UsageTSA:
+			case UsageSign, UsageAuth, UsageTSA, UsageAudit:
 			default:
-				ck.addf(fmt.Sprintf("%s.usages[%d]", key, j), "%q is not one of sign, auth, tsa", u)
+				ck.addf(fmt.Sprintf("%s.usages[%d]", key, j), "%q is not one of sign, auth, tsa, audit", u)
 			}
 		}
 		for j, m := range r.Members {

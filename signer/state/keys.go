@@ -14,6 +14,8 @@ const (
 	UsageSign = "sign" // signing messages for a member
 	UsageAuth = "auth" // the security server's TLS authentication
 	UsageTSA  = "tsa"  // issuing RFC 3161 timestamps
+	// UsageAudit: signing the audit log's checkpoints.
+	UsageAudit = "audit"
 )
 
 // KeyRecord is what the state knows about one key object in an HSM. Token
@@ -28,7 +30,8 @@ type KeyRecord struct {
 	Label string `json:"label,omitempty"`
 	// Name is the officer's friendly name for the key.
 	Name string `json:"name,omitempty"`
-	// Usage is UsageSign, UsageAuth, UsageTSA, or empty (not assigned).
+	// Usage is UsageSign, UsageAuth, UsageTSA, UsageAudit, or empty (not
+	// assigned).
 	Usage string `json:"usage,omitempty"`
 	// Spec describes the key type, e.g. "rsa-3072" or "ec-p256".
 	Spec string `json:"spec,omitempty"`
@@ -58,9 +61,9 @@ func (r *KeyRecord) normalize() error {
 	}
 	r.ID = id
 	switch r.Usage {
-	case "", UsageSign, UsageAuth, UsageTSA:
+	case "", UsageSign, UsageAuth, UsageTSA, UsageAudit:
 	default:
-		return fmt.Errorf("%w: unknown key usage %q (want %s, %s or %s)", ErrInvalid, r.Usage, UsageSign, UsageAuth, UsageTSA)
+		return fmt.Errorf("%w: unknown key usage %q (want %s, %s, %s or %s)", ErrInvalid, r.Usage, UsageSign, UsageAuth, UsageTSA, UsageAudit)
 	}
 	for _, f := range []struct{ what, v string }{{"label", r.Label}, {"name", r.Name}, {"spec", r.Spec}} {
 		if err := validText("key "+f.what, f.v); err != nil {
