@@ -26,6 +26,13 @@ var (
 	// ErrPINInvalid means the PIN does not meet the token's rules (length,
 	// characters).
 	ErrPINInvalid = errors.New("hsm: PIN not acceptable to the token")
+	// ErrPINExpired means the token says the user PIN has expired or must
+	// be changed before the token can be used (CKR_PIN_EXPIRED).
+	ErrPINExpired = errors.New("hsm: PIN expired; it must be changed")
+	// ErrAlreadyLoggedIn means a login or PIN change was refused without
+	// trying the PIN on the token, because the token is logged in with
+	// another PIN (or by another part of the process): log out first.
+	ErrAlreadyLoggedIn = errors.New("hsm: token already logged in")
 	// ErrNotLoggedIn means the operation needs a logged-in user and the
 	// token has none and no PIN is kept to log in again.
 	ErrNotLoggedIn = errors.New("hsm: token not logged in")
@@ -85,7 +92,10 @@ func classify(err error) errorClass {
 	}
 	switch pe {
 	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
-		pkcs11.CKR_OPERATION_ACTIVE:
+		pkcs11.CKR_OPERATION_ACTIVE, pkcs11.CKR_GENERAL_ERROR:
+		// CKR_GENERAL_ERROR is the answer of one call, not proof that the
+		// library is gone: a new session and one retry recover from it,
+		// while finalizing the module would fail every other call.
 		return classSession
 	case pkcs11.CKR_USER_NOT_LOGGED_IN:
 		return classLogin
@@ -93,8 +103,7 @@ func classify(err error) errorClass {
 		return classHandle
 	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_DEVICE_MEMORY,
 		pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED,
-		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_GENERAL_ERROR,
-		pkcs11.CKR_SLOT_ID_INVALID:
+		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_SLOT_ID_INVALID:
 		return classModule
 	}
 	return classNone
@@ -129,6 +138,8 @@ func (s PINStatus) String() string {
 		return "PIN locked"
 	case s.FinalTry:
 		return "final try: one more wrong PIN locks the token"
+	case s.ToBeChanged:
+		return "the token asks for the PIN to be changed"
 	case s.CountLow:
 		return "tries left are low: a wrong PIN was entered since the last login"
 	default:
@@ -146,7 +157,7 @@ func pinStatusFromFlags(flags uint) PINStatus {
 }
 
 // PINError is returned when the token refuses a PIN. It wraps
-// ErrPINIncorrect, ErrPINLocked or ErrPINInvalid and carries the PIN status
+// ErrPINIncorrect, ErrPINLocked, ErrPINInvalid or ErrPINExpired and carries the PIN status
 // the token reported after the attempt. It never holds the PIN.
 type PINError struct {
 	Token  string

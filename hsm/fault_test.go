@@ -14,6 +14,7 @@ type faultyP11 struct {
 
 	mu      sync.Mutex
 	next    map[string][]pkcs11.Error // call name → errors to return next
+	after   map[string][]pkcs11.Error // call name → errors to return after the real call ran
 	removed bool                      // every call fails with DEVICE_REMOVED
 	invalid map[pkcs11.SessionHandle]bool
 	open    map[pkcs11.SessionHandle]bool
@@ -28,7 +29,7 @@ type faultyP11 struct {
 }
 
 func newFaulty(p p11) *faultyP11 {
-	return &faultyP11{p11: p, next: map[string][]pkcs11.Error{}, invalid: map[pkcs11.SessionHandle]bool{},
+	return &faultyP11{p11: p, next: map[string][]pkcs11.Error{}, after: map[string][]pkcs11.Error{}, invalid: map[pkcs11.SessionHandle]bool{},
 		open: map[pkcs11.SessionHandle]bool{}, calls: map[string]int{}}
 }
 
@@ -39,6 +40,26 @@ func (f *faultyP11) failNext(name string, rv uint, n int) {
 	for range n {
 		f.next[name] = append(f.next[name], pkcs11.Error(rv))
 	}
+}
+
+// failAfter makes the next call of name run for real and then return rv,
+// as a device that did the work and lost the answer.
+func (f *faultyP11) failAfter(name string, rv uint) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.after[name] = append(f.after[name], pkcs11.Error(rv))
+}
+
+// checkAfter returns the error failAfter set for a call of name that ran.
+func (f *faultyP11) checkAfter(name string, err error) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.after[name]) == 0 {
+		return err
+	}
+	inj := f.after[name][0]
+	f.after[name] = f.after[name][1:]
+	return inj
 }
 
 // setRemoved makes the device disappear (every call but Finalize and
@@ -220,4 +241,18 @@ func (f *faultyP11) GenerateKeyPair(h pkcs11.SessionHandle, m []*pkcs11.Mechanis
 		priv = rewrite(priv)
 	}
 	return f.p11.GenerateKeyPair(h, m, pub, priv)
+}
+
+func (f *faultyP11) Logout(h pkcs11.SessionHandle) error {
+	if err := f.check("Logout", h, true); err != nil {
+		return err
+	}
+	return f.p11.Logout(h)
+}
+
+func (f *faultyP11) SetPIN(h pkcs11.SessionHandle, oldPIN, newPIN string) error {
+	if err := f.check("SetPIN", h, true); err != nil {
+		return err
+	}
+	return f.checkAfter("SetPIN", f.p11.SetPIN(h, oldPIN, newPIN))
 }

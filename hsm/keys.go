@@ -305,6 +305,7 @@ func (t *Token) lookupKey(s *session, id []byte, fresh bool) (*keyEntry, error) 
 		}
 		return t.recheck(s, e, now)
 	}
+	seq := t.loginSeq.Load()
 	handles, err := t.find(s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
@@ -313,7 +314,7 @@ func (t *Token) lookupKey(s *session, id []byte, fresh bool) (*keyEntry, error) 
 		return nil, err
 	}
 	if len(handles) == 0 {
-		return nil, t.notFound(s, fmt.Errorf("%w: id %x on token %q", ErrKeyNotFound, id, t.label))
+		return nil, t.notFound(s, seq, fmt.Errorf("%w: id %x on token %q", ErrKeyNotFound, id, t.label))
 	}
 	if len(handles) > 1 {
 		return nil, fmt.Errorf("%w: two private keys share id %x on token %q", ErrInvalidArgument, id, t.label)
@@ -341,22 +342,28 @@ func (t *Token) recheck(s *session, e *keyEntry, now time.Time) (*keyEntry, erro
 	return t.remember(s, e.handle, key, now), nil
 }
 
-// notFound is called when no private key matched. When the session shows
-// no logged-in user, private keys are invisible: if a PIN is kept, it
-// returns USER_NOT_LOGGED_IN so that withSession logs in again and retries;
-// otherwise ErrNotLoggedIn. When logged in, it returns err.
-func (t *Token) notFound(s *session, err error) error {
+// notFound is called when no private key matched a search begun when
+// loginSeq was seq. The answer is err only when the session shows a
+// logged-in user and no login or logout by this package began or ended
+// since seq: a search that may have run while the token was logged out
+// proves nothing. Otherwise it returns USER_NOT_LOGGED_IN when a PIN is
+// kept, so that withSession logs in again if needed and searches again,
+// or ErrNotLoggedIn when none is kept.
+func (t *Token) notFound(s *session, seq uint64, err error) error {
 	si, serr := t.m.api.GetSessionInfo(s.h)
 	if serr != nil {
 		return p11err("C_GetSessionInfo", serr)
 	}
-	if si.State == pkcs11.CKS_RO_USER_FUNCTIONS || si.State == pkcs11.CKS_RW_USER_FUNCTIONS {
+	loggedIn := si.State == pkcs11.CKS_RO_USER_FUNCTIONS || si.State == pkcs11.CKS_RW_USER_FUNCTIONS
+	if loggedIn && seq%2 == 0 && t.loginSeq.Load() == seq {
 		return err
 	}
-	if t.LoggedIn() {
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	if t.pin != nil {
 		return p11err("key lookup", pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN))
 	}
-	return fmt.Errorf("%w: token %q (private keys are visible only after login)", ErrNotLoggedIn, t.label)
+	return t.notLoggedInLocked()
 }
 
 // find returns up to max handles of objects matching tmpl.
@@ -784,12 +791,13 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 	var keys []Key
 	err := t.withSession(ctx, func(s *session) error {
 		keys = keys[:0]
+		seq := t.loginSeq.Load()
 		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}, 1<<16)
 		if err != nil {
 			return err
 		}
 		if len(hs) == 0 {
-			return t.notFound(s, nil)
+			return t.notFound(s, seq, nil)
 		}
 		for _, h := range hs {
 			k, err := t.readKey(s, h)
@@ -839,6 +847,7 @@ func (t *Token) KeyByID(ctx context.Context, id []byte) (Key, error) {
 func (t *Token) KeyByLabel(ctx context.Context, label string) (Key, error) {
 	var k Key
 	err := t.withSession(ctx, func(s *session) error {
+		seq := t.loginSeq.Load()
 		hs, err := t.find(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
@@ -848,7 +857,7 @@ func (t *Token) KeyByLabel(ctx context.Context, label string) (Key, error) {
 		}
 		switch len(hs) {
 		case 0:
-			return t.notFound(s, fmt.Errorf("%w: label %q on token %q", ErrKeyNotFound, label, t.label))
+			return t.notFound(s, seq, fmt.Errorf("%w: label %q on token %q", ErrKeyNotFound, label, t.label))
 		case 1:
 			if k, err = t.readKey(s, hs[0]); err == nil {
 				t.refreshCached(s, hs[0], k)
@@ -890,6 +899,7 @@ func (t *Token) DeleteKey(ctx context.Context, id []byte) error {
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	err := t.withSession(ctx, func(s *session) error {
+		seq := t.loginSeq.Load()
 		hs, err := t.find(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
@@ -898,7 +908,7 @@ func (t *Token) DeleteKey(ctx context.Context, id []byte) error {
 			return err
 		}
 		if len(hs) == 0 {
-			return t.notFound(s, fmt.Errorf("%w: id %x on token %q", ErrKeyNotFound, id, t.label))
+			return t.notFound(s, seq, fmt.Errorf("%w: id %x on token %q", ErrKeyNotFound, id, t.label))
 		}
 		return t.destroyByID(s, id)
 	})

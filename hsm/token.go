@@ -147,6 +147,7 @@ type tokenOptions struct {
 	poolSize  int
 	maxWait   time.Duration
 	verifySig bool
+	onPINDrop func(PINDrop)
 }
 
 // WithPoolSize sets how many sessions the token's pool may open. The
@@ -171,6 +172,31 @@ func WithVerify(on bool) TokenOption {
 	return func(o *tokenOptions) { o.verifySig = on }
 }
 
+// PINDrop reports that the package dropped the PIN it kept for a token and
+// now reports the token logged out: the token refused the kept PIN (changed
+// elsewhere, locked, expired, no longer acceptable), or a PIN change ended
+// without an answer, so that the token may hold either PIN. The dropped PIN
+// is never tried again. PINDrop never holds a PIN.
+type PINDrop struct {
+	Token  string // the token's label
+	Serial string // the token's serial number
+	// Reason says what happened, for an officer; Token.LoggedOutReason
+	// returns it until the next login.
+	Reason string
+	// Err is the token's answer: a *PINError wrapping ErrPINIncorrect,
+	// ErrPINLocked, ErrPINExpired or ErrPINInvalid, or the PKCS#11 error
+	// that interrupted a PIN change.
+	Err error
+}
+
+// WithPINDropHandler sets a function called once for each PINDrop, so that
+// the caller can audit it. It is called with no lock of the package held,
+// before the call that met the refusal returns, one drop at a time. It must
+// not use the token's sessions (sign, list keys, log in or out).
+func WithPINDropHandler(fn func(PINDrop)) TokenOption {
+	return func(o *tokenOptions) { o.onPINDrop = fn }
+}
+
 // Token is one token of a module, with its session pool, its kept PIN and
 // its cache of key handles. It is safe for concurrent use.
 type Token struct {
@@ -188,6 +214,23 @@ type Token struct {
 
 	loginMu sync.Mutex
 	pin     []byte // kept for re-login; guarded by loginMu
+	// loggedOutReason says why the package dropped the kept PIN, until
+	// the next login; guarded by loginMu.
+	loggedOutReason string
+	// loginSeq grows by one when a change of the token's login state made
+	// by this package starts (C_Login, C_Logout) and by one when it ends:
+	// it is odd while one is under way. A key search compares it before
+	// and after to tell "no such key" from "searched while the login
+	// changed".
+	loginSeq atomic.Uint64
+
+	// PIN drops waiting to be handed to opts.onPINDrop: pendingDrops is
+	// guarded by dropsMu, dropsPending counts those not yet delivered,
+	// deliverMu serialises deliveries.
+	dropsMu      sync.Mutex
+	pendingDrops []PINDrop
+	dropsPending atomic.Int64
+	deliverMu    sync.Mutex
 
 	keysMu sync.RWMutex
 	keys   map[string]*keyEntry
@@ -196,7 +239,8 @@ type Token struct {
 	// that two officers cannot create the same label at once.
 	adminMu sync.Mutex
 
-	logins atomic.Int64 // re-logins done, for tests and metrics
+	logins        atomic.Int64 // re-logins done, for tests and metrics
+	loginAttempts atomic.Int64 // C_Login calls made as the user, with any PIN
 }
 
 // Token finds the token sel names and returns it, opening no session yet.
@@ -313,6 +357,7 @@ func (t *Token) closeLocked() error {
 // kind of failure is recovered from once per call, and fn is run again.
 // fn must be safe to run more than once.
 func (t *Token) withSession(ctx context.Context, fn func(s *session) error) error {
+	defer t.deliverPINDrops()
 	var (
 		recovered [classModule + 1]bool
 		lastErr   error
@@ -350,10 +395,23 @@ func (t *Token) withSession(ctx context.Context, fn func(s *session) error) erro
 		}
 		t.m.mu.RUnlock()
 		if class == classNone {
-			return err
+			return t.explainPINExpired(err)
 		}
 		if recovered[class] {
 			lastErr = err
+			if class == classHandle || class == classLogin {
+				// Handles that turn invalid twice, or a login lost
+				// twice: an officer logged the token out meanwhile.
+				t.loginMu.Lock()
+				var nerr error
+				if t.pin == nil {
+					nerr = t.notLoggedInLocked()
+				}
+				t.loginMu.Unlock()
+				if nerr != nil {
+					return fmt.Errorf("%w (%w)", nerr, lastErr)
+				}
+			}
 			break
 		}
 		recovered[class] = true
@@ -454,11 +512,25 @@ func (t *Token) relogin(s *session) error {
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
 	if t.pin == nil {
-		return fmt.Errorf("%w: token %q (log in first)", ErrNotLoggedIn, t.label)
+		return t.notLoggedInLocked()
 	}
 	return t.loginKeptLocked(s)
 }
 
+// notLoggedInLocked is the error for a call that needs a login when no
+// PIN is kept; it carries the reason when the package dropped the PIN.
+// The caller holds loginMu.
+func (t *Token) notLoggedInLocked() error {
+	if t.loggedOutReason != "" {
+		return fmt.Errorf("%w: token %q: %s", ErrNotLoggedIn, t.label, t.loggedOutReason)
+	}
+	return fmt.Errorf("%w: token %q (log in first)", ErrNotLoggedIn, t.label)
+}
+
+// loginKeptLocked logs the token in on s with the kept PIN unless s shows
+// a logged-in user. A kept PIN that the token refuses is dropped at once
+// (see dropKeptPINLocked) and the error wraps ErrNotLoggedIn and the
+// *PINError. The caller holds loginMu and a kept PIN.
 func (t *Token) loginKeptLocked(s *session) error {
 	si, err := t.m.api.GetSessionInfo(s.h)
 	if err != nil {
@@ -467,9 +539,16 @@ func (t *Token) loginKeptLocked(s *session) error {
 	if si.State == pkcs11.CKS_RO_USER_FUNCTIONS || si.State == pkcs11.CKS_RW_USER_FUNCTIONS {
 		return nil
 	}
-	err = t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(t.pin))
+	err = t.userLogin(s, t.pin)
 	if err != nil && !isRV(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
-		return t.pinError(fmt.Errorf("logging in again with the kept PIN: %w", p11err("C_Login", err)))
+		err = p11err("C_Login with the kept PIN", err)
+		if !keptPINRefused(err) {
+			return err
+		}
+		perr := t.pinError(err)
+		t.dropKeptPINLocked(fmt.Sprintf("the token refused the kept PIN when logging in again at %s (%s); the daemon dropped it and will not try it again: an officer must log in",
+			t.m.opts.now().UTC().Format(time.RFC3339), pinErrorSummary(perr)), perr)
+		return fmt.Errorf("%w: token %q: the kept PIN was refused and dropped; an officer must log in: %w", ErrNotLoggedIn, t.label, perr)
 	}
 	t.logins.Add(1)
 	t.forgetKeys() // handles of private objects change across logins
@@ -477,38 +556,216 @@ func (t *Token) loginKeptLocked(s *session) error {
 	return nil
 }
 
+// keptPINRefused reports whether err is the token's refusal of the PIN
+// itself: wrong, locked, expired, or no longer acceptable. Such a PIN must
+// never be presented again.
+func keptPINRefused(err error) bool {
+	for _, rv := range []uint{pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED,
+		pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_INVALID} {
+		if isRV(err, rv) {
+			return true
+		}
+	}
+	return false
+}
+
+// pinErrorSummary is the sentinel and PIN status of a *PINError, or the
+// error's text for any other error.
+func pinErrorSummary(err error) string {
+	var pe *PINError
+	if !errors.As(err, &pe) {
+		return err.Error()
+	}
+	for _, sentinel := range []error{ErrPINLocked, ErrPINExpired, ErrPINInvalid, ErrPINIncorrect} {
+		if errors.Is(err, sentinel) {
+			return strings.TrimPrefix(sentinel.Error(), "hsm: ") + "; " + pe.Status.String()
+		}
+	}
+	return err.Error()
+}
+
+// dropKeptPINLocked zeroes and forgets the kept PIN, records why, forgets
+// the cached key handles and queues a PINDrop for the handler. The caller
+// holds loginMu.
+func (t *Token) dropKeptPINLocked(reason string, cause error) {
+	zero(t.pin)
+	t.pin = nil
+	t.loggedOutReason = reason
+	t.forgetKeys()
+	t.m.log.Warn("kept PIN dropped; the token is logged out until an officer logs in", "token", t.label, "reason", reason)
+	if t.opts.onPINDrop == nil {
+		return
+	}
+	t.dropsMu.Lock()
+	t.pendingDrops = append(t.pendingDrops, PINDrop{Token: t.label, Serial: t.serial, Reason: reason, Err: cause})
+	t.dropsMu.Unlock()
+	t.dropsPending.Add(1)
+}
+
+// deliverPINDrops hands the queued PIN drops to the handler. It is called,
+// with no lock held, before every call that can drop a PIN returns; when
+// it returns, every drop queued before it was called has been delivered.
+func (t *Token) deliverPINDrops() {
+	if t.dropsPending.Load() == 0 {
+		return
+	}
+	t.deliverMu.Lock()
+	defer t.deliverMu.Unlock()
+	t.dropsMu.Lock()
+	drops := t.pendingDrops
+	t.pendingDrops = nil
+	t.dropsMu.Unlock()
+	for _, d := range drops {
+		t.opts.onPINDrop(d)
+	}
+	t.dropsPending.Add(-int64(len(drops)))
+}
+
+// userLogin makes one C_Login as the user with pin, counted, marking the
+// login state as changing meanwhile. The caller holds loginMu.
+func (t *Token) userLogin(s *session, pin []byte) error {
+	t.loginAttempts.Add(1)
+	t.loginSeq.Add(1)
+	defer t.loginSeq.Add(1)
+	return t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(pin))
+}
+
+// userLogout makes one C_Logout, marking the login state as changing
+// meanwhile. The caller holds loginMu.
+func (t *Token) userLogout(s *session) error {
+	t.loginSeq.Add(1)
+	defer t.loginSeq.Add(1)
+	return t.m.api.Logout(s.h)
+}
+
+// sameAsKeptLocked compares pin with the kept PIN in constant time. The
+// caller holds loginMu and a kept PIN.
+func (t *Token) sameAsKeptLocked(pin []byte) bool {
+	return subtle.ConstantTimeCompare(t.pin, pin) == 1
+}
+
+// pinOp runs op, which presents a PIN to the token (C_Login, C_SetPIN),
+// exactly once. The session it runs on is first checked with
+// C_GetSessionInfo, and a session or module failure of that check is
+// recovered from once, as withSession does; but op itself is never run
+// again, because the token may have counted the PIN it was given. op
+// returns the error for the caller and the PKCS#11 call's own error, which
+// decides whether the session is kept.
+func (t *Token) pinOp(ctx context.Context, op func(s *session) (err, callErr error)) error {
+	defer t.deliverPINDrops()
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		gen, err := t.m.rlock()
+		if err != nil {
+			return err
+		}
+		s, err := t.acquire(ctx, gen)
+		if err == nil {
+			if _, serr := t.m.api.GetSessionInfo(s.h); serr != nil {
+				err = p11err("C_GetSessionInfo", serr)
+			} else {
+				opErr, callErr := op(s)
+				class := classify(callErr)
+				t.settle(s, class)
+				t.m.mu.RUnlock()
+				if class == classModule {
+					// Let the module recover for the calls that follow;
+					// op is not run again.
+					_ = t.m.failed(gen, callErr)
+				}
+				return opErr
+			}
+		}
+		class := classify(err)
+		if s != nil {
+			t.settle(s, class)
+		}
+		t.m.mu.RUnlock()
+		if class != classSession && class != classModule {
+			return err
+		}
+		if attempt > 0 {
+			return fmt.Errorf("%w: token %q: %w", ErrUnavailable, t.label, err)
+		}
+		if class == classModule {
+			if rerr := t.m.failed(gen, err); !errors.Is(rerr, errRetry) {
+				return rerr
+			}
+		}
+	}
+}
+
+// settle gives s back to the pool, or closes it when class says it is
+// broken. The caller holds the module read lock.
+func (t *Token) settle(s *session, class errorClass) {
+	if class == classSession || class == classModule {
+		t.pool.epoch.Add(1)
+		t.pool.drop(t.m.api, s)
+		return
+	}
+	t.pool.release(s)
+}
+
 // Login logs the user in with pin and keeps a copy of it for re-login
 // after an HSM restart. The caller may zero pin afterwards. A wrong PIN
 // returns a *PINError wrapping ErrPINIncorrect; a locked one wraps
-// ErrPINLocked.
+// ErrPINLocked; an expired one ErrPINExpired.
+//
+// Login never logs the token out to test a PIN. While a PIN is kept, a
+// pin equal to it (compared in constant time) succeeds without touching
+// the token, and any other is refused with ErrAlreadyLoggedIn without
+// being tried; a token that reports a user logged in while no PIN is kept
+// is refused likewise. C_Login is made at most once per call.
 func (t *Token) Login(ctx context.Context, pin []byte) error {
 	if len(pin) == 0 {
 		return fmt.Errorf("%w: empty PIN", ErrInvalidArgument)
 	}
-	return t.withSession(ctx, func(s *session) error {
+	t.loginMu.Lock()
+	if t.pin != nil {
+		err := t.checkKeptLocked(pin)
+		t.loginMu.Unlock()
+		return err
+	}
+	t.loginMu.Unlock()
+	return t.pinOp(ctx, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
-		err := t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(pin))
-		if isRV(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
-			if t.pin != nil && subtle.ConstantTimeCompare(t.pin, pin) == 1 {
-				return nil
-			}
-			// Someone is logged in with a PIN we cannot compare: log out
-			// and in again, so that a wrong PIN is never accepted.
-			_ = t.m.api.Logout(s.h)
-			err = t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(pin))
-			if err != nil && t.pin != nil {
-				_ = t.m.api.Login(s.h, pkcs11.CKU_USER, pinString(t.pin))
-			}
+		if t.pin != nil {
+			return t.checkKeptLocked(pin), nil
 		}
-		if err != nil {
-			return t.pinError(p11err("C_Login", err))
+		err := t.userLogin(s, pin)
+		switch {
+		case isRV(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN):
+			return fmt.Errorf("%w: token %q reports a user logged in but this daemon keeps no PIN for it; log out first (the PIN was not tried)", ErrAlreadyLoggedIn, t.label), nil
+		case keptPINRefused(err):
+			perr := t.pinError(p11err("C_Login", err))
+			if errors.Is(perr, ErrPINExpired) {
+				// Some tokens leave the user logged in for C_SetPIN only:
+				// leave nothing logged in that no PIN is kept for.
+				_ = t.userLogout(s)
+			}
+			return perr, err
+		case classify(err) == classSession || classify(err) == classModule:
+			return fmt.Errorf("%w: token %q: %w (the login was not retried; try again)", ErrUnavailable, t.label, p11err("C_Login", err)), err
+		case err != nil:
+			return p11err("C_Login", err), err
 		}
-		zero(t.pin)
 		t.pin = bytes.Clone(pin)
+		t.loggedOutReason = ""
 		t.forgetKeys() // handles of private objects change across logins
-		return nil
+		return nil, nil
 	})
+}
+
+// checkKeptLocked answers a login while a PIN is kept, without touching
+// the token. The caller holds loginMu and a kept PIN.
+func (t *Token) checkKeptLocked(pin []byte) error {
+	if t.sameAsKeptLocked(pin) {
+		return nil
+	}
+	return fmt.Errorf("%w: token %q is logged in with another PIN; log out first (the PIN was not tried)", ErrAlreadyLoggedIn, t.label)
 }
 
 // pinError turns a login failure into a *PINError with the PIN status the
@@ -520,7 +777,9 @@ func (t *Token) pinError(err error) error {
 		sentinel = ErrPINIncorrect
 	case isRV(err, pkcs11.CKR_PIN_LOCKED):
 		sentinel = ErrPINLocked
-	case isRV(err, pkcs11.CKR_PIN_LEN_RANGE), isRV(err, pkcs11.CKR_PIN_INVALID):
+	case isRV(err, pkcs11.CKR_PIN_EXPIRED):
+		sentinel = ErrPINExpired
+	case isRV(err, pkcs11.CKR_PIN_LEN_RANGE), isRV(err, pkcs11.CKR_PIN_INVALID), isRV(err, pkcs11.CKR_PIN_TOO_WEAK):
 		sentinel = ErrPINInvalid
 	default:
 		return err
@@ -532,10 +791,23 @@ func (t *Token) pinError(err error) error {
 	if ti, ierr := t.m.api.GetTokenInfo(slot); ierr == nil {
 		pe.Status = pinStatusFromFlags(ti.Flags)
 	}
-	if sentinel == ErrPINLocked {
+	switch sentinel {
+	case ErrPINLocked:
 		pe.Status.Locked = true
+	case ErrPINExpired:
+		pe.Status.ToBeChanged = true
 	}
 	return pe
+}
+
+// explainPINExpired wraps ErrPINExpired around an operation's
+// CKR_PIN_EXPIRED, which some tokens answer to every call until the PIN
+// is changed.
+func (t *Token) explainPINExpired(err error) error {
+	if !isRV(err, pkcs11.CKR_PIN_EXPIRED) || errors.Is(err, ErrPINExpired) {
+		return err
+	}
+	return fmt.Errorf("%w: token %q: change the user PIN (signerctl token change-pin): %w", ErrPINExpired, t.label, err)
 }
 
 // Logout logs the user out, zeroes the kept PIN and forgets cached key
@@ -547,7 +819,7 @@ func (t *Token) Logout(ctx context.Context) error {
 		zero(t.pin)
 		t.pin = nil
 		t.forgetKeys()
-		err := t.m.api.Logout(s.h)
+		err := t.userLogout(s)
 		if err != nil && !isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
 			return p11err("C_Logout", err)
 		}
@@ -556,31 +828,117 @@ func (t *Token) Logout(ctx context.Context) error {
 }
 
 // LoggedIn reports whether a PIN is kept for this token, that is whether
-// an officer logged it in and has not logged it out.
+// an officer logged it in and has not logged it out, and the package has
+// not dropped the PIN.
 func (t *Token) LoggedIn() bool {
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()
 	return t.pin != nil
 }
 
-// ChangePIN changes the user PIN. When the token is logged in, the kept PIN
-// becomes the new one.
+// LoggedOutReason says why the package dropped the kept PIN and reports
+// the token logged out (see PINDrop), or is empty. The next successful
+// Login clears it.
+func (t *Token) LoggedOutReason() string {
+	t.loginMu.Lock()
+	defer t.loginMu.Unlock()
+	return t.loggedOutReason
+}
+
+// ChangePIN changes the user PIN with one C_SetPIN, never retried: the
+// token may have counted the old PIN. While a PIN is kept, oldPIN must be
+// that PIN (compared in constant time; otherwise ErrAlreadyLoggedIn,
+// without touching the token), and the kept PIN becomes newPIN.
+//
+// When the token refuses the kept PIN as the old one, the kept PIN is
+// dropped (see PINDrop). When C_SetPIN ends in any other way than success
+// or a refusal (a session or device error), nobody knows which PIN the
+// token holds: the kept PIN is dropped, the token logged out, and the
+// error wraps ErrNotLoggedIn.
 func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
 	if len(oldPIN) == 0 || len(newPIN) == 0 {
 		return fmt.Errorf("%w: empty PIN", ErrInvalidArgument)
 	}
-	return t.withSession(ctx, func(s *session) error {
+	notKept := func() error {
+		return fmt.Errorf("%w: token %q is logged in with another PIN than the old PIN given; log out first to change the PIN with it (the PIN was not tried)", ErrAlreadyLoggedIn, t.label)
+	}
+	t.loginMu.Lock()
+	if t.pin != nil && !t.sameAsKeptLocked(oldPIN) {
+		t.loginMu.Unlock()
+		return notKept()
+	}
+	t.loginMu.Unlock()
+	return t.pinOp(ctx, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
-		if err := t.m.api.SetPIN(s.h, pinString(oldPIN), pinString(newPIN)); err != nil {
-			return t.pinError(p11err("C_SetPIN", err))
+		kept := t.pin != nil
+		if kept && !t.sameAsKeptLocked(oldPIN) {
+			return notKept(), nil
 		}
-		if t.pin != nil {
-			zero(t.pin)
-			t.pin = bytes.Clone(newPIN)
+		err := t.m.api.SetPIN(s.h, pinString(oldPIN), pinString(newPIN))
+		switch {
+		case err == nil:
+			if kept {
+				zero(t.pin)
+				t.pin = bytes.Clone(newPIN)
+			}
+			return nil, nil
+		case setPINRefused(err):
+			perr := t.pinError(p11err("C_SetPIN", err))
+			if kept && (isRV(err, pkcs11.CKR_PIN_INCORRECT) || isRV(err, pkcs11.CKR_PIN_LOCKED)) {
+				t.dropKeptPINLocked(fmt.Sprintf("the token refused the kept PIN as the old PIN of a PIN change at %s (%s); the daemon dropped it and will not try it again: an officer must log in",
+					t.m.opts.now().UTC().Format(time.RFC3339), pinErrorSummary(perr)), perr)
+			}
+			return perr, err
 		}
-		return nil
+		// No answer about the PINs: the change may or may not have been
+		// made. Trust neither PIN.
+		reason := fmt.Sprintf("a PIN change ended without an answer at %s (%v): the token may hold the old or the new PIN; the daemon dropped the kept PIN and logged the token out: an officer must log in (try the new PIN first)",
+			t.m.opts.now().UTC().Format(time.RFC3339), p11err("C_SetPIN", err))
+		cause := p11err("C_SetPIN", err)
+		if kept {
+			t.dropKeptPINLocked(reason, cause)
+		} else {
+			t.loggedOutReason = reason
+		}
+		t.logoutAnyLocked(s)
+		return fmt.Errorf("%w: token %q: %s", ErrNotLoggedIn, t.label, reason), err
 	})
+}
+
+// setPINRefused reports whether C_SetPIN's error is the token's refusal,
+// after which the PIN is certainly unchanged.
+func setPINRefused(err error) bool {
+	for _, rv := range []uint{pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED,
+		pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_TOO_WEAK,
+		pkcs11.CKR_SESSION_READ_ONLY, pkcs11.CKR_TOKEN_WRITE_PROTECTED, pkcs11.CKR_USER_PIN_NOT_INITIALIZED,
+		pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_ARGUMENTS_BAD} {
+		if isRV(err, rv) {
+			return true
+		}
+	}
+	return false
+}
+
+// logoutAnyLocked logs the token out, on s or, when s fails, on a new
+// session opened for the purpose; failures are ignored (a token that
+// cannot be reached keeps no login either). The caller holds loginMu and
+// the module read lock.
+func (t *Token) logoutAnyLocked(s *session) {
+	err := t.userLogout(s)
+	if err == nil || isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
+		return
+	}
+	slot, err := t.findSlotLocked()
+	if err != nil {
+		return
+	}
+	h, err := t.m.api.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		return
+	}
+	_ = t.userLogout(&session{h: h})
+	_ = t.m.api.CloseSession(h)
 }
 
 // Info returns the token's information as the module reports it now.
@@ -612,13 +970,16 @@ type PoolStats struct {
 	Idle   int   // open sessions not in use
 	Waits  int64 // calls that had to wait for a session
 	Logins int64 // re-logins done with the kept PIN
+	// LoginAttempts counts every C_Login made as the user, with the kept
+	// PIN or an officer's, whatever the token answered.
+	LoginAttempts int64
 }
 
 // Stats returns the pool's figures.
 func (t *Token) Stats() PoolStats {
 	return PoolStats{
 		Size: t.pool.size, Open: len(t.pool.sem), Idle: len(t.pool.idle),
-		Waits: t.pool.waits.Load(), Logins: t.logins.Load(),
+		Waits: t.pool.waits.Load(), Logins: t.logins.Load(), LoginAttempts: t.loginAttempts.Load(),
 	}
 }
 

@@ -152,22 +152,6 @@ func TestLoginWrongPIN(t *testing.T) {
 	}
 }
 
-func TestLoginWhileLoggedInChecksThePIN(t *testing.T) {
-	e := newEnv(t, nil)
-	ctx := testContext(t)
-	k := e.genKey(t, ECP256, "k")
-	if err := e.tok.Login(ctx, []byte("not-the-pin")); !errors.Is(err, ErrPINIncorrect) {
-		t.Fatalf("second Login with a wrong PIN while logged in: %v; want ErrPINIncorrect", err)
-	}
-	// The kept PIN still logs in, so signing goes on.
-	if _, err := e.tok.Sign(ctx, k.ID, mustAlg(t, "ES256"), digestOf("x")); err != nil {
-		t.Fatalf("Sign after the refused second login: %v", err)
-	}
-	if err := e.tok.Login(ctx, e.soft.UserPIN); err != nil {
-		t.Fatalf("Login again with the right PIN: %v", err)
-	}
-}
-
 func TestLoginLockedPIN(t *testing.T) {
 	// SoftHSM never locks a PIN, so the lock comes from the fault layer.
 	e := newEnv(t, nil)
@@ -219,14 +203,26 @@ func TestChangePIN(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := testContext(t)
 	newPIN := []byte("987654")
-	if err := e.tok.ChangePIN(ctx, []byte("bad-old"), newPIN); !errors.Is(err, ErrPINIncorrect) {
-		t.Fatalf("ChangePIN with a wrong old PIN: %v; want ErrPINIncorrect", err)
+	// Logged in, an old PIN that is not the kept one is refused without
+	// being tried.
+	if err := e.tok.ChangePIN(ctx, []byte("bad-old"), newPIN); !errors.Is(err, ErrAlreadyLoggedIn) {
+		t.Fatalf("ChangePIN with a wrong old PIN while logged in: %v; want ErrAlreadyLoggedIn", err)
+	}
+	if e.fault.count("SetPIN") != 0 {
+		t.Fatal("the wrong old PIN was tried on the token")
 	}
 	if err := e.tok.ChangePIN(ctx, e.soft.UserPIN, newPIN); err != nil {
 		t.Fatalf("ChangePIN: %v", err)
 	}
+	if !e.tok.LoggedIn() || !bytes.Equal(e.keptPIN(), newPIN) {
+		t.Fatal("the kept PIN is not the new PIN after the change")
+	}
 	if err := e.tok.Logout(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// Logged out, the token judges the old PIN.
+	if err := e.tok.ChangePIN(ctx, []byte("bad-old"), []byte("whatever")); !errors.Is(err, ErrPINIncorrect) {
+		t.Fatalf("ChangePIN with a wrong old PIN while logged out: %v; want ErrPINIncorrect", err)
 	}
 	if err := e.tok.Login(ctx, e.soft.UserPIN); !errors.Is(err, ErrPINIncorrect) {
 		t.Fatalf("Login with the old PIN after the change: %v; want ErrPINIncorrect", err)

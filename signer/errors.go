@@ -52,8 +52,8 @@ func codeOf(err error) codes.Code {
 		errors.Is(err, hsm.ErrInvalidURI), errors.Is(err, ErrInvalid), errors.Is(err, state.ErrInvalid):
 		return codes.InvalidArgument
 	case errors.Is(err, hsm.ErrNotLoggedIn), errors.Is(err, hsm.ErrPINIncorrect), errors.Is(err, hsm.ErrPINLocked),
-		errors.Is(err, hsm.ErrPINInvalid), errors.Is(err, ErrPrecondition), errors.Is(err, state.ErrAmbiguous),
-		errors.Is(err, hsm.ErrKeyAttributes):
+		errors.Is(err, hsm.ErrPINInvalid), errors.Is(err, hsm.ErrPINExpired), errors.Is(err, hsm.ErrAlreadyLoggedIn),
+		errors.Is(err, ErrPrecondition), errors.Is(err, state.ErrAmbiguous), errors.Is(err, hsm.ErrKeyAttributes):
 		return codes.FailedPrecondition
 	case errors.Is(err, hsm.ErrSessionWait):
 		return codes.ResourceExhausted

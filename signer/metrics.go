@@ -22,6 +22,9 @@ type metrics struct {
 	reg     *prometheus.Registry
 	calls   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	// pinDrops counts, per token, the PINs the daemon gave up because the
+	// token refused them (or a PIN change ended in doubt).
+	pinDrops *prometheus.CounterVec
 }
 
 func newMetrics(s *Service) *metrics {
@@ -34,8 +37,11 @@ func newMetrics(s *Service) *metrics {
 			Name: "signerd_call_seconds", Help: "API call latency by method.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 18),
 		}, []string{"method"}),
+		pinDrops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signerd_token_pin_drops_total", Help: "PINs the daemon dropped because the token refused them; the token stays logged out until an officer logs in.",
+		}, []string{"token"}),
 	}
-	m.reg.MustRegister(m.calls, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.calls, m.latency, m.pinDrops, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, t := range s.tokens {
 		labels := prometheus.Labels{"token": t.name}
 		tok := t.tok
@@ -50,7 +56,10 @@ func newMetrics(s *Service) *metrics {
 				func() float64 { return float64(tok.Stats().Logins) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_token_logged_in", Help: "1 when the token is logged in.", ConstLabels: labels},
 				func() float64 { return boolFloat(tok.LoggedIn()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_hsm_login_attempts_total", Help: "C_Login calls made as the user, with the kept PIN or an officer's, whatever the answer.", ConstLabels: labels},
+				func() float64 { return float64(tok.Stats().LoginAttempts) }),
 		)
+		m.pinDrops.WithLabelValues(t.name)
 	}
 	for _, me := range s.modules {
 		mod := me.mod

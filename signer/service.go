@@ -78,6 +78,9 @@ type tokenEntry struct {
 	name   string
 	module *moduleEntry
 	tok    *hsm.Token
+	// startRefusal is why the token refused the configured PIN at
+	// start-up, until an officer logs it in; nil otherwise.
+	startRefusal atomic.Pointer[hsm.PINDrop]
 }
 
 // auditLog is what the service needs of the audit log.
@@ -147,6 +150,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		}
 	}
 	s.metrics = newMetrics(s)
+	for _, te := range s.tokens {
+		if d := te.startRefusal.Load(); d != nil {
+			s.pinDropped(te.name, *d)
+		}
+	}
 	s.reconcileAll(ctx)
 	return s, nil
 }
@@ -156,7 +164,8 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 	if err != nil {
 		return nil, err
 	}
-	opts := []hsm.TokenOption{hsm.WithVerify(tc.Verify)}
+	name := tc.Name
+	opts := []hsm.TokenOption{hsm.WithVerify(tc.Verify), hsm.WithPINDropHandler(func(d hsm.PINDrop) { s.pinDropped(name, d) })}
 	if tc.Sessions > 0 {
 		opts = append(opts, hsm.WithPoolSize(tc.Sessions))
 	}
@@ -175,7 +184,19 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 		return nil, err
 	}
 	defer clear(pin)
-	if err := tok.Login(ctx, pin); err != nil {
+	err = tok.Login(ctx, pin)
+	var pe *hsm.PINError
+	if errors.As(err, &pe) {
+		// The token refused the configured PIN. Failing the start would
+		// have the service manager start the daemon again and again, each
+		// time with one more wrong try, until the token locks: start with
+		// the token logged out instead, and say why.
+		reason := fmt.Sprintf("the token refused the configured PIN (from %s) at start-up (%v); it is not tried again: correct it and restart, or log in with signerctl", src, err)
+		te.startRefusal.Store(&hsm.PINDrop{Token: tok.Label(), Serial: tok.Serial(), Reason: reason, Err: err})
+		s.log.Error("token PIN refused at start-up; the token stays logged out", "token", tc.Name, "error", err.Error())
+		return te, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("logging in with the PIN from %s: %w", src.Kind, err)
 	}
 	s.log.Info("token logged in", "token", tc.Name, "pin_source", src.Kind)

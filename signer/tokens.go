@@ -43,6 +43,7 @@ func (s *Service) tokenMessage(ctx context.Context, t *tokenEntry) *signerv1.Tok
 		Name: t.name, Module: t.module.name, Label: t.tok.Label(), Serial: t.tok.Serial(),
 		LoggedIn: t.tok.LoggedIn(), PoolSize: uint32(ps.Size), SessionsOpen: uint32(ps.Open),
 		SessionsInUse: uint32(ps.Open - ps.Idle), SessionWaits: ps.Waits, Relogins: ps.Logins,
+		LoggedOutReason: t.loggedOutReason(),
 	}
 	info, err := t.tok.Info(ctx)
 	if err != nil {
@@ -85,6 +86,7 @@ func (s *Service) LoginToken(ctx context.Context, req *signerv1.LoginTokenReques
 	if err = s.audited(ctx, c, audit.Record{Op: "token.login", Token: req.GetToken()}, err); err != nil {
 		return nil, err
 	}
+	t.startRefusal.Store(nil)
 	s.forgetKeyRefs()
 	if err := s.reconcileToken(ctx, t); err != nil {
 		s.log.Error("reconciling the token with the state", "token", t.name, "error", err.Error())
@@ -122,6 +124,38 @@ func (s *Service) ChangePin(ctx context.Context, req *signerv1.ChangePinRequest)
 		return nil, err
 	}
 	return s.tokenMessage(ctx, t), nil
+}
+
+// loggedOutReason says why the daemon logged the token out by itself: it
+// dropped a kept PIN that the token refused, or the token refused the
+// configured PIN at start-up. It is empty while the token is logged in.
+func (t *tokenEntry) loggedOutReason() string {
+	if t.tok.LoggedIn() {
+		return ""
+	}
+	if r := t.tok.LoggedOutReason(); r != "" {
+		return r
+	}
+	if d := t.startRefusal.Load(); d != nil {
+		return d.Reason
+	}
+	return ""
+}
+
+// pinDropped records that the daemon gave up a PIN it held for a token
+// (see hsm.PINDrop): one audit line and a metric (hsm logs the drop). The
+// daemon itself is the actor, so the line's caller ids are -1.
+func (s *Service) pinDropped(token string, d hsm.PINDrop) {
+	if s.metrics != nil {
+		s.metrics.pinDrops.WithLabelValues(token).Inc()
+	}
+	rec := audit.Record{UID: -1, GID: -1, PID: -1, Op: "token.pin_dropped", Token: token, Detail: d.Reason, Result: "ok"}
+	if d.Err != nil {
+		rec.Result = codeOf(d.Err).String() + ": " + d.Err.Error()
+	}
+	if err := s.audit.Append(context.Background(), rec); err != nil {
+		s.log.Error("audit append failed", "op", rec.Op, "error", err.Error())
+	}
 }
 
 // isTokenUnusable reports errors that mean a token's keys cannot be listed

@@ -1,12 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -82,7 +83,7 @@ func (a *app) tokenCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				same := string(again) == string(newPIN)
+				same := subtle.ConstantTimeCompare(again, newPIN) == 1
 				clear(again)
 				if !same {
 					return errors.New("the new PINs differ")
@@ -103,27 +104,18 @@ func (a *app) tokenCommand() *cobra.Command {
 	return cmd
 }
 
+// maxPINFileBytes is the longest PIN file read, with room for a "\r\n".
+const maxPINFileBytes = 1024 + 2
+
 // readPIN reads a PIN from path, or from the terminal without echo. PINs
-// are never taken from a flag value: argv is visible to every user.
+// are never taken from a flag value: argv is visible to every user. The
+// PIN is read into one buffer and returned in it, never turned into a
+// string, so that the caller's clear removes it (the terminal reader,
+// golang.org/x/term, may leave a copy of a PIN longer than 8 bytes in a
+// buffer it outgrew).
 func (a *app) readPIN(path, prompt string) ([]byte, error) {
 	if path != "" {
-		st, err := os.Stat(path)
-		if err != nil {
-			return nil, fmt.Errorf("PIN file: %w", err)
-		}
-		if st.Mode().Perm()&0o077 != 0 {
-			return nil, fmt.Errorf("PIN file %s is readable by others (mode %04o); chmod 600 it", path, st.Mode().Perm())
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("PIN file: %w", err)
-		}
-		pin := []byte(strings.TrimRight(string(b), "\r\n"))
-		clear(b)
-		if len(pin) == 0 {
-			return nil, fmt.Errorf("PIN file %s is empty", path)
-		}
-		return pin, nil
+		return readPINFile(path)
 	}
 	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 	if err != nil {
@@ -136,10 +128,48 @@ func (a *app) readPIN(path, prompt string) ([]byte, error) {
 	pin, err := term.ReadPassword(int(tty.Fd()))
 	_, _ = io.WriteString(tty, "\n")
 	if err != nil {
+		clear(pin)
 		return nil, fmt.Errorf("reading the PIN: %w", err)
 	}
 	if len(pin) == 0 {
 		return nil, errors.New("empty PIN")
+	}
+	return pin, nil
+}
+
+// readPINFile reads a PIN file of mode 0600 or stricter into a buffer of
+// fixed size and returns the PIN in that buffer, without its trailing
+// line ending.
+func readPINFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("PIN file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("PIN file: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("PIN file %s is readable by others (mode %04o); chmod 600 it", path, st.Mode().Perm())
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("PIN file %s is not a regular file", path)
+	}
+	buf := make([]byte, maxPINFileBytes+1)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		clear(buf)
+		return nil, fmt.Errorf("PIN file: %w", err)
+	}
+	if n > maxPINFileBytes {
+		clear(buf)
+		return nil, fmt.Errorf("PIN file %s is larger than %d bytes", path, maxPINFileBytes)
+	}
+	pin := bytes.TrimRight(buf[:n], "\r\n")
+	if len(pin) == 0 {
+		clear(buf)
+		return nil, fmt.Errorf("PIN file %s is empty", path)
 	}
 	return pin, nil
 }
@@ -158,16 +188,22 @@ func (a *app) tokenTable(ts []*signerv1.Token) error {
 		if !t.GetAvailable() {
 			avail = "no: " + t.GetUnavailableReason()
 		}
+		loggedIn := yesNo(t.GetLoggedIn())
+		if !t.GetLoggedIn() && t.GetLoggedOutReason() != "" {
+			loggedIn = "no: " + t.GetLoggedOutReason()
+		}
 		pin := "ok"
 		switch p := t.GetPin(); {
 		case p.GetLocked():
 			pin = "LOCKED"
 		case p.GetFinalTry():
 			pin = "final try"
+		case p.GetToBeChanged():
+			pin = "must be changed"
 		case p.GetCountLow():
 			pin = "count low"
 		}
-		rows = append(rows, []string{t.GetName(), t.GetLabel(), t.GetSerial(), yesNo(t.GetLoggedIn()), pin,
+		rows = append(rows, []string{t.GetName(), t.GetLabel(), t.GetSerial(), loggedIn, pin,
 			fmt.Sprintf("%d/%d (%d busy)", t.GetSessionsOpen(), t.GetPoolSize(), t.GetSessionsInUse()), avail})
 	}
 	return a.table([]string{"TOKEN", "LABEL", "SERIAL", "LOGGED IN", "PIN", "SESSIONS", "AVAILABLE"}, rows)

@@ -253,11 +253,6 @@ func TestDaemonRefusesToStart(t *testing.T) {
 			_ = os.Chmod(filepath.Join(dir, "run"), 0o777)
 			return p
 		}, "writable by group or others"},
-		{"wrong PIN in the PIN file", func(t *testing.T, dir string) string {
-			p := daemonConfig(t, dir, soft, `"*"`)
-			_ = os.WriteFile(filepath.Join(dir, "user.pin"), []byte("not-the-pin"), 0o600)
-			return p
-		}, "PIN incorrect"},
 		{"PIN file readable by others", func(t *testing.T, dir string) string {
 			p := daemonConfig(t, dir, soft, `"*"`)
 			_ = os.Chmod(filepath.Join(dir, "user.pin"), 0o644)
@@ -285,6 +280,42 @@ func TestDaemonRefusesToStart(t *testing.T) {
 				t.Fatalf("a PIN reached the output:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestDaemonStartsWhenTheTokenRefusesThePIN: a PIN file the token refuses
+// does not stop the start. An exit would have systemd (Restart=on-failure)
+// start the daemon again and again, each time with one more wrong try,
+// until the token locks. The daemon is ready, the token logged out with
+// the reason, and the PIN is in no output.
+func TestDaemonStartsWhenTheTokenRefusesThePIN(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	cfgPath := daemonConfig(t, dir, soft, `"*"`)
+	if err := os.WriteFile(filepath.Join(dir, "user.pin"), []byte("not-the-pin"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, bin, nil, "--config", cfgPath)
+	d.WaitForLine("PIN refused at start-up", 0, time.Minute)
+	c, err := client.Dial(filepath.Join(dir, "run/signer.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tok, err := c.GetToken(ctxT(t), &signerv1.GetTokenRequest{Token: "t1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.GetLoggedIn() || !strings.Contains(tok.GetLoggedOutReason(), "PIN incorrect") {
+		t.Fatalf("token: logged in %v, reason %q; want logged out because the PIN was refused", tok.GetLoggedIn(), tok.GetLoggedOutReason())
+	}
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatalf("signerd exit after SIGTERM: %v\n%s", err, d.Output())
+	}
+	if out := d.Output(); strings.Contains(out, "not-the-pin") || strings.Contains(out, string(soft.UserPIN)) {
+		t.Fatalf("a PIN reached the output:\n%s", out)
 	}
 }
 
