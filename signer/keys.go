@@ -64,6 +64,7 @@ func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 	}
 	if rec != nil {
 		msg.Known, msg.Name, msg.Usage = true, rec.Name, usageEnum(rec.Usage)
+		msg.BoundMember = rec.Member
 		msg.Created = timestamppb.New(rec.CreatedAt)
 	}
 	return msg

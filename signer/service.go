@@ -54,8 +54,10 @@ type Service struct {
 	modules []*moduleEntry
 	tokens  []*tokenEntry
 
-	keysMu sync.RWMutex
-	keys   map[string]*keyRef // hex id → where the key is and what it is for
+	keysMu   sync.RWMutex
+	keys     map[string]*keyRef // lower-case hex id → where the key is and what it is for
+	keysGen  uint64             // counts the clears of keys; a fill stores only under the one it began in
+	keyHooks atomic.Pointer[keyCacheHooks]
 
 	metrics *metrics
 
@@ -91,8 +93,10 @@ type keyRef struct {
 	idHex string
 	usage string // "" when the state does not know the key
 	label string
-	// members are the members the key's certificates belong to; a client
-	// must be allowed one of them to sign with the key.
+	// members are the members the key serves: the one it is bound to
+	// and, for a key recorded before bindings were, those its
+	// certificates and requests name. A client must be allowed one of
+	// them to sign with the key; a key with none is unbound.
 	members []string
 }
 
