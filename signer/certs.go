@@ -403,7 +403,7 @@ func (s *Service) GetSigningInfo(ctx context.Context, req *signerv1.GetSigningIn
 	}
 	if !c.policy.MayUseMember(c.cfgPeer(), member) {
 		err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
-		return nil, s.audited(ctx, c, audit.Record{Op: "denied", Detail: "GetSigningInfo member=" + member}, err)
+		return nil, s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: "GetSigningInfo member=" + member}, err)
 	}
 	rs, err := s.store.ListCerts(ctx, state.CertFilter{Member: member})
 	if err != nil {

@@ -18,7 +18,6 @@ import (
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/config"
-	"github.com/hsmsigner/hsmsigner/signer/peercred"
 	"github.com/hsmsigner/hsmsigner/signer/state"
 )
 
@@ -60,6 +59,7 @@ type Service struct {
 	keyHooks atomic.Pointer[keyCacheHooks]
 
 	metrics *metrics
+	limits  *uidLimits // [limits], per uid
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
@@ -108,6 +108,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, err
+	}
 	s := &Service{cfg: cfg, log: log, version: opts.Version, started: time.Now(), keys: map[string]*keyRef{}, draining: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -146,6 +149,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		}
 	}
 	s.metrics = newMetrics(s)
+	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary)
+	s.metrics.reg.MustRegister(s.limits.collectors()...)
 	return s, nil
 }
 
@@ -188,6 +193,9 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 func (s *Service) Close() error {
 	var errs []error
 	s.closeOnce.Do(func() {
+		if s.limits != nil {
+			s.limits.close() // its last summary lines, while the audit log is open
+		}
 		for _, m := range s.modules {
 			if err := m.mod.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
@@ -240,12 +248,13 @@ func (s *Service) token(name string) (*tokenEntry, error) {
 }
 
 // ServerOptions are the gRPC server options the API is served with: peer
-// credentials from the Unix socket, the admission interceptors, the
+// credentials from the Unix socket (each connection counted under its
+// uid, at most [limits] connections_per_uid), the admission interceptors, the
 // configured message size limit, and fixed HTTP/2 flow-control windows
 // (no bandwidth probing on a local socket).
 func (s *Service) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.Creds(peercred.Credentials{}),
+		grpc.Creds(limitedCredentials{limits: s.limits}),
 		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
 		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20),
 		grpc.UnaryInterceptor(s.UnaryInterceptor()),

@@ -155,7 +155,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	c := callerFrom(ctx)
 	resp, rec, err := s.sign(ctx, c, req)
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	if err = s.auditedOrCounted(ctx, c, rec, err); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -191,7 +191,7 @@ func (s *Service) SignBatch(ctx context.Context, req *signerv1.SignBatchRequest)
 		root := tree.Root()
 		rec.Digest = hexOf(root[:])
 	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	if err = s.auditedOrCounted(ctx, c, rec, err); err != nil {
 		return nil, err
 	}
 	return resp, nil

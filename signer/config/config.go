@@ -56,7 +56,9 @@ const (
 
 // Config is a validated signerd configuration with defaults applied.
 type Config struct {
-	Server  Server
+	Server Server
+	// Limits bound what one uid may take of the daemon.
+	Limits  Limits
 	Modules []Module
 	// Policy is the access policy; nil denies everything.
 	Policy *Policy
@@ -137,6 +139,7 @@ func Default() *Config {
 			ShutdownTimeout: DefaultShutdownTimeout,
 			LogLevel:        DefaultLogLevel,
 		},
+		Limits: DefaultLimits(),
 		Policy: (&checker{}).policy(Admins{}, nil),
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 type fileConfig struct {
 	Server  fileServer   `toml:"server"`
+	Limits  fileLimits   `toml:"limits"`
 	Modules []fileModule `toml:"module"`
 	Policy  filePolicy   `toml:"policy"`
 }
@@ -79,7 +80,7 @@ func defaultFile() fileConfig {
 		MaxStreams:      DefaultMaxStreams,
 		ShutdownTimeout: DefaultShutdownTimeout.String(),
 		LogLevel:        levelName(DefaultLogLevel),
-	}}
+	}, Limits: DefaultLimits().file()}
 }
 
 // allowedKeys returns every key the schema has, named as toml.Key.String
@@ -153,7 +154,7 @@ func (c *Config) file() fileConfig {
 		MaxStreams:      int64(s.MaxStreams),
 		ShutdownTimeout: s.ShutdownTimeout.String(),
 		LogLevel:        levelName(s.LogLevel),
-	}}
+	}, Limits: c.Limits.file()}
 	for _, m := range c.Modules {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}
 		for _, t := range m.Tokens {
