@@ -121,6 +121,37 @@ func TestRequestBindsKeyToItsMember(t *testing.T) {
 	}
 }
 
+// TestKeyRecordedBeforeBindings: a state written before bindings were
+// recorded has keys without one whose certificates name a member. Such a
+// key serves the members its certificates name: other members' clients
+// may not sign with it, and no request or certificate for another member
+// is taken for it.
+func TestKeyRecordedBeforeBindings(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.Members = `"` + memberA + `"` })
+	ca := devca.New(t)
+	k := d.genKey(t, "old", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	// B's certificate recorded as the old daemon did: no binding.
+	cert := d.issue(t, ca, d.csrFor(t, k, "CN=B,C=EE", ""), "sign", devca.Current)
+	err := d.svc.store.PutCert(testCtx(t), state.CertRecord{DER: cert.Raw, Token: d.svc.tokens[0].tok.Serial(), KeyID: k.GetId(),
+		Member: memberB, Status: state.StatusRegistered, Active: true, NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.forgetKeyRefs()
+	if got := d.boundMember(t, k.GetId()); got != "" {
+		t.Fatalf("bound to %q; the old record has no binding", got)
+	}
+	wantCode(t, d.signWith(t, k.GetId()), codes.PermissionDenied, memberB)
+	_, err = d.client.GenerateCSR(testCtx(t), &signerv1.GenerateCSRRequest{KeyId: k.GetId(), Subject: "CN=A,C=EE", Member: memberA})
+	wantCode(t, err, codes.FailedPrecondition, "bound to member")
+	wantCode(t, d.signWith(t, k.GetId()), codes.PermissionDenied, memberB)
+	// A request for B binds it as a new one would.
+	d.csrFor(t, k, "CN=B2,C=EE", memberB)
+	if got := d.boundMember(t, k.GetId()); got != memberB {
+		t.Fatalf("bound to %q after B's request, want %q", got, memberB)
+	}
+}
+
 // TestKeyCacheDropsAFillOverlappingAChange: a fill of the key cache that
 // read the state before a binding committed is not stored, so the next
 // call sees the binding.

@@ -211,6 +211,9 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 	if kr.Member != "" && member != kr.Member {
 		return nil, boundElsewhere(k.IDHex(), kr.Member, member)
 	}
+	if err := s.checkServes(ctx, kr, member); err != nil {
+		return nil, err
+	}
 	if kr.Usage == UsageSign && member == "" {
 		return nil, fmt.Errorf("%w: a sign certificate belongs to a member: give the member, or import the answer to a request made with one", ErrInvalid)
 	}

@@ -67,8 +67,8 @@ func (s *Service) generateCSR(ctx context.Context, req *signerv1.GenerateCSRRequ
 	if kr == nil || kr.Usage == "" {
 		return nil, fmt.Errorf("%w: key %s has no recorded usage; record it first (signerctl key rename --usage)", ErrPrecondition, k.IDHex())
 	}
-	if m := req.GetMember(); m != "" && kr.Member != "" && m != kr.Member {
-		return nil, boundElsewhere(k.IDHex(), kr.Member, m)
+	if err := s.checkServes(ctx, *kr, req.GetMember()); err != nil {
+		return nil, err
 	}
 	tmpl, err := dn.RequestTemplate(req.GetSubject(), dn.Usage(kr.Usage), k.Public, req.GetDnsNames(), req.GetEmails(), req.GetUris())
 	if err != nil {

@@ -93,35 +93,64 @@ func (s *Service) keyFromState(ctx context.Context, id []byte, idHex string) (*k
 				return err
 			}
 			ref = &keyRef{tok: t, id: id, idHex: idHex, usage: rec.Usage, label: rec.Label}
-			ref.addMember(rec.Member)
-			certs, err := tx.ListCerts(state.CertFilter{Token: rec.Token, KeyID: idHex})
-			if err != nil {
-				return err
-			}
-			for _, c := range certs {
-				ref.addMember(c.Member)
-			}
-			csrs, err := tx.ListCSRs()
-			if err != nil {
-				return err
-			}
-			for _, r := range csrs {
-				if r.Token == rec.Token && r.KeyID == idHex {
-					ref.addMember(r.Member)
-				}
-			}
-			return nil
+			ref.members, err = keyMembers(tx, rec)
+			return err
 		}
 		return nil
 	})
 	return ref, err
 }
 
-// addMember adds m to the members ref serves, once; "" adds nothing.
-func (ref *keyRef) addMember(m string) {
-	if m != "" && !slices.Contains(ref.members, m) {
-		ref.members = append(ref.members, m)
+// keyMembers returns the members the key of rec serves: the one it is
+// bound to and, for a key recorded before bindings were, those its
+// certificates and requests name.
+func keyMembers(tx *state.Tx, rec state.KeyRecord) ([]string, error) {
+	var members []string
+	add := func(m string) {
+		if m != "" && !slices.Contains(members, m) {
+			members = append(members, m)
+		}
 	}
+	add(rec.Member)
+	certs, err := tx.ListCerts(state.CertFilter{Token: rec.Token, KeyID: rec.ID})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range certs {
+		add(c.Member)
+	}
+	csrs, err := tx.ListCSRs()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range csrs {
+		if r.Token == rec.Token && r.KeyID == rec.ID {
+			add(r.Member)
+		}
+	}
+	return members, nil
+}
+
+// checkServes refuses member for the key of rec when the key serves
+// another member already (see keyMembers); an empty member passes.
+func (s *Service) checkServes(ctx context.Context, rec state.KeyRecord, member string) error {
+	if member == "" {
+		return nil
+	}
+	var members []string
+	err := s.store.View(ctx, func(tx *state.Tx) (err error) {
+		members, err = keyMembers(tx, rec)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if m != member {
+			return boundElsewhere(rec.ID, m, member)
+		}
+	}
+	return nil
 }
 
 // signingKey resolves the key a sign request names and checks that the
