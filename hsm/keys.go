@@ -432,7 +432,7 @@ func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 		}
 	}
 	if err != nil {
-		return Key{}, p11err("C_GetAttributeValue", err)
+		return Key{}, p11err("C_GetAttributeValue", readGone(err))
 	}
 	var k Key
 	for _, a := range attrs {
@@ -517,6 +517,18 @@ func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 	return k, nil
 }
 
+// readGone turns ATTRIBUTE_VALUE_INVALID from reading an object that a
+// search has just found into OBJECT_HANDLE_INVALID: SoftHSM answers so
+// when another session destroys the object during the read. withSession
+// then forgets the cached handles and searches again, which finds the key
+// or says it is not found, instead of failing the call as INTERNAL.
+func readGone(err error) error {
+	if isRV(err, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID) {
+		return fmt.Errorf("%w (the object changed or was destroyed while it was read: %w)", pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID), err)
+	}
+	return err
+}
+
 // readPublic reads the public key from an object holding its components.
 func (t *Token) readPublic(s *session, h pkcs11.ObjectHandle, kt KeyType) (crypto.PublicKey, error) {
 	switch kt {
@@ -526,7 +538,7 @@ func (t *Token) readPublic(s *session, h pkcs11.ObjectHandle, kt KeyType) (crypt
 			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
 		})
 		if err != nil {
-			return nil, p11err("C_GetAttributeValue", err)
+			return nil, p11err("C_GetAttributeValue", readGone(err))
 		}
 		n := new(big.Int).SetBytes(attrs[0].Value)
 		e := new(big.Int).SetBytes(attrs[1].Value)
@@ -540,7 +552,7 @@ func (t *Token) readPublic(s *session, h pkcs11.ObjectHandle, kt KeyType) (crypt
 			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
 		})
 		if err != nil {
-			return nil, p11err("C_GetAttributeValue", err)
+			return nil, p11err("C_GetAttributeValue", readGone(err))
 		}
 		curve, err := curveFromParams(attrs[0].Value)
 		if err != nil {

@@ -80,9 +80,11 @@ func requiredRole(fullMethod string) need {
 }
 
 // UnaryInterceptor admits each call from its socket credentials: it reads
-// the peer, decides the role from the policy in force, refuses (and
-// audits the refusal of) callers without the role the method needs, and
-// turns errors into gRPC status codes.
+// the peer, counts the call under its uid ([limits] calls_per_uid),
+// decides the role from the policy in force, refuses (and audits the
+// refusal of) callers without the role the method needs, spends a login
+// attempt of the uid on LoginToken and ChangePin, puts the request's key
+// id in its one spelling, and turns errors into gRPC status codes.
 func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
@@ -93,20 +95,49 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	c, err := s.admitPeer(ctx, info.FullMethod)
+	p, err := peercred.FromContext(ctx)
+	if err != nil {
+		return nil, errNoCredentials
+	}
+	done, err := s.limits.startCall(p.UID)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	defer done()
+	c, err := s.admitPeer(ctx, p, info.FullMethod)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.admitLogin(ctx, c, info.FullMethod, req); err != nil {
+		return nil, err
+	}
+	if given, err := normalizeKeyID(req); err != nil {
+		method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+		return nil, toStatus(s.refuseKeyID(ctx, c, method, given, err))
 	}
 	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
 	return resp, toStatus(err)
 }
 
-// StreamInterceptor admits each stream as UnaryInterceptor admits a call.
-// Handlers of streams that carry many requests admit each request again
-// under the policy in force when it arrives.
+// errNoCredentials refuses a call that came through no Unix socket.
+var errNoCredentials = status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
+
+// StreamInterceptor admits each stream as UnaryInterceptor admits a call;
+// an open stream counts as one call of its uid. Handlers of streams that
+// carry many requests admit, count and normalise each request again under
+// the policy in force when it arrives.
 func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		c, err := s.admitPeer(ss.Context(), info.FullMethod)
+		p, err := peercred.FromContext(ss.Context())
+		if err != nil {
+			return errNoCredentials
+		}
+		done, err := s.limits.startCall(p.UID)
+		if err != nil {
+			return toStatus(err)
+		}
+		defer done()
+		c, err := s.admitPeer(ss.Context(), p, info.FullMethod)
 		if err != nil {
 			return err
 		}
@@ -122,19 +153,57 @@ type admittedStream struct {
 
 func (a *admittedStream) Context() context.Context { return a.ctx }
 
-// admitPeer reads the caller from the socket and checks that the policy
-// in force gives it the role fullMethod needs; a refusal is audited and
-// returned as a gRPC status.
-func (s *Service) admitPeer(ctx context.Context, fullMethod string) (caller, error) {
-	p, err := peercred.FromContext(ctx)
-	if err != nil {
-		return caller{}, status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
-	}
+// admitPeer checks that the policy in force gives peer p the role
+// fullMethod needs; a refusal is audited (or, beyond the uid's
+// refusals_per_second, counted for its summary line) and returned as a
+// gRPC status.
+func (s *Service) admitPeer(ctx context.Context, p peercred.Peer, fullMethod string) (caller, error) {
 	c := s.callerFor(p)
 	if !c.may(requiredRole(fullMethod)) {
-		return c, toStatus(s.refuse(ctx, c, fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]))
+		return c, s.refuseOrCount(ctx, c, fullMethod[strings.LastIndexByte(fullMethod, '/')+1:])
 	}
 	return c, nil
+}
+
+// refuseOrCount refuses c's call of method as refuse does, with a line of
+// its own while the uid's refusals_per_second allows, else counted for
+// the uid's summary line.
+func (s *Service) refuseOrCount(ctx context.Context, c caller, method string) error {
+	if !s.limits.refusalLine(c.peer.UID, "denied") {
+		return toStatus(fmt.Errorf("%w: %s may not call %s (role %s)", ErrPermission, c.peer, method, c.roleName()))
+	}
+	return toStatus(s.refuse(ctx, c, method))
+}
+
+// loginOp is the audit op of a method that tries a token's PIN, or "".
+func loginOp(method string) string {
+	switch method {
+	case "LoginToken":
+		return "token.login"
+	case "ChangePin":
+		return "token.change_pin"
+	}
+	return ""
+}
+
+// admitLogin spends one of c's login attempts on a method that tries a
+// token's PIN. Beyond [limits] login_attempts_per_minute the call is
+// refused RESOURCE_EXHAUSTED before it reaches the token, and the refusal
+// audited (or counted for the uid's summary line).
+func (s *Service) admitLogin(ctx context.Context, c caller, fullMethod string, req any) error {
+	op := loginOp(fullMethod[strings.LastIndexByte(fullMethod, '/')+1:])
+	if op == "" || s.limits.loginAttempt(c.peer.UID) {
+		return nil
+	}
+	rec := audit.Record{Op: op}
+	if r, ok := req.(interface{ GetToken() string }); ok {
+		rec.Token = r.GetToken()
+	}
+	err := fmt.Errorf("%w: uid %d tried more PINs than [limits] login_attempts_per_minute (%d) allows; the token was not asked; try again in a minute", ErrLimit, c.peer.UID, s.cfg.Limits.LoginAttemptsPerMinute)
+	if s.limits.refusalLine(c.peer.UID, op) {
+		err = s.audited(ctx, c, rec, err)
+	}
+	return toStatus(err)
 }
 
 // callerFor decides what the policy in force makes of peer p.

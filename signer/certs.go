@@ -120,7 +120,11 @@ func parseCertInput(data []byte) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// ImportCert implements signerv1.SignerServer.
+// ImportCert implements signerv1.SignerServer. The certificate's member
+// is the one given, else the one its request named, else the one its key
+// is bound to; a key bound to no member yet is bound to it in the commit
+// that records the certificate, and a certificate for another member than
+// the key's is refused.
 func (s *Service) ImportCert(ctx context.Context, req *signerv1.ImportCertRequest) (*signerv1.Certificate, error) {
 	c := callerFrom(ctx)
 	rec := audit.Record{Op: "cert.import"}
@@ -201,6 +205,15 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 			member = r.Member
 		}
 	}
+	if member == "" {
+		member = kr.Member
+	}
+	if kr.Member != "" && member != kr.Member {
+		return nil, boundElsewhere(k.IDHex(), kr.Member, member)
+	}
+	if err := s.checkServes(ctx, kr, member); err != nil {
+		return nil, err
+	}
 	if kr.Usage == UsageSign && member == "" {
 		return nil, fmt.Errorf("%w: a sign certificate belongs to a member: give the member, or import the answer to a request made with one", ErrInvalid)
 	}
@@ -213,6 +226,13 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 		cr.Chain = append(cr.Chain, ch.Raw)
 	}
 	err = s.store.Update(ctx, func(tx *state.Tx) error {
+		if member != "" {
+			if err := tx.BindKey(kr.Token, kr.ID, member); errors.Is(err, state.ErrBound) {
+				return fmt.Errorf("%w: %w", ErrPrecondition, err)
+			} else if err != nil {
+				return err
+			}
+		}
 		if err := tx.PutCert(cr); err != nil {
 			return err
 		}
@@ -369,8 +389,9 @@ func (s *Service) deleteCertRecord(ctx context.Context, r state.CertRecord) erro
 			return fmt.Errorf("removing the certificate from the token: %w", err)
 		}
 	}
-	s.forgetKeyRefs()
-	return s.store.DeleteCert(ctx, r.SHA256)
+	err := s.store.DeleteCert(ctx, r.SHA256)
+	s.forgetKeyRefs() // after the commit: see forgetKeyRefs
+	return err
 }
 
 // GetSigningInfo implements signerv1.SignerServer: of the member's
@@ -385,7 +406,7 @@ func (s *Service) GetSigningInfo(ctx context.Context, req *signerv1.GetSigningIn
 	}
 	if !c.policy.MayUseMember(c.cfgPeer(), member) {
 		err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
-		return nil, s.audited(ctx, c, audit.Record{Op: "denied", Detail: "GetSigningInfo member=" + member}, err)
+		return nil, s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: "GetSigningInfo member=" + member}, err)
 	}
 	rs, err := s.store.ListCerts(ctx, state.CertFilter{Member: member})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"time"
 
@@ -42,7 +43,9 @@ func (s *Service) tokenBySerial(serial string) *tokenEntry {
 
 // GenerateCSR implements signerv1.SignerServer. The request is signed
 // inside the HSM through the key's crypto.Signer and kept in the state
-// until a certificate answers it.
+// until a certificate answers it. A request that names a member binds the
+// key to that member, committed with the request; a request naming
+// another member than the key is bound to is refused.
 func (s *Service) GenerateCSR(ctx context.Context, req *signerv1.GenerateCSRRequest) (*signerv1.CSR, error) {
 	c := callerFrom(ctx)
 	rec := audit.Record{Op: "csr.generate", Key: req.GetKeyId(), Detail: fmt.Sprintf("subject=%q member=%q", req.GetSubject(), req.GetMember())}
@@ -63,6 +66,9 @@ func (s *Service) generateCSR(ctx context.Context, req *signerv1.GenerateCSRRequ
 	}
 	if kr == nil || kr.Usage == "" {
 		return nil, fmt.Errorf("%w: key %s has no recorded usage; record it first (signerctl key rename --usage)", ErrPrecondition, k.IDHex())
+	}
+	if err := s.checkServes(ctx, *kr, req.GetMember()); err != nil {
+		return nil, err
 	}
 	tmpl, err := dn.RequestTemplate(req.GetSubject(), dn.Usage(kr.Usage), k.Public, req.GetDnsNames(), req.GetEmails(), req.GetUris())
 	if err != nil {
@@ -89,10 +95,29 @@ func (s *Service) generateCSR(ctx context.Context, req *signerv1.GenerateCSRRequ
 	}
 	r := state.CSRRecord{ID: hex.EncodeToString(id), Token: t.tok.Serial(), KeyID: k.IDHex(), Member: req.GetMember(),
 		Subject: parsed.Subject.String(), DER: der, CreatedAt: time.Now().UTC()}
-	if err := s.store.PutCSR(ctx, r); err != nil {
+	// The request binds the key to its member in the same commit: from
+	// then on only the member's clients may sign with the key.
+	err = s.store.Update(ctx, func(tx *state.Tx) error {
+		if r.Member != "" {
+			if err := tx.BindKey(kr.Token, kr.ID, r.Member); errors.Is(err, state.ErrBound) {
+				return fmt.Errorf("%w: %w", ErrPrecondition, err)
+			} else if err != nil {
+				return err
+			}
+		}
+		return tx.PutCSR(r)
+	})
+	if err != nil {
 		return nil, err
 	}
+	s.forgetKeyRefs()
 	return csrMessage(t, r, kr.Usage, req.GetFormat()), nil
+}
+
+// boundElsewhere refuses a request or certificate for member want with a
+// key bound to member bound.
+func boundElsewhere(keyID, bound, want string) error {
+	return fmt.Errorf("%w: key %s is bound to member %q; it serves no other member (%q): make a new key for that member", ErrPrecondition, keyID, bound, want)
 }
 
 // ListCSRs implements signerv1.SignerServer.

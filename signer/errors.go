@@ -41,7 +41,7 @@ func codeOf(err error) codes.Code {
 		return codes.Canceled
 	case errors.Is(err, ErrPermission):
 		return codes.PermissionDenied
-	case errors.Is(err, ErrTooLarge):
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrLimit):
 		return codes.ResourceExhausted
 	case errors.Is(err, hsm.ErrKeyNotFound), errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrCertNotFound),
 		errors.Is(err, ErrUnknownToken), errors.Is(err, state.ErrNotFound):

@@ -77,6 +77,7 @@ type daemonParams struct {
 	Members                            string // the test user's members, TOML array body
 	MaxBatch, MaxMessage, MaxStreams   int
 	AuditMode                          string
+	Limits                             string // the [limits] table's keys, TOML
 	// SwitchAudit puts a switchAudit in front of the audit log, so that a
 	// test can swap the log while the daemon serves.
 	SwitchAudit bool
@@ -93,7 +94,10 @@ audit_mode = "{{.AuditMode}}"
 max_batch = {{.MaxBatch}}
 max_message_bytes = {{.MaxMessage}}
 max_concurrent_streams = {{.MaxStreams}}
-
+{{if .Limits}}
+[limits]
+{{.Limits}}
+{{end}}
 [[module]]
 name = "softhsm"
 path = "{{.Module}}"

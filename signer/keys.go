@@ -79,6 +79,7 @@ func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 	}
 	if rec != nil {
 		msg.Known, msg.Name, msg.Usage = true, rec.Name, usageEnum(rec.Usage)
+		msg.BoundMember = rec.Member
 		msg.Created = timestamppb.New(rec.CreatedAt)
 	}
 	return msg
@@ -194,7 +195,16 @@ func (s *Service) findKey(ctx context.Context, idHex string) (*tokenEntry, hsm.K
 	return nil, hsm.Key{}, nil, firstErr
 }
 
+// maxKeyIDBytes bounds a key id (a CKA_ID; signerd makes 16-byte ones).
+const maxKeyIDBytes = 128
+
+// parseKeyID reads a key id given in hex, in either case. Its one
+// spelling, in the cache and the audit log, is the lower-case hex of the
+// result (see canonicalKeyID).
 func parseKeyID(idHex string) ([]byte, error) {
+	if len(idHex) > 2*maxKeyIDBytes {
+		return nil, fmt.Errorf("%w: a key id of %d characters; a key id has at most %d hex digits", ErrInvalid, len(idHex), 2*maxKeyIDBytes)
+	}
 	id, err := hex.DecodeString(idHex)
 	if err != nil || len(id) == 0 {
 		return nil, fmt.Errorf("%w: key id %q is not hex", ErrInvalid, idHex)

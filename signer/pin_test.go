@@ -224,7 +224,9 @@ func TestConfiguredPINRefusedAtStart(t *testing.T) {
 // answered NOT_FOUND, the module is never initialised again, and the token
 // stays logged in with its tries untouched.
 func TestWrongLoginsWhileSigning(t *testing.T) {
-	d := newDaemon(t)
+	// Enough login attempts for the test's 20 that the per-uid limit,
+	// tested on its own, does not answer them first.
+	d := newDaemon(t, func(p *daemonParams) { p.Limits = "login_attempts_per_minute = 100" })
 	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
 	st, err := d.client.GetStatus(testCtx(t), &signerv1.GetStatusRequest{})
 	if err != nil {

@@ -18,7 +18,6 @@ import (
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/config"
-	"github.com/hsmsigner/hsmsigner/signer/peercred"
 	"github.com/hsmsigner/hsmsigner/signer/state"
 )
 
@@ -54,10 +53,13 @@ type Service struct {
 	modules []*moduleEntry
 	tokens  []*tokenEntry
 
-	keysMu sync.RWMutex
-	keys   map[string]*keyRef // hex id → where the key is and what it is for
+	keysMu   sync.RWMutex
+	keys     map[string]*keyRef // lower-case hex id → where the key is and what it is for
+	keysGen  uint64             // counts the clears of keys; a fill stores only under the one it began in
+	keyHooks atomic.Pointer[keyCacheHooks]
 
 	metrics *metrics
+	limits  *uidLimits // [limits], per uid
 
 	reconciled reconciler // differences between tokens and state already audited
 
@@ -99,8 +101,10 @@ type keyRef struct {
 	idHex string
 	usage string // "" when the state does not know the key
 	label string
-	// members are the members the key's certificates belong to; a client
-	// must be allowed one of them to sign with the key.
+	// members are the members the key serves: the one it is bound to
+	// and, for a key recorded before bindings were, those its
+	// certificates and requests name. A client must be allowed one of
+	// them to sign with the key; a key with none is unbound.
 	members []string
 }
 
@@ -111,6 +115,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, version: opts.Version, started: time.Now(), keys: map[string]*keyRef{}, draining: make(chan struct{})}
 	defer func() {
@@ -150,6 +157,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		}
 	}
 	s.metrics = newMetrics(s)
+	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary)
+	s.metrics.reg.MustRegister(s.limits.collectors()...)
 	for _, te := range s.tokens {
 		if d := te.startRefusal.Load(); d != nil {
 			s.pinDropped(te.name, *d)
@@ -211,6 +220,9 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 func (s *Service) Close() error {
 	var errs []error
 	s.closeOnce.Do(func() {
+		if s.limits != nil {
+			s.limits.close() // its last summary lines, while the audit log is open
+		}
 		for _, m := range s.modules {
 			if err := m.mod.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
@@ -263,12 +275,13 @@ func (s *Service) token(name string) (*tokenEntry, error) {
 }
 
 // ServerOptions are the gRPC server options the API is served with: peer
-// credentials from the Unix socket, the admission interceptors, the
+// credentials from the Unix socket (each connection counted under its
+// uid, at most [limits] connections_per_uid), the admission interceptors, the
 // configured message size limit, and fixed HTTP/2 flow-control windows
 // (no bandwidth probing on a local socket).
 func (s *Service) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.Creds(peercred.Credentials{}),
+		grpc.Creds(limitedCredentials{limits: s.limits}),
 		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
 		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20),
 		grpc.UnaryInterceptor(s.UnaryInterceptor()),

@@ -2,6 +2,7 @@ package signer
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,18 +14,38 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/state"
 )
 
-// forgetKeyRefs drops the key location cache after an admin change.
+// forgetKeyRefs drops the key location cache after an admin change. Call
+// it once the change is committed, never before: a fill that ran between
+// the clear and the commit would cache what the change replaced. Fills
+// that started before the clear are not stored (see resolveKey).
 func (s *Service) forgetKeyRefs() {
 	s.keysMu.Lock()
+	s.keysGen++
 	clear(s.keys)
 	s.keysMu.Unlock()
+	if h := s.keyHooks.Load(); h != nil && h.cleared != nil {
+		h.cleared()
+	}
+}
+
+// keyCacheHooks let a test watch the key cache at the points where order
+// matters; nil outside tests.
+type keyCacheHooks struct {
+	// filled runs when a fill has read the state and is about to store
+	// what it read.
+	filled func(idHex string)
+	// cleared runs after the cache is cleared.
+	cleared func()
 }
 
 // resolveKey finds where the key with hex id lives and what the state
-// knows of it, from the cache when it can.
+// knows of it, from the cache when it can. The cache holds one entry per
+// key, under its id in lower-case hex, whatever spelling a caller used;
+// a fill is stored only if no admin change cleared the cache since it
+// began, so it never brings back what a committed change replaced.
 func (s *Service) resolveKey(ctx context.Context, idHex string) (*keyRef, error) {
 	s.keysMu.RLock()
-	ref := s.keys[idHex]
+	ref, gen := s.keys[idHex], s.keysGen
 	s.keysMu.RUnlock()
 	if ref != nil {
 		return ref, nil
@@ -33,16 +54,10 @@ func (s *Service) resolveKey(ctx context.Context, idHex string) (*keyRef, error)
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range s.tokens {
-		rec, err := s.store.GetKey(ctx, t.tok.Serial(), idHex)
-		if errors.Is(err, state.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		ref = &keyRef{tok: t, id: id, idHex: idHex, usage: rec.Usage, label: rec.Label}
-		break
+	idHex = hex.EncodeToString(id)
+	ref, err = s.keyFromState(ctx, id, idHex)
+	if err != nil {
+		return nil, err
 	}
 	if ref == nil {
 		t, k, _, err := s.findKey(ctx, idHex)
@@ -51,19 +66,91 @@ func (s *Service) resolveKey(ctx context.Context, idHex string) (*keyRef, error)
 		}
 		ref = &keyRef{tok: t, id: k.ID, idHex: idHex, label: k.Label}
 	}
-	certs, err := s.store.ListCerts(ctx, state.CertFilter{Token: ref.tok.tok.Serial(), KeyID: idHex})
+	if h := s.keyHooks.Load(); h != nil && h.filled != nil {
+		h.filled(idHex)
+	}
+	s.keysMu.Lock()
+	if s.keysGen == gen {
+		s.keys[idHex] = ref
+	}
+	s.keysMu.Unlock()
+	return ref, nil
+}
+
+// keyFromState reads, in one transaction, the first token's record of the
+// key and the members it serves: the member it is bound to and, for a key
+// recorded before bindings were, the members its certificates and open
+// requests name. It returns nil when no token's record has the key.
+func (s *Service) keyFromState(ctx context.Context, id []byte, idHex string) (*keyRef, error) {
+	var ref *keyRef
+	err := s.store.View(ctx, func(tx *state.Tx) error {
+		for _, t := range s.tokens {
+			rec, err := tx.GetKey(t.tok.Serial(), idHex)
+			if errors.Is(err, state.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			ref = &keyRef{tok: t, id: id, idHex: idHex, usage: rec.Usage, label: rec.Label}
+			ref.members, err = keyMembers(tx, rec)
+			return err
+		}
+		return nil
+	})
+	return ref, err
+}
+
+// keyMembers returns the members the key of rec serves: the one it is
+// bound to and, for a key recorded before bindings were, those its
+// certificates and requests name.
+func keyMembers(tx *state.Tx, rec state.KeyRecord) ([]string, error) {
+	var members []string
+	add := func(m string) {
+		if m != "" && !slices.Contains(members, m) {
+			members = append(members, m)
+		}
+	}
+	add(rec.Member)
+	certs, err := tx.ListCerts(state.CertFilter{Token: rec.Token, KeyID: rec.ID})
 	if err != nil {
 		return nil, err
 	}
 	for _, c := range certs {
-		if c.Member != "" && !slices.Contains(ref.members, c.Member) {
-			ref.members = append(ref.members, c.Member)
+		add(c.Member)
+	}
+	csrs, err := tx.ListCSRs()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range csrs {
+		if r.Token == rec.Token && r.KeyID == rec.ID {
+			add(r.Member)
 		}
 	}
-	s.keysMu.Lock()
-	s.keys[idHex] = ref
-	s.keysMu.Unlock()
-	return ref, nil
+	return members, nil
+}
+
+// checkServes refuses member for the key of rec when the key serves
+// another member already (see keyMembers); an empty member passes.
+func (s *Service) checkServes(ctx context.Context, rec state.KeyRecord, member string) error {
+	if member == "" {
+		return nil
+	}
+	var members []string
+	err := s.store.View(ctx, func(tx *state.Tx) (err error) {
+		members, err = keyMembers(tx, rec)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if m != member {
+			return boundElsewhere(rec.ID, m, member)
+		}
+	}
+	return nil
 }
 
 // signingKey resolves the key a sign request names and checks that the
@@ -97,7 +184,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	c := callerFrom(ctx)
 	resp, rec, err := s.sign(ctx, c, req)
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	if err = s.auditedOrCounted(ctx, c, rec, err); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -133,7 +220,7 @@ func (s *Service) SignBatch(ctx context.Context, req *signerv1.SignBatchRequest)
 		root := tree.Root()
 		rec.Digest = hexOf(root[:])
 	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	if err = s.auditedOrCounted(ctx, c, rec, err); err != nil {
 		return nil, err
 	}
 	return resp, nil

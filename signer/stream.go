@@ -318,15 +318,28 @@ func (s *Service) withAudit(ctx context.Context, rs []streamResult) []*signerv1.
 }
 
 // signStreamed admits one call of a stream from peer p under the policy
-// in force and signs it as Sign does, under ctx, the call's own context.
-// Its audit line is queued, not yet written: queued says whether ticket
-// holds it.
+// in force, counts it among the uid's calls while it is signed, puts its
+// key id in its one spelling, and signs it as Sign does, under ctx, the
+// call's own context. Its audit line is queued, not yet written: queued
+// says whether ticket holds it. A refusal beyond the uid's
+// refusals_per_second gets no line; it is counted for the uid's summary.
 func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1.StreamedSign) (_ *signerv1.SignResponse, _ audit.Ticket, queued bool, _ error) {
+	done, err := s.limits.startCall(p.UID)
+	if err != nil {
+		return nil, audit.Ticket{}, false, toStatus(err)
+	}
+	defer done()
 	c := s.callerFor(p)
 	if !c.may(needClient) {
-		return nil, audit.Ticket{}, false, toStatus(s.refuse(ctx, c, "SignStream"))
+		return nil, audit.Ticket{}, false, s.refuseOrCount(ctx, c, "SignStream")
+	}
+	if given, err := normalizeKeyID(r.GetRequest()); err != nil {
+		return nil, audit.Ticket{}, false, toStatus(s.refuseKeyID(ctx, c, "SignStream", given, err))
 	}
 	resp, rec, err := s.sign(ctx, c, r.GetRequest())
+	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(p.UID, rec.Op) {
+		return nil, audit.Ticket{}, false, toStatus(err)
+	}
 	ticket, aerr := s.audit.Enqueue(auditRecord(c, rec, err))
 	if aerr != nil {
 		s.auditFailed(rec.Op, err, aerr)

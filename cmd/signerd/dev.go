@@ -115,6 +115,15 @@ state_dir = "{{.Dir}}/state"
 audit_file = "{{.Dir}}/audit.jsonl"
 log_level = "info"
 
+# What one uid may take of the daemon (the production defaults).
+[limits]
+connections_per_uid = 64
+calls_per_uid = 4096
+refusals_per_second = 10
+refusal_burst = 50
+refusal_summary_interval = "10s"
+login_attempts_per_minute = 5
+
 [[module]]
 name = "softhsm"
 path = "{{.Module}}"

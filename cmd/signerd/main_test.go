@@ -480,4 +480,7 @@ func TestShippedConfigLoads(t *testing.T) {
 	if cfg.Server.GRPCSocket != "/run/signerd/signer.sock" || len(cfg.Modules) != 1 || cfg.Policy == nil {
 		t.Fatalf("unexpected configuration: %+v", cfg.Server)
 	}
+	if cfg.Limits != config.DefaultLimits() {
+		t.Fatalf("[limits] %+v; the shipped file documents the defaults %+v", cfg.Limits, config.DefaultLimits())
+	}
 }

@@ -63,7 +63,9 @@ const (
 
 // Config is a validated signerd configuration with defaults applied.
 type Config struct {
-	Server  Server
+	Server Server
+	// Limits bound what one uid may take of the daemon.
+	Limits  Limits
 	Modules []Module
 	// Policy is the access policy; nil denies everything.
 	Policy *Policy
@@ -155,6 +157,7 @@ func Default() *Config {
 
 			AuditCheckpointInterval: DefaultAuditCheckpointInterval,
 		},
+		Limits: DefaultLimits(),
 		Policy: (&checker{}).policy(Admins{}, nil),
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 type fileConfig struct {
 	Server  fileServer   `toml:"server"`
+	Limits  fileLimits   `toml:"limits"`
 	Modules []fileModule `toml:"module"`
 	Policy  filePolicy   `toml:"policy"`
 }
@@ -85,7 +86,7 @@ func defaultFile() fileConfig {
 		LogLevel:        levelName(DefaultLogLevel),
 
 		AuditCheckpointInterval: DefaultAuditCheckpointInterval.String(),
-	}}
+	}, Limits: DefaultLimits().file()}
 }
 
 // allowedKeys returns every key the schema has, named as toml.Key.String
@@ -162,7 +163,7 @@ func (c *Config) file() fileConfig {
 
 		AuditCheckpointInterval: s.AuditCheckpointInterval.String(),
 		AuditCheckpointKey:      s.AuditCheckpointKey,
-	}}
+	}, Limits: c.Limits.file()}
 	for _, m := range c.Modules {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}
 		for _, t := range m.Tokens {

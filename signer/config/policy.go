@@ -74,14 +74,19 @@ type ClientRule struct {
 	UIDs []uint32
 	GIDs []uint32
 	// Keys are the key ids (lower-case hex CKA_ID) the peers may sign with,
-	// or Wildcard for all.
+	// or Wildcard for all. They grant only keys bound to no member, and
+	// only in a rule not restricted to particular members (Members empty
+	// or Wildcard); a key bound to a member is granted by Members (see
+	// MayUseKeyOfMembers).
 	Keys []string
 	// Usages are the key usages (UsageSign, UsageAuth, UsageTSA,
 	// UsageAudit) the peers may sign with; a usage not listed is never
 	// granted, whatever Keys says.
 	Usages []string
 	// Members are the member identifiers (e.g. "EE/GOV/70000310") whose
-	// signing information the peers may ask for, or Wildcard for all.
+	// signing information and keys the peers may use, or Wildcard for all.
+	// A rule that lists particular members signs only with keys bound to
+	// them, whatever Keys says.
 	Members []string
 }
 
@@ -211,7 +216,9 @@ func (p *Policy) Clients(peer Peer) []ClientRule {
 
 // MayUseKey reports whether one client rule that matches peer grants both
 // the key keyID (hex, either case) and the usage. An empty keyID or an
-// unknown usage is never granted.
+// unknown usage is never granted. It knows nothing of the members keys
+// are bound to: whether a caller may sign with a key is decided by
+// MayUseKeyOfMembers.
 func (p *Policy) MayUseKey(peer Peer, keyID, usage string) bool {
 	if p == nil || keyID == "" || keyID == Wildcard {
 		return false

@@ -1,27 +1,42 @@
 package config
 
+import "strings"
+
 // MayUseKeyOfMembers decides whether peer may sign with a key of usage
-// that is bound, through its certificates, to members. A rule that grants
-// a member grants the keys of that member's certificates and no other
-// member's: for a key bound to members, one matching rule must grant the
-// usage and one of the members, whatever its keys say. A key bound to no
-// member needs the key itself granted, as MayUseKey decides.
+// that is bound to members: the member a certificate request or a
+// certificate bound it to (more than one only for a key whose
+// certificates were imported before bindings were recorded), or none.
+//
+// A bound key needs one matching rule that grants the usage and one of
+// the members (listed, or "*"), whatever the rule's keys say: a rule that
+// grants a member grants that member's keys and no other member's.
+//
+// An unbound key needs one matching rule that grants the usage, names
+// the key in its keys (its id, or "*"), and is not restricted to
+// particular members: its members are "*" or none. A rule that lists
+// particular members never gets an unbound key, not even one its keys
+// list: the key may yet be bound to another member, and a signature made
+// with it now would then verify under that member's certificate.
 func (p *Policy) MayUseKeyOfMembers(peer Peer, keyID, usage string, members []string) bool {
-	if len(members) == 0 {
-		return p.MayUseKey(peer, keyID, usage)
-	}
-	if p == nil {
+	if p == nil || keyID == "" || keyID == Wildcard {
 		return false
 	}
+	keyID = strings.ToLower(keyID)
 	for i := range p.rules {
 		r := &p.rules[i]
 		if !r.matches(peer) || !r.usages.has(usage) {
 			continue
 		}
-		for _, m := range members {
-			if m != "" && m != Wildcard && (r.anyMember || r.members.has(m)) {
-				return true
+		if len(members) > 0 {
+			for _, m := range members {
+				if m != "" && m != Wildcard && (r.anyMember || r.members.has(m)) {
+					return true
+				}
 			}
+			continue
+		}
+		if (r.anyMember || len(r.Members) == 0) && (r.anyKey || r.keys.has(keyID)) {
+			return true
 		}
 	}
 	return false

@@ -8,6 +8,9 @@ func TestPolicyMayUseKeyOfMembers(t *testing.T) {
 		{Name: "ss-b", UIDs: []uint32{200}, Keys: []string{"aa"}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/B"}},
 		{Name: "all", UIDs: []uint32{300}, Keys: []string{Wildcard}, Usages: []string{UsageSign}, Members: []string{Wildcard}},
 		{Name: "auth-only", UIDs: []uint32{400}, Keys: []string{Wildcard}, Usages: []string{UsageAuth}, Members: []string{Wildcard}},
+		{Name: "named-key", UIDs: []uint32{500}, Keys: []string{"EE"}, Usages: []string{UsageSign}},
+		{Name: "any-key-no-member", UIDs: []uint32{600}, Keys: []string{Wildcard}, Usages: []string{UsageSign}},
+		{Name: "a-with-named-key", UIDs: []uint32{700}, Keys: []string{"ee"}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/A"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +26,16 @@ func TestPolicyMayUseKeyOfMembers(t *testing.T) {
 		{"own member's key", 100, "bb", UsageSign, []string{"EE/GOV/A"}, true},
 		{"another member's key, whatever the keys say", 100, "bb", UsageSign, []string{"EE/GOV/B"}, false},
 		{"key of two members, one allowed", 100, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, true},
-		{"unbound key by key grant", 100, "bb", UsageSign, nil, true},
+		{"unbound key, rule restricted to a member, keys *", 100, "bb", UsageSign, nil, false},
+		{"unbound key, rule restricted to a member, key named", 700, "ee", UsageSign, nil, false},
+		{"bound key of the rule's member, key named", 700, "ee", UsageSign, []string{"EE/GOV/A"}, true},
+		{"unbound key, every member, keys *", 300, "dd", UsageSign, nil, true},
+		{"unbound key, no members, key named", 500, "ee", UsageSign, nil, true},
+		{"unbound key, no members, key named in another case", 500, "EE", UsageSign, nil, true},
+		{"unbound key, no members, keys *", 600, "ee", UsageSign, nil, true},
+		{"unbound key, no members, key not named", 500, "dd", UsageSign, nil, false},
+		{"bound key, no members, key named", 500, "ee", UsageSign, []string{"EE/GOV/A"}, false},
+		{"unbound key, every member, usage not granted", 400, "dd", UsageSign, nil, false},
 		{"member grant covers a key not in keys", 200, "cc", UsageSign, []string{"EE/GOV/B"}, true},
 		{"unbound key not in keys", 200, "cc", UsageSign, nil, false},
 		{"wildcard member", 300, "dd", UsageSign, []string{"EE/GOV/Z"}, true},

@@ -105,7 +105,7 @@ func (ck *checker) unknownKeys(md toml.MetaData) {
 
 // config checks fc and converts it.
 func (ck *checker) config(fc *fileConfig) *Config {
-	c := &Config{Server: ck.server(&fc.Server)}
+	c := &Config{Server: ck.server(&fc.Server), Limits: ck.limits(&fc.Limits)}
 	ck.modules(fc.Modules, c)
 	admins := Admins{
 		UIDs: ck.ids("policy.admins.uids", fc.Policy.Admins.UIDs, "uid"),

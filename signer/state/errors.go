@@ -11,6 +11,10 @@ var (
 	// ErrExists reports that a record (or a unique label) already exists.
 	ErrExists = errors.New("state: already exists")
 
+	// ErrBound reports that a key is bound to another member than the one
+	// a request or a certificate names; a binding never changes.
+	ErrBound = errors.New("state: key bound to another member")
+
 	// ErrAmbiguous reports that a hash prefix matches more than one record.
 	ErrAmbiguous = errors.New("state: ambiguous prefix")
 

@@ -35,6 +35,13 @@ type KeyRecord struct {
 	Usage string `json:"usage,omitempty"`
 	// Spec describes the key type, e.g. "rsa-3072" or "ec-p256".
 	Spec string `json:"spec,omitempty"`
+	// Member is the member the key is bound to, or empty while it is
+	// bound to none. A certificate request or a certificate that names a
+	// member binds the key to it (BindKey), in the transaction that
+	// records the request or the certificate. A binding never changes
+	// and is released only with the record itself (DeleteKey): deleting
+	// or answering the request, or deleting the certificate, keeps it.
+	Member string `json:"member,omitempty"`
 	// CreatedAt is set when the record is first written, unless given.
 	CreatedAt time.Time `json:"created_at"`
 	// UpdatedAt is set on every write.
@@ -65,7 +72,7 @@ func (r *KeyRecord) normalize() error {
 	default:
 		return fmt.Errorf("%w: unknown key usage %q (want %s, %s, %s or %s)", ErrInvalid, r.Usage, UsageSign, UsageAuth, UsageTSA, UsageAudit)
 	}
-	for _, f := range []struct{ what, v string }{{"label", r.Label}, {"name", r.Name}, {"spec", r.Spec}} {
+	for _, f := range []struct{ what, v string }{{"label", r.Label}, {"name", r.Name}, {"spec", r.Spec}, {"member", r.Member}} {
 		if err := validText("key "+f.what, f.v); err != nil {
 			return err
 		}
@@ -76,7 +83,8 @@ func (r *KeyRecord) normalize() error {
 // PutKey writes rec, replacing any record for the same token and id. A
 // zero CreatedAt keeps the stored one (or becomes now); UpdatedAt becomes
 // now. It fails with ErrExists when another key of the token has the same
-// non-empty label.
+// non-empty label, and with ErrBound when the stored record is bound to a
+// member and rec names another or none (a binding never changes).
 func (t *Tx) PutKey(rec KeyRecord) error { return t.putKey(rec, false) }
 
 // CreateKey writes rec as a new key. It fails with ErrExists when a record
@@ -104,6 +112,9 @@ func (t *Tx) putKey(rec KeyRecord, create bool) error {
 	}
 	if exists && create {
 		return fmt.Errorf("%w: key %s", ErrExists, k)
+	}
+	if exists && old.Member != "" && rec.Member != old.Member {
+		return fmt.Errorf("%w: key %s is bound to member %q", ErrBound, k, old.Member)
 	}
 	if rec.Label != "" {
 		if owner := labels.Get([]byte(keyKey(rec.Token, rec.Label))); owner != nil && string(owner) != rec.ID {
@@ -203,9 +214,37 @@ func (t *Tx) RenameKey(token, id, newName string) error {
 	})
 }
 
+// BindKey binds key id on token to member, which must not be empty. A key
+// bound to member already stays as it is; a key bound to another member
+// is refused with ErrBound; ErrNotFound when there is no such record.
+func (t *Tx) BindKey(token, id, member string) error {
+	if member == "" {
+		return fmt.Errorf("%w: bind key %s to an empty member", ErrInvalid, keyKey(token, id))
+	}
+	if err := validText("member", member); err != nil {
+		return err
+	}
+	if _, err := t.bucket(bucketKeys, true); err != nil {
+		return err
+	}
+	rec, err := t.GetKey(token, id)
+	if err != nil {
+		return err
+	}
+	switch rec.Member {
+	case member:
+		return nil
+	case "":
+		rec.Member = member
+		return t.putKey(rec, false)
+	}
+	return fmt.Errorf("%w: key %s is bound to member %q, not %q", ErrBound, keyKey(rec.Token, rec.ID), rec.Member, member)
+}
+
 // DeleteKey removes the record of key id on token, or returns ErrNotFound.
-// Certificates and CSRs of the key are not touched; delete them in the same
-// Update when that is wanted.
+// Its member binding goes with it: this is the only way a binding is
+// released. Certificates and CSRs of the key are not touched; delete them
+// in the same Update when that is wanted.
 func (t *Tx) DeleteKey(token, id string) error {
 	keys, err := t.bucket(bucketKeys, true)
 	if err != nil {
@@ -265,6 +304,12 @@ func (s *Store) UpdateKey(ctx context.Context, token, id string, fn func(*KeyRec
 // RenameKey sets a key's friendly name; see Tx.RenameKey.
 func (s *Store) RenameKey(ctx context.Context, token, id, newName string) error {
 	return s.Update(ctx, func(tx *Tx) error { return tx.RenameKey(token, id, newName) })
+}
+
+// BindKey binds a key to a member in its own transaction; see
+// Tx.BindKey.
+func (s *Store) BindKey(ctx context.Context, token, id, member string) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.BindKey(token, id, member) })
 }
 
 // DeleteKey removes a key record; see Tx.DeleteKey.

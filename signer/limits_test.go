@@ -1,0 +1,360 @@
+package signer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
+)
+
+// summaries returns the denied.summary lines of uid in recs and the sum
+// of their counts.
+func summaries(recs []audit.Record, uid int) (lines []audit.Record, count int) {
+	for _, r := range recs {
+		if r.Op == OpDeniedSummary && r.UID == int64(uid) {
+			lines = append(lines, r)
+			count += r.Count
+		}
+	}
+	return lines, count
+}
+
+// waitFor waits, up to a minute, until cond holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited a minute for %s", what)
+		}
+	}
+}
+
+// TestConnectionsPerUID: a connection beyond connections_per_uid is closed
+// as soon as it is accepted, counted in a metric and in the uid's summary
+// line; closing one makes room for another.
+func TestConnectionsPerUID(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) { p.Limits = "connections_per_uid = 2" })
+	if _, err := d.client.GetStatus(testCtx(t), &signerv1.GetStatusRequest{}); err != nil {
+		t.Fatal(err) // the client's connection is up: one of two
+	}
+	// dial opens a raw connection and reports whether the daemon speaks
+	// on it (its HTTP/2 settings) or closes it.
+	dial := func() (net.Conn, bool) {
+		t.Helper()
+		c, err := net.Dial("unix", d.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(make([]byte, 64))
+		if n > 0 {
+			return c, true
+		}
+		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(fmt.Sprint(err), "reset") {
+			t.Fatalf("reading a new connection: %v; want its settings or its end", err)
+		}
+		c.Close()
+		return nil, false
+	}
+	second, ok := dial()
+	if !ok {
+		t.Fatal("the uid's second connection was closed; the limit is 2")
+	}
+	if _, ok := dial(); ok {
+		t.Fatal("the uid's third connection was served; the limit is 2")
+	}
+	if got := d.limitExceeded(limitConnections); got != 1 {
+		t.Fatalf("signerd_limit_exceeded_total{limit=connections} = %d, want 1", got)
+	}
+	// Once the daemon has seen the second one closed, a new one is served.
+	second.Close()
+	waitFor(t, "the closed connection to be given back", func() bool {
+		c, ok := dial()
+		if ok {
+			c.Close()
+		}
+		return ok
+	})
+	closed := d.limitExceeded(limitConnections)
+	d.stop()
+	lines, count := summaries(readAudit(t, d.cfg.Server.AuditFile), os.Getuid())
+	if len(lines) != 1 || count != closed || !strings.Contains(lines[0].Detail, "connections closed at connections_per_uid 2") {
+		t.Fatalf("summary lines %+v; want one counting the %d connections closed", lines, closed)
+	}
+}
+
+// blockingAudit holds each line written through it until release is
+// closed, so that the calls writing them stay in progress.
+type blockingAudit struct {
+	auditLog
+	entered atomic.Int32
+	release chan struct{}
+}
+
+func (b *blockingAudit) hold(ctx context.Context) error {
+	b.entered.Add(1)
+	select {
+	case <-b.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *blockingAudit) Append(ctx context.Context, r audit.Record) error {
+	if err := b.hold(ctx); err != nil {
+		return err
+	}
+	return b.auditLog.Append(ctx, r)
+}
+
+func (b *blockingAudit) Enqueue(r audit.Record) (audit.Ticket, error) {
+	if err := b.hold(context.Background()); err != nil {
+		return audit.Ticket{}, err
+	}
+	return b.auditLog.Enqueue(r)
+}
+
+// TestCallsPerUID: unary calls, an open stream and the calls of a stream
+// being signed all count among a uid's calls in progress; beyond
+// calls_per_uid a call is refused RESOURCE_EXHAUSTED, and the others go
+// on.
+func TestCallsPerUID(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) {
+		p.Limits = "calls_per_uid = 3"
+		p.SwitchAudit = true
+	})
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	unary := func(ctx context.Context, i int) error {
+		_, err := d.client.SignerClient.Sign(ctx, signReq(k.GetId(), sha(fmt.Sprint("unary ", i))))
+		return err
+	}
+	streamed := func(ctx context.Context, i int) error {
+		_, err := d.client.Sign(ctx, signReq(k.GetId(), sha(fmt.Sprint("streamed ", i))))
+		return err
+	}
+	// hold starts n calls that stay in progress until released, and then
+	// checks that one call more is refused.
+	hold := func(name string, n int, call func(context.Context, int) error) {
+		t.Helper()
+		b := &blockingAudit{auditLog: d.audit.real, release: make(chan struct{})}
+		d.audit.set(b)
+		errs := make(chan error, n)
+		for i := range n {
+			go func() { errs <- call(testCtx(t), i) }()
+		}
+		waitFor(t, fmt.Sprintf("%d %s calls in progress", n, name), func() bool { return b.entered.Load() == int32(n) })
+		ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
+		defer cancel()
+		wantCode(t, call(ctx, n), codes.ResourceExhausted, "calls_per_uid")
+		close(b.release)
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("a %s call in progress: %v", name, err)
+			}
+		}
+		d.audit.set(nil)
+	}
+	hold("unary", 3, unary)
+	// The client's stream is one call, its two calls being signed two.
+	if err := streamed(testCtx(t), -1); err != nil {
+		t.Fatal(err) // the stream is open
+	}
+	hold("streamed", 2, streamed)
+	// Mixed: the stream, a unary call and a call of the stream.
+	hold("mixed", 2, func(ctx context.Context, i int) error {
+		if i == 0 {
+			return unary(ctx, i)
+		}
+		return streamed(ctx, i)
+	})
+	refused := d.limitExceeded(limitCalls)
+	if refused != 3 {
+		t.Fatalf("signerd_limit_exceeded_total{limit=calls} = %d, want 3", refused)
+	}
+	if err := unary(testCtx(t), 99); err != nil {
+		t.Fatalf("a call once the others ended: %v", err)
+	}
+	d.stop()
+	lines, count := summaries(readAudit(t, d.cfg.Server.AuditFile), os.Getuid())
+	if count != refused || len(lines) == 0 || !strings.Contains(lines[0].Detail, "calls refused at calls_per_uid 3") {
+		t.Fatalf("summary lines %+v; want them to count the %d calls refused", lines, refused)
+	}
+}
+
+// TestRefusalsSummarised is the review's finding: a peer outside the
+// policy wrote one "denied" line per call as fast as it could call.
+// Beyond refusals_per_second its refusals are still answered
+// PERMISSION_DENIED, but counted, and summarised in one line per uid per
+// interval, written by the daemon on its own and at stop.
+func TestRefusalsSummarised(t *testing.T) {
+	const calls = 60
+	d := newDaemon(t, func(p *daemonParams) {
+		p.UID = os.Getuid() + 1000 // the test user is in no rule
+		p.Limits = "refusals_per_second = 1\nrefusal_burst = 2\nrefusal_summary_interval = \"1s\""
+	})
+	me := os.Getuid()
+	start := time.Now()
+	for range calls {
+		_, err := d.client.GetStatus(testCtx(t), &signerv1.GetStatusRequest{})
+		wantCode(t, err, codes.PermissionDenied, "may not call GetStatus")
+	}
+	elapsed := time.Since(start)
+	// The daemon writes the summary within an interval, unasked.
+	waitFor(t, "a summary line", func() bool {
+		b, err := os.ReadFile(d.cfg.Server.AuditFile)
+		return err == nil && strings.Contains(string(b), `"op":"`+OpDeniedSummary+`"`)
+	})
+	summarised := d.refusalsSummarised()
+	d.stop()
+	recs := readAudit(t, d.cfg.Server.AuditFile)
+	denied := 0
+	for _, r := range recs {
+		if r.Op == "denied" && r.UID == int64(me) {
+			denied++
+		}
+	}
+	lines, count := summaries(recs, me)
+	// At most the burst and one a second.
+	if most := 2 + int(elapsed/time.Second) + 1; denied > most || denied < 2 {
+		t.Fatalf("%d denied lines in %v; want between 2 and %d", denied, elapsed, most)
+	}
+	if denied+count != calls || len(lines) == 0 {
+		t.Fatalf("%d denied lines and %d summarised in %d lines, for %d refusals", denied, count, len(lines), calls)
+	}
+	for _, l := range lines {
+		if l.Count == 0 || !strings.Contains(l.Detail, "refusals not written one by one (denied ") || l.Result == "" {
+			t.Fatalf("summary line %+v", l)
+		}
+	}
+	if summarised != count {
+		t.Fatalf("signerd_refusals_summarised_total = %d, want %d", summarised, count)
+	}
+}
+
+// TestLoginAttemptsPerUID: beyond login_attempts_per_minute, LoginToken
+// and ChangePin are refused RESOURCE_EXHAUSTED without the token being
+// asked (a wrong PIN then is not counted against it), and audited.
+func TestLoginAttemptsPerUID(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) {
+		p.PIN = "login"
+		p.Limits = "login_attempts_per_minute = 2"
+	})
+	login := func(pin []byte) error {
+		_, err := d.client.LoginToken(testCtx(t), &signerv1.LoginTokenRequest{Token: "t1", Pin: pin})
+		return err
+	}
+	wantCode(t, login([]byte("wrong-pin")), codes.FailedPrecondition, "")
+	if err := login(d.soft.UserPIN); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, login([]byte("wrong-pin")), codes.ResourceExhausted, "login_attempts_per_minute")
+	_, err := d.client.ChangePin(testCtx(t), &signerv1.ChangePinRequest{Token: "t1", OldPin: []byte("wrong-pin"), NewPin: []byte("123456")})
+	wantCode(t, err, codes.ResourceExhausted, "login_attempts_per_minute")
+	if got := d.limitExceeded(limitLogins); got != 2 {
+		t.Fatalf("signerd_limit_exceeded_total{limit=logins} = %d, want 2", got)
+	}
+	// The token was asked twice: its PIN counters show one wrong try at
+	// most, and it is logged in.
+	tok, err := d.client.GetToken(testCtx(t), &signerv1.GetTokenRequest{Token: "t1"})
+	if err != nil || !tok.GetLoggedIn() || tok.GetPin().GetLocked() {
+		t.Fatalf("token %v, %v; want it logged in", tok, err)
+	}
+	d.stop()
+	got := map[string]int{}
+	for _, r := range readAudit(t, d.cfg.Server.AuditFile) {
+		if strings.HasPrefix(r.Result, codes.ResourceExhausted.String()) {
+			got[r.Op]++
+		}
+	}
+	if got["token.login"] != 1 || got["token.change_pin"] != 1 {
+		t.Fatalf("RESOURCE_EXHAUSTED audit lines by op: %v; want one login and one PIN change", got)
+	}
+}
+
+// TestKeyIDOneSpelling is the review's finding: a key id was accepted in
+// any case, cached and audited as spelt. Whatever the caller's spelling,
+// the call signs, and the key cache and the audit log hold the id in
+// lower case.
+func TestKeyIDOneSpelling(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	id := k.GetId()
+	upper := strings.ToUpper(id)
+	mixed := strings.ToUpper(id[:len(id)/2]) + id[len(id)/2:]
+	if upper == id {
+		t.Fatalf("key id %s has no letters to change the case of", id)
+	}
+	for _, spelling := range []string{upper, mixed, id} {
+		if _, err := d.client.SignerClient.Sign(testCtx(t), signReq(spelling, sha("unary"))); err != nil {
+			t.Fatalf("Sign with %s: %v", spelling, err)
+		}
+		if _, err := d.client.Sign(testCtx(t), signReq(spelling, sha("streamed"))); err != nil {
+			t.Fatalf("streamed Sign with %s: %v", spelling, err)
+		}
+		b, err := d.client.SignBatch(testCtx(t), &signerv1.SignBatchRequest{Key: &signerv1.SignBatchRequest_KeyId{KeyId: spelling}, Algorithm: "ES256", Digests: [][]byte{sha("batch")}})
+		if err != nil || b.GetKeyId() != id {
+			t.Fatalf("SignBatch with %s: %v, key %s", spelling, err, b.GetKeyId())
+		}
+		got, err := d.client.GetKey(testCtx(t), &signerv1.GetKeyRequest{KeyId: spelling})
+		if err != nil || got.GetId() != id {
+			t.Fatalf("GetKey %s: %v, %v", spelling, got, err)
+		}
+	}
+	if _, err := d.client.RenameKey(testCtx(t), &signerv1.RenameKeyRequest{KeyId: upper, Name: "renamed"}); err != nil {
+		t.Fatal(err)
+	}
+	d.svc.keysMu.RLock()
+	var cached []string
+	for k := range d.svc.keys {
+		cached = append(cached, k)
+	}
+	d.svc.keysMu.RUnlock()
+	if len(cached) > 1 || len(cached) == 1 && cached[0] != id {
+		t.Fatalf("the key cache holds %v; want %s alone", cached, id)
+	}
+	// The cache again, after the rename cleared it, from spellings alone.
+	for _, spelling := range []string{upper, mixed} {
+		if _, err := d.client.Sign(testCtx(t), signReq(spelling, sha("again"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.svc.keysMu.RLock()
+	n, ok := len(d.svc.keys), d.svc.keys[id] != nil
+	d.svc.keysMu.RUnlock()
+	if n != 1 || !ok {
+		t.Fatalf("the key cache holds %d entries (lower-case id among them: %v); want the lower-case id alone", n, ok)
+	}
+	// A key id that is not hex is refused where the request enters,
+	// without being echoed at length, and audited as given.
+	_, err := d.client.SignerClient.Sign(testCtx(t), signReq(strings.Repeat("Z", 10000), sha("x")))
+	wantCode(t, err, codes.InvalidArgument, "10000 characters")
+	d.stop()
+	keyed := 0
+	for _, r := range readAudit(t, d.cfg.Server.AuditFile) {
+		if r.Key == "" || r.Op == "invalid" {
+			continue // the refused id, audited as given (hashed: it is long)
+		}
+		keyed++
+		if r.Key != id {
+			t.Errorf("audit line %d (%s) names key %q; want %q", r.Seq, r.Op, r.Key, id)
+		}
+	}
+	if keyed < 13 {
+		t.Fatalf("%d audit lines name the key; want the key's generation, 11 signatures and the rename", keyed)
+	}
+}
