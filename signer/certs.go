@@ -127,9 +127,12 @@ func parseCertInput(data []byte) ([]*x509.Certificate, error) {
 // the key's is refused.
 func (s *Service) ImportCert(ctx context.Context, req *signerv1.ImportCertRequest) (*signerv1.Certificate, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "cert.import"}
-	msg, err := s.importCert(ctx, req, &rec)
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	var msg *signerv1.Certificate
+	err := s.change(ctx, c, audit.Record{Op: "cert.import", Detail: fmt.Sprintf("member=%q", req.GetMember())}, func(rec *audit.Record) (err error) {
+		msg, err = s.importCert(ctx, req, rec)
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return msg, nil
@@ -320,17 +323,20 @@ func (s *Service) GetCert(ctx context.Context, req *signerv1.CertRef) (*signerv1
 // updateCert changes a certificate's record in one transaction, audited.
 func (s *Service) updateCert(ctx context.Context, op, hash string, fn func(*state.CertRecord) error) (*signerv1.Certificate, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: op, Detail: "cert=" + hash}
-	r, err := s.store.GetCert(ctx, hash)
-	if err == nil {
+	var r state.CertRecord
+	err := s.change(ctx, c, audit.Record{Op: op, Detail: "cert=" + hash}, func(rec *audit.Record) (err error) {
+		if r, err = s.store.GetCert(ctx, hash); err != nil {
+			return err
+		}
 		rec.Key, rec.Detail = r.KeyID, "cert="+r.SHA256
-		err = s.store.UpdateCert(ctx, r.SHA256, fn)
-	}
-	if err == nil {
+		if err = s.store.UpdateCert(ctx, r.SHA256, fn); err != nil {
+			return err
+		}
 		s.forgetKeyRefs()
 		r, err = s.store.GetCert(ctx, r.SHA256)
-	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return s.certMessage(ctx, r), nil
@@ -371,13 +377,15 @@ func (s *Service) SetCertStatus(ctx context.Context, req *signerv1.SetCertStatus
 // the token and its record go together.
 func (s *Service) DeleteCert(ctx context.Context, req *signerv1.CertRef) (*signerv1.DeleteCertResponse, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "cert.delete", Detail: "cert=" + req.GetHash()}
-	r, err := s.store.GetCert(ctx, req.GetHash())
-	if err == nil {
+	err := s.change(ctx, c, audit.Record{Op: "cert.delete", Detail: "cert=" + req.GetHash()}, func(rec *audit.Record) error {
+		r, err := s.store.GetCert(ctx, req.GetHash())
+		if err != nil {
+			return err
+		}
 		rec.Key, rec.Detail = r.KeyID, "cert="+r.SHA256
-		err = s.deleteCertRecord(ctx, r)
-	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+		return s.deleteCertRecord(ctx, r)
+	})
+	if err != nil {
 		return nil, err
 	}
 	return &signerv1.DeleteCertResponse{}, nil

@@ -43,7 +43,7 @@ func (s *Service) change(ctx context.Context, c caller, rec audit.Record, fn fun
 	intent.Result = ResultIntent
 	intent.Detail = withOpID(rec.Detail, id)
 	if err := s.audit.Append(context.WithoutCancel(ctx), intent); err != nil {
-		s.log.Error("audit append failed", "op", rec.Op, "error", err.Error())
+		s.auditFailed(rec.Op, nil, err)
 		return fmt.Errorf("%w: %w (nothing was changed)", ErrAudit, err)
 	}
 	err := fn(&rec)

@@ -48,12 +48,16 @@ func (s *Service) tokenBySerial(serial string) *tokenEntry {
 // another member than the key is bound to is refused.
 func (s *Service) GenerateCSR(ctx context.Context, req *signerv1.GenerateCSRRequest) (*signerv1.CSR, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "csr.generate", Key: req.GetKeyId(), Detail: fmt.Sprintf("subject=%q member=%q", req.GetSubject(), req.GetMember())}
-	msg, err := s.generateCSR(ctx, req)
-	if msg != nil {
-		rec.Token = msg.Token
-	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	var msg *signerv1.CSR
+	err := s.change(ctx, c, audit.Record{Op: "csr.generate", Key: req.GetKeyId(), Detail: fmt.Sprintf("subject=%q member=%q", req.GetSubject(), req.GetMember())},
+		func(rec *audit.Record) (err error) {
+			msg, err = s.generateCSR(ctx, req)
+			if msg != nil {
+				rec.Token = msg.Token
+			}
+			return err
+		})
+	if err != nil {
 		return nil, err
 	}
 	return msg, nil
@@ -145,8 +149,10 @@ func (s *Service) GetCSR(ctx context.Context, req *signerv1.GetCSRRequest) (*sig
 // DeleteCSR implements signerv1.SignerServer.
 func (s *Service) DeleteCSR(ctx context.Context, req *signerv1.DeleteCSRRequest) (*signerv1.DeleteCSRResponse, error) {
 	c := callerFrom(ctx)
-	err := s.store.DeleteCSR(ctx, req.GetId())
-	if err = s.audited(ctx, c, audit.Record{Op: "csr.delete", Detail: "id=" + req.GetId()}, err); err != nil {
+	err := s.change(ctx, c, audit.Record{Op: "csr.delete", Detail: "id=" + req.GetId()}, func(*audit.Record) error {
+		return s.store.DeleteCSR(ctx, req.GetId())
+	})
+	if err != nil {
 		return nil, err
 	}
 	return &signerv1.DeleteCSRResponse{}, nil

@@ -90,12 +90,16 @@ func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 // destroyed again, so nothing is left half-done.
 func (s *Service) GenerateKey(ctx context.Context, req *signerv1.GenerateKeyRequest) (*signerv1.Key, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "key.generate", Token: req.GetToken(), Detail: fmt.Sprintf("label=%q algorithm=%s usage=%s", req.GetLabel(), req.GetAlgorithm(), req.GetUsage())}
-	msg, err := s.generateKey(ctx, req)
-	if msg != nil {
-		rec.Key = msg.Id
-	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	var msg *signerv1.Key
+	err := s.change(ctx, c, audit.Record{Op: "key.generate", Token: req.GetToken(), Detail: fmt.Sprintf("label=%q algorithm=%s usage=%s", req.GetLabel(), req.GetAlgorithm(), req.GetUsage())},
+		func(rec *audit.Record) (err error) {
+			msg, err = s.generateKey(ctx, req)
+			if msg != nil {
+				rec.Key = msg.Id
+			}
+			return err
+		})
+	if err != nil {
 		return nil, err
 	}
 	return msg, nil
@@ -234,9 +238,10 @@ func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*sig
 // DeleteKey implements signerv1.SignerServer.
 func (s *Service) DeleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest) (*signerv1.DeleteKeyResponse, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "key.delete", Key: req.GetKeyId()}
-	err := s.deleteKey(ctx, req, &rec)
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	err := s.change(ctx, c, audit.Record{Op: "key.delete", Key: req.GetKeyId()}, func(rec *audit.Record) error {
+		return s.deleteKey(ctx, req, rec)
+	})
+	if err != nil {
 		return nil, err
 	}
 	return &signerv1.DeleteKeyResponse{}, nil
@@ -297,12 +302,16 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 // RenameKey implements signerv1.SignerServer.
 func (s *Service) RenameKey(ctx context.Context, req *signerv1.RenameKeyRequest) (*signerv1.Key, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "key.rename", Key: req.GetKeyId(), Detail: fmt.Sprintf("name=%q", req.GetName())}
-	msg, err := s.renameKey(ctx, req)
-	if msg != nil {
-		rec.Token = msg.Token
-	}
-	if err = s.audited(ctx, c, rec, err); err != nil {
+	var msg *signerv1.Key
+	err := s.change(ctx, c, audit.Record{Op: "key.rename", Key: req.GetKeyId(), Detail: fmt.Sprintf("name=%q usage=%s", req.GetName(), req.GetUsage())},
+		func(rec *audit.Record) (err error) {
+			msg, err = s.renameKey(ctx, req)
+			if msg != nil {
+				rec.Token = msg.Token
+			}
+			return err
+		})
+	if err != nil {
 		return nil, err
 	}
 	return msg, nil

@@ -121,9 +121,12 @@ func TestAuditLinesForSignAndAdmin(t *testing.T) {
 		}
 		ops = append(ops, r)
 	}
-	if len(ops) != 3 || ops[0].Op != "key.generate" || ops[1].Op != "sign" || ops[2].Op != "sign_batch" {
+	// The key's generation is two lines, its intent and its outcome.
+	if len(ops) != 4 || ops[0].Op != "key.generate" || ops[0].Result != ResultIntent || ops[1].Op != "key.generate" ||
+		ops[2].Op != "sign" || ops[3].Op != "sign_batch" {
 		t.Fatalf("audit ops %+v", ops)
 	}
+	ops = ops[1:]
 	if ops[1].Key != k.GetId() || ops[1].Digest != hexOf(digest) || ops[1].UID != int64(os.Getuid()) || ops[1].PID != int64(os.Getpid()) || ops[1].Result != "ok" {
 		t.Fatalf("sign line %+v", ops[1])
 	}

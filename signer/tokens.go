@@ -112,15 +112,17 @@ func (s *Service) ChangePin(ctx context.Context, req *signerv1.ChangePinRequest)
 	defer clear(req.OldPin)
 	defer clear(req.NewPin)
 	c := callerFrom(ctx)
-	t, err := s.token(req.GetToken())
-	if err == nil {
-		if len(req.GetNewPin()) == 0 {
-			err = fmt.Errorf("%w: the new PIN is empty", ErrInvalid)
-		} else {
-			err = t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin())
+	var t *tokenEntry
+	err := s.change(ctx, c, audit.Record{Op: "token.change_pin", Token: req.GetToken()}, func(*audit.Record) (err error) {
+		if t, err = s.token(req.GetToken()); err != nil {
+			return err
 		}
-	}
-	if err = s.audited(ctx, c, audit.Record{Op: "token.change_pin", Token: req.GetToken()}, err); err != nil {
+		if len(req.GetNewPin()) == 0 {
+			return fmt.Errorf("%w: the new PIN is empty", ErrInvalid)
+		}
+		return t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin())
+	})
+	if err != nil {
 		return nil, err
 	}
 	return s.tokenMessage(ctx, t), nil

@@ -116,7 +116,17 @@ func TestSignctlWalkthrough(t *testing.T) {
 	}
 	b, _ := os.ReadFile(auditFile)
 	lines := strings.Split(string(b), "\n")
-	lines[2] = strings.Replace(lines[2], `"op":"sign"`, `"op":"sing"`, 1)
+	edited := false
+	for i := range lines {
+		if strings.Contains(lines[i], `"op":"sign"`) {
+			lines[i] = strings.Replace(lines[i], `"op":"sign"`, `"op":"sing"`, 1)
+			edited = true
+			break
+		}
+	}
+	if !edited {
+		t.Fatalf("no sign line in the audit log:\n%s", b)
+	}
 	tampered := filepath.Join(work, "audit.jsonl")
 	_ = os.WriteFile(tampered, []byte(strings.Join(lines, "\n")), 0o600)
 	_, errs, code := ctl(t, "audit", "verify", tampered)
