@@ -35,13 +35,25 @@ func (d *testDaemon) clientOnly(t *testing.T, usages ...string) {
 // every key ("*") and every usage but audit reaches the audit key by no
 // path: Sign, SignBatch (individual and Merkle), a SignStream call, GetKey.
 // A certificate, whose hash a Sign call could name instead of the key,
-// cannot be requested for it. Every refused sign leaves its line.
+// cannot be requested for it, and no rename changes a key's usage to or
+// from audit. Every refused sign leaves its line.
 func TestAttackAuditKeyNotReachableBySignRules(t *testing.T) {
 	d := newDaemon(t)
 	ctx := testCtx(t)
 	auditKey := d.genKey(t, "audit", "EC-P256", signerv1.KeyUsage_KEY_USAGE_AUDIT)
 	_, err := d.client.GenerateCSR(ctx, &signerv1.GenerateCSRRequest{KeyId: auditKey.GetId(), Subject: "CN=audit,C=EE", Member: member})
 	wantCode(t, err, codes.InvalidArgument, "audit")
+	// Nor can an officer turn a sign key into an audit key (whose past
+	// signatures over chosen digests would then pass for checkpoints),
+	// or the audit key into a sign key.
+	signKey := d.genKey(t, "sign", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	for _, tt := range []struct {
+		key   *signerv1.Key
+		usage signerv1.KeyUsage
+	}{{signKey, signerv1.KeyUsage_KEY_USAGE_AUDIT}, {auditKey, signerv1.KeyUsage_KEY_USAGE_SIGN}} {
+		_, err := d.client.RenameKey(ctx, &signerv1.RenameKeyRequest{KeyId: tt.key.GetId(), Name: "x", Usage: tt.usage})
+		wantCode(t, err, codes.FailedPrecondition, "usage does not change")
+	}
 	d.clientOnly(t, config.UsageSign, config.UsageAuth, config.UsageTSA)
 
 	digest := sha("hsmsigner audit checkpoint v1\n")
