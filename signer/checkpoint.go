@@ -32,6 +32,12 @@ const checkpointTimeout = 30 * time.Second
 // checkpoint that fails is logged and counted, and tried again at the
 // next interval; signing never waits on it. With the interval 0 it
 // returns at once.
+//
+// It returns at most [server] shutdown_timeout after ctx is done, even
+// when a signature hangs in the HSM (a PKCS#11 call does not end with its
+// context): a checkpoint that has not returned by its deadline is left to
+// finish on its own (after Close its line is refused), no other is
+// started while it runs, and the shutdown goes on without it.
 func (s *Service) RunCheckpoints(ctx context.Context) {
 	every := s.cfg.Server.AuditCheckpointInterval
 	if every <= 0 || s.checkpoints == nil {
@@ -39,18 +45,60 @@ func (s *Service) RunCheckpoints(ctx context.Context) {
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	var running <-chan struct{} // closed when the checkpoint under way returns; nil if none is
 	for {
 		select {
 		case <-ctx.Done():
 			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Server.ShutdownTimeout)
-			_, _ = s.Checkpoint(final)
-			cancel()
+			defer cancel()
+			if running == nil || checkpointReturned(final, running) {
+				running = s.goCheckpoint(final)
+				if checkpointReturned(final, running) {
+					return
+				}
+			}
+			s.log.Error("audit checkpoint at shutdown did not return within shutdown_timeout (HSM not answering?); stopping without it",
+				"timeout", s.cfg.Server.ShutdownTimeout.String())
 			return
 		case <-tick.C:
+			if running != nil && !checkpointReturned(nil, running) {
+				s.log.Error("audit checkpoint skipped: the last one has not returned yet (HSM not answering?)")
+				continue
+			}
 			cctx, cancel := context.WithTimeout(ctx, min(every, checkpointTimeout))
-			_, _ = s.Checkpoint(cctx)
+			running = s.goCheckpoint(cctx)
+			checkpointReturned(cctx, running)
 			cancel()
 		}
+	}
+}
+
+// goCheckpoint runs Checkpoint(ctx) on a goroutine of its own and returns
+// a channel closed when it returns.
+func (s *Service) goCheckpoint(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = s.Checkpoint(ctx)
+	}()
+	return done
+}
+
+// checkpointReturned waits for done until ctx is done (not at all with a
+// nil ctx) and reports whether done is closed.
+func checkpointReturned(ctx context.Context, done <-chan struct{}) bool {
+	if ctx != nil {
+		select {
+		case <-done:
+			return true
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-done:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -217,7 +217,7 @@ func parseKeyID(idHex string) ([]byte, error) {
 }
 
 // GetKey implements signerv1.SignerServer. A caller that is not an admin
-// sees only keys the policy lets it sign with.
+// sees only keys the policy lets it sign with; a refusal is audited.
 func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*signerv1.Key, error) {
 	if c := callerFrom(ctx); !c.admin {
 		ref, err := s.resolveKey(ctx, req.GetKeyId())
@@ -225,7 +225,7 @@ func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*sig
 			return nil, err
 		}
 		if err := policyAllowsKey(c, ref); err != nil {
-			return nil, err
+			return nil, s.audited(ctx, c, audit.Record{Op: "denied", Token: ref.tok.name, Key: ref.idHex, Detail: "GetKey"}, err)
 		}
 	}
 	t, k, rec, err := s.findKey(ctx, req.GetKeyId())

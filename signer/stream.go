@@ -271,7 +271,9 @@ func (ss *signStream) answer(c streamCall) {
 		err    error
 	)
 	if c.dup {
-		err = status.Errorf(codes.InvalidArgument, "call id %d is in flight already on this stream", c.call.GetId())
+		err = fmt.Errorf("%w: call id %d is in flight already on this stream", ErrInvalid, c.call.GetId())
+		ticket, queued = ss.svc.auditRefusedStreamed(ss.peer, c.call.GetRequest(), err)
+		err = toStatus(err)
 	} else {
 		resp, ticket, queued, err = ss.svc.signStreamed(c.ctx, ss.peer, c.call)
 	}
@@ -352,6 +354,20 @@ func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1
 		return nil, ticket, true, toStatus(err)
 	}
 	return resp, ticket, true, nil
+}
+
+// auditRefusedStreamed queues the audit line of a call of a stream from
+// peer p that was refused, with err, before it was admitted or signed.
+// queued says whether ticket holds it; a line that could not be queued
+// is logged and counted, and the call stays refused.
+func (s *Service) auditRefusedStreamed(p peercred.Peer, r *signerv1.SignRequest, err error) (ticket audit.Ticket, queued bool) {
+	rec := audit.Record{Op: "sign", Key: r.GetKeyId(), Digest: hexOf(r.GetDigest()), Detail: r.GetAlgorithm()}
+	ticket, aerr := s.audit.Enqueue(auditRecord(s.callerFor(p), rec, err))
+	if aerr != nil {
+		s.auditFailed(rec.Op, err, aerr)
+		return audit.Ticket{}, false
+	}
+	return ticket, true
 }
 
 // Drain makes every SignStream answer the requests it has received, take

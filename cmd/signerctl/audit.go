@@ -27,7 +27,9 @@ fails. Lines after the last checkpoint are reported as unanchored. With
 --checkpoints, checkpoints shipped off the machine (audit lines, or
 signerd's "audit checkpoint" log lines, one JSON object a line) must match
 the log as well; they also catch checkpoint lines removed with the lines
-they covered, and lines cut from the end. No HSM is needed.`,
+they covered, and lines cut from the end. With --pub, a log of which no
+line is anchored (no checkpoint, or every checkpoint line dropped along
+with a rewrite) fails. No HSM is needed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			opts, err := verifyOptions(pubFiles, anchorsFile)
@@ -42,8 +44,7 @@ they covered, and lines cut from the end. No HSM is needed.`,
 			if sum.Head == nil {
 				fmt.Fprintf(a.stderr, "warning: no head file %s.head beside the log: lines cut from its end cannot be detected\n", args[0])
 			}
-			a.reportCheckpoints(sum, len(opts.Anchors))
-			return nil
+			return a.reportCheckpoints(sum, len(opts.Anchors))
 		},
 	}
 	verify.Flags().StringArrayVar(&pubFiles, "pub", nil, "PEM file with the audit key's public key or certificate; checks every checkpoint's signature (repeat for a replaced key)")
@@ -84,11 +85,17 @@ func verifyOptions(pubFiles []string, anchorsFile string) (audit.VerifyOptions, 
 	return opts, nil
 }
 
+// errNothingAnchored fails audit verify --pub on a log no signed
+// checkpoint vouches for: whoever can write the log makes one by
+// rewriting it without its checkpoint lines, or by emptying it.
+var errNothingAnchored = errors.New("no line is anchored by a signed checkpoint")
+
 // reportCheckpoints says what the checkpoints of a verified log vouch for.
-func (a *app) reportCheckpoints(sum audit.Summary, anchors int) {
+// With signatures checked, a log with no anchored line is an error.
+func (a *app) reportCheckpoints(sum audit.Summary, anchors int) error {
 	if !sum.SignaturesChecked {
 		fmt.Fprintf(a.stdout, "checkpoints: %d found, signatures not checked (give --pub with the audit key's public key); a rewrite of the whole chain cannot be detected\n", sum.Checkpoints)
-		return
+		return nil
 	}
 	if sum.Checkpoints == 0 {
 		fmt.Fprint(a.stdout, "checkpoints: none in the log")
@@ -100,9 +107,10 @@ func (a *app) reportCheckpoints(sum audit.Summary, anchors int) {
 	}
 	fmt.Fprintln(a.stdout)
 	switch {
-	case sum.LastSeq == 0:
+	case sum.AnchoredSeq == 0 && sum.LastSeq == 0:
+		return fmt.Errorf("%w: the log is empty, and a log emptied by whoever can write it looks just like this", errNothingAnchored)
 	case sum.AnchoredSeq == 0:
-		fmt.Fprintf(a.stderr, "warning: no line is anchored by a signed checkpoint: all %d lines (seq 1 to %d) are unanchored\n", sum.LastSeq, sum.LastSeq)
+		return fmt.Errorf("%w: all %d lines (seq 1 to %d) are unanchored, and a log rewritten without its checkpoint lines looks just like this", errNothingAnchored, sum.LastSeq, sum.LastSeq)
 	case sum.AnchoredSeq < sum.LastSeq:
 		fmt.Fprintf(a.stdout, "anchored: seq 1 to %d\n", sum.AnchoredSeq)
 		fmt.Fprintf(a.stderr, "warning: %d line(s) after the last checkpoint are unanchored (seq %d to %d)\n",
@@ -110,4 +118,5 @@ func (a *app) reportCheckpoints(sum audit.Summary, anchors int) {
 	default:
 		fmt.Fprintf(a.stdout, "anchored: seq 1 to %d (every line)\n", sum.AnchoredSeq)
 	}
+	return nil
 }

@@ -92,3 +92,46 @@ func TestAuditVerifyCheckpoints(t *testing.T) {
 		})
 	}
 }
+
+// TestAttackVerifyPubFailsWhenNothingIsAnchored: whoever can write the
+// log rewrites it at will and drops every checkpoint line (recomputing
+// the chain and the head file), or empties it. Given the audit key,
+// verify must not pass such a log: no line of it is vouched for by the
+// key it was asked to check, so it fails (exit 1) rather than print
+// "chain intact" with a warning on stderr and exit 0.
+func TestAttackVerifyPubFailsWhenNothingIsAnchored(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pub := writePub(t, k)
+	rewritten := filepath.Join(t.TempDir(), "audit.jsonl")
+	l, err := audit.Open(t.Context(), rewritten, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := l.Append(t.Context(), audit.Record{UID: 1, GID: 1, PID: 1, Op: "sign", Key: "0a", Result: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	emptied := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(emptied, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, log string }{
+		{"lines without a checkpoint", rewritten},
+		{"empty log", emptied},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := ctl(t, "audit", "verify", "--pub", pub, tt.log)
+			if code == 0 || !strings.Contains(errs, "no line is anchored") {
+				t.Fatalf("verify --pub: exit %d, want 1 and an error that no line is anchored:\n%s%s", code, out, errs)
+			}
+		})
+	}
+	// Without --pub nothing was asked of the key: the chain alone passes.
+	if _, errs, code := ctl(t, "audit", "verify", rewritten); code != 0 {
+		t.Fatalf("verify without --pub: exit %d\n%s", code, errs)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // ZeroHash is the Prev of the first line of a chain, and the hash Head
@@ -21,8 +22,8 @@ const ZeroHash = "00000000000000000000000000000000000000000000000000000000000000
 const MaxLineSize = 64 << 10
 
 // Bounds, in bytes, on the string fields of a record. A field longer than
-// its bound, or one that begins with FieldHashPrefix, is written as
-// FieldHash of its value: "sha256:<64 hex digits> len=<bytes>", the SHA-256
+// its bound, one that begins with FieldHashPrefix, or one that is not
+// valid UTF-8, is written as FieldHash of its value: "sha256:<64 hex digits> len=<bytes>", the SHA-256
 // and length of the field's text as the caller gave it (for Digest, the
 // hex text). So a record is never refused for the size of what a caller
 // sent, and a value in the log that begins with "sha256:" is always such
@@ -47,10 +48,11 @@ func FieldHash(v string) string {
 	return FieldHashPrefix + hex.EncodeToString(sum[:]) + " len=" + strconv.Itoa(len(v))
 }
 
-// boundField returns v, or FieldHash(v) when v is longer than limit or
-// could be taken for a replacement.
+// boundField returns v, or FieldHash(v) when v is longer than limit,
+// could be taken for a replacement, or is not valid UTF-8 (which JSON
+// would write as U+FFFD, so that two values made one line).
 func boundField(v string, limit int) string {
-	if len(v) <= limit && !strings.HasPrefix(v, FieldHashPrefix) {
+	if len(v) <= limit && !strings.HasPrefix(v, FieldHashPrefix) && utf8.ValidString(v) {
 		return v
 	}
 	return FieldHash(v)
