@@ -223,14 +223,16 @@ func (s *Service) Close() error {
 		if s.limits != nil {
 			s.limits.close() // its last summary lines, while the audit log is open
 		}
-		for _, m := range s.modules {
-			if err := m.mod.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
-			}
-		}
+		// The audit log first: a module whose HSM hangs in C_Finalize
+		// must not keep the log's last lines from the disk.
 		if s.audit != nil {
 			if err := s.audit.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("audit log: %w", err))
+			}
+		}
+		for _, m := range s.modules {
+			if err := m.mod.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("module %q: %w", m.name, err))
 			}
 		}
 		if s.store != nil {
