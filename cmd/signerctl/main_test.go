@@ -71,8 +71,12 @@ func TestSignctlWalkthrough(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustCtl(t, "key", "list", "-o", "json")), &keys); err != nil {
 		t.Fatal(err)
 	}
-	if len(keys.Keys) != 1 || keys.Keys[0].ID != keyID || keys.Keys[0].Label != "demo" {
-		t.Fatalf("key list: %+v", keys)
+	labels := map[string]string{}
+	for _, k := range keys.Keys {
+		labels[k.Label] = k.ID
+	}
+	if len(keys.Keys) != 2 || labels["demo"] != keyID || labels["audit"] == "" {
+		t.Fatalf("key list: %+v; want the demo key and the audit key", keys)
 	}
 	// Generate an RSA key, sign a file with it, verify with openssl.
 	gen := mustCtl(t, "key", "generate", "--label", "rsa-demo", "--algorithm", "RSA2048", "--usage", "sign", "--name", "RSA demo")
@@ -132,6 +136,25 @@ func TestSignctlWalkthrough(t *testing.T) {
 	_, errs, code := ctl(t, "audit", "verify", tampered)
 	if code == 0 || !strings.Contains(errs, "line") {
 		t.Fatalf("tampered audit: exit %d, %s", code, errs)
+	}
+	// The audit key's public key verifies the checkpoints dev mode writes
+	// every 10 s; until the first, nothing is anchored and verify fails.
+	pub := filepath.Join(work, "audit.pem")
+	if err := os.WriteFile(pub, []byte(mustCtl(t, "key", "show", labels["audit"], "--public-pem")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		out, errs, code := ctl(t, "audit", "verify", "--pub", pub, auditFile)
+		if code == 0 {
+			if !strings.Contains(out+errs, "checkpoint") {
+				t.Fatalf("audit verify --pub says nothing of checkpoints: %s%s", out, errs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit verify --pub: no checkpoint anchors the log after a minute: exit %d, %s", code, errs)
+		}
+		time.Sleep(time.Second)
 	}
 	// A copy without its head file verifies, with a warning that a cut
 	// could not be checked.

@@ -114,6 +114,9 @@ http_socket = "{{.Dir}}/run/http.sock"
 state_dir = "{{.Dir}}/state"
 audit_file = "{{.Dir}}/audit.jsonl"
 log_level = "info"
+# The audit log's head is signed with the "audit" key that dev mode
+# generates, every 10 s when lines were added (production default: 5m).
+audit_checkpoint_interval = "10s"
 
 # What one uid may take of the daemon (the production defaults).
 [limits]
@@ -177,23 +180,38 @@ func devReady(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	keyID := ""
+	keyID, auditKeyID := "", ""
 	for _, k := range keys.GetKeys() {
-		if k.GetLabel() == "demo" {
+		switch k.GetLabel() {
+		case "demo":
 			keyID = k.GetId()
+		case "audit":
+			auditKeyID = k.GetId()
 		}
 	}
-	if keyID == "" {
-		k, err := c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "dev", Label: "demo", Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN, Name: "demo signing key"})
-		if err != nil {
-			return fmt.Errorf("generating the demo key: %w", err)
+	for _, want := range []struct {
+		id    *string
+		label string
+		usage signerv1.KeyUsage
+		name  string
+	}{
+		{&keyID, "demo", signerv1.KeyUsage_KEY_USAGE_SIGN, "demo signing key"},
+		{&auditKeyID, "audit", signerv1.KeyUsage_KEY_USAGE_AUDIT, "signs the audit log's checkpoints"},
+	} {
+		if *want.id != "" {
+			continue
 		}
-		keyID = k.GetId()
+		k, err := c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "dev", Label: want.label, Algorithm: "EC-P256", Usage: want.usage, Name: want.name})
+		if err != nil {
+			return fmt.Errorf("generating the %s key: %w", want.label, err)
+		}
+		*want.id = k.GetId()
 	}
 	fmt.Fprintf(os.Stderr, `
 signerd is ready (dev mode: a throwaway SoftHSM token, not for production).
   gRPC socket: %[1]s
   demo key:    %[2]s (EC P-256, usage sign)
+  audit key:   %[4]s (EC P-256, signs the audit log's checkpoints)
 
 In another terminal, try:
   export SIGNER_SOCKET=%[1]s
@@ -203,9 +221,10 @@ In another terminal, try:
   go run ./cmd/signerctl sign --key %[2]s --alg SHA256withECDSA --in hello.txt --out hello.sig
   go run ./cmd/signerctl key show %[2]s --public-pem > demo.pub.pem
   openssl dgst -sha256 -verify demo.pub.pem -signature hello.sig hello.txt
-  go run ./cmd/signerctl audit verify %[3]s
+  go run ./cmd/signerctl key show %[4]s --public-pem > audit.pem
+  go run ./cmd/signerctl audit verify --pub audit.pem %[3]s   # after the first checkpoint, within 10 s
 
 Stop with Ctrl-C.
-`, cfg.Server.GRPCSocket, keyID, cfg.Server.AuditFile)
+`, cfg.Server.GRPCSocket, keyID, cfg.Server.AuditFile, auditKeyID)
 	return nil
 }
