@@ -332,7 +332,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README walkthrough failed: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Verified OK", "chain intact", "member-sign", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310"} {
+	for _, want := range []string{"Verified OK", "chain intact", "every signature verified", "member-sign", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
 		}

@@ -21,8 +21,9 @@ import (
 )
 
 // afterReady runs once the daemon listens and is ready; dev mode uses it
-// to make its demo key and print what to try.
-type afterReady func(ctx context.Context, cfg *config.Config) error
+// to make its demo and audit keys, sign a first checkpoint and print what
+// to try.
+type afterReady func(ctx context.Context, cfg *config.Config, svc *signer.Service) error
 
 // runDaemon runs signerd with the configuration at configPath until
 // SIGTERM or SIGINT: open state, load modules, log in where a PIN source is
@@ -79,7 +80,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	}
 	log.Info("signerd ready", "version", version, "grpc_socket", grpcL.Addr().String(), "http_socket", httpL.Addr().String())
 	if ready != nil {
-		if err := ready(ctx, cfg); err != nil {
+		if err := ready(ctx, cfg, svc); err != nil {
 			log.Error("start-up hook failed", "error", err.Error())
 		}
 	}

@@ -16,7 +16,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hsmsigner/hsmsigner/signer"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
@@ -166,9 +168,10 @@ func writeDevConfig(path, dir, module, pinFile string) error {
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
-// devReady generates the demo key through the daemon's own socket, as the
-// officer would, and prints what to try.
-func devReady(ctx context.Context, cfg *config.Config) error {
+// devReady generates the demo and audit keys through the daemon's own
+// socket, as the officer would, signs a first audit checkpoint so the log
+// can be verified with the audit key at once, and prints what to try.
+func devReady(ctx context.Context, cfg *config.Config, svc *signer.Service) error {
 	c, err := client.Dial(cfg.Server.GRPCSocket)
 	if err != nil {
 		return err
@@ -207,6 +210,11 @@ func devReady(ctx context.Context, cfg *config.Config) error {
 		}
 		*want.id = k.GetId()
 	}
+	// A first checkpoint now, not only after the first interval: the log
+	// is anchored before the newcomer runs audit verify --pub.
+	if _, err := svc.Checkpoint(ctx); err != nil && !errors.Is(err, audit.ErrNothingToCheckpoint) {
+		return fmt.Errorf("signing the first audit checkpoint: %w", err)
+	}
 	fmt.Fprintf(os.Stderr, `
 signerd is ready (dev mode: a throwaway SoftHSM token, not for production).
   gRPC socket: %[1]s
@@ -222,7 +230,7 @@ In another terminal, try:
   go run ./cmd/signerctl key show %[2]s --public-pem > demo.pub.pem
   openssl dgst -sha256 -verify demo.pub.pem -signature hello.sig hello.txt
   go run ./cmd/signerctl key show %[4]s --public-pem > audit.pem
-  go run ./cmd/signerctl audit verify --pub audit.pem %[3]s   # after the first checkpoint, within 10 s
+  go run ./cmd/signerctl audit verify --pub audit.pem %[3]s
 
 Stop with Ctrl-C.
 `, cfg.Server.GRPCSocket, keyID, cfg.Server.AuditFile, auditKeyID)
