@@ -2,8 +2,9 @@
 //
 // The HSM is the truth for keys. The state file holds what the HSM cannot:
 // a key's usage and friendly name, which member a key or certificate serves,
-// certificate status and metadata, certificate signing requests, and later
-// the OCSP cache.
+// certificate status and metadata, certificate signing requests, and the
+// last verified OCSP response of each watched certificate, so a restart
+// serves it before any fetch.
 //
 // Every change is committed (bbolt Update, fsync) before the call returns,
 // so an admin operation that was acknowledged survives a crash. Records are

@@ -32,13 +32,14 @@ const (
 	bucketCerts     = "certs"
 	bucketCertSHA1  = "cert_sha1"
 	bucketCSRs      = "csrs"
+	bucketOCSP      = "ocsp_responses"
 
 	keySchemaVersion = "schema_version"
 )
 
 // allBuckets returns every bucket of the current schema.
 func allBuckets() []string {
-	return []string{bucketMeta, bucketKeys, bucketKeyLabels, bucketCerts, bucketCertSHA1, bucketCSRs}
+	return []string{bucketMeta, bucketKeys, bucketKeyLabels, bucketCerts, bucketCertSHA1, bucketCSRs, bucketOCSP}
 }
 
 // Store is an open state file. Its methods are safe for concurrent use;
