@@ -5,6 +5,9 @@
 #   dev-ca.sh sign DIR CSR-FILE USAGE [DAYS]
 #   dev-ca.sh sign-expired DIR CSR-FILE USAGE
 #   dev-ca.sh sign-future DIR CSR-FILE USAGE
+#   dev-ca.sh ocsp-setup DIR URL
+#   dev-ca.sh ocsp-answer DIR [MINUTES] < REQUEST.der > RESPONSE.der
+#   dev-ca.sh revoke DIR CERT-FILE [REASON]
 #
 # FOR DEVELOPMENT AND TESTS ONLY. The CA private keys are UNENCRYPTED files
 # (DIR/root.key, DIR/intermediate.key, mode 0600 in a 0700 DIR): anyone who
@@ -38,6 +41,28 @@
 # sign-expired issues one valid from 10 days ago until 1 day ago;
 # sign-future one valid from 1 day from now for 365 days.
 #
+# Every certificate sign issues is also recorded in DIR/index.txt, the
+# openssl CA database an OCSP responder reads.
+#
+# ocsp-setup makes an OCSP responder for the intermediate CA: a key
+# (DIR/ocsp.key) and a delegated responder certificate (DIR/ocsp.pem,
+# extendedKeyUsage OCSPSigning, issued by the intermediate), and records
+# URL (DIR/ocsp-url) so that every certificate sign issues from then on
+# names URL in its authorityInfoAccess. Running it again keeps the key and
+# certificate and changes the URL.
+#
+# ocsp-answer is the responder itself, one request at a time: it reads a
+# DER OCSP request on stdin and writes the response `openssl ocsp -index`
+# makes from DIR/index.txt on stdout, signed by DIR/ocsp.pem, with
+# nextUpdate MINUTES (default 60) after thisUpdate. It reads the index at
+# each request, so a revocation shows at once. (openssl 3.0's own -port
+# server binds every interface; softhsm-test/cmd/dev-ocsp serves this on
+# loopback over HTTP.)
+#
+# revoke marks the certificate in CERT-FILE (PEM or DER) revoked now in
+# DIR/index.txt, with REASON (an openssl CRL reason such as keyCompromise,
+# default unspecified).
+#
 # Exit status: 0 done, 1 failure, 2 usage error, 3 the request was refused
 # (not a certificate request, bad self-signature, malformed subjectAltName).
 # A failure or refusal is told in one line on stderr.
@@ -70,6 +95,9 @@ usage: $prog init DIR
        $prog sign DIR CSR-FILE USAGE [DAYS]
        $prog sign-expired DIR CSR-FILE USAGE
        $prog sign-future DIR CSR-FILE USAGE
+       $prog ocsp-setup DIR URL
+       $prog ocsp-answer DIR [MINUTES] < REQUEST.der > RESPONSE.der
+       $prog revoke DIR CERT-FILE [REASON]
   USAGE is sign, auth or tsa; DAYS is 1 to 3650 (default 365).
   A development CA only: its keys are unencrypted files in DIR.
 EOF
@@ -366,6 +394,9 @@ cmd_sign() {
 		[[ -z $eku ]] || echo "extendedKeyUsage = $eku"
 		echo "subjectKeyIdentifier = hash"
 		echo "authorityKeyIdentifier = keyid:always"
+		if [[ -f $dir/ocsp-url ]]; then
+			echo "authorityInfoAccess = OCSP;URI:$(<"$dir/ocsp-url")"
+		fi
 		csr_san_line
 	} >"$tmp/ext.cnf"
 
@@ -391,7 +422,120 @@ cmd_sign() {
 	run_ca -cert "$dir/intermediate.pem" -keyfile "$dir/intermediate.key" -in "$tmp/req.pem" \
 		-extfile "$tmp/ext.cnf" -extensions leaf \
 		-startdate "$(utc_time "$start")" -enddate "$(utc_time "$end")" -out "$tmp/cert.pem"
+	# The throwaway database holds this one certificate's line: add it to
+	# the CA's own index, under its lock, for the OCSP responder.
+	with_index_lock "$dir" append_index "$dir" || die "cannot record the certificate in $dir/index.txt"
 	openssl x509 -in "$tmp/cert.pem" -outform PEM 2>/dev/null || die "openssl ca wrote no certificate"
+}
+
+# with_index_lock DIR CMD...: runs CMD holding DIR/index.lock.
+with_index_lock() {
+	local dir=$1
+	shift
+	(
+		flock 9 || exit 1
+		"$@"
+	) 9>>"$dir/index.lock"
+}
+
+cmd_ocsp_setup() {
+	[[ $# -eq 2 ]] || usage
+	local dir=$1 url=$2
+	[[ $url =~ ^https?://[^[:space:]]+$ ]] || bad_arg "URL must be an http:// or https:// address, not \"$url\""
+	local f
+	for f in intermediate.pem intermediate.key; do
+		[[ -f $dir/$f ]] || die "$dir is not a dev CA (no $f); run: $prog init $dir"
+	done
+	make_tmp
+	if [[ ! -f $dir/ocsp.pem ]]; then
+		openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+			-pkeyopt ec_param_enc:named_curve -out "$tmp/ocsp.key" 2>"$tmp/genpkey.err" ||
+			die "openssl genpkey failed for the OCSP responder key"
+		openssl req -new -key "$tmp/ocsp.key" -utf8 \
+			-subj "/C=FI/O=hsmsigner development/CN=hsmsigner Dev OCSP Responder $(rand_hex 4)" \
+			-out "$tmp/ocsp.csr" 2>"$tmp/req.err" || die "openssl req failed for the OCSP responder"
+		cat >"$tmp/ext.cnf" <<EOF
+[ ocsp ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = critical, OCSPSigning
+noCheck = ignored
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+EOF
+		local now
+		now=$(date -u +%s)
+		write_ca_conf "$tmp/ca.cnf"
+		run_ca -cert "$dir/intermediate.pem" -keyfile "$dir/intermediate.key" -in "$tmp/ocsp.csr" \
+			-extfile "$tmp/ext.cnf" -extensions ocsp \
+			-startdate "$(utc_time $((now - 300)))" -enddate "$(utc_time $((now + 2 * 365 * 86400)))" -out "$tmp/ocsp.pem"
+		openssl x509 -in "$tmp/ocsp.pem" -out "$tmp/ocsp.crt" 2>/dev/null || die "openssl ca wrote no responder certificate"
+		chmod 600 -- "$tmp/ocsp.key"
+		chmod 644 -- "$tmp/ocsp.crt"
+		mv -- "$tmp/ocsp.key" "$dir/ocsp.key" || die "cannot move ocsp.key into $dir"
+		mv -- "$tmp/ocsp.crt" "$dir/ocsp.pem" || die "cannot move ocsp.pem into $dir"
+	fi
+	touch -- "$dir/index.txt"
+	printf '%s\n' "$url" >"$tmp/ocsp-url"
+	chmod 644 -- "$tmp/ocsp-url"
+	mv -- "$tmp/ocsp-url" "$dir/ocsp-url" || die "cannot write $dir/ocsp-url"
+	echo "$prog: OCSP responder certificate $dir/ocsp.pem; certificates signed from now on name $url" >&2
+}
+
+cmd_ocsp_answer() {
+	[[ $# -eq 1 || $# -eq 2 ]] || usage
+	local dir=$1 minutes=${2:-60}
+	[[ $minutes =~ ^[1-9][0-9]{0,5}$ ]] || bad_arg "MINUTES must be a whole number from 1, not \"$minutes\""
+	local f
+	for f in ocsp.pem ocsp.key intermediate.pem index.txt; do
+		[[ -f $dir/$f ]] || die "$dir has no OCSP responder (no $f); run: $prog ocsp-setup $dir URL"
+	done
+	make_tmp
+	head -c 65536 >"$tmp/req.der"
+	with_index_lock "$dir" cp -- "$dir/index.txt" "$tmp/index.txt" || die "cannot read $dir/index.txt"
+	if ! openssl ocsp -index "$tmp/index.txt" -rsigner "$dir/ocsp.pem" -rkey "$dir/ocsp.key" \
+		-CA "$dir/intermediate.pem" -nmin "$minutes" -reqin "$tmp/req.der" -respout "$tmp/resp.der" \
+		>"$tmp/ocsp.out" 2>"$tmp/ocsp.err"; then
+		die "openssl ocsp failed: $(tail -n 1 "$tmp/ocsp.err")"
+	fi
+	cat -- "$tmp/resp.der"
+}
+
+# append_index DIR: adds the throwaway database's lines to DIR/index.txt
+# (run under the index lock).
+append_index() {
+	cat -- "$tmp/index.txt" >>"$1/index.txt"
+}
+
+# revoke_in_index DIR SERIAL WHEN: marks SERIAL revoked in DIR/index.txt
+# (run under the index lock); exit 3 if it is not a valid certificate there.
+revoke_in_index() {
+	awk -F '\t' -v OFS='\t' -v s="$2" -v r="$3" '
+		$4 == s && $1 == "V" { $1 = "R"; $3 = r; found = 1 }
+		{ print }
+		END { exit found ? 0 : 3 }
+	' "$1/index.txt" >"$tmp/index.new" && mv -- "$tmp/index.new" "$1/index.txt"
+}
+
+cmd_revoke() {
+	[[ $# -eq 2 || $# -eq 3 ]] || usage
+	local dir=$1 cert=$2 reason=${3:-unspecified}
+	case $reason in
+	unspecified | keyCompromise | CACompromise | affiliationChanged | superseded | cessationOfOperation | certificateHold) ;;
+	*) bad_arg "unknown REASON \"$reason\"" ;;
+	esac
+	[[ -f $dir/index.txt ]] || die "$dir has no certificate index (no index.txt)"
+	make_tmp
+	if ! openssl x509 -in "$cert" -noout -serial >"$tmp/serial" 2>/dev/null &&
+		! openssl x509 -in "$cert" -inform DER -noout -serial >"$tmp/serial" 2>/dev/null; then
+		refuse "$cert: not a certificate (PEM or DER)"
+	fi
+	local serial
+	serial=$(<"$tmp/serial")
+	serial=${serial#serial=}
+	with_index_lock "$dir" revoke_in_index "$dir" "$serial" "$(date -u +%y%m%d%H%M%SZ),$reason" ||
+		die "serial $serial is not a valid certificate in $dir/index.txt"
+	echo "$prog: revoked serial $serial ($reason)" >&2
 }
 
 [[ $# -ge 1 ]] || usage
@@ -401,6 +545,18 @@ init)
 	cmd_init "$@"
 	;;
 sign | sign-expired | sign-future) cmd_sign "$@" ;;
+ocsp-setup)
+	shift
+	cmd_ocsp_setup "$@"
+	;;
+ocsp-answer)
+	shift
+	cmd_ocsp_answer "$@"
+	;;
+revoke)
+	shift
+	cmd_revoke "$@"
+	;;
 -h | --help | help) usage ;;
 *) usage ;;
 esac
