@@ -71,9 +71,10 @@ func requiredRole(fullMethod string) need {
 	case "ListTokens", "GetToken", "LoginToken", "LogoutToken", "ChangePin",
 		"GenerateKey", "ListKeys", "DeleteKey", "RenameKey",
 		"GenerateCSR", "ListCSRs", "GetCSR", "DeleteCSR",
-		"ImportCert", "ListCerts", "GetCert", "ActivateCert", "DeactivateCert", "DeleteCert", "SetCertStatus":
+		"ImportCert", "ListCerts", "GetCert", "ActivateCert", "DeactivateCert", "DeleteCert", "SetCertStatus",
+		"GetOCSPStatus", "RefreshOCSP":
 		return needAdmin
-	case "Sign", "SignBatch", "SignStream", "GetSigningInfo":
+	case "Sign", "SignBatch", "SignStream", "GetSigningInfo", "GetOCSPResponses", "SetOCSPResponses":
 		return needClient
 	}
 	return needNobody

@@ -3456,6 +3456,662 @@ func (x *SetCertStatusRequest) GetStatus() CertStatus {
 	return CertStatus_CERT_STATUS_UNSPECIFIED
 }
 
+type GetOCSPResponsesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Certificates by SHA-256 (64 hex digits) or SHA-1 (40 hex digits).
+	CertHashes    []string `protobuf:"bytes,1,rep,name=cert_hashes,json=certHashes,proto3" json:"cert_hashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOCSPResponsesRequest) Reset() {
+	*x = GetOCSPResponsesRequest{}
+	mi := &file_signer_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOCSPResponsesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOCSPResponsesRequest) ProtoMessage() {}
+
+func (x *GetOCSPResponsesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOCSPResponsesRequest.ProtoReflect.Descriptor instead.
+func (*GetOCSPResponsesRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *GetOCSPResponsesRequest) GetCertHashes() []string {
+	if x != nil {
+		return x.CertHashes
+	}
+	return nil
+}
+
+// OCSPResponse is the answer for one certificate.
+type OCSPResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The hash as the request gave it.
+	CertHash string `protobuf:"bytes,1,opt,name=cert_hash,json=certHash,proto3" json:"cert_hash,omitempty"`
+	// The certificate's SHA-256, hex; empty if the certificate is unknown.
+	CertSha256 string `protobuf:"bytes,2,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	// The freshest good response, DER; empty when there is none.
+	Response []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
+	// Why there is no usable response (empty when response is set).
+	Error         string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	ThisUpdate    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=this_update,json=thisUpdate,proto3" json:"this_update,omitempty"`
+	NextUpdate    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_update,json=nextUpdate,proto3" json:"next_update,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OCSPResponse) Reset() {
+	*x = OCSPResponse{}
+	mi := &file_signer_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OCSPResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OCSPResponse) ProtoMessage() {}
+
+func (x *OCSPResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OCSPResponse.ProtoReflect.Descriptor instead.
+func (*OCSPResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *OCSPResponse) GetCertHash() string {
+	if x != nil {
+		return x.CertHash
+	}
+	return ""
+}
+
+func (x *OCSPResponse) GetCertSha256() string {
+	if x != nil {
+		return x.CertSha256
+	}
+	return ""
+}
+
+func (x *OCSPResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *OCSPResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *OCSPResponse) GetThisUpdate() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ThisUpdate
+	}
+	return nil
+}
+
+func (x *OCSPResponse) GetNextUpdate() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextUpdate
+	}
+	return nil
+}
+
+type GetOCSPResponsesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In the order of the request.
+	Responses     []*OCSPResponse `protobuf:"bytes,1,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOCSPResponsesResponse) Reset() {
+	*x = GetOCSPResponsesResponse{}
+	mi := &file_signer_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOCSPResponsesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOCSPResponsesResponse) ProtoMessage() {}
+
+func (x *GetOCSPResponsesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOCSPResponsesResponse.ProtoReflect.Descriptor instead.
+func (*GetOCSPResponsesResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *GetOCSPResponsesResponse) GetResponses() []*OCSPResponse {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+type SetOCSPResponsesRequest struct {
+	state         protoimpl.MessageState          `protogen:"open.v1"`
+	Responses     []*SetOCSPResponsesRequest_Item `protobuf:"bytes,1,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetOCSPResponsesRequest) Reset() {
+	*x = SetOCSPResponsesRequest{}
+	mi := &file_signer_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetOCSPResponsesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetOCSPResponsesRequest) ProtoMessage() {}
+
+func (x *SetOCSPResponsesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetOCSPResponsesRequest.ProtoReflect.Descriptor instead.
+func (*SetOCSPResponsesRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *SetOCSPResponsesRequest) GetResponses() []*SetOCSPResponsesRequest_Item {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+type SetOCSPResponsesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per item, in order: response empty and error empty when accepted,
+	// error set when refused.
+	Results       []*OCSPResponse `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetOCSPResponsesResponse) Reset() {
+	*x = SetOCSPResponsesResponse{}
+	mi := &file_signer_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetOCSPResponsesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetOCSPResponsesResponse) ProtoMessage() {}
+
+func (x *SetOCSPResponsesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetOCSPResponsesResponse.ProtoReflect.Descriptor instead.
+func (*SetOCSPResponsesResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *SetOCSPResponsesResponse) GetResults() []*OCSPResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type GetOCSPStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A certificate by SHA-256 or SHA-1 hex; empty for all.
+	CertHash      string `protobuf:"bytes,1,opt,name=cert_hash,json=certHash,proto3" json:"cert_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOCSPStatusRequest) Reset() {
+	*x = GetOCSPStatusRequest{}
+	mi := &file_signer_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOCSPStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOCSPStatusRequest) ProtoMessage() {}
+
+func (x *GetOCSPStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOCSPStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetOCSPStatusRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *GetOCSPStatusRequest) GetCertHash() string {
+	if x != nil {
+		return x.CertHash
+	}
+	return ""
+}
+
+// OCSPCertStatus is what signerd knows of one watched certificate.
+type OCSPCertStatus struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CertSha256 string                 `protobuf:"bytes,1,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	Subject    string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Serial number, hex.
+	Serial string `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	// good, revoked, unknown, or none before any response was verified.
+	Status     string                 `protobuf:"bytes,4,opt,name=status,proto3" json:"status,omitempty"`
+	ThisUpdate *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=this_update,json=thisUpdate,proto3" json:"this_update,omitempty"`
+	NextUpdate *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_update,json=nextUpdate,proto3" json:"next_update,omitempty"`
+	ProducedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=produced_at,json=producedAt,proto3" json:"produced_at,omitempty"`
+	// Who gave the current response: a responder URL, "store" (loaded at
+	// start) or "client" (handed over by SetOCSPResponses).
+	Responder   string                 `protobuf:"bytes,8,opt,name=responder,proto3" json:"responder,omitempty"`
+	LastFetch   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_fetch,json=lastFetch,proto3" json:"last_fetch,omitempty"`
+	LastGood    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_good,json=lastGood,proto3" json:"last_good,omitempty"`
+	NextRefresh *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=next_refresh,json=nextRefresh,proto3" json:"next_refresh,omitempty"`
+	LastError   string                 `protobuf:"bytes,12,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	// When the current response stops being usable.
+	StaleAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=stale_at,json=staleAt,proto3" json:"stale_at,omitempty"`
+	// The current response goes stale before the next refresh is due.
+	StaleBeforeRefresh bool `protobuf:"varint,15,opt,name=stale_before_refresh,json=staleBeforeRefresh,proto3" json:"stale_before_refresh,omitempty"`
+	// A fresh good response is served now; otherwise reason says why not.
+	Usable bool   `protobuf:"varint,16,opt,name=usable,proto3" json:"usable,omitempty"`
+	Reason string `protobuf:"bytes,17,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What the certificate is to signerd: a member's certificate (sign or
+	// auth) or an intermediate CA of one's chain.
+	Role          string `protobuf:"bytes,18,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OCSPCertStatus) Reset() {
+	*x = OCSPCertStatus{}
+	mi := &file_signer_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OCSPCertStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OCSPCertStatus) ProtoMessage() {}
+
+func (x *OCSPCertStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OCSPCertStatus.ProtoReflect.Descriptor instead.
+func (*OCSPCertStatus) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *OCSPCertStatus) GetCertSha256() string {
+	if x != nil {
+		return x.CertSha256
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetThisUpdate() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ThisUpdate
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetNextUpdate() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextUpdate
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetProducedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProducedAt
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetResponder() string {
+	if x != nil {
+		return x.Responder
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetLastFetch() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastFetch
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetLastGood() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastGood
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetNextRefresh() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRefresh
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetLastErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorAt
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetStaleAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StaleAt
+	}
+	return nil
+}
+
+func (x *OCSPCertStatus) GetStaleBeforeRefresh() bool {
+	if x != nil {
+		return x.StaleBeforeRefresh
+	}
+	return false
+}
+
+func (x *OCSPCertStatus) GetUsable() bool {
+	if x != nil {
+		return x.Usable
+	}
+	return false
+}
+
+func (x *OCSPCertStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *OCSPCertStatus) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type GetOCSPStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when OCSP is turned off in the configuration ([ocsp] enabled).
+	Enabled       bool              `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	Certificates  []*OCSPCertStatus `protobuf:"bytes,2,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOCSPStatusResponse) Reset() {
+	*x = GetOCSPStatusResponse{}
+	mi := &file_signer_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOCSPStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOCSPStatusResponse) ProtoMessage() {}
+
+func (x *GetOCSPStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOCSPStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetOCSPStatusResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *GetOCSPStatusResponse) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *GetOCSPStatusResponse) GetCertificates() []*OCSPCertStatus {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+type RefreshOCSPRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A certificate by SHA-256 or SHA-1 hex; empty for all.
+	CertHash      string `protobuf:"bytes,1,opt,name=cert_hash,json=certHash,proto3" json:"cert_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshOCSPRequest) Reset() {
+	*x = RefreshOCSPRequest{}
+	mi := &file_signer_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshOCSPRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshOCSPRequest) ProtoMessage() {}
+
+func (x *RefreshOCSPRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshOCSPRequest.ProtoReflect.Descriptor instead.
+func (*RefreshOCSPRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *RefreshOCSPRequest) GetCertHash() string {
+	if x != nil {
+		return x.CertHash
+	}
+	return ""
+}
+
+type SetOCSPResponsesRequest_Item struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The certificate by SHA-256 or SHA-1 hex.
+	CertHash string `protobuf:"bytes,1,opt,name=cert_hash,json=certHash,proto3" json:"cert_hash,omitempty"`
+	// The OCSP response, DER.
+	Response      []byte `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetOCSPResponsesRequest_Item) Reset() {
+	*x = SetOCSPResponsesRequest_Item{}
+	mi := &file_signer_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetOCSPResponsesRequest_Item) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetOCSPResponsesRequest_Item) ProtoMessage() {}
+
+func (x *SetOCSPResponsesRequest_Item) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetOCSPResponsesRequest_Item.ProtoReflect.Descriptor instead.
+func (*SetOCSPResponsesRequest_Item) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{49, 0}
+}
+
+func (x *SetOCSPResponsesRequest_Item) GetCertHash() string {
+	if x != nil {
+		return x.CertHash
+	}
+	return ""
+}
+
+func (x *SetOCSPResponsesRequest_Item) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 var File_signer_proto protoreflect.FileDescriptor
 
 const file_signer_proto_rawDesc = "" +
@@ -3698,7 +4354,62 @@ const file_signer_proto_rawDesc = "" +
 	"\x12DeleteCertResponse\"Y\n" +
 	"\x14SetCertStatusRequest\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12-\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status*u\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x15.signer.v1.CertStatusR\x06status\":\n" +
+	"\x17GetOCSPResponsesRequest\x12\x1f\n" +
+	"\vcert_hashes\x18\x01 \x03(\tR\n" +
+	"certHashes\"\xf8\x01\n" +
+	"\fOCSPResponse\x12\x1b\n" +
+	"\tcert_hash\x18\x01 \x01(\tR\bcertHash\x12\x1f\n" +
+	"\vcert_sha256\x18\x02 \x01(\tR\n" +
+	"certSha256\x12\x1a\n" +
+	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12;\n" +
+	"\vthis_update\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"thisUpdate\x12;\n" +
+	"\vnext_update\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"nextUpdate\"Q\n" +
+	"\x18GetOCSPResponsesResponse\x125\n" +
+	"\tresponses\x18\x01 \x03(\v2\x17.signer.v1.OCSPResponseR\tresponses\"\xa1\x01\n" +
+	"\x17SetOCSPResponsesRequest\x12E\n" +
+	"\tresponses\x18\x01 \x03(\v2'.signer.v1.SetOCSPResponsesRequest.ItemR\tresponses\x1a?\n" +
+	"\x04Item\x12\x1b\n" +
+	"\tcert_hash\x18\x01 \x01(\tR\bcertHash\x12\x1a\n" +
+	"\bresponse\x18\x02 \x01(\fR\bresponse\"M\n" +
+	"\x18SetOCSPResponsesResponse\x121\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.signer.v1.OCSPResponseR\aresults\"3\n" +
+	"\x14GetOCSPStatusRequest\x12\x1b\n" +
+	"\tcert_hash\x18\x01 \x01(\tR\bcertHash\"\x8f\x06\n" +
+	"\x0eOCSPCertStatus\x12\x1f\n" +
+	"\vcert_sha256\x18\x01 \x01(\tR\n" +
+	"certSha256\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x12\x16\n" +
+	"\x06status\x18\x04 \x01(\tR\x06status\x12;\n" +
+	"\vthis_update\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"thisUpdate\x12;\n" +
+	"\vnext_update\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"nextUpdate\x12;\n" +
+	"\vproduced_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"producedAt\x12\x1c\n" +
+	"\tresponder\x18\b \x01(\tR\tresponder\x129\n" +
+	"\n" +
+	"last_fetch\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tlastFetch\x127\n" +
+	"\tlast_good\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\blastGood\x12=\n" +
+	"\fnext_refresh\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vnextRefresh\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\f \x01(\tR\tlastError\x12>\n" +
+	"\rlast_error_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\x125\n" +
+	"\bstale_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\astaleAt\x120\n" +
+	"\x14stale_before_refresh\x18\x0f \x01(\bR\x12staleBeforeRefresh\x12\x16\n" +
+	"\x06usable\x18\x10 \x01(\bR\x06usable\x12\x16\n" +
+	"\x06reason\x18\x11 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04role\x18\x12 \x01(\tR\x04role\"p\n" +
+	"\x15GetOCSPStatusResponse\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12=\n" +
+	"\fcertificates\x18\x02 \x03(\v2\x19.signer.v1.OCSPCertStatusR\fcertificates\"1\n" +
+	"\x12RefreshOCSPRequest\x12\x1b\n" +
+	"\tcert_hash\x18\x01 \x01(\tR\bcertHash*u\n" +
 	"\bKeyUsage\x12\x19\n" +
 	"\x15KEY_USAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKEY_USAGE_SIGN\x10\x01\x12\x12\n" +
@@ -3720,7 +4431,7 @@ const file_signer_proto_rawDesc = "" +
 	"$CERT_STATUS_REGISTRATION_IN_PROGRESS\x10\x02\x12\x1a\n" +
 	"\x16CERT_STATUS_REGISTERED\x10\x03\x12$\n" +
 	" CERT_STATUS_DELETION_IN_PROGRESS\x10\x04\x12\x1c\n" +
-	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xa0\r\n" +
+	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xfe\x0f\n" +
 	"\x06Signer\x12;\n" +
 	"\tGetStatus\x12\x1b.signer.v1.GetStatusRequest\x1a\x11.signer.v1.Status\x12I\n" +
 	"\n" +
@@ -3752,7 +4463,11 @@ const file_signer_proto_rawDesc = "" +
 	"\x0eDeactivateCert\x12\x12.signer.v1.CertRef\x1a\x16.signer.v1.Certificate\x12?\n" +
 	"\n" +
 	"DeleteCert\x12\x12.signer.v1.CertRef\x1a\x1d.signer.v1.DeleteCertResponse\x12H\n" +
-	"\rSetCertStatus\x12\x1f.signer.v1.SetCertStatusRequest\x1a\x16.signer.v1.CertificateB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
+	"\rSetCertStatus\x12\x1f.signer.v1.SetCertStatusRequest\x1a\x16.signer.v1.Certificate\x12[\n" +
+	"\x10GetOCSPResponses\x12\".signer.v1.GetOCSPResponsesRequest\x1a#.signer.v1.GetOCSPResponsesResponse\x12[\n" +
+	"\x10SetOCSPResponses\x12\".signer.v1.SetOCSPResponsesRequest\x1a#.signer.v1.SetOCSPResponsesResponse\x12R\n" +
+	"\rGetOCSPStatus\x12\x1f.signer.v1.GetOCSPStatusRequest\x1a .signer.v1.GetOCSPStatusResponse\x12N\n" +
+	"\vRefreshOCSP\x12\x1d.signer.v1.RefreshOCSPRequest\x1a .signer.v1.GetOCSPStatusResponseB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
 
 var (
 	file_signer_proto_rawDescOnce sync.Once
@@ -3767,73 +4482,83 @@ func file_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_signer_proto_goTypes = []any{
-	(KeyUsage)(0),                 // 0: signer.v1.KeyUsage
-	(BatchMode)(0),                // 1: signer.v1.BatchMode
-	(CsrFormat)(0),                // 2: signer.v1.CsrFormat
-	(CertStatus)(0),               // 3: signer.v1.CertStatus
-	(*GetStatusRequest)(nil),      // 4: signer.v1.GetStatusRequest
-	(*Status)(nil),                // 5: signer.v1.Status
-	(*Caller)(nil),                // 6: signer.v1.Caller
-	(*Module)(nil),                // 7: signer.v1.Module
-	(*PinStatus)(nil),             // 8: signer.v1.PinStatus
-	(*Token)(nil),                 // 9: signer.v1.Token
-	(*ListTokensRequest)(nil),     // 10: signer.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 11: signer.v1.ListTokensResponse
-	(*GetTokenRequest)(nil),       // 12: signer.v1.GetTokenRequest
-	(*LoginTokenRequest)(nil),     // 13: signer.v1.LoginTokenRequest
-	(*LogoutTokenRequest)(nil),    // 14: signer.v1.LogoutTokenRequest
-	(*ChangePinRequest)(nil),      // 15: signer.v1.ChangePinRequest
-	(*Key)(nil),                   // 16: signer.v1.Key
-	(*GenerateKeyRequest)(nil),    // 17: signer.v1.GenerateKeyRequest
-	(*ListKeysRequest)(nil),       // 18: signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),      // 19: signer.v1.ListKeysResponse
-	(*GetKeyRequest)(nil),         // 20: signer.v1.GetKeyRequest
-	(*DeleteKeyRequest)(nil),      // 21: signer.v1.DeleteKeyRequest
-	(*DeleteKeyResponse)(nil),     // 22: signer.v1.DeleteKeyResponse
-	(*RenameKeyRequest)(nil),      // 23: signer.v1.RenameKeyRequest
-	(*SignRequest)(nil),           // 24: signer.v1.SignRequest
-	(*SignResponse)(nil),          // 25: signer.v1.SignResponse
-	(*SignStreamRequest)(nil),     // 26: signer.v1.SignStreamRequest
-	(*StreamedSign)(nil),          // 27: signer.v1.StreamedSign
-	(*SignStreamResponse)(nil),    // 28: signer.v1.SignStreamResponse
-	(*StreamedSignResult)(nil),    // 29: signer.v1.StreamedSignResult
-	(*CallError)(nil),             // 30: signer.v1.CallError
-	(*SignBatchRequest)(nil),      // 31: signer.v1.SignBatchRequest
-	(*MerkleProof)(nil),           // 32: signer.v1.MerkleProof
-	(*SignBatchResponse)(nil),     // 33: signer.v1.SignBatchResponse
-	(*GetSigningInfoRequest)(nil), // 34: signer.v1.GetSigningInfoRequest
-	(*SigningInfo)(nil),           // 35: signer.v1.SigningInfo
-	(*GenerateCSRRequest)(nil),    // 36: signer.v1.GenerateCSRRequest
-	(*CSR)(nil),                   // 37: signer.v1.CSR
-	(*ListCSRsRequest)(nil),       // 38: signer.v1.ListCSRsRequest
-	(*ListCSRsResponse)(nil),      // 39: signer.v1.ListCSRsResponse
-	(*GetCSRRequest)(nil),         // 40: signer.v1.GetCSRRequest
-	(*DeleteCSRRequest)(nil),      // 41: signer.v1.DeleteCSRRequest
-	(*DeleteCSRResponse)(nil),     // 42: signer.v1.DeleteCSRResponse
-	(*ImportCertRequest)(nil),     // 43: signer.v1.ImportCertRequest
-	(*Certificate)(nil),           // 44: signer.v1.Certificate
-	(*ListCertsRequest)(nil),      // 45: signer.v1.ListCertsRequest
-	(*ListCertsResponse)(nil),     // 46: signer.v1.ListCertsResponse
-	(*CertRef)(nil),               // 47: signer.v1.CertRef
-	(*DeleteCertResponse)(nil),    // 48: signer.v1.DeleteCertResponse
-	(*SetCertStatusRequest)(nil),  // 49: signer.v1.SetCertStatusRequest
-	nil,                           // 50: signer.v1.ListKeysResponse.SkippedTokensEntry
-	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
+	(KeyUsage)(0),                        // 0: signer.v1.KeyUsage
+	(BatchMode)(0),                       // 1: signer.v1.BatchMode
+	(CsrFormat)(0),                       // 2: signer.v1.CsrFormat
+	(CertStatus)(0),                      // 3: signer.v1.CertStatus
+	(*GetStatusRequest)(nil),             // 4: signer.v1.GetStatusRequest
+	(*Status)(nil),                       // 5: signer.v1.Status
+	(*Caller)(nil),                       // 6: signer.v1.Caller
+	(*Module)(nil),                       // 7: signer.v1.Module
+	(*PinStatus)(nil),                    // 8: signer.v1.PinStatus
+	(*Token)(nil),                        // 9: signer.v1.Token
+	(*ListTokensRequest)(nil),            // 10: signer.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),           // 11: signer.v1.ListTokensResponse
+	(*GetTokenRequest)(nil),              // 12: signer.v1.GetTokenRequest
+	(*LoginTokenRequest)(nil),            // 13: signer.v1.LoginTokenRequest
+	(*LogoutTokenRequest)(nil),           // 14: signer.v1.LogoutTokenRequest
+	(*ChangePinRequest)(nil),             // 15: signer.v1.ChangePinRequest
+	(*Key)(nil),                          // 16: signer.v1.Key
+	(*GenerateKeyRequest)(nil),           // 17: signer.v1.GenerateKeyRequest
+	(*ListKeysRequest)(nil),              // 18: signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),             // 19: signer.v1.ListKeysResponse
+	(*GetKeyRequest)(nil),                // 20: signer.v1.GetKeyRequest
+	(*DeleteKeyRequest)(nil),             // 21: signer.v1.DeleteKeyRequest
+	(*DeleteKeyResponse)(nil),            // 22: signer.v1.DeleteKeyResponse
+	(*RenameKeyRequest)(nil),             // 23: signer.v1.RenameKeyRequest
+	(*SignRequest)(nil),                  // 24: signer.v1.SignRequest
+	(*SignResponse)(nil),                 // 25: signer.v1.SignResponse
+	(*SignStreamRequest)(nil),            // 26: signer.v1.SignStreamRequest
+	(*StreamedSign)(nil),                 // 27: signer.v1.StreamedSign
+	(*SignStreamResponse)(nil),           // 28: signer.v1.SignStreamResponse
+	(*StreamedSignResult)(nil),           // 29: signer.v1.StreamedSignResult
+	(*CallError)(nil),                    // 30: signer.v1.CallError
+	(*SignBatchRequest)(nil),             // 31: signer.v1.SignBatchRequest
+	(*MerkleProof)(nil),                  // 32: signer.v1.MerkleProof
+	(*SignBatchResponse)(nil),            // 33: signer.v1.SignBatchResponse
+	(*GetSigningInfoRequest)(nil),        // 34: signer.v1.GetSigningInfoRequest
+	(*SigningInfo)(nil),                  // 35: signer.v1.SigningInfo
+	(*GenerateCSRRequest)(nil),           // 36: signer.v1.GenerateCSRRequest
+	(*CSR)(nil),                          // 37: signer.v1.CSR
+	(*ListCSRsRequest)(nil),              // 38: signer.v1.ListCSRsRequest
+	(*ListCSRsResponse)(nil),             // 39: signer.v1.ListCSRsResponse
+	(*GetCSRRequest)(nil),                // 40: signer.v1.GetCSRRequest
+	(*DeleteCSRRequest)(nil),             // 41: signer.v1.DeleteCSRRequest
+	(*DeleteCSRResponse)(nil),            // 42: signer.v1.DeleteCSRResponse
+	(*ImportCertRequest)(nil),            // 43: signer.v1.ImportCertRequest
+	(*Certificate)(nil),                  // 44: signer.v1.Certificate
+	(*ListCertsRequest)(nil),             // 45: signer.v1.ListCertsRequest
+	(*ListCertsResponse)(nil),            // 46: signer.v1.ListCertsResponse
+	(*CertRef)(nil),                      // 47: signer.v1.CertRef
+	(*DeleteCertResponse)(nil),           // 48: signer.v1.DeleteCertResponse
+	(*SetCertStatusRequest)(nil),         // 49: signer.v1.SetCertStatusRequest
+	(*GetOCSPResponsesRequest)(nil),      // 50: signer.v1.GetOCSPResponsesRequest
+	(*OCSPResponse)(nil),                 // 51: signer.v1.OCSPResponse
+	(*GetOCSPResponsesResponse)(nil),     // 52: signer.v1.GetOCSPResponsesResponse
+	(*SetOCSPResponsesRequest)(nil),      // 53: signer.v1.SetOCSPResponsesRequest
+	(*SetOCSPResponsesResponse)(nil),     // 54: signer.v1.SetOCSPResponsesResponse
+	(*GetOCSPStatusRequest)(nil),         // 55: signer.v1.GetOCSPStatusRequest
+	(*OCSPCertStatus)(nil),               // 56: signer.v1.OCSPCertStatus
+	(*GetOCSPStatusResponse)(nil),        // 57: signer.v1.GetOCSPStatusResponse
+	(*RefreshOCSPRequest)(nil),           // 58: signer.v1.RefreshOCSPRequest
+	nil,                                  // 59: signer.v1.ListKeysResponse.SkippedTokensEntry
+	(*SetOCSPResponsesRequest_Item)(nil), // 60: signer.v1.SetOCSPResponsesRequest.Item
+	(*timestamppb.Timestamp)(nil),        // 61: google.protobuf.Timestamp
 }
 var file_signer_proto_depIdxs = []int32{
-	51, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
+	61, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
 	7,  // 1: signer.v1.Status.modules:type_name -> signer.v1.Module
 	9,  // 2: signer.v1.Status.tokens:type_name -> signer.v1.Token
 	6,  // 3: signer.v1.Status.caller:type_name -> signer.v1.Caller
 	8,  // 4: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
 	9,  // 5: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
 	0,  // 6: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
-	51, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
+	61, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
 	0,  // 8: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	16, // 9: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
-	50, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
+	59, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
 	0,  // 11: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	27, // 12: signer.v1.SignStreamRequest.calls:type_name -> signer.v1.StreamedSign
 	24, // 13: signer.v1.StreamedSign.request:type_name -> signer.v1.SignRequest
@@ -3843,75 +4568,97 @@ var file_signer_proto_depIdxs = []int32{
 	1,  // 17: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
 	32, // 18: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
 	2,  // 19: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
-	51, // 20: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
+	61, // 20: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
 	0,  // 21: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
 	37, // 22: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
 	2,  // 23: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
 	3,  // 24: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
-	51, // 25: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	51, // 26: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	61, // 25: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	61, // 26: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	0,  // 27: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
-	51, // 28: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
+	61, // 28: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
 	3,  // 29: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
 	44, // 30: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
 	3,  // 31: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
-	4,  // 32: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
-	10, // 33: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
-	12, // 34: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
-	13, // 35: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
-	14, // 36: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
-	15, // 37: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
-	17, // 38: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
-	18, // 39: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	20, // 40: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
-	21, // 41: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
-	23, // 42: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
-	24, // 43: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	31, // 44: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
-	26, // 45: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
-	34, // 46: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
-	36, // 47: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
-	38, // 48: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
-	40, // 49: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
-	41, // 50: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
-	43, // 51: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
-	45, // 52: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
-	47, // 53: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
-	47, // 54: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
-	47, // 55: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
-	47, // 56: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
-	49, // 57: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
-	5,  // 58: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
-	11, // 59: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
-	9,  // 60: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
-	9,  // 61: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
-	9,  // 62: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
-	9,  // 63: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
-	16, // 64: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
-	19, // 65: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	16, // 66: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
-	22, // 67: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
-	16, // 68: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
-	25, // 69: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	33, // 70: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
-	28, // 71: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
-	35, // 72: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
-	37, // 73: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
-	39, // 74: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
-	37, // 75: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
-	42, // 76: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
-	44, // 77: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
-	46, // 78: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
-	44, // 79: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
-	44, // 80: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
-	44, // 81: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
-	48, // 82: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
-	44, // 83: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
-	58, // [58:84] is the sub-list for method output_type
-	32, // [32:58] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	61, // 32: signer.v1.OCSPResponse.this_update:type_name -> google.protobuf.Timestamp
+	61, // 33: signer.v1.OCSPResponse.next_update:type_name -> google.protobuf.Timestamp
+	51, // 34: signer.v1.GetOCSPResponsesResponse.responses:type_name -> signer.v1.OCSPResponse
+	60, // 35: signer.v1.SetOCSPResponsesRequest.responses:type_name -> signer.v1.SetOCSPResponsesRequest.Item
+	51, // 36: signer.v1.SetOCSPResponsesResponse.results:type_name -> signer.v1.OCSPResponse
+	61, // 37: signer.v1.OCSPCertStatus.this_update:type_name -> google.protobuf.Timestamp
+	61, // 38: signer.v1.OCSPCertStatus.next_update:type_name -> google.protobuf.Timestamp
+	61, // 39: signer.v1.OCSPCertStatus.produced_at:type_name -> google.protobuf.Timestamp
+	61, // 40: signer.v1.OCSPCertStatus.last_fetch:type_name -> google.protobuf.Timestamp
+	61, // 41: signer.v1.OCSPCertStatus.last_good:type_name -> google.protobuf.Timestamp
+	61, // 42: signer.v1.OCSPCertStatus.next_refresh:type_name -> google.protobuf.Timestamp
+	61, // 43: signer.v1.OCSPCertStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	61, // 44: signer.v1.OCSPCertStatus.stale_at:type_name -> google.protobuf.Timestamp
+	56, // 45: signer.v1.GetOCSPStatusResponse.certificates:type_name -> signer.v1.OCSPCertStatus
+	4,  // 46: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
+	10, // 47: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
+	12, // 48: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
+	13, // 49: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
+	14, // 50: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
+	15, // 51: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
+	17, // 52: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
+	18, // 53: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	20, // 54: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
+	21, // 55: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
+	23, // 56: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
+	24, // 57: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	31, // 58: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
+	26, // 59: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
+	34, // 60: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
+	36, // 61: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
+	38, // 62: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
+	40, // 63: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
+	41, // 64: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
+	43, // 65: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
+	45, // 66: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
+	47, // 67: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
+	47, // 68: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
+	47, // 69: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
+	47, // 70: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
+	49, // 71: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
+	50, // 72: signer.v1.Signer.GetOCSPResponses:input_type -> signer.v1.GetOCSPResponsesRequest
+	53, // 73: signer.v1.Signer.SetOCSPResponses:input_type -> signer.v1.SetOCSPResponsesRequest
+	55, // 74: signer.v1.Signer.GetOCSPStatus:input_type -> signer.v1.GetOCSPStatusRequest
+	58, // 75: signer.v1.Signer.RefreshOCSP:input_type -> signer.v1.RefreshOCSPRequest
+	5,  // 76: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
+	11, // 77: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
+	9,  // 78: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
+	9,  // 79: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
+	9,  // 80: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
+	9,  // 81: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
+	16, // 82: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
+	19, // 83: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	16, // 84: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
+	22, // 85: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
+	16, // 86: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
+	25, // 87: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	33, // 88: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
+	28, // 89: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	35, // 90: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
+	37, // 91: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
+	39, // 92: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
+	37, // 93: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
+	42, // 94: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
+	44, // 95: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
+	46, // 96: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
+	44, // 97: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
+	44, // 98: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
+	44, // 99: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
+	48, // 100: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
+	44, // 101: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
+	52, // 102: signer.v1.Signer.GetOCSPResponses:output_type -> signer.v1.GetOCSPResponsesResponse
+	54, // 103: signer.v1.Signer.SetOCSPResponses:output_type -> signer.v1.SetOCSPResponsesResponse
+	57, // 104: signer.v1.Signer.GetOCSPStatus:output_type -> signer.v1.GetOCSPStatusResponse
+	57, // 105: signer.v1.Signer.RefreshOCSP:output_type -> signer.v1.GetOCSPStatusResponse
+	76, // [76:106] is the sub-list for method output_type
+	46, // [46:76] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_signer_proto_init() }
@@ -3937,7 +4684,7 @@ func file_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_proto_rawDesc), len(file_signer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   47,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

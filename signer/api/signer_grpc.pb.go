@@ -31,32 +31,36 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Signer_GetStatus_FullMethodName      = "/signer.v1.Signer/GetStatus"
-	Signer_ListTokens_FullMethodName     = "/signer.v1.Signer/ListTokens"
-	Signer_GetToken_FullMethodName       = "/signer.v1.Signer/GetToken"
-	Signer_LoginToken_FullMethodName     = "/signer.v1.Signer/LoginToken"
-	Signer_LogoutToken_FullMethodName    = "/signer.v1.Signer/LogoutToken"
-	Signer_ChangePin_FullMethodName      = "/signer.v1.Signer/ChangePin"
-	Signer_GenerateKey_FullMethodName    = "/signer.v1.Signer/GenerateKey"
-	Signer_ListKeys_FullMethodName       = "/signer.v1.Signer/ListKeys"
-	Signer_GetKey_FullMethodName         = "/signer.v1.Signer/GetKey"
-	Signer_DeleteKey_FullMethodName      = "/signer.v1.Signer/DeleteKey"
-	Signer_RenameKey_FullMethodName      = "/signer.v1.Signer/RenameKey"
-	Signer_Sign_FullMethodName           = "/signer.v1.Signer/Sign"
-	Signer_SignBatch_FullMethodName      = "/signer.v1.Signer/SignBatch"
-	Signer_SignStream_FullMethodName     = "/signer.v1.Signer/SignStream"
-	Signer_GetSigningInfo_FullMethodName = "/signer.v1.Signer/GetSigningInfo"
-	Signer_GenerateCSR_FullMethodName    = "/signer.v1.Signer/GenerateCSR"
-	Signer_ListCSRs_FullMethodName       = "/signer.v1.Signer/ListCSRs"
-	Signer_GetCSR_FullMethodName         = "/signer.v1.Signer/GetCSR"
-	Signer_DeleteCSR_FullMethodName      = "/signer.v1.Signer/DeleteCSR"
-	Signer_ImportCert_FullMethodName     = "/signer.v1.Signer/ImportCert"
-	Signer_ListCerts_FullMethodName      = "/signer.v1.Signer/ListCerts"
-	Signer_GetCert_FullMethodName        = "/signer.v1.Signer/GetCert"
-	Signer_ActivateCert_FullMethodName   = "/signer.v1.Signer/ActivateCert"
-	Signer_DeactivateCert_FullMethodName = "/signer.v1.Signer/DeactivateCert"
-	Signer_DeleteCert_FullMethodName     = "/signer.v1.Signer/DeleteCert"
-	Signer_SetCertStatus_FullMethodName  = "/signer.v1.Signer/SetCertStatus"
+	Signer_GetStatus_FullMethodName        = "/signer.v1.Signer/GetStatus"
+	Signer_ListTokens_FullMethodName       = "/signer.v1.Signer/ListTokens"
+	Signer_GetToken_FullMethodName         = "/signer.v1.Signer/GetToken"
+	Signer_LoginToken_FullMethodName       = "/signer.v1.Signer/LoginToken"
+	Signer_LogoutToken_FullMethodName      = "/signer.v1.Signer/LogoutToken"
+	Signer_ChangePin_FullMethodName        = "/signer.v1.Signer/ChangePin"
+	Signer_GenerateKey_FullMethodName      = "/signer.v1.Signer/GenerateKey"
+	Signer_ListKeys_FullMethodName         = "/signer.v1.Signer/ListKeys"
+	Signer_GetKey_FullMethodName           = "/signer.v1.Signer/GetKey"
+	Signer_DeleteKey_FullMethodName        = "/signer.v1.Signer/DeleteKey"
+	Signer_RenameKey_FullMethodName        = "/signer.v1.Signer/RenameKey"
+	Signer_Sign_FullMethodName             = "/signer.v1.Signer/Sign"
+	Signer_SignBatch_FullMethodName        = "/signer.v1.Signer/SignBatch"
+	Signer_SignStream_FullMethodName       = "/signer.v1.Signer/SignStream"
+	Signer_GetSigningInfo_FullMethodName   = "/signer.v1.Signer/GetSigningInfo"
+	Signer_GenerateCSR_FullMethodName      = "/signer.v1.Signer/GenerateCSR"
+	Signer_ListCSRs_FullMethodName         = "/signer.v1.Signer/ListCSRs"
+	Signer_GetCSR_FullMethodName           = "/signer.v1.Signer/GetCSR"
+	Signer_DeleteCSR_FullMethodName        = "/signer.v1.Signer/DeleteCSR"
+	Signer_ImportCert_FullMethodName       = "/signer.v1.Signer/ImportCert"
+	Signer_ListCerts_FullMethodName        = "/signer.v1.Signer/ListCerts"
+	Signer_GetCert_FullMethodName          = "/signer.v1.Signer/GetCert"
+	Signer_ActivateCert_FullMethodName     = "/signer.v1.Signer/ActivateCert"
+	Signer_DeactivateCert_FullMethodName   = "/signer.v1.Signer/DeactivateCert"
+	Signer_DeleteCert_FullMethodName       = "/signer.v1.Signer/DeleteCert"
+	Signer_SetCertStatus_FullMethodName    = "/signer.v1.Signer/SetCertStatus"
+	Signer_GetOCSPResponses_FullMethodName = "/signer.v1.Signer/GetOCSPResponses"
+	Signer_SetOCSPResponses_FullMethodName = "/signer.v1.Signer/SetOCSPResponses"
+	Signer_GetOCSPStatus_FullMethodName    = "/signer.v1.Signer/GetOCSPStatus"
+	Signer_RefreshOCSP_FullMethodName      = "/signer.v1.Signer/RefreshOCSP"
 )
 
 // SignerClient is the client API for Signer service.
@@ -138,6 +142,21 @@ type SignerClient interface {
 	// SetCertStatus records where the certificate is in its registration,
 	// as the security server drives it. Admin.
 	SetCertStatus(ctx context.Context, in *SetCertStatusRequest, opts ...grpc.CallOption) (*Certificate, error)
+	// GetOCSPResponses returns, for each certificate named by SHA-256 or
+	// SHA-1 hex, its freshest good OCSP response, or why there is none.
+	// Client, for the certificates of members it may sign for.
+	GetOCSPResponses(ctx context.Context, in *GetOCSPResponsesRequest, opts ...grpc.CallOption) (*GetOCSPResponsesResponse, error)
+	// SetOCSPResponses hands over OCSP responses a security server got from
+	// its peers; each is verified against the issuer signerd knows and kept
+	// only when it is newer than the one held. Client, as GetOCSPResponses.
+	SetOCSPResponses(ctx context.Context, in *SetOCSPResponsesRequest, opts ...grpc.CallOption) (*SetOCSPResponsesResponse, error)
+	// GetOCSPStatus reports, per watched certificate, the status, the
+	// current response's times, the responder used, the last fetch and
+	// error and the next refresh. Admin.
+	GetOCSPStatus(ctx context.Context, in *GetOCSPStatusRequest, opts ...grpc.CallOption) (*GetOCSPStatusResponse, error)
+	// RefreshOCSP fetches new responses at once, for one certificate or for
+	// all, and returns their status once the fetches have ended. Admin.
+	RefreshOCSP(ctx context.Context, in *RefreshOCSPRequest, opts ...grpc.CallOption) (*GetOCSPStatusResponse, error)
 }
 
 type signerClient struct {
@@ -411,6 +430,46 @@ func (c *signerClient) SetCertStatus(ctx context.Context, in *SetCertStatusReque
 	return out, nil
 }
 
+func (c *signerClient) GetOCSPResponses(ctx context.Context, in *GetOCSPResponsesRequest, opts ...grpc.CallOption) (*GetOCSPResponsesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOCSPResponsesResponse)
+	err := c.cc.Invoke(ctx, Signer_GetOCSPResponses_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) SetOCSPResponses(ctx context.Context, in *SetOCSPResponsesRequest, opts ...grpc.CallOption) (*SetOCSPResponsesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetOCSPResponsesResponse)
+	err := c.cc.Invoke(ctx, Signer_SetOCSPResponses_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) GetOCSPStatus(ctx context.Context, in *GetOCSPStatusRequest, opts ...grpc.CallOption) (*GetOCSPStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOCSPStatusResponse)
+	err := c.cc.Invoke(ctx, Signer_GetOCSPStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) RefreshOCSP(ctx context.Context, in *RefreshOCSPRequest, opts ...grpc.CallOption) (*GetOCSPStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOCSPStatusResponse)
+	err := c.cc.Invoke(ctx, Signer_RefreshOCSP_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SignerServer is the server API for Signer service.
 // All implementations must embed UnimplementedSignerServer
 // for forward compatibility.
@@ -490,6 +549,21 @@ type SignerServer interface {
 	// SetCertStatus records where the certificate is in its registration,
 	// as the security server drives it. Admin.
 	SetCertStatus(context.Context, *SetCertStatusRequest) (*Certificate, error)
+	// GetOCSPResponses returns, for each certificate named by SHA-256 or
+	// SHA-1 hex, its freshest good OCSP response, or why there is none.
+	// Client, for the certificates of members it may sign for.
+	GetOCSPResponses(context.Context, *GetOCSPResponsesRequest) (*GetOCSPResponsesResponse, error)
+	// SetOCSPResponses hands over OCSP responses a security server got from
+	// its peers; each is verified against the issuer signerd knows and kept
+	// only when it is newer than the one held. Client, as GetOCSPResponses.
+	SetOCSPResponses(context.Context, *SetOCSPResponsesRequest) (*SetOCSPResponsesResponse, error)
+	// GetOCSPStatus reports, per watched certificate, the status, the
+	// current response's times, the responder used, the last fetch and
+	// error and the next refresh. Admin.
+	GetOCSPStatus(context.Context, *GetOCSPStatusRequest) (*GetOCSPStatusResponse, error)
+	// RefreshOCSP fetches new responses at once, for one certificate or for
+	// all, and returns their status once the fetches have ended. Admin.
+	RefreshOCSP(context.Context, *RefreshOCSPRequest) (*GetOCSPStatusResponse, error)
 	mustEmbedUnimplementedSignerServer()
 }
 
@@ -577,6 +651,18 @@ func (UnimplementedSignerServer) DeleteCert(context.Context, *CertRef) (*DeleteC
 }
 func (UnimplementedSignerServer) SetCertStatus(context.Context, *SetCertStatusRequest) (*Certificate, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetCertStatus not implemented")
+}
+func (UnimplementedSignerServer) GetOCSPResponses(context.Context, *GetOCSPResponsesRequest) (*GetOCSPResponsesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOCSPResponses not implemented")
+}
+func (UnimplementedSignerServer) SetOCSPResponses(context.Context, *SetOCSPResponsesRequest) (*SetOCSPResponsesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetOCSPResponses not implemented")
+}
+func (UnimplementedSignerServer) GetOCSPStatus(context.Context, *GetOCSPStatusRequest) (*GetOCSPStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOCSPStatus not implemented")
+}
+func (UnimplementedSignerServer) RefreshOCSP(context.Context, *RefreshOCSPRequest) (*GetOCSPStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshOCSP not implemented")
 }
 func (UnimplementedSignerServer) mustEmbedUnimplementedSignerServer() {}
 func (UnimplementedSignerServer) testEmbeddedByValue()                {}
@@ -1056,6 +1142,78 @@ func _Signer_SetCertStatus_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Signer_GetOCSPResponses_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOCSPResponsesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GetOCSPResponses(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GetOCSPResponses_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GetOCSPResponses(ctx, req.(*GetOCSPResponsesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_SetOCSPResponses_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetOCSPResponsesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).SetOCSPResponses(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_SetOCSPResponses_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).SetOCSPResponses(ctx, req.(*SetOCSPResponsesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_GetOCSPStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOCSPStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GetOCSPStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GetOCSPStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GetOCSPStatus(ctx, req.(*GetOCSPStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_RefreshOCSP_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshOCSPRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).RefreshOCSP(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_RefreshOCSP_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).RefreshOCSP(ctx, req.(*RefreshOCSPRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Signer_ServiceDesc is the grpc.ServiceDesc for Signer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1162,6 +1320,22 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetCertStatus",
 			Handler:    _Signer_SetCertStatus_Handler,
+		},
+		{
+			MethodName: "GetOCSPResponses",
+			Handler:    _Signer_GetOCSPResponses_Handler,
+		},
+		{
+			MethodName: "SetOCSPResponses",
+			Handler:    _Signer_SetOCSPResponses_Handler,
+		},
+		{
+			MethodName: "GetOCSPStatus",
+			Handler:    _Signer_GetOCSPStatus_Handler,
+		},
+		{
+			MethodName: "RefreshOCSP",
+			Handler:    _Signer_RefreshOCSP_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
