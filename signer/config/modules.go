@@ -1,7 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/hsmsigner/hsmsigner/hsm/pkcs11uri"
 )
 
 // Module is one [[module]]: a PKCS#11 library and the tokens used from it.
@@ -21,7 +25,8 @@ type Token struct {
 	Name string
 	// Selector names the token in the module: a label, "label:…",
 	// "serial:…", or a PKCS#11 URI with token= or serial=. The hsm package
-	// parses it; here it is only checked for syntax.
+	// parses it; here it is only checked, with the same parser
+	// (hsm/pkcs11uri).
 	Selector string
 	// PIN says where the user PIN comes from.
 	PIN PINSource
@@ -119,4 +124,77 @@ func (fms fileModules) check(ck *checker, c *Config) {
 		}
 		c.Modules = append(c.Modules, m)
 	}
+}
+
+// selectorProblem checks a token selector with package pkcs11uri, which
+// the hsm package parses it with, and is stricter: a PKCS#11 URI must name
+// the token by token= or serial=, may not name objects, and takes no
+// query, since the module path and the PIN come from the configuration;
+// labels and serials must fit CK_TOKEN_INFO. It never repeats a URI's
+// query.
+func selectorProblem(s string) string {
+	const labelMax, serialMax = 32, 16 // CK_TOKEN_INFO field sizes
+	switch {
+	case s == "":
+		return "is missing"
+	case strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return "holds a control character"
+	}
+	path, _, hasQuery, isURI := pkcs11uri.Split(s)
+	if !isURI {
+		// It fails only on "serial:" or "label:" with nothing after it.
+		sel, err := pkcs11uri.ParseTokenSelector(s)
+		switch {
+		case strings.HasPrefix(s, "serial:"):
+			if err != nil || len(sel.Serial) > serialMax {
+				return fmt.Sprintf("%q: a serial has 1 to %d bytes", s, serialMax)
+			}
+		case strings.HasPrefix(s, "label:"):
+			if err != nil || len(sel.Label) > labelMax {
+				return fmt.Sprintf("%q: a label has 1 to %d bytes", s, labelMax)
+			}
+		case len(sel.Label) > labelMax:
+			return fmt.Sprintf("%q: a label has at most %d bytes", s, labelMax)
+		}
+		return ""
+	}
+	if hasQuery {
+		return fmt.Sprintf("%q: a PKCS#11 URI here takes no query (module-path, pin-source, pin-value): the module and the PIN come from [[module]] and pin", pkcs11uri.Scheme+path+"?…")
+	}
+	seen := map[string]bool{}
+	for a, err := range pkcs11uri.PathAttributes(path) {
+		if err != nil {
+			var pe *pkcs11uri.Error
+			if !errors.As(err, &pe) {
+				return fmt.Sprintf("%q: %v", s, err)
+			}
+			switch pe.Problem {
+			case pkcs11uri.ProblemRepeated:
+				return fmt.Sprintf("%q: attribute %q is given twice", s, pe.Attr)
+			case pkcs11uri.ProblemEncoding:
+				return fmt.Sprintf("%q: attribute %q has bad percent-encoding", s, pe.Attr)
+			}
+			return fmt.Sprintf("%q: attribute %q is not name=value", s, pe.Attr)
+		}
+		seen[a.Name] = true
+		switch a.Name {
+		case "token", "manufacturer", "model":
+			if len(a.Value) > labelMax {
+				return fmt.Sprintf("%q: %s has at most %d bytes", s, a.Name, labelMax)
+			}
+		case "serial":
+			if len(a.Value) > serialMax {
+				return fmt.Sprintf("%q: serial has at most %d bytes", s, serialMax)
+			}
+		case "library-manufacturer", "library-description", "library-version", "slot-description", "slot-manufacturer", "slot-id":
+		case "object", "id", "type":
+			return fmt.Sprintf("%q: %s= names an object, not a token", s, a.Name)
+		default:
+			return fmt.Sprintf("%q: unknown attribute %q", s, a.Name)
+		}
+	}
+	if !seen["token"] && !seen["serial"] {
+		return fmt.Sprintf("%q: names no token (give token= or serial=)", s)
+	}
+	return ""
 }

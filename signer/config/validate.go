@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -200,75 +199,6 @@ func pathProblem(p string) string {
 		return "is not a clean path (no //, /./, /../ or trailing /)"
 	case p == "/":
 		return "is the root directory"
-	}
-	return ""
-}
-
-// selectorProblem checks the syntax of a token selector as the hsm package
-// reads it, and is stricter: a PKCS#11 URI must name the token by token= or
-// serial=, may not name objects, and takes no query, since the module path
-// and the PIN come from the configuration. It never repeats a URI's query.
-func selectorProblem(s string) string {
-	const labelMax, serialMax = 32, 16 // CK_TOKEN_INFO field sizes
-	switch {
-	case s == "":
-		return "is missing"
-	case strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return "holds a control character"
-	case strings.HasPrefix(s, "serial:"):
-		v := strings.TrimPrefix(s, "serial:")
-		if v == "" || len(v) > serialMax {
-			return fmt.Sprintf("%q: a serial has 1 to %d bytes", s, serialMax)
-		}
-		return ""
-	case strings.HasPrefix(s, "label:"):
-		v := strings.TrimPrefix(s, "label:")
-		if v == "" || len(v) > labelMax {
-			return fmt.Sprintf("%q: a label has 1 to %d bytes", s, labelMax)
-		}
-		return ""
-	case !strings.HasPrefix(s, "pkcs11:"):
-		if len(s) > labelMax {
-			return fmt.Sprintf("%q: a label has at most %d bytes", s, labelMax)
-		}
-		return ""
-	}
-	path, _, hasQuery := strings.Cut(strings.TrimPrefix(s, "pkcs11:"), "?")
-	if hasQuery {
-		return fmt.Sprintf("%q: a PKCS#11 URI here takes no query (module-path, pin-source, pin-value): the module and the PIN come from [[module]] and pin", "pkcs11:"+path+"?…")
-	}
-	seen := map[string]bool{}
-	for attr := range strings.SplitSeq(path, ";") {
-		name, raw, ok := strings.Cut(attr, "=")
-		if !ok || name == "" {
-			return fmt.Sprintf("%q: attribute %q is not name=value", s, attr)
-		}
-		if seen[name] {
-			return fmt.Sprintf("%q: attribute %q is given twice", s, name)
-		}
-		seen[name] = true
-		v, err := url.PathUnescape(raw)
-		if err != nil {
-			return fmt.Sprintf("%q: attribute %q has bad percent-encoding", s, name)
-		}
-		switch name {
-		case "token", "manufacturer", "model":
-			if len(v) > labelMax {
-				return fmt.Sprintf("%q: %s has at most %d bytes", s, name, labelMax)
-			}
-		case "serial":
-			if len(v) > serialMax {
-				return fmt.Sprintf("%q: serial has at most %d bytes", s, serialMax)
-			}
-		case "library-manufacturer", "library-description", "library-version", "slot-description", "slot-manufacturer", "slot-id":
-		case "object", "id", "type":
-			return fmt.Sprintf("%q: %s= names an object, not a token", s, name)
-		default:
-			return fmt.Sprintf("%q: unknown attribute %q", s, name)
-		}
-	}
-	if !seen["token"] && !seen["serial"] {
-		return fmt.Sprintf("%q: names no token (give token= or serial=)", s)
 	}
 	return ""
 }

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -28,5 +30,22 @@ func TestEverySectionChecked(t *testing.T) {
 	}
 	if len(listed) != v.NumField() {
 		t.Errorf("sections() lists %d sections, fileConfig has %d fields", len(listed), v.NumField())
+	}
+}
+
+// TestNoCgo checks that the package, and with it the token-selector parser
+// it shares with the hsm package (hsm/pkcs11uri), depends on no package
+// with cgo files, so that it builds with CGO_ENABLED=0.
+func TestNoCgo(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("no go tool to list dependencies with: %v", err)
+	}
+	out, err := exec.CommandContext(t.Context(), goTool, "list", "-deps", "-f", "{{if .CgoFiles}}{{.ImportPath}}{{end}}", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	if deps := strings.TrimSpace(string(out)); deps != "" {
+		t.Fatalf("depends on packages with cgo files:\n%s", deps)
 	}
 }
