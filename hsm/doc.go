@@ -4,6 +4,12 @@
 // never leave the token, stores certificates as token objects, and signs
 // digests through a pool of sessions per token.
 //
+// PKCS#11 URIs and token selectors are parsed by package hsm/pkcs11uri,
+// which is pure Go so that cgo-free code (signer/config) shares the
+// parser; URI and TokenSelector here are its types under this package's
+// names, and its errors come back wrapping ErrInvalidURI or
+// ErrInvalidArgument.
+//
 // Every PKCS#11 call goes through the small p11 interface, exactly the
 // subset of github.com/miekg/pkcs11 the package uses, so that tests can put
 // a fault-injecting wrapper in its place.

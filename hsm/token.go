@@ -15,57 +15,6 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// TokenSelector names a token by label, serial or both. Slot numbers are
-// never used: they change between runs and after re-initialisation.
-type TokenSelector struct {
-	Label  string
-	Serial string
-}
-
-// String returns the selector as a PKCS#11 URI.
-func (s TokenSelector) String() string {
-	u := URI{Token: s.Label, Serial: s.Serial}
-	return u.String()
-}
-
-// ParseTokenSelector accepts a PKCS#11 URI (`pkcs11:token=…;serial=…`),
-// `serial:NNN`, `label:NAME`, or a bare label.
-func ParseTokenSelector(s string) (TokenSelector, error) {
-	switch {
-	case strings.HasPrefix(s, "pkcs11:"):
-		u, err := ParseURI(s)
-		if err != nil {
-			return TokenSelector{}, err
-		}
-		if u.Token == "" && u.Serial == "" {
-			return TokenSelector{}, fmt.Errorf("%w: %q names no token (give token= or serial=)", ErrInvalidURI, s)
-		}
-		return TokenSelector{Label: u.Token, Serial: u.Serial}, nil
-	case strings.HasPrefix(s, "serial:") || strings.HasPrefix(s, "label:"):
-		kind, v, _ := strings.Cut(s, ":")
-		if v == "" {
-			return TokenSelector{}, fmt.Errorf("%w: %q names no token", ErrInvalidArgument, s)
-		}
-		if kind == "serial" {
-			return TokenSelector{Serial: v}, nil
-		}
-		return TokenSelector{Label: v}, nil
-	case s == "":
-		return TokenSelector{}, fmt.Errorf("%w: empty token selector", ErrInvalidArgument)
-	}
-	return TokenSelector{Label: s}, nil
-}
-
-func (s TokenSelector) matches(ti pkcs11.TokenInfo) bool {
-	if s.Label != "" && strings.TrimRight(ti.Label, " \x00") != s.Label {
-		return false
-	}
-	if s.Serial != "" && strings.TrimRight(ti.SerialNumber, " \x00") != s.Serial {
-		return false
-	}
-	return s.Label != "" || s.Serial != ""
-}
-
 // TokenInfo is what an officer needs to know about a token.
 type TokenInfo struct {
 	Label           string
@@ -124,7 +73,7 @@ func findToken(api p11, sel TokenSelector) (uint, pkcs11.TokenInfo, error) {
 	)
 	for _, s := range slots {
 		ti, err := api.GetTokenInfo(s)
-		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 || !sel.matches(ti) {
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 || !sel.Matches(ti.Label, ti.SerialNumber) {
 			continue
 		}
 		found = append(found, s)

@@ -5,35 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"reflect"
 	"strings"
-	"time"
 
 	"github.com/BurntSushi/toml"
 )
-
-// Defaults for the [server] table, used for every key the file leaves out.
-const (
-	DefaultGRPCSocket      = "/run/signerd/signer.sock"
-	DefaultHTTPSocket      = "/run/signerd/http.sock"
-	DefaultStateDir        = "/var/lib/signerd"
-	DefaultAuditFile       = "/var/log/signerd/audit.jsonl"
-	DefaultAuditMode       = AuditBuffered
-	DefaultMaxMessageBytes = 4 << 20
-	DefaultMaxBatch        = 4096
-	DefaultMaxStreams      = 256
-	DefaultShutdownTimeout = 10 * time.Second
-	DefaultLogLevel        = slog.LevelInfo
-	// DefaultAuditCheckpointInterval spaces the signed checkpoints of the
-	// audit log.
-	DefaultAuditCheckpointInterval = 5 * time.Minute
-)
-
-// MinAuditCheckpointInterval is the shortest audit_checkpoint_interval
-// other than 0 (no checkpoints).
-const MinAuditCheckpointInterval = time.Second
 
 // Limits on values, beyond which a configuration is refused.
 const (
@@ -52,15 +29,6 @@ const (
 	maxNameLen      = 64
 )
 
-// AuditMode says when audit lines reach the disk.
-type AuditMode string
-
-// The audit modes.
-const (
-	AuditSync     AuditMode = "sync"     // each reply waits for its line to be synced
-	AuditBuffered AuditMode = "buffered" // lines are synced in groups, after the reply
-)
-
 // Config is a validated signerd configuration with defaults applied.
 type Config struct {
 	Server Server
@@ -69,74 +37,6 @@ type Config struct {
 	Modules []Module
 	// Policy is the access policy; nil denies everything.
 	Policy *Policy
-}
-
-// Server holds the [server] table.
-type Server struct {
-	// GRPCSocket is the Unix socket of the gRPC API.
-	GRPCSocket string
-	// HTTPSocket is the Unix socket serving /metrics and /healthz.
-	HTTPSocket string
-	// SocketGroup owns both sockets (mode 0660); "" means the daemon's
-	// primary group. A name or a numeric gid; resolved by the daemon.
-	SocketGroup string
-	// StateDir holds the bbolt state file.
-	StateDir string
-	// AuditFile is the JSON-lines audit log.
-	AuditFile string
-	// AuditMode is AuditSync or AuditBuffered.
-	AuditMode AuditMode
-	// MaxMessageBytes is the largest gRPC message accepted or sent, at
-	// least MinMessageBytes.
-	MaxMessageBytes int
-	// MaxBatch is the most digests in one SignBatch.
-	MaxBatch int
-	// MaxStreams is the most gRPC calls one connection may have in
-	// progress at once (HTTP/2's max concurrent streams), at least 2; a
-	// client's further calls wait on its side until one ends. A
-	// signer/client connection's shared SignStream counts as one.
-	MaxStreams int
-	// ShutdownTimeout bounds a graceful stop.
-	ShutdownTimeout time.Duration
-	// LogLevel is one of slog's Debug, Info, Warn and Error levels.
-	LogLevel slog.Level
-	// AuditCheckpointInterval is how often the daemon signs the audit
-	// log's head with the audit key and appends the checkpoint (and once
-	// more at shutdown); 0 turns checkpoints off.
-	AuditCheckpointInterval time.Duration
-	// AuditCheckpointKey is the id (lower-case hex) of the key that signs
-	// checkpoints, which must have usage "audit"; "" means the one key
-	// with usage "audit" in the state.
-	AuditCheckpointKey string
-}
-
-// Module is one [[module]]: a PKCS#11 library and the tokens used from it.
-type Module struct {
-	// Name is unique among modules.
-	Name string
-	// Path is the absolute path of the PKCS#11 shared library.
-	Path string
-	// Tokens are the module's [[module.token]] entries; at least one.
-	Tokens []Token
-}
-
-// Token is one [[module.token]].
-type Token struct {
-	// Name is the token's id in the API and in signerctl, unique across
-	// all modules.
-	Name string
-	// Selector names the token in the module: a label, "label:…",
-	// "serial:…", or a PKCS#11 URI with token= or serial=. The hsm package
-	// parses it; here it is only checked for syntax.
-	Selector string
-	// PIN says where the user PIN comes from.
-	PIN PINSource
-	// Sessions is the size of the token's session pool; 0 means the CPU
-	// count capped by the token's maximum.
-	Sessions int
-	// Verify verifies each signature (RSA and ECDSA) with the public key
-	// before it leaves (verify_signatures; rsa_verify is its old name).
-	Verify bool
 }
 
 // Default returns a configuration with every default, no modules and a

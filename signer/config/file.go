@@ -13,61 +13,10 @@ import (
 // Their toml tags are the only key names accepted (see allowedKeys).
 
 type fileConfig struct {
-	Server  fileServer   `toml:"server"`
-	Limits  fileLimits   `toml:"limits"`
-	Modules []fileModule `toml:"module"`
-	Policy  filePolicy   `toml:"policy"`
-}
-
-type fileServer struct {
-	GRPCSocket      string `toml:"grpc_socket"`
-	HTTPSocket      string `toml:"http_socket"`
-	SocketGroup     string `toml:"socket_group"`
-	StateDir        string `toml:"state_dir"`
-	AuditFile       string `toml:"audit_file"`
-	AuditMode       string `toml:"audit_mode"`
-	MaxMessageBytes int64  `toml:"max_message_bytes"`
-	MaxBatch        int64  `toml:"max_batch"`
-	MaxStreams      int64  `toml:"max_concurrent_streams"`
-	ShutdownTimeout string `toml:"shutdown_timeout"`
-	LogLevel        string `toml:"log_level"`
-
-	AuditCheckpointInterval string `toml:"audit_checkpoint_interval"`
-	AuditCheckpointKey      string `toml:"audit_checkpoint_key"`
-}
-
-type fileModule struct {
-	Name   string      `toml:"name"`
-	Path   string      `toml:"path"`
-	Tokens []fileToken `toml:"token"`
-}
-
-type fileToken struct {
-	Name      string  `toml:"name"`
-	Token     string  `toml:"token"`
-	PIN       *string `toml:"pin"`
-	Sessions  int64   `toml:"sessions"`
-	Verify    *bool   `toml:"verify_signatures"`
-	RSAVerify *bool   `toml:"rsa_verify"` // the old name of verify_signatures
-}
-
-type filePolicy struct {
-	Admins  fileAdmins   `toml:"admins"`
-	Clients []fileClient `toml:"client"`
-}
-
-type fileAdmins struct {
-	UIDs []int64 `toml:"uids"`
-	GIDs []int64 `toml:"gids"`
-}
-
-type fileClient struct {
-	Name    string   `toml:"name"`
-	UIDs    []int64  `toml:"uids"`
-	GIDs    []int64  `toml:"gids"`
-	Keys    []string `toml:"keys"`
-	Usages  []string `toml:"usages"`
-	Members []string `toml:"members"`
+	Server  fileServer  `toml:"server"`
+	Limits  fileLimits  `toml:"limits"`
+	Modules fileModules `toml:"module"`
+	Policy  filePolicy  `toml:"policy"`
 }
 
 // defaultFile returns the schema filled with the defaults, for Parse to

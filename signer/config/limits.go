@@ -98,8 +98,8 @@ func (l Limits) file() fileLimits {
 	}
 }
 
-// limits checks the [limits] table and converts it.
-func (ck *checker) limits(fl *fileLimits) Limits {
+// check checks the [limits] table into c.Limits.
+func (fl *fileLimits) check(ck *checker, c *Config) {
 	var l Limits
 	count := func(key string, v, lo, hi int64, dst *int) {
 		if v < lo || v > hi {
@@ -123,7 +123,7 @@ func (ck *checker) limits(fl *fileLimits) Limits {
 	default:
 		l.RefusalSummaryInterval = d
 	}
-	return l
+	c.Limits = l
 }
 
 // Validate checks l as Parse checks the [limits] table, for limits built
@@ -131,6 +131,6 @@ func (ck *checker) limits(fl *fileLimits) Limits {
 func (l Limits) Validate() error {
 	ck := &checker{name: "limits"}
 	fl := l.file()
-	ck.limits(&fl)
+	fl.check(ck, &Config{})
 	return ck.err()
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -103,167 +102,28 @@ func (ck *checker) unknownKeys(md toml.MetaData) {
 	}
 }
 
-// config checks fc and converts it.
+// A section is one top-level table, or array of tables, of the file's
+// schema ([server], [limits], [[module]], [policy]). Each validates itself
+// in a method next to its struct: check reports every problem to ck under
+// the section's keys ("server.max_batch") and puts the converted value
+// into c.
+type section interface {
+	check(ck *checker, c *Config)
+}
+
+// sections returns the sections of fc in the order they are checked. A
+// field of fileConfig that is not listed here fails TestEverySectionChecked.
+func (fc *fileConfig) sections() []section {
+	return []section{&fc.Server, &fc.Limits, &fc.Modules, &fc.Policy}
+}
+
+// config checks fc, section by section, and converts it.
 func (ck *checker) config(fc *fileConfig) *Config {
-	c := &Config{Server: ck.server(&fc.Server), Limits: ck.limits(&fc.Limits)}
-	ck.modules(fc.Modules, c)
-	admins := Admins{
-		UIDs: ck.ids("policy.admins.uids", fc.Policy.Admins.UIDs, "uid"),
-		GIDs: ck.ids("policy.admins.gids", fc.Policy.Admins.GIDs, "gid"),
+	c := &Config{}
+	for _, s := range fc.sections() {
+		s.check(ck, c)
 	}
-	clients := make([]ClientRule, len(fc.Policy.Clients))
-	for i, fcl := range fc.Policy.Clients {
-		key := fmt.Sprintf("policy.client[%d]", i)
-		clients[i] = ClientRule{
-			Name:    fcl.Name,
-			UIDs:    ck.ids(key+".uids", fcl.UIDs, "uid"),
-			GIDs:    ck.ids(key+".gids", fcl.GIDs, "gid"),
-			Keys:    fcl.Keys,
-			Usages:  fcl.Usages,
-			Members: fcl.Members,
-		}
-	}
-	c.Policy = ck.policy(admins, clients)
 	return c
-}
-
-func (ck *checker) server(fs *fileServer) Server {
-	s := Server{
-		GRPCSocket:      fs.GRPCSocket,
-		HTTPSocket:      fs.HTTPSocket,
-		SocketGroup:     fs.SocketGroup,
-		StateDir:        fs.StateDir,
-		AuditFile:       fs.AuditFile,
-		AuditMode:       AuditMode(fs.AuditMode),
-		MaxMessageBytes: int(fs.MaxMessageBytes),
-		MaxBatch:        int(fs.MaxBatch),
-		MaxStreams:      int(fs.MaxStreams),
-	}
-	ck.checkPath("server.grpc_socket", s.GRPCSocket, true)
-	ck.checkPath("server.http_socket", s.HTTPSocket, true)
-	if s.GRPCSocket == s.HTTPSocket {
-		ck.addf("server.http_socket", "must differ from grpc_socket")
-	}
-	ck.checkPath("server.state_dir", s.StateDir, false)
-	ck.checkPath("server.audit_file", s.AuditFile, false)
-	if g := s.SocketGroup; g != "" && (len(g) > 32 || g[0] == '-' || strings.ContainsFunc(g, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.')
-	})) {
-		ck.addf("server.socket_group", "%q is not a group name or gid", g)
-	}
-	switch s.AuditMode {
-	case AuditSync, AuditBuffered:
-	default:
-		ck.addf("server.audit_mode", "%q is not one of sync, buffered", fs.AuditMode)
-	}
-	if fs.MaxMessageBytes < MinMessageBytes || fs.MaxMessageBytes > maxMessageLimit {
-		ck.addf("server.max_message_bytes", "%d is not between %d and %d", fs.MaxMessageBytes, MinMessageBytes, maxMessageLimit)
-	}
-	if fs.MaxBatch < 1 || fs.MaxBatch > maxBatchLimit {
-		ck.addf("server.max_batch", "%d is not between 1 and %d", fs.MaxBatch, maxBatchLimit)
-	}
-	if fs.MaxStreams < minStreams || fs.MaxStreams > maxStreamsLimit {
-		ck.addf("server.max_concurrent_streams", "%d is not between %d (signer/client keeps a stream open) and %d", fs.MaxStreams, minStreams, maxStreamsLimit)
-	}
-	d, err := time.ParseDuration(fs.ShutdownTimeout)
-	switch {
-	case err != nil:
-		ck.addf("server.shutdown_timeout", "%q is not a duration such as \"10s\"", fs.ShutdownTimeout)
-	case d <= 0:
-		ck.addf("server.shutdown_timeout", "%q must be greater than zero", fs.ShutdownTimeout)
-	}
-	s.ShutdownTimeout = d
-	level, ok := parseLevel(fs.LogLevel)
-	if !ok {
-		ck.addf("server.log_level", "%q is not one of debug, info, warn, error", fs.LogLevel)
-	}
-	s.LogLevel = level
-	ck.auditCheckpoints(fs, &s)
-	return s
-}
-
-// auditCheckpoints checks the audit_checkpoint_* keys into s.
-func (ck *checker) auditCheckpoints(fs *fileServer, s *Server) {
-	d, err := time.ParseDuration(fs.AuditCheckpointInterval)
-	switch {
-	case err != nil:
-		ck.addf("server.audit_checkpoint_interval", "%q is not a duration such as \"5m\" (\"0s\" turns checkpoints off)", fs.AuditCheckpointInterval)
-	case d != 0 && d < MinAuditCheckpointInterval:
-		ck.addf("server.audit_checkpoint_interval", "%q is neither 0 (off) nor at least %s", fs.AuditCheckpointInterval, MinAuditCheckpointInterval)
-	}
-	s.AuditCheckpointInterval = d
-	if k := fs.AuditCheckpointKey; k != "" {
-		if problem := keyIDProblem(k); problem != "" || k == Wildcard {
-			ck.addf("server.audit_checkpoint_key", "%q is not a key id: an even number (2 to 256) of hex digits", k)
-		}
-		s.AuditCheckpointKey = strings.ToLower(k)
-	}
-}
-
-func (ck *checker) modules(fms []fileModule, c *Config) {
-	moduleNames := map[string]string{} // name -> key where first seen
-	modulePaths := map[string]string{}
-	tokenNames := map[string]string{}
-	for i, fm := range fms {
-		key := fmt.Sprintf("module[%d]", i)
-		m := Module{Name: fm.Name, Path: fm.Path}
-		if ck.checkName(key+".name", fm.Name) {
-			if first, dup := moduleNames[fm.Name]; dup {
-				ck.addf(key+".name", "%q is already the name of %s", fm.Name, first)
-			} else {
-				moduleNames[fm.Name] = key
-			}
-		}
-		if ck.checkPath(key+".path", fm.Path, false) {
-			if first, dup := modulePaths[fm.Path]; dup {
-				ck.addf(key+".path", "%s already loads %q; a library is loaded once, give all its tokens there", first, fm.Path)
-			} else {
-				modulePaths[fm.Path] = key
-			}
-		}
-		if len(fm.Tokens) == 0 {
-			ck.addf(key, "has no [[module.token]]")
-		}
-		selectors := map[string]string{}
-		for j, ft := range fm.Tokens {
-			tkey := fmt.Sprintf("%s.token[%d]", key, j)
-			t := Token{Name: ft.Name, Selector: ft.Token, PIN: PINSource{Kind: PINFromLogin}, Sessions: int(ft.Sessions), Verify: true}
-			if ck.checkName(tkey+".name", ft.Name) {
-				if first, dup := tokenNames[ft.Name]; dup {
-					ck.addf(tkey+".name", "%q is already the name of %s; token names are unique across modules", ft.Name, first)
-				} else {
-					tokenNames[ft.Name] = tkey
-				}
-			}
-			if problem := selectorProblem(ft.Token); problem != "" {
-				ck.addf(tkey+".token", "%s", problem)
-			} else if first, dup := selectors[ft.Token]; dup {
-				ck.addf(tkey+".token", "%s already selects %q", first, ft.Token)
-			} else {
-				selectors[ft.Token] = tkey
-			}
-			if ft.PIN != nil {
-				ps, problem := parsePINSource(*ft.PIN)
-				if problem != "" {
-					ck.addf(tkey+".pin", "%s", problem)
-				}
-				t.PIN = ps
-			}
-			if ft.Sessions < 0 || ft.Sessions > MaxSessions {
-				ck.addf(tkey+".sessions", "%d is not between 0 (as many as CPUs) and %d", ft.Sessions, MaxSessions)
-			}
-			switch {
-			case ft.Verify != nil && ft.RSAVerify != nil:
-				ck.addf(tkey+".rsa_verify", "is the old name of verify_signatures; give verify_signatures only")
-			case ft.Verify != nil:
-				t.Verify = *ft.Verify
-			case ft.RSAVerify != nil:
-				t.Verify = *ft.RSAVerify
-			}
-			m.Tokens = append(m.Tokens, t)
-		}
-		c.Modules = append(c.Modules, m)
-	}
 }
 
 // ids checks the uids or gids at key and narrows them.
@@ -277,66 +137,6 @@ func (ck *checker) ids(key string, vs []int64, what string) []uint32 {
 		out = append(out, uint32(v))
 	}
 	return out
-}
-
-// policy checks admins and clients and builds the policy from copies.
-func (ck *checker) policy(admins Admins, clients []ClientRule) *Policy {
-	p := &Policy{admins: Admins{UIDs: cloneIDs(admins.UIDs), GIDs: cloneIDs(admins.GIDs)}}
-	ck.idRange("policy.admins.uids", admins.UIDs, "uid")
-	ck.idRange("policy.admins.gids", admins.GIDs, "gid")
-	p.adminUIDs = setOf(p.admins.UIDs)
-	p.adminGIDs = setOf(p.admins.GIDs)
-	names := map[string]string{}
-	for i, r := range clients {
-		key := fmt.Sprintf("policy.client[%d]", i)
-		r = r.clone()
-		if ck.checkName(key+".name", r.Name) {
-			if first, dup := names[r.Name]; dup {
-				ck.addf(key+".name", "%q is already the name of %s", r.Name, first)
-			} else {
-				names[r.Name] = key
-			}
-		}
-		ck.idRange(key+".uids", r.UIDs, "uid")
-		ck.idRange(key+".gids", r.GIDs, "gid")
-		if len(r.UIDs) == 0 && len(r.GIDs) == 0 {
-			ck.addf(key, "names no uids and no gids, so it matches nobody")
-		}
-		for j, k := range r.Keys {
-			if k == Wildcard {
-				continue
-			}
-			if problem := keyIDProblem(k); problem != "" {
-				ck.addf(fmt.Sprintf("%s.keys[%d]", key, j), "%q %s", k, problem)
-			}
-			r.Keys[j] = strings.ToLower(k)
-		}
-		for j, u := range r.Usages {
-			switch u {
-			case UsageSign, UsageAuth, UsageTSA, UsageAudit:
-			default:
-				ck.addf(fmt.Sprintf("%s.usages[%d]", key, j), "%q is not one of sign, auth, tsa, audit", u)
-			}
-		}
-		for j, m := range r.Members {
-			if problem := memberProblem(m); problem != "" {
-				ck.addf(fmt.Sprintf("%s.members[%d]", key, j), "%q %s", m, problem)
-			}
-		}
-		p.rules = append(p.rules, compileRule(r))
-	}
-	return p
-}
-
-func cloneIDs(ids []uint32) []uint32 { return append([]uint32{}, ids...) }
-
-// idRange checks ids built in Go (the file's are checked by ids).
-func (ck *checker) idRange(key string, ids []uint32, what string) {
-	for i, id := range ids {
-		if id > maxID {
-			ck.addf(fmt.Sprintf("%s[%d]", key, i), "%d is not a %s (0 to %d)", id, what, maxID)
-		}
-	}
 }
 
 // checkName checks a module, token or client name and reports whether it is
@@ -403,75 +203,6 @@ func pathProblem(p string) string {
 	return ""
 }
 
-// selectorProblem checks the syntax of a token selector as the hsm package
-// reads it, and is stricter: a PKCS#11 URI must name the token by token= or
-// serial=, may not name objects, and takes no query, since the module path
-// and the PIN come from the configuration. It never repeats a URI's query.
-func selectorProblem(s string) string {
-	const labelMax, serialMax = 32, 16 // CK_TOKEN_INFO field sizes
-	switch {
-	case s == "":
-		return "is missing"
-	case strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return "holds a control character"
-	case strings.HasPrefix(s, "serial:"):
-		v := strings.TrimPrefix(s, "serial:")
-		if v == "" || len(v) > serialMax {
-			return fmt.Sprintf("%q: a serial has 1 to %d bytes", s, serialMax)
-		}
-		return ""
-	case strings.HasPrefix(s, "label:"):
-		v := strings.TrimPrefix(s, "label:")
-		if v == "" || len(v) > labelMax {
-			return fmt.Sprintf("%q: a label has 1 to %d bytes", s, labelMax)
-		}
-		return ""
-	case !strings.HasPrefix(s, "pkcs11:"):
-		if len(s) > labelMax {
-			return fmt.Sprintf("%q: a label has at most %d bytes", s, labelMax)
-		}
-		return ""
-	}
-	path, _, hasQuery := strings.Cut(strings.TrimPrefix(s, "pkcs11:"), "?")
-	if hasQuery {
-		return fmt.Sprintf("%q: a PKCS#11 URI here takes no query (module-path, pin-source, pin-value): the module and the PIN come from [[module]] and pin", "pkcs11:"+path+"?…")
-	}
-	seen := map[string]bool{}
-	for attr := range strings.SplitSeq(path, ";") {
-		name, raw, ok := strings.Cut(attr, "=")
-		if !ok || name == "" {
-			return fmt.Sprintf("%q: attribute %q is not name=value", s, attr)
-		}
-		if seen[name] {
-			return fmt.Sprintf("%q: attribute %q is given twice", s, name)
-		}
-		seen[name] = true
-		v, err := url.PathUnescape(raw)
-		if err != nil {
-			return fmt.Sprintf("%q: attribute %q has bad percent-encoding", s, name)
-		}
-		switch name {
-		case "token", "manufacturer", "model":
-			if len(v) > labelMax {
-				return fmt.Sprintf("%q: %s has at most %d bytes", s, name, labelMax)
-			}
-		case "serial":
-			if len(v) > serialMax {
-				return fmt.Sprintf("%q: serial has at most %d bytes", s, serialMax)
-			}
-		case "library-manufacturer", "library-description", "library-version", "slot-description", "slot-manufacturer", "slot-id":
-		case "object", "id", "type":
-			return fmt.Sprintf("%q: %s= names an object, not a token", s, name)
-		default:
-			return fmt.Sprintf("%q: unknown attribute %q", s, name)
-		}
-	}
-	if !seen["token"] && !seen["serial"] {
-		return fmt.Sprintf("%q: names no token (give token= or serial=)", s)
-	}
-	return ""
-}
-
 // keyIDProblem checks a key id: hex of 1 to 128 bytes (a CKA_ID).
 func keyIDProblem(k string) string {
 	if k == "" || len(k)%2 != 0 || len(k) > 256 {
@@ -482,19 +213,6 @@ func keyIDProblem(k string) string {
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
 			return `is not a key id: an even number (2 to 256) of hex digits, or "*"`
 		}
-	}
-	return ""
-}
-
-// memberProblem checks a member identifier such as "EE/GOV/70000310".
-func memberProblem(m string) string {
-	switch {
-	case m == "":
-		return "is empty"
-	case len(m) > 255:
-		return "is longer than 255 bytes"
-	case strings.ContainsFunc(m, func(r rune) bool { return r <= ' ' || r == 0x7f }):
-		return "holds a space or control character"
 	}
 	return ""
 }
