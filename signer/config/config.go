@@ -37,6 +37,8 @@ type Config struct {
 	Modules []Module
 	// Policy is the access policy; nil denies everything.
 	Policy *Policy
+	// OCSP is how OCSP responses are fetched, checked and kept fresh.
+	OCSP OCSP
 }
 
 // Default returns a configuration with every default, no modules and a
@@ -59,6 +61,7 @@ func Default() *Config {
 		},
 		Limits: DefaultLimits(),
 		Policy: (&checker{}).policy(Admins{}, nil),
+		OCSP:   DefaultOCSP(),
 	}
 }
 

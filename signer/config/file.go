@@ -17,6 +17,7 @@ type fileConfig struct {
 	Limits  fileLimits  `toml:"limits"`
 	Modules fileModules `toml:"module"`
 	Policy  filePolicy  `toml:"policy"`
+	OCSP    fileOCSP    `toml:"ocsp"`
 }
 
 // defaultFile returns the schema filled with the defaults, for Parse to
@@ -35,7 +36,7 @@ func defaultFile() fileConfig {
 		LogLevel:        levelName(DefaultLogLevel),
 
 		AuditCheckpointInterval: DefaultAuditCheckpointInterval.String(),
-	}, Limits: DefaultLimits().file()}
+	}, Limits: DefaultLimits().file(), OCSP: DefaultOCSP().file()}
 }
 
 // allowedKeys returns every key the schema has, named as toml.Key.String
@@ -112,7 +113,7 @@ func (c *Config) file() fileConfig {
 
 		AuditCheckpointInterval: s.AuditCheckpointInterval.String(),
 		AuditCheckpointKey:      s.AuditCheckpointKey,
-	}, Limits: c.Limits.file()}
+	}, Limits: c.Limits.file(), OCSP: c.OCSP.file()}
 	for _, m := range c.Modules {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}
 		for _, t := range m.Tokens {
