@@ -28,6 +28,26 @@ func (s *Service) forgetKeyRefs() {
 	}
 }
 
+// forgetKeyRef drops key idHex from the key location cache: the token
+// said the key is gone (destroyed behind signerd's back, between resolve
+// and C_SignInit). Fills that began before are not stored.
+func (s *Service) forgetKeyRef(idHex string) {
+	s.keysMu.Lock()
+	s.keysGen++
+	delete(s.keys, idHex)
+	s.keysMu.Unlock()
+}
+
+// signed passes on the result of signing with ref; when the token said
+// the key is not there, it first drops the key from the cache, so that
+// the next call looks for it afresh.
+func (s *Service) signed(ref *keyRef, err error) error {
+	if errors.Is(err, hsm.ErrKeyNotFound) {
+		s.forgetKeyRef(ref.idHex)
+	}
+	return err
+}
+
 // keyCacheHooks let a test watch the key cache at the points where order
 // matters; nil outside tests.
 type keyCacheHooks struct {
@@ -205,7 +225,7 @@ func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest)
 	}
 	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
-	if err != nil {
+	if err = s.signed(ref, err); err != nil {
 		return nil, rec, err
 	}
 	return &signerv1.SignResponse{Signature: sig, KeyId: ref.idHex, Algorithm: alg.Name}, rec, nil
@@ -257,14 +277,15 @@ func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBat
 	switch req.GetMode() {
 	case signerv1.BatchMode_BATCH_MODE_UNSPECIFIED, signerv1.BatchMode_BATCH_MODE_INDIVIDUAL:
 		resp.Signatures, err = ref.tok.tok.SignMany(ctx, ref.id, alg, digests)
-		return resp, tree, err
+		return resp, tree, s.signed(ref, err)
 	case signerv1.BatchMode_BATCH_MODE_MERKLE:
 		root := tree.Root()
 		signed, err := merkle.SignedDigest(root, alg.Hash)
 		if err != nil {
 			return nil, tree, err
 		}
-		if resp.RootSignature, err = ref.tok.tok.Sign(ctx, ref.id, alg, signed); err != nil {
+		resp.RootSignature, err = ref.tok.tok.Sign(ctx, ref.id, alg, signed)
+		if err = s.signed(ref, err); err != nil {
 			return nil, tree, err
 		}
 		resp.Root = root[:]
