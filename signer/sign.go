@@ -174,12 +174,18 @@ func (s *Service) checkServes(ctx context.Context, rec state.KeyRecord, member s
 }
 
 // signingKey resolves the key a sign request names and checks that the
-// policy lets the caller sign with it.
-func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash string) (*keyRef, error) {
+// policy lets the caller sign with it. It names the key in rec (and its
+// token, once known) as soon as it knows it, so that a refusal of a
+// request by certificate hash is audited with the certificate's key.
+func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash string, rec *audit.Record) (*keyRef, error) {
 	if certHash != "" {
 		r, err := s.store.GetCert(ctx, certHash)
 		if err != nil {
 			return nil, err
+		}
+		rec.Key = r.KeyID
+		if t := s.tokenBySerial(r.Token); t != nil {
+			rec.Token = t.name
 		}
 		if !r.Active {
 			return nil, fmt.Errorf("%w: certificate %s is not active", ErrPrecondition, r.SHA256)
@@ -193,6 +199,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 	if err != nil {
 		return nil, err
 	}
+	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	if err := policyAllowsKey(c, ref); err != nil {
 		return nil, err
 	}
@@ -219,11 +226,10 @@ func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest)
 	if err != nil {
 		return nil, rec, err
 	}
-	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
+	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), &rec)
 	if err != nil {
 		return nil, rec, err
 	}
-	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
 	if err = s.signed(ref, err); err != nil {
 		return nil, rec, err
@@ -268,11 +274,10 @@ func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBat
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
+	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), rec)
 	if err != nil {
 		return nil, tree, err
 	}
-	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	resp := &signerv1.SignBatchResponse{KeyId: ref.idHex, Algorithm: alg.Name, TreeSize: uint32(tree.Size())}
 	switch req.GetMode() {
 	case signerv1.BatchMode_BATCH_MODE_UNSPECIFIED, signerv1.BatchMode_BATCH_MODE_INDIVIDUAL:
