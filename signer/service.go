@@ -103,8 +103,8 @@ type keyRef struct {
 	label string
 	// members are the members the key serves: the one it is bound to
 	// and, for a key recorded before bindings were, those its
-	// certificates and requests name. A client must be allowed one of
-	// them to sign with the key; a key with none is unbound.
+	// certificates and requests name. A client's rule must allow every
+	// one of them to sign with the key; a key with none is unbound.
 	members []string
 }
 
