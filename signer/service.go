@@ -164,6 +164,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 			s.pinDropped(te.name, *d)
 		}
 	}
+	if err := s.bindRecorded(ctx); err != nil {
+		return nil, fmt.Errorf("binding the keys recorded before bindings were: %w", err)
+	}
 	s.reconcileAll(ctx)
 	return s, nil
 }

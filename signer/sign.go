@@ -121,9 +121,9 @@ func (s *Service) keyFromState(ctx context.Context, id []byte, idHex string) (*k
 	return ref, err
 }
 
-// keyMembers returns the members the key of rec serves: the one it is
-// bound to and, for a key recorded before bindings were, those its
-// certificates and requests name.
+// keyMembers returns the members the key of rec serves: those it is
+// bound to and, for a key recorded before bindings were and not bound
+// yet (see bindRecorded), those its certificates and requests name.
 func keyMembers(tx *state.Tx, rec state.KeyRecord) ([]string, error) {
 	var members []string
 	add := func(m string) {
@@ -131,7 +131,9 @@ func keyMembers(tx *state.Tx, rec state.KeyRecord) ([]string, error) {
 			members = append(members, m)
 		}
 	}
-	add(rec.Member)
+	for _, m := range rec.Members() {
+		add(m)
+	}
 	certs, err := tx.ListCerts(state.CertFilter{Token: rec.Token, KeyID: rec.ID})
 	if err != nil {
 		return nil, err
