@@ -157,7 +157,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		}
 	}
 	s.metrics = newMetrics(s)
-	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary)
+	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary, s.namedByPolicy)
 	s.metrics.reg.MustRegister(s.limits.collectors()...)
 	for _, te := range s.tokens {
 		if d := te.startRefusal.Load(); d != nil {
