@@ -100,7 +100,7 @@ func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	if err != nil {
 		return nil, errNoCredentials
 	}
-	done, err := s.limits.startCall(p.UID)
+	done, err := s.limits.startCall(p)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -133,7 +133,7 @@ func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 		if err != nil {
 			return errNoCredentials
 		}
-		done, err := s.limits.startCall(p.UID)
+		done, err := s.limits.startCall(p)
 		if err != nil {
 			return toStatus(err)
 		}
@@ -170,7 +170,7 @@ func (s *Service) admitPeer(ctx context.Context, p peercred.Peer, fullMethod str
 // its own while the uid's refusals_per_second allows, else counted for
 // the uid's summary line.
 func (s *Service) refuseOrCount(ctx context.Context, c caller, method string) error {
-	if !s.limits.refusalLine(c.peer.UID, "denied") {
+	if !s.limits.refusalLine(c.peer, "denied") {
 		return toStatus(fmt.Errorf("%w: %s may not call %s (role %s)", ErrPermission, c.peer, method, c.roleName()))
 	}
 	return toStatus(s.refuse(ctx, c, method))
@@ -193,7 +193,7 @@ func loginOp(method string) string {
 // audited (or counted for the uid's summary line).
 func (s *Service) admitLogin(ctx context.Context, c caller, fullMethod string, req any) error {
 	op := loginOp(fullMethod[strings.LastIndexByte(fullMethod, '/')+1:])
-	if op == "" || s.limits.loginAttempt(c.peer.UID) {
+	if op == "" || s.limits.loginAttempt(c.peer) {
 		return nil
 	}
 	rec := audit.Record{Op: op}
@@ -201,7 +201,7 @@ func (s *Service) admitLogin(ctx context.Context, c caller, fullMethod string, r
 		rec.Token = r.GetToken()
 	}
 	err := fmt.Errorf("%w: uid %d tried more PINs than [limits] login_attempts_per_minute (%d) allows; the token was not asked; try again in a minute", ErrLimit, c.peer.UID, s.cfg.Limits.LoginAttemptsPerMinute)
-	if s.limits.refusalLine(c.peer.UID, op) {
+	if s.limits.refusalLine(c.peer, op) {
 		err = s.audited(ctx, c, rec, err)
 	}
 	return toStatus(err)
@@ -212,6 +212,14 @@ func (s *Service) callerFor(p peercred.Peer) caller {
 	pol := s.policy.Load()
 	cp := config.Peer{UID: p.UID, GID: p.GID, PID: p.PID}
 	return caller{peer: p, policy: pol, admin: pol.IsAdmin(cp), client: pol.IsClient(cp)}
+}
+
+// namedByPolicy reports whether the policy in force names peer p (its
+// uid or primary gid) as an admin or in a client rule: the per-uid limits
+// keep track of such a peer even when their table of uids is full.
+func (s *Service) namedByPolicy(p peercred.Peer) bool {
+	c := s.callerFor(p)
+	return c.admin || c.client
 }
 
 // may reports whether c has the role n.

@@ -58,7 +58,7 @@ func normalizeKeyID(req any) (given string, err error) {
 // (op "invalid", the id as given, bounded by the audit log), unless the
 // uid is beyond its refusals per second, and returns the refusal.
 func (s *Service) refuseKeyID(ctx context.Context, c caller, method, given string, err error) error {
-	if !s.limits.refusalLine(c.peer.UID, "invalid") {
+	if !s.limits.refusalLine(c.peer, "invalid") {
 		return err
 	}
 	return s.audited(ctx, c, audit.Record{Op: "invalid", Key: given, Detail: method}, err)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -79,7 +80,7 @@ func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 	}
 	if rec != nil {
 		msg.Known, msg.Name, msg.Usage = true, rec.Name, usageEnum(rec.Usage)
-		msg.BoundMember = rec.Member
+		msg.BoundMember = strings.Join(rec.Members(), ", ")
 		msg.Created = timestamppb.New(rec.CreatedAt)
 	}
 	return msg

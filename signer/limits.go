@@ -28,10 +28,16 @@ import (
 // count of uids.
 var ErrLimit = errors.New("per-uid limit reached")
 
-// maxTrackedUIDs bounds the uids the limits keep at once. A uid is kept
-// while it holds a connection or a call, has counts not yet summarised,
-// or has a bucket not yet full again; others are forgotten at the next
-// sweep. A new uid that finds the table full of busy ones is refused.
+// maxTrackedUIDs bounds the uids the limits keep at once, so that a
+// caller cycling through uids cannot grow the daemon's memory. A uid is
+// kept while it holds a connection or a call, has counts not yet
+// summarised, or has a bucket not yet full again; others are forgotten at
+// the next sweep. A new uid that finds the table full of busy ones is
+// refused, unless the policy in force names it (its uid, or its primary
+// gid, in the admins or a client rule): such a peer is kept beyond the
+// bound, so that no one outside the policy can lock out the security
+// server or an officer by filling the table. Peers the policy names are
+// as many as the uids its rules match.
 const maxTrackedUIDs = 1 << 14
 
 // OpDeniedSummary is the audit op of the line that counts, for one uid and
@@ -54,6 +60,8 @@ type uidLimits struct {
 	log   *slog.Logger
 	write func(audit.Record) error // appends a summary line
 	now   func() time.Time
+	max   int                        // uids kept at once, but for those known names
+	known func(p peercred.Peer) bool // whether the policy in force names p
 
 	exceeded  *prometheus.CounterVec // by limit
 	unwritten prometheus.Counter     // refusals counted instead of written
@@ -92,9 +100,16 @@ func (c *uidCounts) start(now time.Time) {
 	}
 }
 
-func newUIDLimits(cfg config.Limits, log *slog.Logger, write func(audit.Record) error) *uidLimits {
+// newUIDLimits applies cfg per uid, keeping at most maxTrackedUIDs uids
+// but those known says the policy names; write appends a summary line.
+func newUIDLimits(cfg config.Limits, log *slog.Logger, write func(audit.Record) error, known func(peercred.Peer) bool) *uidLimits {
+	return newUIDLimitsBounded(cfg, log, write, known, maxTrackedUIDs)
+}
+
+// newUIDLimitsBounded is newUIDLimits with max uids kept at once.
+func newUIDLimitsBounded(cfg config.Limits, log *slog.Logger, write func(audit.Record) error, known func(peercred.Peer) bool, max int) *uidLimits {
 	l := &uidLimits{
-		cfg: cfg, log: log, write: write, now: time.Now,
+		cfg: cfg, log: log, write: write, now: time.Now, max: max, known: known,
 		uids: map[uint32]*uidUse{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 		exceeded: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -123,15 +138,17 @@ func (l *uidLimits) collectors() []prometheus.Collector {
 	return []prometheus.Collector{l.exceeded, l.unwritten, l.tracked}
 }
 
-// use returns uid's entry, making it if need be; nil when the table is
-// full of busy uids. Call with mu held.
-func (l *uidLimits) use(uid uint32, now time.Time) *uidUse {
+// use returns the entry of p's uid, making it if need be; nil when the
+// table is full of busy uids and the policy does not name p. Call with mu
+// held.
+func (l *uidLimits) use(p peercred.Peer, now time.Time) *uidUse {
+	uid := p.UID
 	if u := l.uids[uid]; u != nil {
 		return u
 	}
-	if len(l.uids) >= maxTrackedUIDs {
+	if len(l.uids) >= l.max {
 		l.sweep(now)
-		if len(l.uids) >= maxTrackedUIDs {
+		if len(l.uids) >= l.max && (l.known == nil || !l.known(p)) {
 			l.exceeded.WithLabelValues(limitUIDs).Inc()
 			return nil
 		}
@@ -162,20 +179,21 @@ func (l *uidLimits) sweep(now time.Time) {
 }
 
 // errTooManyUIDs refuses a uid the table has no room for.
-func errTooManyUIDs(uid uint32) error {
-	return fmt.Errorf("%w: signerd keeps track of %d uids, all busy; uid %d is refused until one is idle", ErrLimit, maxTrackedUIDs, uid)
+func (l *uidLimits) errTooManyUIDs(uid uint32) error {
+	return fmt.Errorf("%w: signerd keeps track of %d uids, all busy; uid %d, which the policy does not name, is refused until one is idle", ErrLimit, l.max, uid)
 }
 
-// openConn counts a connection of uid; over connections_per_uid it is
-// refused (and counted). release, called once the connection is closed,
-// gives it back.
-func (l *uidLimits) openConn(uid uint32) (release func(), err error) {
+// openConn counts a connection of p's uid; over connections_per_uid it
+// is refused (and counted). release, called once the connection is
+// closed, gives it back.
+func (l *uidLimits) openConn(p peercred.Peer) (release func(), err error) {
+	uid := p.UID
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	u := l.use(uid, now)
+	u := l.use(p, now)
 	if u == nil {
-		return nil, errTooManyUIDs(uid)
+		return nil, l.errTooManyUIDs(p.UID)
 	}
 	if u.conns >= l.cfg.ConnectionsPerUID {
 		u.counts.start(now)
@@ -191,15 +209,17 @@ func (l *uidLimits) openConn(uid uint32) (release func(), err error) {
 	}), nil
 }
 
-// startCall counts a call in progress of uid; over calls_per_uid it is
-// refused (and counted). done, called when the call ends, gives it back.
-func (l *uidLimits) startCall(uid uint32) (done func(), err error) {
+// startCall counts a call in progress of p's uid; over calls_per_uid it
+// is refused (and counted). done, called when the call ends, gives it
+// back.
+func (l *uidLimits) startCall(p peercred.Peer) (done func(), err error) {
+	uid := p.UID
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	u := l.use(uid, now)
+	u := l.use(p, now)
 	if u == nil {
-		return nil, errTooManyUIDs(uid)
+		return nil, l.errTooManyUIDs(p.UID)
 	}
 	if u.calls >= l.cfg.CallsPerUID {
 		u.counts.start(now)
@@ -215,14 +235,14 @@ func (l *uidLimits) startCall(uid uint32) (done func(), err error) {
 	}), nil
 }
 
-// refusalLine reports whether a refusal of uid, to be audited as op, may
-// have a line of its own; when not, it is counted for the uid's next
+// refusalLine reports whether a refusal of p, to be audited as op, may
+// have a line of its own; when not, it is counted for its uid's next
 // summary line.
-func (l *uidLimits) refusalLine(uid uint32, op string) bool {
+func (l *uidLimits) refusalLine(p peercred.Peer, op string) bool {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	u := l.use(uid, now)
+	u := l.use(p, now)
 	if u == nil {
 		// No room to count it: write it, rather than lose it.
 		return true
@@ -239,13 +259,13 @@ func (l *uidLimits) refusalLine(uid uint32, op string) bool {
 	return false
 }
 
-// loginAttempt spends one of uid's login attempts; false beyond
+// loginAttempt spends one of the login attempts of p's uid; false beyond
 // login_attempts_per_minute.
-func (l *uidLimits) loginAttempt(uid uint32) bool {
+func (l *uidLimits) loginAttempt(p peercred.Peer) bool {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	u := l.use(uid, now)
+	u := l.use(p, now)
 	if u == nil || !u.logins.AllowN(now, 1) {
 		l.exceeded.WithLabelValues(limitLogins).Inc()
 		return false
@@ -347,7 +367,7 @@ func (s *Service) writeSummary(r audit.Record) error {
 // one is counted for the uid's summary line instead of written alone. It
 // returns err, or the audit log's failure as audited does.
 func (s *Service) auditedOrCounted(ctx context.Context, c caller, r audit.Record, err error) error {
-	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(c.peer.UID, r.Op) {
+	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(c.peer, r.Op) {
 		return err
 	}
 	return s.audited(ctx, c, r, err)
@@ -372,7 +392,7 @@ func (c limitedCredentials) ServerHandshake(conn net.Conn) (net.Conn, credential
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %T", peercred.ErrNoCredentials, info)
 	}
-	release, err := c.limits.openConn(ai.Peer.UID)
+	release, err := c.limits.openConn(ai.Peer)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,8 +7,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
+	"github.com/hsmsigner/hsmsigner/signer/config"
 )
 
 // summaries returns the denied.summary lines of uid in recs and the sum
@@ -356,5 +360,77 @@ func TestKeyIDOneSpelling(t *testing.T) {
 	}
 	if keyed < 13 {
 		t.Fatalf("%d audit lines name the key; want the key's generation, 11 signatures and the rename", keyed)
+	}
+}
+
+// TestUIDTableFullAdmitsPeersThePolicyNames runs signerctl as other uids
+// against the daemon with its table of uids full (a bound of 1, held by
+// the test user's connection): a peer outside the policy is refused at
+// the handshake and counted, while peers the policy names, by uid or by
+// primary gid, are tracked and served. Needs root, to run as other uids.
+func TestUIDTableFullAdmitsPeersThePolicyNames(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("runs signerctl as other uids: needs root")
+	}
+	const sockGroup = 65534 // nobody: every child has it as a supplementary group
+	const outsider, namedUID, namedGID, inNamedGID = 65534, 65533, 65532, 65531
+	d := newDaemon(t, func(p *daemonParams) { p.Group = fmt.Sprint(sockGroup) })
+	for p := d.dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	me := uint32(os.Getuid())
+	pol, err := config.NewPolicy(config.Admins{UIDs: []uint32{me}}, []config.ClientRule{
+		{Name: "tester", UIDs: []uint32{me}, Keys: []string{"*"}, Usages: []string{UsageSign}, Members: []string{"*"}},
+		{Name: "by-uid", UIDs: []uint32{namedUID}, Keys: []string{"*"}, Usages: []string{UsageSign}},
+		{Name: "by-gid", GIDs: []uint32{namedGID}, Keys: []string{"*"}, Usages: []string{UsageSign}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.SetPolicy(pol)
+	bin := buildSignerctl(t)
+	// The test user's connection holds the one place of the table.
+	if _, err := d.client.GetStatus(testCtx(t), &signerv1.GetStatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	d.svc.limits.mu.Lock()
+	d.svc.limits.max = 1
+	d.svc.limits.mu.Unlock()
+
+	tests := []struct {
+		name     string
+		uid, gid uint32
+		admitted bool
+	}{
+		{"uid outside the policy", outsider, sockGroup, false},
+		{"uid the policy names", namedUID, sockGroup, true},
+		{"primary gid the policy names", inNamedGID, namedGID, true},
+		{"uid outside the policy, again", outsider, sockGroup, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := d.limitExceeded(limitUIDs)
+			cmd := exec.CommandContext(testCtx(t), bin, "--socket", d.sock, "status")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tt.uid, Gid: tt.gid, Groups: []uint32{sockGroup}}}
+			out, err := cmd.CombinedOutput()
+			after := d.limitExceeded(limitUIDs)
+			if tt.admitted {
+				if err != nil {
+					t.Fatalf("signerctl status as uid %d gid %d: %v\n%s", tt.uid, tt.gid, err, out)
+				}
+				if after != before {
+					t.Fatalf("signerd_limit_exceeded_total{limit=uids} went from %d to %d for a peer the policy names", before, after)
+				}
+				return
+			}
+			if err == nil || strings.Contains(string(out), "PermissionDenied") {
+				t.Fatalf("signerctl status as uid %d: %v\n%s\nwant a refusal at the handshake", tt.uid, err, out)
+			}
+			if after <= before {
+				t.Fatalf("signerd_limit_exceeded_total{limit=uids} stayed %d for a refused peer", after)
+			}
+		})
 	}
 }

@@ -103,8 +103,8 @@ type keyRef struct {
 	label string
 	// members are the members the key serves: the one it is bound to
 	// and, for a key recorded before bindings were, those its
-	// certificates and requests name. A client must be allowed one of
-	// them to sign with the key; a key with none is unbound.
+	// certificates and requests name. A client's rule must allow every
+	// one of them to sign with the key; a key with none is unbound.
 	members []string
 }
 
@@ -157,12 +157,15 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		}
 	}
 	s.metrics = newMetrics(s)
-	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary)
+	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary, s.namedByPolicy)
 	s.metrics.reg.MustRegister(s.limits.collectors()...)
 	for _, te := range s.tokens {
 		if d := te.startRefusal.Load(); d != nil {
 			s.pinDropped(te.name, *d)
 		}
+	}
+	if err := s.bindRecorded(ctx); err != nil {
+		return nil, fmt.Errorf("binding the keys recorded before bindings were: %w", err)
 	}
 	s.reconcileAll(ctx)
 	return s, nil

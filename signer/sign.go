@@ -28,6 +28,26 @@ func (s *Service) forgetKeyRefs() {
 	}
 }
 
+// forgetKeyRef drops key idHex from the key location cache: the token
+// said the key is gone (destroyed behind signerd's back, between resolve
+// and C_SignInit). Fills that began before are not stored.
+func (s *Service) forgetKeyRef(idHex string) {
+	s.keysMu.Lock()
+	s.keysGen++
+	delete(s.keys, idHex)
+	s.keysMu.Unlock()
+}
+
+// signed passes on the result of signing with ref; when the token said
+// the key is not there, it first drops the key from the cache, so that
+// the next call looks for it afresh.
+func (s *Service) signed(ref *keyRef, err error) error {
+	if errors.Is(err, hsm.ErrKeyNotFound) {
+		s.forgetKeyRef(ref.idHex)
+	}
+	return err
+}
+
 // keyCacheHooks let a test watch the key cache at the points where order
 // matters; nil outside tests.
 type keyCacheHooks struct {
@@ -101,9 +121,9 @@ func (s *Service) keyFromState(ctx context.Context, id []byte, idHex string) (*k
 	return ref, err
 }
 
-// keyMembers returns the members the key of rec serves: the one it is
-// bound to and, for a key recorded before bindings were, those its
-// certificates and requests name.
+// keyMembers returns the members the key of rec serves: those it is
+// bound to and, for a key recorded before bindings were and not bound
+// yet (see bindRecorded), those its certificates and requests name.
 func keyMembers(tx *state.Tx, rec state.KeyRecord) ([]string, error) {
 	var members []string
 	add := func(m string) {
@@ -111,7 +131,9 @@ func keyMembers(tx *state.Tx, rec state.KeyRecord) ([]string, error) {
 			members = append(members, m)
 		}
 	}
-	add(rec.Member)
+	for _, m := range rec.Members() {
+		add(m)
+	}
 	certs, err := tx.ListCerts(state.CertFilter{Token: rec.Token, KeyID: rec.ID})
 	if err != nil {
 		return nil, err
@@ -154,12 +176,18 @@ func (s *Service) checkServes(ctx context.Context, rec state.KeyRecord, member s
 }
 
 // signingKey resolves the key a sign request names and checks that the
-// policy lets the caller sign with it.
-func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash string) (*keyRef, error) {
+// policy lets the caller sign with it. It names the key in rec (and its
+// token, once known) as soon as it knows it, so that a refusal of a
+// request by certificate hash is audited with the certificate's key.
+func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash string, rec *audit.Record) (*keyRef, error) {
 	if certHash != "" {
 		r, err := s.store.GetCert(ctx, certHash)
 		if err != nil {
 			return nil, err
+		}
+		rec.Key = r.KeyID
+		if t := s.tokenBySerial(r.Token); t != nil {
+			rec.Token = t.name
 		}
 		if !r.Active {
 			return nil, fmt.Errorf("%w: certificate %s is not active", ErrPrecondition, r.SHA256)
@@ -173,6 +201,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 	if err != nil {
 		return nil, err
 	}
+	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	if err := policyAllowsKey(c, ref); err != nil {
 		return nil, err
 	}
@@ -199,13 +228,12 @@ func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest)
 	if err != nil {
 		return nil, rec, err
 	}
-	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
+	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), &rec)
 	if err != nil {
 		return nil, rec, err
 	}
-	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
-	if err != nil {
+	if err = s.signed(ref, err); err != nil {
 		return nil, rec, err
 	}
 	return &signerv1.SignResponse{Signature: sig, KeyId: ref.idHex, Algorithm: alg.Name}, rec, nil
@@ -248,23 +276,23 @@ func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBat
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash())
+	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), rec)
 	if err != nil {
 		return nil, tree, err
 	}
-	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	resp := &signerv1.SignBatchResponse{KeyId: ref.idHex, Algorithm: alg.Name, TreeSize: uint32(tree.Size())}
 	switch req.GetMode() {
 	case signerv1.BatchMode_BATCH_MODE_UNSPECIFIED, signerv1.BatchMode_BATCH_MODE_INDIVIDUAL:
 		resp.Signatures, err = ref.tok.tok.SignMany(ctx, ref.id, alg, digests)
-		return resp, tree, err
+		return resp, tree, s.signed(ref, err)
 	case signerv1.BatchMode_BATCH_MODE_MERKLE:
 		root := tree.Root()
 		signed, err := merkle.SignedDigest(root, alg.Hash)
 		if err != nil {
 			return nil, tree, err
 		}
-		if resp.RootSignature, err = ref.tok.tok.Sign(ctx, ref.id, alg, signed); err != nil {
+		resp.RootSignature, err = ref.tok.tok.Sign(ctx, ref.id, alg, signed)
+		if err = s.signed(ref, err); err != nil {
 			return nil, tree, err
 		}
 		resp.Root = root[:]

@@ -326,7 +326,7 @@ func (s *Service) withAudit(ctx context.Context, rs []streamResult) []*signerv1.
 // says whether ticket holds it. A refusal beyond the uid's
 // refusals_per_second gets no line; it is counted for the uid's summary.
 func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1.StreamedSign) (_ *signerv1.SignResponse, _ audit.Ticket, queued bool, _ error) {
-	done, err := s.limits.startCall(p.UID)
+	done, err := s.limits.startCall(p)
 	if err != nil {
 		return nil, audit.Ticket{}, false, toStatus(err)
 	}
@@ -339,7 +339,7 @@ func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1
 		return nil, audit.Ticket{}, false, toStatus(s.refuseKeyID(ctx, c, "SignStream", given, err))
 	}
 	resp, rec, err := s.sign(ctx, c, r.GetRequest())
-	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(p.UID, rec.Op) {
+	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(p, rec.Op) {
 		return nil, audit.Ticket{}, false, toStatus(err)
 	}
 	ticket, aerr := s.audit.Enqueue(auditRecord(c, rec, err))

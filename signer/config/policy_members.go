@@ -7,9 +7,12 @@ import "strings"
 // certificate bound it to (more than one only for a key whose
 // certificates were imported before bindings were recorded), or none.
 //
-// A bound key needs one matching rule that grants the usage and one of
-// the members (listed, or "*"), whatever the rule's keys say: a rule that
-// grants a member grants that member's keys and no other member's.
+// A bound key needs one matching rule that grants the usage and every
+// member the key is bound to (each listed, or "*"), whatever the rule's
+// keys say: a rule that grants a member grants that member's keys and no
+// other member's. A key bound to members A and B is refused to a rule
+// that grants A alone, and to a peer whose one rule grants A and another
+// B: a signature with the key verifies under B's certificates too.
 //
 // An unbound key needs one matching rule that grants the usage, names
 // the key in its keys (its id, or "*"), and is not restricted to
@@ -28,10 +31,8 @@ func (p *Policy) MayUseKeyOfMembers(peer Peer, keyID, usage string, members []st
 			continue
 		}
 		if len(members) > 0 {
-			for _, m := range members {
-				if m != "" && m != Wildcard && (r.anyMember || r.members.has(m)) {
-					return true
-				}
+			if r.grantsEvery(members) {
+				return true
 			}
 			continue
 		}
@@ -40,6 +41,17 @@ func (p *Policy) MayUseKeyOfMembers(peer Peer, keyID, usage string, members []st
 		}
 	}
 	return false
+}
+
+// grantsEvery reports whether r grants each of members; an empty or
+// wildcard member is never granted.
+func (r *rule) grantsEvery(members []string) bool {
+	for _, m := range members {
+		if m == "" || m == Wildcard || !(r.anyMember || r.members.has(m)) {
+			return false
+		}
+	}
+	return true
 }
 
 // IsClient reports whether a client rule matches peer, without copying

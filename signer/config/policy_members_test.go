@@ -11,6 +11,9 @@ func TestPolicyMayUseKeyOfMembers(t *testing.T) {
 		{Name: "named-key", UIDs: []uint32{500}, Keys: []string{"EE"}, Usages: []string{UsageSign}},
 		{Name: "any-key-no-member", UIDs: []uint32{600}, Keys: []string{Wildcard}, Usages: []string{UsageSign}},
 		{Name: "a-with-named-key", UIDs: []uint32{700}, Keys: []string{"ee"}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/A"}},
+		{Name: "a-and-b", UIDs: []uint32{800}, Keys: []string{Wildcard}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/A", "EE/GOV/B"}},
+		{Name: "split-a", UIDs: []uint32{900}, Keys: []string{Wildcard}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/A"}},
+		{Name: "split-b", UIDs: []uint32{900}, Keys: []string{Wildcard}, Usages: []string{UsageSign}, Members: []string{"EE/GOV/B"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +28,11 @@ func TestPolicyMayUseKeyOfMembers(t *testing.T) {
 	}{
 		{"own member's key", 100, "bb", UsageSign, []string{"EE/GOV/A"}, true},
 		{"another member's key, whatever the keys say", 100, "bb", UsageSign, []string{"EE/GOV/B"}, false},
-		{"key of two members, one allowed", 100, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, true},
+		{"key of two members, one allowed", 100, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, false},
+		{"key of two members, both allowed", 800, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, true},
+		{"key of two members, every member allowed", 300, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, true},
+		{"key of two members, each allowed by another rule", 900, "bb", UsageSign, []string{"EE/GOV/B", "EE/GOV/A"}, false},
+		{"key of two members, one of them empty", 800, "bb", UsageSign, []string{"EE/GOV/A", ""}, false},
 		{"unbound key, rule restricted to a member, keys *", 100, "bb", UsageSign, nil, false},
 		{"unbound key, rule restricted to a member, key named", 700, "ee", UsageSign, nil, false},
 		{"bound key of the rule's member, key named", 700, "ee", UsageSign, []string{"EE/GOV/A"}, true},

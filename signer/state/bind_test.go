@@ -3,6 +3,7 @@ package state_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/hsmsigner/hsmsigner/signer/state"
@@ -85,5 +86,59 @@ func TestBindKey(t *testing.T) {
 	}
 	if err := s.BindKey(ctx, tok, id, "EE/GOV/B"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBindKeyMembers: a key recorded before bindings were is bound at
+// once to every member its records name; the binding then never changes,
+// and a request for one of its members keeps it as it is.
+func TestBindKeyMembers(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	const id = "c0ffee"
+	if err := s.PutKey(ctx, state.KeyRecord{Token: tok, ID: id, Usage: state.UsageSign}); err != nil {
+		t.Fatal(err)
+	}
+	members := func() []string {
+		t.Helper()
+		r, err := s.GetKey(ctx, tok, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Members()
+	}
+	ab := []string{"EE/GOV/A", "EE/GOV/B"}
+	steps := []struct {
+		name    string
+		do      func() error
+		wantErr error
+		want    []string
+	}{
+		{"no member", func() error { return s.BindKeyMembers(ctx, tok, id, nil) }, state.ErrInvalid, nil},
+		{"an empty member", func() error { return s.BindKeyMembers(ctx, tok, id, []string{"", "EE/GOV/A"}) }, state.ErrInvalid, nil},
+		{"bind to B and A, twice named", func() error {
+			return s.BindKeyMembers(ctx, tok, id, []string{"EE/GOV/B", "EE/GOV/A", "EE/GOV/B"})
+		}, nil, ab},
+		{"bind again to the same", func() error { return s.BindKeyMembers(ctx, tok, id, ab) }, nil, ab},
+		{"bind to A alone", func() error { return s.BindKeyMembers(ctx, tok, id, []string{"EE/GOV/A"}) }, state.ErrBound, ab},
+		{"a request for B keeps it", func() error { return s.BindKey(ctx, tok, id, "EE/GOV/B") }, nil, ab},
+		{"a request for C", func() error { return s.BindKey(ctx, tok, id, "EE/GOV/C") }, state.ErrBound, ab},
+		{"rename keeps it", func() error { return s.RenameKey(ctx, tok, id, "renamed") }, nil, ab},
+		{"update dropping B", func() error {
+			return s.UpdateKey(ctx, tok, id, func(r *state.KeyRecord) error { r.MoreMembers = nil; return nil })
+		}, state.ErrBound, ab},
+		{"update naming A twice", func() error {
+			return s.UpdateKey(ctx, tok, id, func(r *state.KeyRecord) error { r.MoreMembers = []string{"EE/GOV/A"}; return nil })
+		}, state.ErrInvalid, ab},
+		{"unknown key", func() error { return s.BindKeyMembers(ctx, tok, "ff", ab) }, state.ErrNotFound, ab},
+	}
+	for _, st := range steps {
+		err := st.do()
+		if st.wantErr == nil && err != nil || st.wantErr != nil && !errors.Is(err, st.wantErr) {
+			t.Fatalf("%s: %v, want %v", st.name, err, st.wantErr)
+		}
+		if got := members(); !slices.Equal(got, st.want) {
+			t.Fatalf("%s: members %q, want %q", st.name, got, st.want)
+		}
 	}
 }

@@ -3,6 +3,9 @@ package state
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -42,10 +45,25 @@ type KeyRecord struct {
 	// and is released only with the record itself (DeleteKey): deleting
 	// or answering the request, or deleting the certificate, keeps it.
 	Member string `json:"member,omitempty"`
+	// MoreMembers are the further members a key recorded before bindings
+	// were is bound to, when its certificates and requests named more
+	// than one (BindKeyMembers, at start-up); Member is then the first of
+	// them. They are set with Member, never change and go only with the
+	// record, as Member does. Use Members for the whole binding.
+	MoreMembers []string `json:"more_members,omitempty"`
 	// CreatedAt is set when the record is first written, unless given.
 	CreatedAt time.Time `json:"created_at"`
 	// UpdatedAt is set on every write.
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Members returns every member the key is bound to: Member, then
+// MoreMembers; none for an unbound key.
+func (r KeyRecord) Members() []string {
+	if r.Member == "" {
+		return nil
+	}
+	return append([]string{r.Member}, r.MoreMembers...)
 }
 
 // keyKey is the bucket key of a key record.
@@ -75,6 +93,17 @@ func (r *KeyRecord) normalize() error {
 	for _, f := range []struct{ what, v string }{{"label", r.Label}, {"name", r.Name}, {"spec", r.Spec}, {"member", r.Member}} {
 		if err := validText("key "+f.what, f.v); err != nil {
 			return err
+		}
+	}
+	if len(r.MoreMembers) > 0 && r.Member == "" {
+		return fmt.Errorf("%w: key %s has further members but no member", ErrInvalid, keyKey(r.Token, r.ID))
+	}
+	for i, m := range r.MoreMembers {
+		if err := validText("key member", m); err != nil {
+			return err
+		}
+		if m == "" || slices.Contains(r.Members()[:i+1], m) {
+			return fmt.Errorf("%w: key %s: member %q is empty or named twice", ErrInvalid, keyKey(r.Token, r.ID), m)
 		}
 	}
 	return nil
@@ -113,8 +142,8 @@ func (t *Tx) putKey(rec KeyRecord, create bool) error {
 	if exists && create {
 		return fmt.Errorf("%w: key %s", ErrExists, k)
 	}
-	if exists && old.Member != "" && rec.Member != old.Member {
-		return fmt.Errorf("%w: key %s is bound to member %q", ErrBound, k, old.Member)
+	if exists && old.Member != "" && !slices.Equal(rec.Members(), old.Members()) {
+		return fmt.Errorf("%w: key %s is bound to member %s", ErrBound, k, quoted(old.Members()))
 	}
 	if rec.Label != "" {
 		if owner := labels.Get([]byte(keyKey(rec.Token, rec.Label))); owner != nil && string(owner) != rec.ID {
@@ -231,14 +260,56 @@ func (t *Tx) BindKey(token, id, member string) error {
 	if err != nil {
 		return err
 	}
-	switch rec.Member {
-	case member:
+	switch {
+	case slices.Contains(rec.Members(), member):
 		return nil
-	case "":
+	case rec.Member == "":
 		rec.Member = member
 		return t.putKey(rec, false)
 	}
-	return fmt.Errorf("%w: key %s is bound to member %q, not %q", ErrBound, keyKey(rec.Token, rec.ID), rec.Member, member)
+	return fmt.Errorf("%w: key %s is bound to member %s, not %q", ErrBound, keyKey(rec.Token, rec.ID), quoted(rec.Members()), member)
+}
+
+// BindKeyMembers binds key id on token, bound to no member yet, to every
+// one of members at once (a key recorded before bindings were, whose
+// certificates and requests name them): the first in sorted order
+// becomes Member, the others MoreMembers. A key bound to exactly these
+// members already stays as it is; a key bound otherwise is refused with
+// ErrBound; ErrInvalid for no member or an empty one; ErrNotFound when
+// there is no such record.
+func (t *Tx) BindKeyMembers(token, id string, members []string) error {
+	members = slices.Compact(slices.Sorted(slices.Values(members)))
+	if len(members) == 0 || members[0] == "" {
+		return fmt.Errorf("%w: bind key %s to no member or an empty one", ErrInvalid, keyKey(token, id))
+	}
+	if _, err := t.bucket(bucketKeys, true); err != nil {
+		return err
+	}
+	rec, err := t.GetKey(token, id)
+	if err != nil {
+		return err
+	}
+	bound := slices.Sorted(slices.Values(rec.Members()))
+	switch {
+	case slices.Equal(bound, members):
+		return nil
+	case len(bound) > 0:
+		return fmt.Errorf("%w: key %s is bound to member %s, not %s", ErrBound, keyKey(rec.Token, rec.ID), quoted(bound), quoted(members))
+	}
+	rec.Member, rec.MoreMembers = members[0], members[1:]
+	if len(rec.MoreMembers) == 0 {
+		rec.MoreMembers = nil
+	}
+	return t.putKey(rec, false)
+}
+
+// quoted lists members for an error: "A" or "A", "B".
+func quoted(members []string) string {
+	q := make([]string, len(members))
+	for i, m := range members {
+		q[i] = strconv.Quote(m)
+	}
+	return strings.Join(q, ", ")
 }
 
 // DeleteKey removes the record of key id on token, or returns ErrNotFound.
@@ -304,6 +375,12 @@ func (s *Store) UpdateKey(ctx context.Context, token, id string, fn func(*KeyRec
 // RenameKey sets a key's friendly name; see Tx.RenameKey.
 func (s *Store) RenameKey(ctx context.Context, token, id, newName string) error {
 	return s.Update(ctx, func(tx *Tx) error { return tx.RenameKey(token, id, newName) })
+}
+
+// BindKeyMembers binds a key to members in its own transaction; see
+// Tx.BindKeyMembers.
+func (s *Store) BindKeyMembers(ctx context.Context, token, id string, members []string) error {
+	return s.Update(ctx, func(tx *Tx) error { return tx.BindKeyMembers(token, id, members) })
 }
 
 // BindKey binds a key to a member in its own transaction; see

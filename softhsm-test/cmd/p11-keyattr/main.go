@@ -10,6 +10,7 @@
 //	p11-keyattr --module PATH --token-label L gen --id HEX --label L [ATTR=BOOL ...] < pin-file
 //	p11-keyattr --module PATH --token-label L set --id HEX ATTR=BOOL ... < pin-file
 //	p11-keyattr --module PATH --token-label L get --id HEX < pin-file
+//	p11-keyattr --module PATH --token-label L destroy --id HEX < pin-file
 //
 // gen makes an EC P-256 key pair as signerd made them before the security
 // review: token, private, sensitive, not extractable, sign and nothing else,
@@ -18,6 +19,8 @@
 // the private key with CKA_ID HEX. get prints the private key's attributes,
 // one NAME=VALUE a line, and the public key's as public.NAME=VALUE;
 // allowed_mechanisms is a comma-separated list of hex mechanism numbers.
+// destroy destroys the private and the public key with CKA_ID HEX, as a
+// vendor tool or another node can behind signerd's back.
 // ATTR is one of sign, sign_recover, decrypt, unwrap, derive, sensitive,
 // extractable, modifiable, copyable.
 //
@@ -45,7 +48,7 @@ import (
 // maxPINLine bounds how much of standard input is read for the PIN.
 const maxPINLine = 1024
 
-const usage = "usage: p11-keyattr --module PATH --token-label L gen|set|get --id HEX [ATTR=BOOL ...] (user PIN on the first line of stdin)"
+const usage = "usage: p11-keyattr --module PATH --token-label L gen|set|get|destroy --id HEX [ATTR=BOOL ...] (user PIN on the first line of stdin)"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
@@ -78,7 +81,7 @@ func boolAttrs() []struct {
 // command is what the command line says.
 type command struct {
 	module, tokenLabel string
-	op                 string // gen, set or get
+	op                 string // gen, set, get or destroy
 	id                 []byte
 	label              string
 	attrs              []*pkcs11.Attribute // ATTR=BOOL pairs
@@ -97,7 +100,7 @@ func parseArgs(args []string) (command, error) {
 		return command{}, fmt.Errorf("--module and --token-label are required; %s", usage)
 	}
 	switch c.op {
-	case "gen", "set", "get":
+	case "gen", "set", "get", "destroy":
 	default:
 		return command{}, fmt.Errorf("unknown operation %q; %s", c.op, usage)
 	}
@@ -133,8 +136,8 @@ func parseArgs(args []string) (command, error) {
 		}
 		c.attrs = append(c.attrs, pkcs11.NewAttribute(typ, b))
 	}
-	if c.op == "get" && len(c.attrs) > 0 {
-		return command{}, errors.New("get takes no ATTR=BOOL")
+	if (c.op == "get" || c.op == "destroy") && len(c.attrs) > 0 {
+		return command{}, fmt.Errorf("%s takes no ATTR=BOOL", c.op)
 	}
 	if c.op == "set" && len(c.attrs) == 0 {
 		return command{}, errors.New("set needs at least one ATTR=BOOL")
@@ -217,6 +220,8 @@ func (c command) do(pin string, out io.Writer) (err error) {
 			return fmt.Errorf("C_SetAttributeValue: %w", err)
 		}
 		return nil
+	case "destroy":
+		return c.destroy(p, h)
 	}
 	return c.get(p, h, out)
 }
@@ -245,6 +250,20 @@ func (c command) gen(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
 	}
 	if _, _, err := p.GenerateKeyPair(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv); err != nil {
 		return fmt.Errorf("C_GenerateKeyPair: %w", err)
+	}
+	return nil
+}
+
+// destroy destroys the key pair: the private key, then the public key.
+func (c command) destroy(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
+	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+		o, err := find(p, h, class, c.id)
+		if err != nil {
+			return err
+		}
+		if err := p.DestroyObject(h, o); err != nil {
+			return fmt.Errorf("C_DestroyObject: %w", err)
+		}
 	}
 	return nil
 }
