@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
+	"github.com/hsmsigner/hsmsigner/ocsp"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/dn"
@@ -253,6 +254,7 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 		return nil, fmt.Errorf("recording the certificate (it was removed from the token again): %w", err)
 	}
 	s.forgetKeyRefs()
+	s.ocspResync()
 	stored, err := s.store.GetCert(ctx, sum)
 	if err != nil {
 		return nil, err
@@ -333,6 +335,7 @@ func (s *Service) updateCert(ctx context.Context, op, hash string, fn func(*stat
 			return err
 		}
 		s.forgetKeyRefs()
+		s.ocspResync()
 		r, err = s.store.GetCert(ctx, r.SHA256)
 		return err
 	})
@@ -399,6 +402,7 @@ func (s *Service) deleteCertRecord(ctx context.Context, r state.CertRecord) erro
 	}
 	err := s.store.DeleteCert(ctx, r.SHA256)
 	s.forgetKeyRefs() // after the commit: see forgetKeyRefs
+	s.ocspResync()
 	return err
 }
 
@@ -460,7 +464,23 @@ func (s *Service) GetSigningInfo(ctx context.Context, req *signerv1.GetSigningIn
 		}
 		return b.ImportedAt.Compare(a.ImportedAt) // issued in the same second: the later import
 	})
-	best := found[0]
+	// The newest whose OCSP status is a fresh "good" (all of them, with
+	// OCSP off).
+	var best state.CertRecord
+	var resp *ocsp.Response
+	var problems []string
+	for _, r := range found {
+		or, err := s.ocspUsable(r.SHA256)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		best, resp = r, or
+		break
+	}
+	if best.SHA256 == "" {
+		return nil, fmt.Errorf("%w: no active, registered sign certificate of member %q has a fresh good OCSP response: %s", ErrPrecondition, member, strings.Join(problems, "; "))
+	}
 	cert, err := x509.ParseCertificate(best.DER)
 	if err != nil {
 		return nil, fmt.Errorf("certificate %s: %w", best.SHA256, err)
@@ -469,6 +489,9 @@ func (s *Service) GetSigningInfo(ctx context.Context, req *signerv1.GetSigningIn
 		Chain: best.Chain, CertSha256: best.SHA256}
 	if t := s.tokenBySerial(best.Token); t != nil {
 		info.Token = t.name
+	}
+	if resp != nil {
+		info.OcspResponse = resp.Raw
 	}
 	return info, nil
 }

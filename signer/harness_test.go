@@ -32,6 +32,8 @@ type testDaemon struct {
 	sock   string
 	client *client.Client
 	audit  *switchAudit // with SwitchAudit
+	// stopOCSP stops the service's OCSP watcher and waits for it.
+	stopOCSP func()
 }
 
 // switchAudit passes to the daemon's audit log or, while one is set, to
@@ -78,6 +80,9 @@ type daemonParams struct {
 	MaxBatch, MaxMessage, MaxStreams   int
 	AuditMode                          string
 	Limits                             string // the [limits] table's keys, TOML
+	// OCSP is the [ocsp] table's keys, TOML; tests not about OCSP turn
+	// it off, so that their certificates need no responder.
+	OCSP string
 	// SwitchAudit puts a switchAudit in front of the audit log, so that a
 	// test can swap the log while the daemon serves.
 	SwitchAudit bool
@@ -98,6 +103,9 @@ max_concurrent_streams = {{.MaxStreams}}
 [limits]
 {{.Limits}}
 {{end}}
+[ocsp]
+{{.OCSP}}
+
 [[module]]
 name = "softhsm"
 path = "{{.Module}}"
@@ -136,6 +144,7 @@ func newDaemon(t testing.TB, edit ...func(*daemonParams)) *testDaemon {
 	d := &testDaemon{t: t, soft: soft, dir: dir, params: daemonParams{
 		Dir: dir, Module: soft.ModulePath, Label: soft.Label, PINFile: pinFile, PIN: "file:" + pinFile,
 		UID: os.Getuid(), ClientUsages: `"sign"`, Members: `"*"`, MaxBatch: 4096, MaxMessage: 4 << 20, MaxStreams: 256, AuditMode: "sync",
+		OCSP: "enabled = false",
 	}}
 	for _, e := range edit {
 		e(&d.params)
@@ -186,6 +195,13 @@ func (d *testDaemon) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ocspCtx, cancel := context.WithCancel(ctx)
+	ocspDone := make(chan struct{})
+	go func() {
+		defer close(ocspDone)
+		svc.RunOCSP(ocspCtx)
+	}()
+	d.stopOCSP = func() { cancel(); <-ocspDone }
 	d.svc, d.srv, d.sock, d.client = svc, srv, cfg.Server.GRPCSocket, c
 	t.Cleanup(d.stop)
 }
@@ -197,6 +213,7 @@ func (d *testDaemon) stop() {
 	}
 	d.client.Close()
 	d.srv.Stop()
+	d.stopOCSP()
 	if err := d.svc.Close(); err != nil {
 		d.t.Errorf("Service.Close: %v", err)
 	}

@@ -96,11 +96,13 @@ func (m *metrics) observe(fullMethod string, code codes.Code, d time.Duration) {
 	m.latency.WithLabelValues(method).Observe(d.Seconds())
 }
 
-// HTTPHandler serves /metrics (Prometheus) and /healthz (200 once every
-// module is ready, 503 otherwise) for the HTTP socket.
+// HTTPHandler serves /metrics (Prometheus), /healthz (200 once every
+// module is ready, 503 otherwise) and /ocsp/{cert-sha256-hex} (the
+// certificate's freshest good OCSP response) for the HTTP socket.
 func (s *Service) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /ocsp/{hash}", s.serveOCSP)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !s.Ready() {

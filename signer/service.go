@@ -66,6 +66,10 @@ type Service struct {
 	// checkpoints anchors the audit log with the audit key.
 	checkpoints checkpointer
 
+	// ocsp keeps the OCSP responses of the active certificates; nil when
+	// [ocsp] enabled is false.
+	ocsp *ocspWatch
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 	closeOnce sync.Once
@@ -159,6 +163,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	s.metrics = newMetrics(s)
 	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary, s.namedByPolicy)
 	s.metrics.reg.MustRegister(s.limits.collectors()...)
+	if err := s.setupOCSP(); err != nil {
+		return nil, fmt.Errorf("[ocsp]: %w", err)
+	}
 	for _, te := range s.tokens {
 		if d := te.startRefusal.Load(); d != nil {
 			s.pinDropped(te.name, *d)

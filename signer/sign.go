@@ -192,6 +192,9 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 		if !r.Active {
 			return nil, fmt.Errorf("%w: certificate %s is not active", ErrPrecondition, r.SHA256)
 		}
+		if s.ocspRevoked(r.SHA256) {
+			return nil, fmt.Errorf("%w: certificate %s is revoked (OCSP)", ErrPrecondition, r.SHA256)
+		}
 		keyID = r.KeyID
 	}
 	if keyID == "" {
@@ -204,6 +207,9 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 	rec.Token, rec.Key = ref.tok.name, ref.idHex
 	if err := policyAllowsKey(c, ref); err != nil {
 		return nil, err
+	}
+	if cert := s.ocspRevokedCertOfKey(ref); cert != "" {
+		return nil, fmt.Errorf("%w: key %s has a revoked certificate (%s, OCSP): it signs no more", ErrPrecondition, ref.idHex, cert)
 	}
 	return ref, nil
 }

@@ -310,7 +310,16 @@ func TestREADMEWalkthrough(t *testing.T) {
 	script := strings.Join(blocks, "\n")
 	ctlBin := daemontest.Build(t, "github.com/hsmsigner/hsmsigner/cmd/signerctl")
 	script = strings.ReplaceAll(script, "go run ./cmd/signerctl", ctlBin)
-	if strings.Contains(script, "go run") {
+	// The dev CA's OCSP responder: built here, on a free loopback port,
+	// and stopped with the script's process group when the test ends.
+	ocspBin := daemontest.Build(t, "github.com/hsmsigner/hsmsigner/softhsm-test/cmd/dev-ocsp")
+	const buildOCSP = "go build -o dev-ocsp ./softhsm-test/cmd/dev-ocsp"
+	if !strings.Contains(script, buildOCSP) || !strings.Contains(script, "127.0.0.1:8888") {
+		t.Fatalf("the walkthrough no longer builds dev-ocsp or serves it on 127.0.0.1:8888; update this test:\n%s", script)
+	}
+	script = strings.ReplaceAll(script, buildOCSP, "cp "+ocspBin+" dev-ocsp")
+	script = strings.ReplaceAll(script, "127.0.0.1:8888", freeLoopbackAddr(t))
+	if strings.Contains(script, "go run") || strings.Contains(script, "go build") {
 		t.Fatalf("the walkthrough runs something this test does not build:\n%s", script)
 	}
 	dir, _ := devDaemon(t)
@@ -328,11 +337,17 @@ func TestREADMEWalkthrough(t *testing.T) {
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir = work
 	cmd.Env = append(os.Environ(), "SIGNER_SOCKET=")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) // dev-ocsp, left in the background
+		}
+	})
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("README walkthrough failed: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Verified OK", "chain intact", "every signature verified", "member-sign", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310"} {
+	for _, want := range []string{"Verified OK", "chain intact", "every signature verified", "member-sign", " good ", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
 		}
@@ -340,4 +355,16 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if n := strings.Count(string(out), "Verified OK"); n != 2 {
 		t.Fatalf("%d signatures verified, want 2:\n%s", n, out)
 	}
+}
+
+// freeLoopbackAddr returns a loopback address with a port free a moment
+// ago.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

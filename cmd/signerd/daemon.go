@@ -74,6 +74,18 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 		stopCheckpoints()
 		<-checkpointsDone
 	}()
+	// OCSP responses of the active certificates, kept fresh until the
+	// daemon stops (before svc.Close, which closes the state it stores in).
+	ocspCtx, stopOCSP := context.WithCancel(context.WithoutCancel(ctx))
+	ocspDone := make(chan struct{})
+	go func() {
+		defer close(ocspDone)
+		svc.RunOCSP(ocspCtx)
+	}()
+	defer func() {
+		stopOCSP()
+		<-ocspDone
+	}()
 
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		log.Warn("could not notify systemd", "error", err.Error())

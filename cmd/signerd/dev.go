@@ -129,6 +129,13 @@ refusal_burst = 50
 refusal_summary_interval = "10s"
 login_attempts_per_minute = 5
 
+# OCSP (the production defaults): a certificate is offered by signing-info
+# only with a fresh, verified "good" OCSP response from its responder. The
+# dev CA's responder: go run ./softhsm-test/cmd/dev-ocsp --ca dev-ca
+[ocsp]
+enabled = true
+freshness = "1h"
+
 [[module]]
 name = "softhsm"
 path = "{{.Module}}"
