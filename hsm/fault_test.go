@@ -59,6 +59,21 @@ func (f *faultyP11) report(typ uint, v []byte) {
 	f.mu.Unlock()
 }
 
+// DestroyObject passes to the module unless failNext("DestroyObject")
+// set an error for it. It injects no session faults: the recovery tests
+// count on deletions that work.
+func (f *faultyP11) DestroyObject(h pkcs11.SessionHandle, o pkcs11.ObjectHandle) error {
+	f.mu.Lock()
+	f.calls["DestroyObject"]++
+	if q := f.next["DestroyObject"]; len(q) > 0 {
+		f.next["DestroyObject"] = q[1:]
+		f.mu.Unlock()
+		return q[0]
+	}
+	f.mu.Unlock()
+	return f.p11.DestroyObject(h, o)
+}
+
 // GetAttributeValue passes to the module, but for the attributes it
 // does not know (forget) and the values it reports otherwise (report).
 // It injects no session faults: the recovery tests count on reads that

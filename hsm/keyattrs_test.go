@@ -623,6 +623,29 @@ func TestGenerateKeyRemovesWhatTheModuleMadeWrong(t *testing.T) {
 	e.assertNoLeakedSessions(t)
 }
 
+// TestGenerateKeyReportsWhatItCouldNotRemove: when the pair the module
+// made otherwise than asked cannot be destroyed, the generation still
+// fails with ErrKeyAttributes, and the error says that objects with the
+// key's id may be left, and why.
+func TestGenerateKeyReportsWhatItCouldNotRemove(t *testing.T) {
+	e := newEnv(t, nil)
+	e.fault.mu.Lock()
+	e.fault.genPriv = func(priv []*pkcs11.Attribute) []*pkcs11.Attribute {
+		return append(templateWithout(priv, pkcs11.CKA_MODIFIABLE), pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, true))
+	}
+	e.fault.mu.Unlock()
+	e.fault.failNext("DestroyObject", pkcs11.CKR_ACTION_PROHIBITED, 2)
+	_, err := e.tok.GenerateKey(testContext(t), ECP256, "left-behind")
+	if !errors.Is(err, ErrKeyAttributes) || !isRV(err, pkcs11.CKR_ACTION_PROHIBITED) ||
+		!strings.Contains(err.Error(), "CKA_MODIFIABLE is true") || !strings.Contains(err.Error(), "may be left on the token") {
+		t.Fatalf("GenerateKey = %v; want ErrKeyAttributes naming CKA_MODIFIABLE and the failed removal", err)
+	}
+	if n := e.countObjects(t); n != 2 {
+		t.Fatalf("%d objects on the token; want the pair that could not be removed", n)
+	}
+	e.assertNoLeakedSessions(t)
+}
+
 // TestAttributeProblem checks what is required of a key and what is only
 // reported.
 func TestAttributeProblem(t *testing.T) {
