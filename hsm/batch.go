@@ -10,10 +10,14 @@ import (
 // SignMany signs each digest with the key whose CKA_ID is id, by alg, as
 // Sign does (a key whose attributes do not hold is refused with
 // ErrKeyAttributes; an algorithm that does not fit the key's type, or a
-// JOSE name whose curve is not the key's, with ErrAlgorithm), on one pool session held for the whole batch, so that a batch pays for one
-// session hand-over and one key lookup. Every digest's length is checked
-// before the first signature is made: a bad batch signs nothing. After a
-// recovered failure the batch resumes where it stopped.
+// JOSE name whose curve is not the key's, with ErrAlgorithm), on one pool
+// session held for the whole batch, so that a batch pays for one session
+// hand-over and one key lookup. The key's attributes are read again during
+// the batch as for single signatures, once KeyRecheckInterval has passed
+// since the last read; a key that no longer holds fails the whole batch
+// with ErrKeyAttributes. Every digest's length is checked before the first
+// signature is made: a bad batch signs nothing. After a recovered failure
+// the batch resumes where it stopped.
 func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests [][]byte) ([][]byte, error) {
 	if alg.Scheme == SchemeUnknown || !alg.Hash.Available() {
 		return nil, fmt.Errorf("%w: no algorithm given", ErrAlgorithm)
@@ -49,6 +53,17 @@ func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests 
 			if done%64 == 0 {
 				if err := ctx.Err(); err != nil {
 					return err
+				}
+			}
+			// The attributes are trusted as long as for a single Sign:
+			// a long batch reads them again, and stops at a key that no
+			// longer holds (no signature of the batch is returned).
+			if now := t.m.opts.now(); stale(e, now) {
+				if e, err = t.recheck(s, e, now); err != nil {
+					return err
+				}
+				if e.problem != nil {
+					return fmt.Errorf("key %x on token %q (read again during the batch, at digest %d): %w", id, t.label, done, e.problem)
 				}
 			}
 			mech, data := mechanism(alg, digests[done])

@@ -3,6 +3,7 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/miekg/pkcs11"
 )
@@ -109,10 +110,10 @@ func classify(err error) errorClass {
 	return classNone
 }
 
-// isRV reports whether err wraps the PKCS#11 return value rv.
-func isRV(err error, rv uint) bool {
+// isRV reports whether err wraps one of the PKCS#11 return values rvs.
+func isRV(err error, rvs ...uint) bool {
 	var pe pkcs11.Error
-	return errors.As(err, &pe) && uint(pe) == rv
+	return errors.As(err, &pe) && slices.Contains(rvs, uint(pe))
 }
 
 // p11err wraps a PKCS#11 error with the call that returned it.

@@ -1,6 +1,8 @@
 package hsm
 
 import (
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/miekg/pkcs11"
@@ -26,11 +28,82 @@ type faultyP11 struct {
 	// C_GenerateKeyPair, as a module that does not make what it is asked.
 	genPriv  func([]*pkcs11.Attribute) []*pkcs11.Attribute
 	genPrivs [][]*pkcs11.Attribute // the private key templates C_GenerateKeyPair was given
+	// unknown are attribute types the module does not know, as one
+	// before PKCS#11 v2.40: C_GetAttributeValue asking for one answers
+	// ATTRIBUTE_TYPE_INVALID, and C_GenerateKeyPair with one in the
+	// private key template answers the return value mapped to it.
+	unknown map[uint]uint
+	// reported are values C_GetAttributeValue answers instead of the
+	// token's, as an HSM whose attributes were changed outside PKCS#11
+	// (its own administration tool) would answer.
+	reported map[uint][]byte
+}
+
+// forget makes the module not know attribute typ (see unknown);
+// C_GenerateKeyPair with it in the private key template answers genRV.
+func (f *faultyP11) forget(typ, genRV uint) {
+	f.mu.Lock()
+	f.unknown[typ] = genRV
+	f.mu.Unlock()
+}
+
+// report makes C_GetAttributeValue answer v for typ, on any object; nil
+// stops it.
+func (f *faultyP11) report(typ uint, v []byte) {
+	f.mu.Lock()
+	if v == nil {
+		delete(f.reported, typ)
+	} else {
+		f.reported[typ] = v
+	}
+	f.mu.Unlock()
+}
+
+// DestroyObject passes to the module unless failNext("DestroyObject")
+// set an error for it. It injects no session faults: the recovery tests
+// count on deletions that work.
+func (f *faultyP11) DestroyObject(h pkcs11.SessionHandle, o pkcs11.ObjectHandle) error {
+	f.mu.Lock()
+	f.calls["DestroyObject"]++
+	if q := f.next["DestroyObject"]; len(q) > 0 {
+		f.next["DestroyObject"] = q[1:]
+		f.mu.Unlock()
+		return q[0]
+	}
+	f.mu.Unlock()
+	return f.p11.DestroyObject(h, o)
+}
+
+// GetAttributeValue passes to the module, but for the attributes it
+// does not know (forget) and the values it reports otherwise (report).
+// It injects no session faults: the recovery tests count on reads that
+// work.
+func (f *faultyP11) GetAttributeValue(h pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
+	f.mu.Lock()
+	f.calls["GetAttributeValue"]++
+	for _, x := range a {
+		if _, ok := f.unknown[x.Type]; ok {
+			f.mu.Unlock()
+			return nil, pkcs11.Error(pkcs11.CKR_ATTRIBUTE_TYPE_INVALID)
+		}
+	}
+	reported := maps.Clone(f.reported)
+	f.mu.Unlock()
+	attrs, err := f.p11.GetAttributeValue(h, o, a)
+	if err != nil {
+		return nil, err
+	}
+	for i, x := range attrs {
+		if v, ok := reported[x.Type]; ok {
+			attrs[i] = &pkcs11.Attribute{Type: x.Type, Value: slices.Clone(v)}
+		}
+	}
+	return attrs, nil
 }
 
 func newFaulty(p p11) *faultyP11 {
 	return &faultyP11{p11: p, next: map[string][]pkcs11.Error{}, after: map[string][]pkcs11.Error{}, invalid: map[pkcs11.SessionHandle]bool{},
-		open: map[pkcs11.SessionHandle]bool{}, calls: map[string]int{}}
+		open: map[pkcs11.SessionHandle]bool{}, calls: map[string]int{}, unknown: map[uint]uint{}, reported: map[uint][]byte{}}
 }
 
 // failNext makes the next n calls of name return rv.
@@ -233,9 +306,18 @@ func (f *faultyP11) GenerateKeyPair(h pkcs11.SessionHandle, m []*pkcs11.Mechanis
 	f.mu.Lock()
 	f.genPrivs = append(f.genPrivs, priv)
 	rewrite := f.genPriv
+	var refuse uint
+	for _, a := range priv {
+		if rv, ok := f.unknown[a.Type]; ok {
+			refuse = rv
+		}
+	}
 	f.mu.Unlock()
 	if err := f.check("GenerateKeyPair", h, true); err != nil {
 		return 0, 0, err
+	}
+	if refuse != 0 {
+		return 0, 0, pkcs11.Error(refuse)
 	}
 	if rewrite != nil {
 		priv = rewrite(priv)

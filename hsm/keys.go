@@ -119,6 +119,9 @@ func (k Key) IDHex() string { return hex.EncodeToString(k.ID) }
 // KeyAttributes are the private key attributes an officer checks, as the
 // token reports them.
 type KeyAttributes struct {
+	// Private is CKA_PRIVATE: the key is visible only to a logged-in
+	// user.
+	Private          bool
 	Sensitive        bool
 	Extractable      bool
 	AlwaysSensitive  bool
@@ -135,6 +138,10 @@ type KeyAttributes struct {
 	// changed attributes. A module that does not know the attribute
 	// (before PKCS#11 v2.40) copies any object, and Copyable is true.
 	Copyable bool
+	// CopyableUnknown is true when the module does not know
+	// CKA_COPYABLE (it answered ATTRIBUTE_TYPE_INVALID): a module before
+	// PKCS#11 v2.40, which the appliance does not support.
+	CopyableUnknown bool
 	// AllowedMechanisms is CKA_ALLOWED_MECHANISMS: the only mechanisms the
 	// key may be used with. Empty when the key has none, or the module
 	// does not know the attribute: the key is then not restricted to its
@@ -146,11 +153,13 @@ type KeyAttributes struct {
 // last read from the token, are trusted for signing. They are read (one
 // C_GetAttributeValue) when a key's handle is looked up, which is after
 // each login and each re-initialisation of the module, and again at a
-// sign that comes this long or longer after the last read; Token.KeyByID,
+// sign that comes this long or longer after the last read, for a single
+// signature as within a batch (SignMany reads them again before the next
+// digest once this long has passed since the last read); Token.KeyByID,
 // ListKeys and KeyByLabel read them every time. A key whose attributes stop
-// holding (a modifiable key whose CKA_DECRYPT someone set with the user
-// PIN) is refused for signing from the next read on. Keys generated here
-// are not modifiable, so their attributes cannot change at all.
+// holding (a key destroyed and made again under its id, or one whose HSM
+// changed its attributes outside PKCS#11) is refused for signing from the
+// next read on. A modifiable key is refused at once (Key.AttributeProblem).
 const KeyRecheckInterval = 5 * time.Second
 
 // signMechanisms returns the mechanisms the appliance signs with for a key
@@ -206,25 +215,27 @@ func MechanismName(m uint) string {
 	return fmt.Sprintf("0x%08x", m)
 }
 
+// MinRSABits is the smallest RSA modulus the appliance signs with.
+const MinRSABits = 2048
+
 // AttributeProblem returns nil when the private key's attributes, as last
-// read from the token, make it a key that signs and does nothing else, or
-// an error wrapping ErrKeyAttributes that names each one that does not
-// hold. The appliance registers and signs with a key only when it returns
-// nil.
+// read from the token, make it a key that signs and does nothing else, and
+// that nobody can have changed, copied or read out, or an error wrapping
+// ErrKeyAttributes that names each one that does not hold. The appliance
+// registers and signs with a key only when it returns nil.
 //
-// Required: CKA_SIGN true; CKA_SENSITIVE true; CKA_EXTRACTABLE,
-// CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN_RECOVER and CKA_DERIVE false; and a
+// Required: CKA_SIGN true; CKA_PRIVATE, CKA_SENSITIVE,
+// CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE true (a key that was
+// ever readable or extractable may have copies outside the HSM);
+// CKA_EXTRACTABLE, CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN_RECOVER, CKA_DERIVE,
+// CKA_MODIFIABLE and CKA_COPYABLE false; a module that knows CKA_COPYABLE
+// (PKCS#11 v2.40 or later); an RSA modulus of at least MinRSABits; and a
 // CKA_ALLOWED_MECHANISMS, when the key has one, that names only mechanisms
 // the appliance signs with for the key's type (RSA: CKM_RSA_PKCS,
 // CKM_RSA_PKCS_PSS; EC: CKM_ECDSA).
 //
-// Reported (in the attributes) but not required, because a key made
-// outside the appliance or on an older module cannot have them changed
-// afterwards: CKA_MODIFIABLE (such a key is re-read at least every
-// KeyRecheckInterval instead), CKA_COPYABLE (a copy shares the key's
-// CKA_ID, and two private keys with one id are refused),
-// CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, and an empty
-// CKA_ALLOWED_MECHANISMS.
+// An empty CKA_ALLOWED_MECHANISMS (the module does not support it, or the
+// key was made without it) is reported in the attributes but not refused.
 func (k Key) AttributeProblem() error {
 	a := k.Attrs
 	var why []string
@@ -234,12 +245,25 @@ func (k Key) AttributeProblem() error {
 		}
 	}
 	flag(!a.Sign, "CKA_SIGN is false (the key cannot sign)")
+	flag(!a.Private, "CKA_PRIVATE is false (it can be seen without logging in)")
 	flag(!a.Sensitive, "CKA_SENSITIVE is false (its private value can be read)")
+	flag(a.Sensitive && !a.AlwaysSensitive, "CKA_ALWAYS_SENSITIVE is false (its value was once readable; copies may exist)")
 	flag(a.Extractable, "CKA_EXTRACTABLE is true (it can be wrapped out of the HSM)")
+	flag(!a.Extractable && !a.NeverExtractable, "CKA_NEVER_EXTRACTABLE is false (it was once extractable; copies may exist)")
 	flag(a.Decrypt, "CKA_DECRYPT is true (it can decrypt)")
 	flag(a.Unwrap, "CKA_UNWRAP is true (it can unwrap keys)")
 	flag(a.SignRecover, "CKA_SIGN_RECOVER is true (it can sign with recovery, a raw private-key operation)")
 	flag(a.Derive, "CKA_DERIVE is true (it can derive keys)")
+	flag(a.Modifiable, "CKA_MODIFIABLE is true (its attributes can be changed with the user PIN)")
+	switch {
+	case a.CopyableUnknown:
+		why = append(why, "the module does not know CKA_COPYABLE (PKCS#11 before v2.40, not supported: the key can be copied with other attributes)")
+	case a.Copyable:
+		why = append(why, "CKA_COPYABLE is true (it can be copied with other attributes)")
+	}
+	if k.Type == KeyRSA && k.Bits < MinRSABits {
+		why = append(why, fmt.Sprintf("the RSA modulus has %d bits (at least %d are required)", k.Bits, MinRSABits))
+	}
 	allowed := signMechanisms(k.Type)
 	var foreign []string
 	for _, m := range a.AllowedMechanisms {
@@ -300,7 +324,7 @@ func (t *Token) lookupKey(s *session, id []byte, fresh bool) (*keyEntry, error) 
 	t.keysMu.RUnlock()
 	now := t.m.opts.now()
 	if e != nil && e.gen == s.gen {
-		if age := now.Sub(e.checked); !fresh && age >= 0 && age < KeyRecheckInterval {
+		if !fresh && !stale(e, now) {
 			return e, nil
 		}
 		return t.recheck(s, e, now)
@@ -324,6 +348,14 @@ func (t *Token) lookupKey(s *session, id []byte, fresh bool) (*keyEntry, error) 
 		return nil, err
 	}
 	return t.remember(s, handles[0], key, now), nil
+}
+
+// stale reports whether e's attributes, read at e.checked, must be read
+// again before a signature at now: KeyRecheckInterval or more has passed,
+// or the clock went back.
+func stale(e *keyEntry, now time.Time) bool {
+	age := now.Sub(e.checked)
+	return age < 0 || age >= KeyRecheckInterval
 }
 
 // recheck reads the private key attributes of a cached entry again. When
@@ -405,12 +437,13 @@ func attrQuery(types ...uint) []*pkcs11.Attribute {
 // without them, and each of them alone.
 func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 	base := []uint{
-		pkcs11.CKA_ID, pkcs11.CKA_LABEL, pkcs11.CKA_KEY_TYPE,
+		pkcs11.CKA_ID, pkcs11.CKA_LABEL, pkcs11.CKA_KEY_TYPE, pkcs11.CKA_PRIVATE,
 		pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE,
 		pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE, pkcs11.CKA_SIGN_RECOVER,
 		pkcs11.CKA_MODIFIABLE,
 	}
 	newer := []uint{pkcs11.CKA_COPYABLE, pkcs11.CKA_ALLOWED_MECHANISMS}
+	copyableUnknown := false
 	attrs, err := t.m.api.GetAttributeValue(s.h, priv, attrQuery(append(base, newer...)...))
 	if isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID) {
 		attrs, err = t.m.api.GetAttributeValue(s.h, priv, attrQuery(base...))
@@ -424,7 +457,9 @@ func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 				attrs = append(attrs, a...)
 			case isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID):
 				if typ == pkcs11.CKA_COPYABLE {
+					// Before v2.40 every object may be copied.
 					attrs = append(attrs, pkcs11.NewAttribute(typ, true))
+					copyableUnknown = true
 				}
 			default:
 				return Key{}, p11err("C_GetAttributeValue", err)
@@ -435,9 +470,12 @@ func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 		return Key{}, p11err("C_GetAttributeValue", readGone(err))
 	}
 	var k Key
+	k.Attrs.CopyableUnknown = copyableUnknown
 	for _, a := range attrs {
 		b := len(a.Value) == 1 && a.Value[0] != 0
 		switch a.Type {
+		case pkcs11.CKA_PRIVATE:
+			k.Attrs.Private = b
 		case pkcs11.CKA_ID:
 			k.ID = a.Value
 		case pkcs11.CKA_LABEL:
@@ -638,11 +676,15 @@ func checkLabel(label string) error {
 // sign but not sign with recovery, decrypt, unwrap or derive; its
 // CKA_ALLOWED_MECHANISMS names the mechanisms the appliance signs with for
 // its type (RSA: CKM_RSA_PKCS, CKM_RSA_PKCS_PSS; EC: CKM_ECDSA). A module
-// that refuses that attribute with ATTRIBUTE_TYPE_INVALID gets the key
-// without it (its Attrs.AllowedMechanisms is then empty, and a warning is
-// logged). The public key is not modifiable either. The pair is read back
-// from the token, and removed again when its attributes are not those asked
-// for (see Key.AttributeProblem). A label already used by a key on the
+// that refuses the template with ATTRIBUTE_TYPE_INVALID,
+// ATTRIBUTE_VALUE_INVALID or TEMPLATE_INCONSISTENT is asked once more
+// without that one optional attribute, and nothing else changed (the key's
+// Attrs.AllowedMechanisms is then empty, and a warning is logged). The
+// public key is not modifiable either. The pair is read back from the
+// token, and both halves are destroyed again and an error wrapping
+// ErrKeyAttributes returned when the key is not what was asked for: its
+// attributes (see Key.AttributeProblem), its size or curve, or its
+// CKA_ALLOWED_MECHANISMS when the module took it. A label already used by a key on the
 // token is refused with ErrKeyExists.
 func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Key, error) {
 	if err := checkLabel(label); err != nil {
@@ -698,11 +740,14 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 			return err
 		}
 		pubH, privH, err := t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, privAllowed)
-		if isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID) {
-			// A module before PKCS#11 v2.40 does not know
-			// CKA_ALLOWED_MECHANISMS: make the key without it.
-			t.m.log.Warn("the module refused CKA_ALLOWED_MECHANISMS; the key is made without it and is not restricted to its signing mechanisms",
-				"token", t.label, "label", label)
+		restricted := true
+		if isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT) {
+			// A module before PKCS#11 v2.40, or one that does not take
+			// this list, refuses CKA_ALLOWED_MECHANISMS: make the key
+			// without it, once. Every other attribute stays required.
+			t.m.log.Warn("the module refused the key template with CKA_ALLOWED_MECHANISMS; the key is made without it and is not restricted to its signing mechanisms",
+				"token", t.label, "label", label, "error", err.Error())
+			restricted = false
 			pubH, privH, err = t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, priv)
 		}
 		if err != nil {
@@ -712,10 +757,20 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 		if err == nil {
 			err = key.AttributeProblem()
 		}
+		if err == nil {
+			err = madeAsAsked(key, spec, kt, restricted)
+		}
 		if err != nil {
-			_ = t.m.api.DestroyObject(s.h, privH)
-			_ = t.m.api.DestroyObject(s.h, pubH)
-			return fmt.Errorf("reading the new key back (the pair was removed): %w", err)
+			var derrs []error
+			for _, h := range []pkcs11.ObjectHandle{privH, pubH} {
+				if derr := t.m.api.DestroyObject(s.h, h); derr != nil {
+					derrs = append(derrs, p11err("C_DestroyObject", derr))
+				}
+			}
+			if len(derrs) > 0 {
+				return fmt.Errorf("the new key is not as asked (%w), and removing it failed, so objects with id %x may be left on the token: %w", err, id, errors.Join(derrs...))
+			}
+			return fmt.Errorf("the new key is not as asked (the pair was removed): %w", err)
 		}
 		t.remember(s, privH, key, t.m.opts.now())
 		return nil
@@ -724,6 +779,25 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 		return Key{}, fmt.Errorf("generating %s key %q on token %q: %w", spec, label, t.label, err)
 	}
 	return key, nil
+}
+
+// madeAsAsked checks what Key.AttributeProblem does not: that the new
+// key has the size or curve of spec and, when the module took
+// CKA_ALLOWED_MECHANISMS in the template (restricted), exactly the
+// mechanisms asked for.
+func madeAsAsked(key Key, spec KeySpec, kt KeyType, restricted bool) error {
+	want := map[KeySpec]int{RSA2048: 2048, RSA3072: 3072, RSA4096: 4096, ECP256: 256, ECP384: 384}[spec]
+	if key.Type != kt || key.Bits != want {
+		return fmt.Errorf("%w: asked for %s, the module made a %d-bit %s key", ErrKeyAttributes, spec, key.Bits, key.Type)
+	}
+	if got := key.Attrs.AllowedMechanisms; restricted && !slices.Equal(got, signMechanisms(kt)) {
+		names := make([]string, len(got))
+		for i, m := range got {
+			names[i] = MechanismName(m)
+		}
+		return fmt.Errorf("%w: CKA_ALLOWED_MECHANISMS was given but the key has [%s]", ErrKeyAttributes, strings.Join(names, ", "))
+	}
+	return nil
 }
 
 // keyTemplate returns the mechanism, the public key template and the key

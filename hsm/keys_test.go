@@ -53,7 +53,7 @@ func TestGenerateKeyAttributes(t *testing.T) {
 			default:
 				t.Errorf("public key type %T", k.Public)
 			}
-			want := KeyAttributes{Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Sign: true,
+			want := KeyAttributes{Private: true, Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Sign: true,
 				AllowedMechanisms: signMechanisms(tt.typ)}
 			if !reflect.DeepEqual(k.Attrs, want) {
 				t.Errorf("private key attributes %+v, want %+v", k.Attrs, want)

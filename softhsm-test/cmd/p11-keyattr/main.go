@@ -7,22 +7,26 @@
 //
 // Usage:
 //
-//	p11-keyattr --module PATH --token-label L gen --id HEX --label L [ATTR=BOOL ...] < pin-file
+//	p11-keyattr --module PATH --token-label L gen --id HEX --label L [--rsa-bits N] [ATTR=BOOL ...] < pin-file
 //	p11-keyattr --module PATH --token-label L set --id HEX ATTR=BOOL ... < pin-file
 //	p11-keyattr --module PATH --token-label L get --id HEX < pin-file
+//	p11-keyattr --module PATH --token-label L copy --id HEX --new-id HEX [ATTR=BOOL ...] < pin-file
 //	p11-keyattr --module PATH --token-label L destroy --id HEX < pin-file
 //
-// gen makes an EC P-256 key pair as signerd made them before the security
-// review: token, private, sensitive, not extractable, sign and nothing else,
-// but modifiable, copyable and without CKA_ALLOWED_MECHANISMS; ATTR=BOOL
-// pairs change the private key template. set sets CK_BBOOL attributes of
-// the private key with CKA_ID HEX. get prints the private key's attributes,
-// one NAME=VALUE a line, and the public key's as public.NAME=VALUE;
+// gen makes an EC P-256 key pair (with --rsa-bits, an RSA pair of that
+// size) as signerd made them before the security review: token, private,
+// sensitive, not extractable, sign and nothing else, but modifiable,
+// copyable and without CKA_ALLOWED_MECHANISMS; ATTR=BOOL pairs change the
+// private key template. set sets CK_BBOOL attributes of the private key
+// with CKA_ID HEX. get prints the private key's attributes, one
+// NAME=VALUE a line, and the public key's as public.NAME=VALUE;
 // allowed_mechanisms is a comma-separated list of hex mechanism numbers.
-// destroy destroys the private and the public key with CKA_ID HEX, as a
-// vendor tool or another node can behind signerd's back.
-// ATTR is one of sign, sign_recover, decrypt, unwrap, derive, sensitive,
-// extractable, modifiable, copyable.
+// copy copies the key pair with C_CopyObject to CKA_ID --new-id, the
+// ATTR=BOOL pairs changing the private key's copy (CKA_ALWAYS_SENSITIVE
+// and CKA_NEVER_EXTRACTABLE are copied as they are). destroy destroys every
+// object with CKA_ID HEX. ATTR is one of token, private, sensitive,
+// extractable, sign, sign_recover, decrypt, unwrap, derive, modifiable,
+// copyable, verify, encrypt, wrap.
 //
 // The user PIN is the first line of standard input; it is never taken from
 // the command line and never printed. For SoftHSM, SOFTHSM2_CONF in the
@@ -48,7 +52,7 @@ import (
 // maxPINLine bounds how much of standard input is read for the PIN.
 const maxPINLine = 1024
 
-const usage = "usage: p11-keyattr --module PATH --token-label L gen|set|get|destroy --id HEX [ATTR=BOOL ...] (user PIN on the first line of stdin)"
+const usage = "usage: p11-keyattr --module PATH --token-label L gen|set|get|copy|destroy --id HEX [--label L] [--rsa-bits N] [--new-id HEX] [ATTR=BOOL ...] (user PIN on the first line of stdin)"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
@@ -81,9 +85,11 @@ func boolAttrs() []struct {
 // command is what the command line says.
 type command struct {
 	module, tokenLabel string
-	op                 string // gen, set, get or destroy
+	op                 string // gen, set, get, copy or destroy
 	id                 []byte
+	newID              []byte // copy
 	label              string
+	rsaBits            int                 // gen: an RSA key of this size; 0: EC P-256
 	attrs              []*pkcs11.Attribute // ATTR=BOOL pairs
 }
 
@@ -100,7 +106,7 @@ func parseArgs(args []string) (command, error) {
 		return command{}, fmt.Errorf("--module and --token-label are required; %s", usage)
 	}
 	switch c.op {
-	case "gen", "set", "get", "destroy":
+	case "gen", "set", "get", "copy", "destroy":
 	default:
 		return command{}, fmt.Errorf("unknown operation %q; %s", c.op, usage)
 	}
@@ -108,6 +114,8 @@ func parseArgs(args []string) (command, error) {
 	sub.SetOutput(io.Discard)
 	id := sub.String("id", "", "CKA_ID of the key pair, hex")
 	label := sub.String("label", "", "CKA_LABEL of the new key pair (gen)")
+	rsaBits := sub.Int("rsa-bits", 0, "make an RSA key pair of this size (gen)")
+	newID := sub.String("new-id", "", "CKA_ID of the copy, hex (copy)")
 	if err := sub.Parse(fs.Args()[1:]); err != nil {
 		return command{}, fmt.Errorf("%s: %w; %s", c.op, err, usage)
 	}
@@ -115,9 +123,19 @@ func parseArgs(args []string) (command, error) {
 	if c.id, err = hex.DecodeString(*id); err != nil || len(c.id) == 0 {
 		return command{}, fmt.Errorf("%s: --id %q is not a hex key id", c.op, *id)
 	}
-	c.label = *label
+	c.label, c.rsaBits = *label, *rsaBits
 	if c.op == "gen" && c.label == "" {
 		return command{}, fmt.Errorf("gen: --label is required")
+	}
+	if c.rsaBits < 0 || (c.rsaBits != 0 && c.op != "gen") {
+		return command{}, fmt.Errorf("%s: --rsa-bits %d is not for this operation", c.op, c.rsaBits)
+	}
+	if c.op == "copy" {
+		if c.newID, err = hex.DecodeString(*newID); err != nil || len(c.newID) == 0 {
+			return command{}, fmt.Errorf("copy: --new-id %q is not a hex key id", *newID)
+		}
+	} else if *newID != "" {
+		return command{}, fmt.Errorf("%s: --new-id is for copy", c.op)
 	}
 	for _, kv := range sub.Args() {
 		name, value, ok := strings.Cut(kv, "=")
@@ -220,6 +238,8 @@ func (c command) do(pin string, out io.Writer) (err error) {
 			return fmt.Errorf("C_SetAttributeValue: %w", err)
 		}
 		return nil
+	case "copy":
+		return c.copy(p, h)
 	case "destroy":
 		return c.destroy(p, h)
 	}
@@ -228,12 +248,18 @@ func (c command) do(pin string, out io.Writer) (err error) {
 
 // gen makes the key pair as signerd did before the review.
 func (c command) gen(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
+	keyType, mech := uint(pkcs11.CKK_EC), pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)
 	p256 := []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
-	pub := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, c.id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, c.label),
-		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p256), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+	params := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p256)}
+	if c.rsaBits > 0 {
+		keyType, mech = pkcs11.CKK_RSA, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)
+		params = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, c.rsaBits), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1})}
 	}
+	pub := append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_ID, c.id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, c.label),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+	}, params...)
 	base := map[uint]bool{
 		pkcs11.CKA_TOKEN: true, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
 		pkcs11.CKA_SIGN: true, pkcs11.CKA_SIGN_RECOVER: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_UNWRAP: false, pkcs11.CKA_DERIVE: false,
@@ -242,25 +268,52 @@ func (c command) gen(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
 		base[a.Type] = a.Value[0] != 0
 	}
 	priv := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, c.id), pkcs11.NewAttribute(pkcs11.CKA_LABEL, c.label),
 	}
 	for typ, v := range base {
 		priv = append(priv, pkcs11.NewAttribute(typ, v))
 	}
-	if _, _, err := p.GenerateKeyPair(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv); err != nil {
+	if _, _, err := p.GenerateKeyPair(h, []*pkcs11.Mechanism{mech}, pub, priv); err != nil {
 		return fmt.Errorf("C_GenerateKeyPair: %w", err)
 	}
 	return nil
 }
 
-// destroy destroys the key pair: the private key, then the public key.
-func (c command) destroy(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
-	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+// copy copies the key pair to c.newID, changing the private key's copy by
+// c.attrs: what someone holding the user PIN can do to a copyable key.
+func (c command) copy(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
+	for _, class := range []uint{pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_PRIVATE_KEY} {
 		o, err := find(p, h, class, c.id)
 		if err != nil {
 			return err
 		}
+		tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, c.newID)}
+		if class == pkcs11.CKO_PRIVATE_KEY {
+			tmpl = append(tmpl, c.attrs...)
+		}
+		if _, err := p.CopyObject(h, o, tmpl); err != nil {
+			return fmt.Errorf("C_CopyObject (class %d): %w", class, err)
+		}
+	}
+	return nil
+}
+
+// destroy destroys every object with CKA_ID c.id, as an officer deleting
+// the key beside signerd would.
+func (c command) destroy(p *pkcs11.Ctx, h pkcs11.SessionHandle) error {
+	if err := p.FindObjectsInit(h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, c.id)}); err != nil {
+		return fmt.Errorf("C_FindObjectsInit: %w", err)
+	}
+	hs, _, err := p.FindObjects(h, 64)
+	_ = p.FindObjectsFinal(h)
+	if err != nil {
+		return fmt.Errorf("C_FindObjects: %w", err)
+	}
+	if len(hs) == 0 {
+		return fmt.Errorf("no object with id %x", c.id)
+	}
+	for _, o := range hs {
 		if err := p.DestroyObject(h, o); err != nil {
 			return fmt.Errorf("C_DestroyObject: %w", err)
 		}
