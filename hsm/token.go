@@ -657,14 +657,17 @@ func (t *Token) sameAsKeptLocked(pin []byte) bool {
 	return subtle.ConstantTimeCompare(t.pin, pin) == 1
 }
 
-// pinOp runs op, which presents a PIN to the token (C_Login, C_SetPIN),
-// exactly once. The session it runs on is first checked with
+// pinOp runs op, which presents a PIN to the token (C_Login, C_SetPIN) or
+// must present none (C_Logout), exactly once. The session it runs on is first checked with
 // C_GetSessionInfo, and a session or module failure of that check is
 // recovered from once, as withSession does; but op itself is never run
 // again, because the token may have counted the PIN it was given. op
 // returns the error for the caller and the PKCS#11 call's own error, which
-// decides whether the session is kept.
-func (t *Token) pinOp(ctx context.Context, op func(s *session) (err, callErr error)) error {
+// decides whether the session is kept. A session opened for op is logged
+// in with the kept PIN first only when login is true (ChangePIN, whose old
+// PIN is the kept one, so that C_SetPIN runs in the user's session as
+// before); Login and Logout present no kept PIN.
+func (t *Token) pinOp(ctx context.Context, login bool, op func(s *session) (err, callErr error)) error {
 	defer t.deliverPINDrops()
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -674,7 +677,7 @@ func (t *Token) pinOp(ctx context.Context, op func(s *session) (err, callErr err
 		if err != nil {
 			return err
 		}
-		s, err := t.acquire(ctx, gen, false)
+		s, err := t.acquire(ctx, gen, login)
 		if err == nil {
 			if _, serr := t.m.api.GetSessionInfo(s.h); serr != nil {
 				err = p11err("C_GetSessionInfo", serr)
@@ -742,7 +745,7 @@ func (t *Token) Login(ctx context.Context, pin []byte) error {
 		return err
 	}
 	t.loginMu.Unlock()
-	return t.pinOp(ctx, func(s *session) (error, error) {
+	return t.pinOp(ctx, false, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
 		if t.pin != nil {
@@ -832,7 +835,7 @@ func (t *Token) explainPINExpired(err error) error {
 // changed elsewhere). When C_Logout fails on that session, it is made on
 // a session opened for the purpose.
 func (t *Token) Logout(ctx context.Context) error {
-	return t.pinOp(ctx, func(s *session) (error, error) {
+	return t.pinOp(ctx, false, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
 		zero(t.pin)
@@ -890,7 +893,7 @@ func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
 		return notKept()
 	}
 	t.loginMu.Unlock()
-	return t.pinOp(ctx, func(s *session) (error, error) {
+	return t.pinOp(ctx, true, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
 		kept := t.pin != nil
