@@ -10,6 +10,11 @@
 // names, and its errors come back wrapping ErrInvalidURI or
 // ErrInvalidArgument.
 //
+// A kept PIN that the token refuses is zeroed and never presented again,
+// and the token is then logged out (C_Logout), so that no session signs as
+// logged in while the token is reported logged out. Logging out presents
+// no PIN.
+//
 // Every PKCS#11 call goes through the small p11 interface, exactly the
 // subset of github.com/miekg/pkcs11 the package uses, so that tests can put
 // a fault-injecting wrapper in its place.

@@ -37,6 +37,10 @@ type faultyP11 struct {
 	// token's, as an HSM whose attributes were changed outside PKCS#11
 	// (its own administration tool) would answer.
 	reported map[uint][]byte
+	// public is how many of the next C_GetSessionInfo calls report a
+	// public session whatever the token's login state, as a module that
+	// keeps logins per session would.
+	public int
 }
 
 // forget makes the module not know attribute typ (see unknown);
@@ -263,7 +267,37 @@ func (f *faultyP11) GetSessionInfo(h pkcs11.SessionHandle) (pkcs11.SessionInfo, 
 	if err := f.check("GetSessionInfo", h, true); err != nil {
 		return pkcs11.SessionInfo{}, err
 	}
-	return f.p11.GetSessionInfo(h)
+	si, err := f.p11.GetSessionInfo(h)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil && f.public > 0 {
+		f.public--
+		si.State = pkcs11.CKS_RW_PUBLIC_SESSION
+	}
+	return si, err
+}
+
+// reportPublic makes the next n C_GetSessionInfo calls report a public
+// session, whatever the token's login state.
+func (f *faultyP11) reportPublic(n int) {
+	f.mu.Lock()
+	f.public += n
+	f.mu.Unlock()
+}
+
+// GetTokenInfo fails only as failNext says: a removed device does not
+// make it fail, so that tests of removal keep finding the token.
+func (f *faultyP11) GetTokenInfo(slot uint) (pkcs11.TokenInfo, error) {
+	f.mu.Lock()
+	var err error
+	if q := f.next["GetTokenInfo"]; len(q) > 0 {
+		err, f.next["GetTokenInfo"] = q[0], q[1:]
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return pkcs11.TokenInfo{}, err
+	}
+	return f.p11.GetTokenInfo(slot)
 }
 
 func (f *faultyP11) FindObjectsInit(h pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {

@@ -456,3 +456,168 @@ func TestLoginNotRetried(t *testing.T) {
 	}
 	e.assertNoLeakedSessions(t)
 }
+
+// outsideLoginState opens a session on the token as another part of the
+// application would and returns its state: PKCS#11 keeps one login state
+// per application and token, so it is the state of every session of the
+// pool too. The session is closed before it returns.
+func (e *testEnv) outsideLoginState(t *testing.T) uint {
+	t.Helper()
+	api := e.fault.p11
+	e.tok.slotMu.Lock()
+	slot := e.tok.slot
+	e.tok.slotMu.Unlock()
+	h, err := api.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = api.CloseSession(h) }()
+	si, err := api.GetSessionInfo(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return si.State
+}
+
+// isUserState reports whether a session state is one of a logged-in user.
+func isUserState(state uint) bool {
+	return state == pkcs11.CKS_RO_USER_FUNCTIONS || state == pkcs11.CKS_RW_USER_FUNCTIONS
+}
+
+// TestDroppedPINLogsTheTokenOut: when the kept PIN is dropped while the
+// token is logged in (the PIN was changed elsewhere and a PIN change with
+// the kept one is refused; or the token refuses the kept PIN on a session
+// it reports public, as a module with per-session logins does), the token
+// is really logged out: no signature is made afterwards, the token's
+// login state is not a user's, and an officer's login with the token's
+// PIN works at once instead of meeting a login no PIN is kept for.
+func TestDroppedPINLogsTheTokenOut(t *testing.T) {
+	changed := []byte("changed-elsewhere")
+	reloginRefused := func(rv uint) func(t *testing.T, e *testEnv) ([]byte, error) {
+		return func(t *testing.T, e *testEnv) ([]byte, error) {
+			// An operation says the user is not logged in; the session
+			// looks public; the token refuses the kept PIN.
+			k, err := e.tok.KeyByLabel(testContext(t), "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.fault.failNext("SignInit", pkcs11.CKR_USER_NOT_LOGGED_IN, 1)
+			e.fault.reportPublic(1)
+			e.fault.failNext("Login", rv, 1)
+			_, err = e.tok.Sign(testContext(t), k.ID, mustAlg(t, "ES256"), digestOf("drop"))
+			return e.soft.UserPIN, err
+		}
+	}
+	tests := []struct {
+		name     string
+		drop     func(t *testing.T, e *testEnv) (tokenPIN []byte, err error)
+		sentinel error
+	}{
+		{"change-pin with the kept PIN after a change elsewhere", func(t *testing.T, e *testEnv) ([]byte, error) {
+			e.changePINOutside(t, e.soft.UserPIN, changed)
+			return changed, e.tok.ChangePIN(testContext(t), e.soft.UserPIN, []byte("another-pin"))
+		}, ErrPINIncorrect},
+		{"re-login refused: incorrect", reloginRefused(pkcs11.CKR_PIN_INCORRECT), ErrPINIncorrect},
+		{"re-login refused: locked", reloginRefused(pkcs11.CKR_PIN_LOCKED), ErrPINLocked},
+		{"re-login refused: expired", reloginRefused(pkcs11.CKR_PIN_EXPIRED), ErrPINExpired},
+		{"re-login refused: length out of range", reloginRefused(pkcs11.CKR_PIN_LEN_RANGE), ErrPINInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, drops := pinEnv(t)
+			ctx := testContext(t)
+			k := e.genKey(t, ECP256, "k")
+			signOK(t, e.tok, k, "before")
+			if !isUserState(e.outsideLoginState(t)) {
+				t.Fatal("the token is not logged in before the test")
+			}
+			tokenPIN, err := tt.drop(t, e)
+			if !errors.Is(err, tt.sentinel) {
+				t.Fatalf("the call that met the refusal: %v; want %v", err, tt.sentinel)
+			}
+			if len(drops.list()) != 1 || e.tok.LoggedIn() {
+				t.Fatalf("drops %d, LoggedIn %v; want the kept PIN dropped once", len(drops.list()), e.tok.LoggedIn())
+			}
+			logins := e.fault.count("Login")
+			for i := range 3 {
+				if _, err := e.tok.Sign(ctx, k.ID, mustAlg(t, "ES256"), digestOf("after")); !errors.Is(err, ErrNotLoggedIn) {
+					t.Fatalf("sign %d after the drop: %v; want ErrNotLoggedIn (the token must be logged out)", i, err)
+				}
+			}
+			if st := e.outsideLoginState(t); isUserState(st) {
+				t.Fatalf("session state %d after the drop: the token is still logged in", st)
+			}
+			if n := e.fault.count("Login") - logins; n != 0 {
+				t.Fatalf("%d C_Login after the drop; want none", n)
+			}
+			if err := e.tok.Login(ctx, tokenPIN); err != nil {
+				t.Fatalf("officer's login with the token's PIN after the drop: %v", err)
+			}
+			signOK(t, e.tok, k, "recovered")
+			e.assertNoLeakedSessions(t)
+		})
+	}
+}
+
+// TestLogoutNeverPresentsThePIN: Logout makes no C_Login, whatever the
+// pool holds when it is called: no session at all (the module was
+// initialised again), sessions the token closed, a session that fails the
+// C_Logout. With a kept PIN that the token no longer accepts, a C_Login
+// would cost a try; the token's "count low" flag must stay clear.
+func TestLogoutNeverPresentsThePIN(t *testing.T) {
+	emptyPool := func(t *testing.T, e *testEnv) {
+		// A status poll meets a device error: the module is initialised
+		// again, its sessions and login are gone, the pool is empty.
+		e.fault.failNext("GetTokenInfo", pkcs11.CKR_DEVICE_ERROR, 1)
+		if _, err := e.tok.Info(testContext(t)); err == nil {
+			t.Fatal("Info succeeded; the fault was not met")
+		}
+		if st := e.tok.Stats(); st.Open != 0 {
+			t.Fatalf("%d sessions open after the module restart; want 0", st.Open)
+		}
+	}
+	tests := []struct {
+		name      string
+		changePIN bool
+		prepare   func(t *testing.T, e *testEnv)
+	}{
+		{"empty pool, PIN changed elsewhere", true, emptyPool},
+		{"empty pool, PIN unchanged", false, emptyPool},
+		{"sessions closed elsewhere, PIN changed elsewhere", true, func(t *testing.T, e *testEnv) { e.closeAllSessionsOutside(t) }},
+		{"C_Logout fails on its session, PIN changed elsewhere", true, func(t *testing.T, e *testEnv) {
+			e.fault.failNext("Logout", pkcs11.CKR_SESSION_HANDLE_INVALID, 1)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, drops := pinEnv(t)
+			ctx := testContext(t)
+			k := e.genKey(t, ECP256, "k")
+			signOK(t, e.tok, k, "before")
+			if tt.changePIN {
+				e.changePINOutside(t, e.soft.UserPIN, []byte("changed-elsewhere"))
+			}
+			tt.prepare(t, e)
+			logins := e.fault.count("Login")
+			if err := e.tok.Logout(ctx); err != nil {
+				t.Fatalf("Logout: %v", err)
+			}
+			if n := e.fault.count("Login") - logins; n != 0 {
+				t.Fatalf("Logout made %d C_Login; want none", n)
+			}
+			if e.pinFlags(t).CountLow {
+				t.Fatal("the token counts a wrong try: Logout presented the kept PIN")
+			}
+			if e.tok.LoggedIn() || len(drops.list()) != 0 {
+				t.Fatalf("LoggedIn %v, drops %d after Logout; want logged out, no drop", e.tok.LoggedIn(), len(drops.list()))
+			}
+			if st := e.outsideLoginState(t); isUserState(st) {
+				t.Fatalf("session state %d after Logout: still logged in", st)
+			}
+			if _, err := e.tok.Sign(ctx, k.ID, mustAlg(t, "ES256"), digestOf("after")); !errors.Is(err, ErrNotLoggedIn) {
+				t.Fatalf("sign after Logout: %v; want ErrNotLoggedIn", err)
+			}
+			e.assertNoLeakedSessions(t)
+		})
+	}
+}

@@ -352,7 +352,7 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, err := e.tok.acquire(context.Background(), gen)
+	held, err := e.tok.acquire(context.Background(), gen, true)
 	e.mod.mu.RUnlock()
 	if err != nil {
 		t.Fatal(err)
@@ -375,7 +375,7 @@ func TestSessionWaitBoundedWithoutDeadline(t *testing.T) {
 	e := newEnv(t, nil, WithPoolSize(1), WithMaxWait(20*time.Millisecond))
 	k := e.genKey(t, ECP256, "ec")
 	gen, _ := e.mod.rlock()
-	held, err := e.tok.acquire(context.Background(), gen)
+	held, err := e.tok.acquire(context.Background(), gen, true)
 	e.mod.mu.RUnlock()
 	if err != nil {
 		t.Fatal(err)

@@ -316,7 +316,7 @@ func (t *Token) withSession(ctx context.Context, fn func(s *session) error) erro
 		if err != nil {
 			return err
 		}
-		s, err := t.acquire(ctx, gen)
+		s, err := t.acquire(ctx, gen, true)
 		if err == nil {
 			err = fn(s)
 		}
@@ -382,9 +382,10 @@ func (t *Token) withSession(ctx context.Context, fn func(s *session) error) erro
 // acquire returns a session for generation gen: an idle one, or a new one
 // while the pool is below its size, or the first one released before the
 // context's deadline or the pool's maximum wait. Idle sessions from before
-// the last session failure are closed, not reused. The caller holds the
-// module read lock.
-func (t *Token) acquire(ctx context.Context, gen uint64) (*session, error) {
+// the last session failure or PIN drop are closed, not reused. A new
+// session is logged in with the kept PIN when login is true; with login
+// false no PIN is presented. The caller holds the module read lock.
+func (t *Token) acquire(ctx context.Context, gen uint64, login bool) (*session, error) {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -396,7 +397,7 @@ func (t *Token) acquire(ctx context.Context, gen uint64) (*session, error) {
 		select {
 		case s = <-t.pool.idle:
 		case t.pool.sem <- struct{}{}:
-			return t.open(gen)
+			return t.open(gen, login)
 		default:
 			if timer == nil {
 				t.pool.waits.Add(1)
@@ -405,7 +406,7 @@ func (t *Token) acquire(ctx context.Context, gen uint64) (*session, error) {
 			select {
 			case s = <-t.pool.idle:
 			case t.pool.sem <- struct{}{}:
-				return t.open(gen)
+				return t.open(gen, login)
 			case <-ctx.Done():
 				return nil, fmt.Errorf("%w on token %q (%d in use): %w", ErrSessionWait, t.label, t.pool.size, ctx.Err())
 			case <-timer.C:
@@ -420,9 +421,9 @@ func (t *Token) acquire(ctx context.Context, gen uint64) (*session, error) {
 }
 
 // open opens a new session; the caller holds a place in the pool, which
-// open gives back on failure. A new session is logged in with the kept PIN
-// when the token is not logged in.
-func (t *Token) open(gen uint64) (*session, error) {
+// open gives back on failure. When login is true, a new session is logged
+// in with the kept PIN when the token is not logged in.
+func (t *Token) open(gen uint64, login bool) (*session, error) {
 	slot, err := t.findSlotLocked()
 	if err != nil {
 		<-t.pool.sem
@@ -437,6 +438,9 @@ func (t *Token) open(gen uint64) (*session, error) {
 		return nil, p11err("C_OpenSession", err)
 	}
 	s := &session{h: h, gen: gen, epoch: t.pool.epoch.Load()}
+	if !login {
+		return s, nil
+	}
 	if err := t.ensureLogin(s); err != nil {
 		t.pool.drop(t.m.api, s)
 		return nil, err
@@ -495,7 +499,7 @@ func (t *Token) loginKeptLocked(s *session) error {
 			return err
 		}
 		perr := t.pinError(err)
-		t.dropKeptPINLocked(fmt.Sprintf("the token refused the kept PIN when logging in again at %s (%s); the daemon dropped it and will not try it again: an officer must log in",
+		t.dropKeptPINLocked(s, fmt.Sprintf("the token refused the kept PIN when logging in again at %s (%s); the daemon dropped it and will not try it again: an officer must log in",
 			t.m.opts.now().UTC().Format(time.RFC3339), pinErrorSummary(perr)), perr)
 		return fmt.Errorf("%w: token %q: the kept PIN was refused and dropped; an officer must log in: %w", ErrNotLoggedIn, t.label, perr)
 	}
@@ -534,13 +538,22 @@ func pinErrorSummary(err error) string {
 }
 
 // dropKeptPINLocked zeroes and forgets the kept PIN, records why, forgets
-// the cached key handles and queues a PINDrop for the handler. The caller
-// holds loginMu.
-func (t *Token) dropKeptPINLocked(reason string, cause error) {
+// the cached key handles, logs the token out (with C_Logout on s, or on a
+// session opened for it when s fails) and queues a PINDrop for the
+// handler. PKCS#11 keeps one login per application and token, so sessions
+// logged in before would otherwise go on signing while the token is
+// reported logged out; and no session of the pool from before the drop is
+// handed out again (see acquire), for modules that keep logins per session.
+// The caller holds loginMu and the module read lock.
+func (t *Token) dropKeptPINLocked(s *session, reason string, cause error) {
 	zero(t.pin)
 	t.pin = nil
 	t.loggedOutReason = reason
 	t.forgetKeys()
+	t.pool.epoch.Add(1)
+	if err := t.logoutAnyLocked(s); err != nil {
+		t.m.log.Warn("could not log the token out after dropping its PIN", "token", t.label, "error", err.Error())
+	}
 	t.m.log.Warn("kept PIN dropped; the token is logged out until an officer logs in", "token", t.label, "reason", reason)
 	if t.opts.onPINDrop == nil {
 		return
@@ -580,7 +593,7 @@ func (t *Token) userLogin(s *session, pin []byte) error {
 }
 
 // userLogout makes one C_Logout, marking the login state as changing
-// meanwhile. The caller holds loginMu.
+// meanwhile. It presents no PIN. The caller holds loginMu.
 func (t *Token) userLogout(s *session) error {
 	t.loginSeq.Add(1)
 	defer t.loginSeq.Add(1)
@@ -593,14 +606,17 @@ func (t *Token) sameAsKeptLocked(pin []byte) bool {
 	return subtle.ConstantTimeCompare(t.pin, pin) == 1
 }
 
-// pinOp runs op, which presents a PIN to the token (C_Login, C_SetPIN),
-// exactly once. The session it runs on is first checked with
+// pinOp runs op, which presents a PIN to the token (C_Login, C_SetPIN) or
+// must present none (C_Logout), exactly once. The session it runs on is first checked with
 // C_GetSessionInfo, and a session or module failure of that check is
 // recovered from once, as withSession does; but op itself is never run
 // again, because the token may have counted the PIN it was given. op
 // returns the error for the caller and the PKCS#11 call's own error, which
-// decides whether the session is kept.
-func (t *Token) pinOp(ctx context.Context, op func(s *session) (err, callErr error)) error {
+// decides whether the session is kept. A session opened for op is logged
+// in with the kept PIN first only when login is true (ChangePIN, whose old
+// PIN is the kept one, so that C_SetPIN runs in the user's session as
+// before); Login and Logout present no kept PIN.
+func (t *Token) pinOp(ctx context.Context, login bool, op func(s *session) (err, callErr error)) error {
 	defer t.deliverPINDrops()
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -610,7 +626,7 @@ func (t *Token) pinOp(ctx context.Context, op func(s *session) (err, callErr err
 		if err != nil {
 			return err
 		}
-		s, err := t.acquire(ctx, gen)
+		s, err := t.acquire(ctx, gen, login)
 		if err == nil {
 			if _, serr := t.m.api.GetSessionInfo(s.h); serr != nil {
 				err = p11err("C_GetSessionInfo", serr)
@@ -678,7 +694,7 @@ func (t *Token) Login(ctx context.Context, pin []byte) error {
 		return err
 	}
 	t.loginMu.Unlock()
-	return t.pinOp(ctx, func(s *session) (error, error) {
+	return t.pinOp(ctx, false, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
 		if t.pin != nil {
@@ -761,18 +777,27 @@ func (t *Token) explainPINExpired(err error) error {
 
 // Logout logs the user out, zeroes the kept PIN and forgets cached key
 // handles. Signing then fails with ErrNotLoggedIn until the next Login.
+//
+// Logout never presents a PIN: the session it logs out on is taken from
+// the pool or opened without a login (a new session would otherwise be
+// logged in with the kept PIN first, which costs a try when the PIN was
+// changed elsewhere). When C_Logout fails on that session, it is made on
+// a session opened for the purpose.
 func (t *Token) Logout(ctx context.Context) error {
-	return t.withSession(ctx, func(s *session) error {
+	return t.pinOp(ctx, false, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
 		zero(t.pin)
 		t.pin = nil
 		t.forgetKeys()
 		err := t.userLogout(s)
-		if err != nil && !isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
-			return p11err("C_Logout", err)
+		if err == nil || isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
+			return nil, nil
 		}
-		return nil
+		if ferr := t.logoutFreshLocked(); ferr != nil {
+			return errors.Join(p11err("C_Logout", err), ferr), err
+		}
+		return nil, err // s failed: let pinOp drop it
 	})
 }
 
@@ -817,7 +842,7 @@ func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
 		return notKept()
 	}
 	t.loginMu.Unlock()
-	return t.pinOp(ctx, func(s *session) (error, error) {
+	return t.pinOp(ctx, true, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
 		kept := t.pin != nil
@@ -835,7 +860,7 @@ func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
 		case setPINRefused(err):
 			perr := t.pinError(p11err("C_SetPIN", err))
 			if kept && (isRV(err, pkcs11.CKR_PIN_INCORRECT) || isRV(err, pkcs11.CKR_PIN_LOCKED)) {
-				t.dropKeptPINLocked(fmt.Sprintf("the token refused the kept PIN as the old PIN of a PIN change at %s (%s); the daemon dropped it and will not try it again: an officer must log in",
+				t.dropKeptPINLocked(s, fmt.Sprintf("the token refused the kept PIN as the old PIN of a PIN change at %s (%s); the daemon dropped it and will not try it again: an officer must log in",
 					t.m.opts.now().UTC().Format(time.RFC3339), pinErrorSummary(perr)), perr)
 			}
 			return perr, err
@@ -846,11 +871,11 @@ func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
 			t.m.opts.now().UTC().Format(time.RFC3339), p11err("C_SetPIN", err))
 		cause := p11err("C_SetPIN", err)
 		if kept {
-			t.dropKeptPINLocked(reason, cause)
+			t.dropKeptPINLocked(s, reason, cause)
 		} else {
 			t.loggedOutReason = reason
+			_ = t.logoutAnyLocked(s) // a token that cannot be reached keeps no login either
 		}
-		t.logoutAnyLocked(s)
 		return fmt.Errorf("%w: token %q: %s", ErrNotLoggedIn, t.label, reason), err
 	})
 }
@@ -870,24 +895,37 @@ func setPINRefused(err error) bool {
 }
 
 // logoutAnyLocked logs the token out, on s or, when s fails, on a new
-// session opened for the purpose; failures are ignored (a token that
-// cannot be reached keeps no login either). The caller holds loginMu and
-// the module read lock.
-func (t *Token) logoutAnyLocked(s *session) {
+// session opened for the purpose; a token that was not logged in is no
+// failure. It presents no PIN. The caller holds loginMu and the module
+// read lock.
+func (t *Token) logoutAnyLocked(s *session) error {
 	err := t.userLogout(s)
 	if err == nil || isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
-		return
+		return nil
 	}
+	if ferr := t.logoutFreshLocked(); ferr != nil {
+		return errors.Join(p11err("C_Logout", err), ferr)
+	}
+	return nil
+}
+
+// logoutFreshLocked makes C_Logout on a session opened for the purpose,
+// outside the pool and never logged in, and closes it. The caller holds
+// loginMu and the module read lock.
+func (t *Token) logoutFreshLocked() error {
 	slot, err := t.findSlotLocked()
 	if err != nil {
-		return
+		return err
 	}
 	h, err := t.m.api.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		return
+		return p11err("C_OpenSession", err)
 	}
-	_ = t.userLogout(&session{h: h})
-	_ = t.m.api.CloseSession(h)
+	defer func() { _ = t.m.api.CloseSession(h) }()
+	if err := t.userLogout(&session{h: h}); err != nil && !isRV(err, pkcs11.CKR_USER_NOT_LOGGED_IN) {
+		return p11err("C_Logout", err)
+	}
+	return nil
 }
 
 // Info returns the token's information as the module reports it now.

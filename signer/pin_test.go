@@ -60,16 +60,41 @@ func newOutsideApp(t *testing.T, soft *softhsmtest.Token) *outsideApp {
 // restart.
 func (o *outsideApp) changePIN(t *testing.T, oldPIN, newPIN []byte) {
 	t.Helper()
+	o.setPIN(t, oldPIN, newPIN)
+	if err := o.ctx.CloseAllSessions(o.slot); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setPIN changes the user PIN and leaves the daemon's sessions as they
+// are: the token stays logged in.
+func (o *outsideApp) setPIN(t *testing.T, oldPIN, newPIN []byte) {
+	t.Helper()
 	h, err := o.ctx.OpenSession(o.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = o.ctx.CloseSession(h) }()
 	if err := o.ctx.SetPIN(h, string(oldPIN), string(newPIN)); err != nil {
 		t.Fatalf("changing the PIN outside the daemon: %v", err)
 	}
-	if err := o.ctx.CloseAllSessions(o.slot); err != nil {
+}
+
+// loggedIn reports whether the application's login state on the token,
+// which the daemon's sessions share, is a user's (C_GetSessionInfo on a
+// session opened for the purpose).
+func (o *outsideApp) loggedIn(t *testing.T) bool {
+	t.Helper()
+	h, err := o.ctx.OpenSession(o.slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = o.ctx.CloseSession(h) }()
+	si, err := o.ctx.GetSessionInfo(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return si.State == pkcs11.CKS_RO_USER_FUNCTIONS || si.State == pkcs11.CKS_RW_USER_FUNCTIONS
 }
 
 // auditOps returns the audit lines with operation op.
@@ -319,5 +344,89 @@ func TestPINStateCodes(t *testing.T) {
 	}
 	if msg := hsm.ErrPINExpired.Error(); !strings.Contains(msg, "must be changed") {
 		t.Fatalf("ErrPINExpired says %q; want it to say the PIN must be changed", msg)
+	}
+}
+
+// TestDroppedPINLogsOutTheToken: the PIN is changed behind the daemon's
+// back while its sessions stay logged in; an officer's PIN change with the
+// kept (old) PIN is refused, and the daemon drops the kept PIN. The token
+// is then really logged out: signing is refused as not logged in, the
+// token's login state (C_GetSessionInfo) is not a user's, and the
+// officer's login with the new PIN succeeds at once.
+func TestDroppedPINLogsOutTheToken(t *testing.T) {
+	d := newDaemon(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	sign := func() error {
+		_, err := d.client.Sign(testCtx(t), &signerv1.SignRequest{Key: &signerv1.SignRequest_KeyId{KeyId: k.GetId()}, Algorithm: "ES256", Digest: sha("x")})
+		return err
+	}
+	if err := sign(); err != nil {
+		t.Fatal(err)
+	}
+	out := newOutsideApp(t, d.soft)
+	newPIN := []byte("changed-elsewhere")
+	out.setPIN(t, d.soft.UserPIN, newPIN)
+	if !out.loggedIn(t) {
+		t.Fatal("the token is not logged in before the drop")
+	}
+	_, err := d.client.ChangePin(testCtx(t), &signerv1.ChangePinRequest{Token: "t1", OldPin: d.soft.UserPIN, NewPin: []byte("another-pin")})
+	wantCode(t, err, codes.FailedPrecondition, "PIN incorrect")
+	if drops := d.auditOps(t, "token.pin_dropped"); len(drops) != 1 {
+		t.Fatalf("audit lines token.pin_dropped: %+v; want one", drops)
+	}
+	for range 3 {
+		wantCode(t, sign(), codes.FailedPrecondition, "not logged in")
+	}
+	if out.loggedIn(t) {
+		t.Fatal("the token's login state is a user's after the daemon dropped its PIN")
+	}
+	tok, err := d.client.GetToken(testCtx(t), &signerv1.GetTokenRequest{Token: "t1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.GetLoggedIn() || !strings.Contains(tok.GetLoggedOutReason(), "refused the kept PIN") {
+		t.Fatalf("token: logged in %v, reason %q; want logged out with the reason", tok.GetLoggedIn(), tok.GetLoggedOutReason())
+	}
+	if tok, err = d.client.LoginToken(testCtx(t), &signerv1.LoginTokenRequest{Token: "t1", Pin: newPIN}); err != nil || !tok.GetLoggedIn() {
+		t.Fatalf("officer's login with the new PIN: %v, %v", tok, err)
+	}
+	if err := sign(); err != nil {
+		t.Fatalf("sign after the officer's login: %v", err)
+	}
+}
+
+// TestLogoutTokenPresentsNoPIN: the PIN is changed behind the daemon's
+// back and the library is restarted under it (another component of the
+// process finalizes it), so that the pool is empty when an officer logs
+// the token out. LogoutToken makes no C_Login: the token counts no wrong
+// try.
+func TestLogoutTokenPresentsNoPIN(t *testing.T) {
+	d := newDaemon(t)
+	out := newOutsideApp(t, d.soft)
+	out.setPIN(t, d.soft.UserPIN, []byte("changed-elsewhere"))
+	if err := out.ctx.Finalize(); err != nil {
+		t.Fatal(err)
+	}
+	// A status poll meets the finalized library: the module is
+	// initialised again, with no session and no login.
+	if _, err := d.client.GetToken(testCtx(t), &signerv1.GetTokenRequest{Token: "t1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.hsmToken().Stats(); st.Open != 0 {
+		t.Fatalf("%d sessions open after the library restart; want 0", st.Open)
+	}
+	attempts := d.hsmToken().Stats().LoginAttempts
+	tok, err := d.client.LogoutToken(testCtx(t), &signerv1.LogoutTokenRequest{Token: "t1"})
+	if err != nil {
+		t.Fatalf("LogoutToken: %v", err)
+	}
+	if n := d.hsmToken().Stats().LoginAttempts - attempts; n != 0 {
+		t.Fatalf("LogoutToken made %d C_Login; want none", n)
+	}
+	if tok.GetLoggedIn() || tok.GetPin().GetCountLow() {
+		t.Fatalf("token after LogoutToken: logged in %v, count low %v; want logged out, no wrong try", tok.GetLoggedIn(), tok.GetPin().GetCountLow())
+	}
+	if out.loggedIn(t) {
+		t.Fatal("the token is still logged in after LogoutToken")
 	}
 }

@@ -35,6 +35,12 @@ type Options struct {
 	// a crash); the acknowledgement is itself audited. An officer sets it
 	// once, after reviewing the log.
 	AcceptAuditCut bool
+	// DeferLogin makes New present no PIN: it opens everything, finds
+	// every token and reads every PIN source, and the caller calls
+	// LoginAtStart once its own start-up steps that can fail are done
+	// (signerd: its sockets), so that a start that fails costs the
+	// tokens no PIN try.
+	DeferLogin bool
 }
 
 // Service implements the signer.v1 API. Create it with New and Close it
@@ -73,6 +79,21 @@ type Service struct {
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 	closeOnce sync.Once
+
+	// startMu guards pending and loginsDone: the PINs read from their
+	// sources at start-up and not yet presented, and whether
+	// LoginAtStart ran.
+	startMu    sync.Mutex
+	pending    []pendingLogin
+	loginsDone bool
+}
+
+// pendingLogin is a PIN read from its configured source at start-up and
+// not yet presented to its token. LoginAtStart and Close zero it.
+type pendingLogin struct {
+	te  *tokenEntry
+	src config.PINSource
+	pin []byte
 }
 
 type moduleEntry struct {
@@ -112,9 +133,10 @@ type keyRef struct {
 	members []string
 }
 
-// New opens the state and the audit log, loads the modules, finds the
-// tokens and logs in where a PIN source is configured. On error everything
-// opened so far is closed again.
+// New opens the state and the audit log, loads every module, finds every
+// token and reads every configured PIN source, and only then logs in with
+// those PINs (see LoginAtStart), unless opts.DeferLogin. On error
+// everything opened so far is closed again and the PINs read are zeroed.
 func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err error) {
 	log := opts.Logger
 	if log == nil {
@@ -153,11 +175,16 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 		me := &moduleEntry{name: mc.Name, mod: m}
 		s.modules = append(s.modules, me)
 		for _, tc := range mc.Tokens {
-			te, err := s.openToken(ctx, me, tc)
+			te, pin, err := s.openToken(ctx, me, tc)
 			if err != nil {
 				return nil, fmt.Errorf("token %q: %w", tc.Name, err)
 			}
 			s.tokens = append(s.tokens, te)
+			if pin != nil {
+				s.startMu.Lock()
+				s.pending = append(s.pending, pendingLogin{te: te, src: tc.PIN, pin: pin})
+				s.startMu.Unlock()
+			}
 		}
 	}
 	s.metrics = newMetrics(s)
@@ -166,22 +193,59 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if err := s.setupOCSP(); err != nil {
 		return nil, fmt.Errorf("[ocsp]: %w", err)
 	}
+	if !opts.DeferLogin {
+		if err := s.LoginAtStart(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// LoginAtStart presents each PIN that New read from a configured source to
+// its token, once, then audits the tokens that refused theirs and
+// reconciles the tokens with the state. New calls it unless
+// Options.DeferLogin; otherwise the caller calls it once its own start-up
+// steps that can fail are done. Later calls do nothing. A token that
+// refuses its PIN stays logged out with the reason (see the README); any
+// other failure to log in is returned, and the caller closes the service.
+// The PINs are zeroed when it returns.
+func (s *Service) LoginAtStart(ctx context.Context) error {
+	s.startMu.Lock()
+	pending, done := s.pending, s.loginsDone
+	s.pending, s.loginsDone = nil, true
+	s.startMu.Unlock()
+	if done {
+		return nil
+	}
+	defer func() {
+		for _, p := range pending {
+			clear(p.pin)
+		}
+	}()
+	for _, p := range pending {
+		if err := s.loginAtStart(ctx, p); err != nil {
+			return fmt.Errorf("token %q: %w", p.te.name, err)
+		}
+	}
 	for _, te := range s.tokens {
 		if d := te.startRefusal.Load(); d != nil {
 			s.pinDropped(te.name, *d)
 		}
 	}
 	if err := s.bindRecorded(ctx); err != nil {
-		return nil, fmt.Errorf("binding the keys recorded before bindings were: %w", err)
+		return fmt.Errorf("binding the keys recorded before bindings were: %w", err)
 	}
 	s.reconcileAll(ctx)
-	return s, nil
+	return nil
 }
 
-func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Token) (*tokenEntry, error) {
+// openToken finds the token tc names and reads its PIN source. It returns
+// the PIN, which the caller owns and must zero, or nil when the token
+// waits for an officer's login. It presents no PIN.
+func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Token) (*tokenEntry, []byte, error) {
 	sel, err := hsm.ParseTokenSelector(tc.Selector)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	name := tc.Name
 	opts := []hsm.TokenOption{hsm.WithVerify(tc.Verify), hsm.WithPINDropHandler(func(d hsm.PINDrop) { s.pinDropped(name, d) })}
@@ -190,20 +254,27 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 	}
 	tok, err := me.mod.Token(ctx, sel, opts...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	te := &tokenEntry{name: tc.Name, module: me, tok: tok}
-	src := tc.PIN
-	pin, err := src.Read(ctx)
+	pin, err := tc.PIN.Read(ctx)
 	switch {
 	case errors.Is(err, config.ErrNoPIN):
 		s.log.Info("token waits for an officer to log in", "token", tc.Name)
-		return te, nil
+		return te, nil, nil
 	case err != nil:
-		return nil, err
+		clear(pin)
+		return nil, nil, err
 	}
-	defer clear(pin)
-	err = tok.Login(ctx, pin)
+	return te, pin, nil
+}
+
+// loginAtStart presents a PIN read at start-up to its token. A refusal
+// leaves the token logged out with the reason; other failures are
+// returned.
+func (s *Service) loginAtStart(ctx context.Context, p pendingLogin) error {
+	te, tok, src, pin := p.te, p.te.tok, p.src, p.pin
+	err := tok.Login(ctx, pin)
 	var pe *hsm.PINError
 	if errors.As(err, &pe) {
 		// The token refused the configured PIN. Failing the start would
@@ -212,14 +283,14 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 		// the token logged out instead, and say why.
 		reason := fmt.Sprintf("the token refused the configured PIN (from %s) at start-up (%v); it is not tried again: correct it and restart, or log in with signerctl", src, err)
 		te.startRefusal.Store(&hsm.PINDrop{Token: tok.Label(), Serial: tok.Serial(), Reason: reason, Err: err})
-		s.log.Error("token PIN refused at start-up; the token stays logged out", "token", tc.Name, "error", err.Error())
-		return te, nil
+		s.log.Error("token PIN refused at start-up; the token stays logged out", "token", te.name, "error", err.Error())
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("logging in with the PIN from %s: %w", src.Kind, err)
+		return fmt.Errorf("logging in with the PIN from %s: %w", src.Kind, err)
 	}
-	s.log.Info("token logged in", "token", tc.Name, "pin_source", src.Kind)
-	return te, nil
+	s.log.Info("token logged in", "token", te.name, "pin_source", src.Kind)
+	return nil
 }
 
 // Close closes the audit log, logs out every token, zeroes the kept PINs,
@@ -230,6 +301,12 @@ func (s *Service) openToken(ctx context.Context, me *moduleEntry, tc config.Toke
 func (s *Service) Close() error {
 	var errs []error
 	s.closeOnce.Do(func() {
+		s.startMu.Lock()
+		for _, p := range s.pending {
+			clear(p.pin)
+		}
+		s.pending, s.loginsDone = nil, true
+		s.startMu.Unlock()
 		if s.limits != nil {
 			s.limits.close() // its last summary lines, while the audit log is open
 		}

@@ -26,8 +26,11 @@ import (
 type afterReady func(ctx context.Context, cfg *config.Config, svc *signer.Service) error
 
 // runDaemon runs signerd with the configuration at configPath until
-// SIGTERM or SIGINT: open state, load modules, log in where a PIN source is
-// given, listen, then report ready. SIGHUP reloads the access policy.
+// SIGTERM or SIGINT: open state, load every module, find every token and
+// read every PIN source, listen, and only then log in where a PIN source
+// is given, so that a start that fails (and a service manager's restarts
+// after it) costs no PIN try; then report ready. SIGHUP reloads the access
+// policy.
 func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready afterReady) error {
 	cfg, err := config.Load(configPath)
 	if err != nil {
@@ -37,7 +40,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: version, AcceptAuditCut: flags.acceptAuditCut})
+	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: version, AcceptAuditCut: flags.acceptAuditCut, DeferLogin: true})
 	if err != nil {
 		return err
 	}
@@ -54,6 +57,12 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	}
 	defer grpcL.Close()
 	defer httpL.Close()
+
+	// The last start-up step: nothing that can fail the start comes after
+	// a PIN is presented.
+	if err := svc.LoginAtStart(ctx); err != nil {
+		return err
+	}
 
 	gs := grpc.NewServer(svc.ServerOptions()...)
 	signerv1.RegisterSignerServer(gs, svc)
