@@ -35,7 +35,8 @@ const (
 	CheckThisUpdateFuture Check = "this_update_future"
 	// CheckTooOld: thisUpdate is older than the freshness window.
 	CheckTooOld Check = "too_old"
-	// CheckNextUpdate: nextUpdate is present and has passed.
+	// CheckNextUpdate: nextUpdate is present and has passed, or comes
+	// before thisUpdate.
 	CheckNextUpdate Check = "next_update_passed"
 	// CheckNonce: a nonce was sent and the response does not carry it.
 	CheckNonce Check = "nonce"
@@ -206,6 +207,10 @@ func Verify(der []byte, cert, issuer *x509.Certificate, p Policy, now time.Time,
 	if age := now.Sub(r.ThisUpdate); age > p.freshness() {
 		return nil, reject(CheckTooOld, nil, "thisUpdate %s is %s old, more than the freshness window %s",
 			r.ThisUpdate.UTC().Format(time.RFC3339), age.Round(time.Second), p.freshness())
+	}
+	if !r.NextUpdate.IsZero() && r.NextUpdate.Before(r.ThisUpdate) {
+		return nil, reject(CheckNextUpdate, nil, "nextUpdate %s comes before thisUpdate %s",
+			r.NextUpdate.UTC().Format(time.RFC3339), r.ThisUpdate.UTC().Format(time.RFC3339))
 	}
 	if !r.NextUpdate.IsZero() && !r.NextUpdate.After(now) {
 		return nil, reject(CheckNextUpdate, nil, "nextUpdate %s has passed", r.NextUpdate.UTC().Format(time.RFC3339))
