@@ -110,6 +110,7 @@ type answer struct {
 	nonce      []byte  // echoed as the nonce extension if not nil
 	echoNonce  bool    // echo the request's nonce
 	serial     *big.Int
+	hold       bool // revoked with reason certificateHold, not keyCompromise
 }
 
 // respond makes a DER response for cert under a.
@@ -128,6 +129,9 @@ func respond(t testing.TB, cert *x509.Certificate, issuer *testCA, a answer, req
 		serial = a.serial
 	}
 	tmpl := xocsp.Response{Status: a.status, SerialNumber: serial, ThisUpdate: tu, NextUpdate: nu, RevokedAt: tu.Add(-time.Hour), RevocationReason: xocsp.KeyCompromise}
+	if a.hold {
+		tmpl.RevocationReason = xocsp.CertificateHold
+	}
 	switch {
 	case a.nonce != nil:
 		tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: oidNonce, Value: nonceValue(a.nonce)})
