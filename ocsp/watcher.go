@@ -15,6 +15,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	xocsp "golang.org/x/crypto/ocsp"
 )
 
 // Subject is one certificate to watch, with the certificate that issued
@@ -162,6 +164,11 @@ type Watcher struct {
 	bySHA256 map[[32]byte]*entry
 	bySHA1   map[[20]byte][32]byte
 	fetches  map[fetchKey]uint64
+	// revoked holds the revoked responses of certificates not watched
+	// now (deactivated, or stored for a certificate not yet known), by
+	// certificate SHA-256: a revocation is not forgotten when its
+	// certificate is watched again. They are kept in the store too.
+	revoked map[[32]byte][]byte
 
 	rndMu sync.Mutex // rnd is used with and without mu held
 	rnd   *mrand.Rand
@@ -190,6 +197,7 @@ func NewWatcher(src Source, store Store, opts Options) (*Watcher, error) {
 		bySHA256: map[[32]byte]*entry{},
 		bySHA1:   map[[20]byte][32]byte{},
 		fetches:  map[fetchKey]uint64{},
+		revoked:  map[[32]byte][]byte{},
 		rnd:      mrand.New(mrand.NewChaCha8([32]byte(append(seed[:], seed[:]...)))),
 	}
 	return w, nil
@@ -276,7 +284,11 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 		if _, ok := want[h]; !ok {
 			delete(w.bySHA256, h)
 			delete(w.bySHA1, e.sha1)
-			drop = append(drop, h)
+			if e.current != nil && e.current.Status == StatusRevoked {
+				w.revoked[h] = e.current.Raw // kept, in the store too
+			} else {
+				drop = append(drop, h)
+			}
 		}
 	}
 	for h, s := range want {
@@ -285,8 +297,20 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 		}
 		e := &entry{subject: s, sha256: h, sha1: sha1.Sum(s.Cert.Raw)}
 		e.next = now.Add(w.jitter(w.opts.StartSpread))
-		if der, ok := stored[h]; ok {
-			if r, err := Verify(der, s.Cert, s.Issuer, w.opts.Policy, now, nil); err == nil {
+		der, ok := stored[h]
+		if !ok {
+			der, ok = w.revoked[h]
+		}
+		if ok {
+			r, err := Verify(der, s.Cert, s.Issuer, w.opts.Policy, now, nil)
+			if err != nil {
+				// A revocation does not age: an old revoked response
+				// still says the certificate is revoked.
+				if rr, rerr := VerifyRevocation(der, s.Cert, s.Issuer, w.opts.Policy, now); rerr == nil {
+					r, err = rr, nil
+				}
+			}
+			if err == nil {
 				e.current, e.responder, e.fetchedAt = r, "store", now
 				if r.Status == StatusGood {
 					e.lastGood = now
@@ -297,6 +321,7 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 				drop = append(drop, h)
 			}
 			delete(stored, h)
+			delete(w.revoked, h)
 		}
 		if err := s.Cert.CheckSignatureFrom(s.Issuer); err != nil {
 			e.lastErr, e.lastErrAt = fmt.Errorf("the issuer given did not sign this certificate: %w", err), now
@@ -304,10 +329,15 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 		w.bySHA256[h] = e
 		w.bySHA1[e.sha1] = h
 	}
-	w.mu.Unlock()
-	for h := range stored { // stored for certificates no longer watched
+	for h, der := range stored { // stored for certificates not watched
+		if r, err := xocsp.ParseResponse(der, nil); err == nil && r.Status == xocsp.Revoked {
+			// Verified when its certificate is watched again.
+			w.revoked[h] = der
+			continue
+		}
 		drop = append(drop, h)
 	}
+	w.mu.Unlock()
 	if w.store != nil {
 		for _, h := range drop {
 			if err := w.store.DeleteOCSPResponse(ctx, h); err != nil {
@@ -379,11 +409,18 @@ func (w *Watcher) refresh(ctx context.Context, e *entry) {
 	}
 	e.waiters = nil
 	var save []byte
-	if got != nil && w.installLocked(e, got, from, now) && w.bySHA256[e.sha256] == e {
+	installed := got != nil && w.installLocked(e, got, from, now)
+	if installed && w.bySHA256[e.sha256] == e {
 		save = got.Raw // not if the certificate stopped being watched meanwhile
 	}
 	if got != nil {
 		e.failures, e.lastErr = 0, nil
+		if !installed && e.current.Status == StatusRevoked && got.Status != StatusRevoked {
+			// Shown, not retried sooner: the responder contradicts a
+			// verified revocation.
+			e.lastErr, e.lastErrAt = fmt.Errorf("OCSP responder %s answered %s (thisUpdate %s) after a verified revocation; the certificate stays revoked",
+				from, got.Status, got.ThisUpdate.UTC().Format(time.RFC3339)), now
+		}
 		e.next = w.nextRefresh(e.current, now)
 	} else {
 		e.failures++
@@ -435,10 +472,19 @@ func (w *Watcher) ask(ctx context.Context, s Subject, r Responder) (*Response, e
 
 // installLocked makes r e's current response unless the current one is
 // newer (a response never goes back in time: a replayed "good" cannot
-// undo a "revoked"). It reports whether r was installed.
+// undo a "revoked") or says the certificate is revoked and r does not: a
+// revocation is final (RFC 5280), and a responder that answers "good"
+// after "revoked" is lagging or replayed; only a later response lifts a
+// certificateHold. It reports whether r was installed.
 func (w *Watcher) installLocked(e *entry, r *Response, from string, now time.Time) bool {
-	if e.current != nil && r.ThisUpdate.Before(e.current.ThisUpdate) {
-		return false
+	if cur := e.current; cur != nil {
+		if r.ThisUpdate.Before(cur.ThisUpdate) {
+			return false
+		}
+		if cur.Status == StatusRevoked && r.Status != StatusRevoked &&
+			(cur.RevocationReason != xocsp.CertificateHold || !r.ThisUpdate.After(cur.ThisUpdate)) {
+			return false
+		}
 	}
 	e.current, e.responder, e.fetchedAt = r, from, now
 	if r.Status == StatusGood {
