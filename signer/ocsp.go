@@ -282,18 +282,33 @@ func (s *Service) ocspUsable(sum string) (*ocsp.Response, error) {
 }
 
 // ocspRevoked reports whether OCSP says the certificate with SHA-256 hex
-// sum is revoked.
+// sum, or an intermediate CA of its chain, is revoked.
 func (s *Service) ocspRevoked(sum string) bool {
 	if s.ocsp == nil {
 		return false
 	}
 	raw, err := hex.DecodeString(sum)
-	return err == nil && len(raw) == sha256.Size && s.ocsp.w.Revoked([32]byte(raw))
+	return err == nil && len(raw) == sha256.Size && s.ocsp.revokedInChain([32]byte(raw)) != ""
+}
+
+// revokedInChain returns the SHA-256 hex of the watched certificate h,
+// or of an intermediate CA of its chain, that OCSP says is revoked, or "".
+func (o *ocspWatch) revokedInChain(h [32]byte) string {
+	o.mu.Lock()
+	inter := o.chains[h]
+	o.mu.Unlock()
+	for _, c := range append([][32]byte{h}, inter...) {
+		if o.w.Revoked(c) {
+			return hex.EncodeToString(c[:])
+		}
+	}
+	return ""
 }
 
 // ocspRevokedCertOfKey returns the SHA-256 hex of an active certificate
-// of the key that OCSP says is revoked, or "": a key whose certificate was
-// revoked signs no more, by key id or otherwise.
+// of the key that OCSP says is revoked, or of a revoked intermediate CA
+// of its chain, or "": a key whose certificate was revoked signs no more,
+// by key id or otherwise.
 func (s *Service) ocspRevokedCertOfKey(ref *keyRef) string {
 	if s.ocsp == nil {
 		return ""
@@ -302,8 +317,8 @@ func (s *Service) ocspRevokedCertOfKey(ref *keyRef) string {
 	certs := s.ocsp.keyCerts[ref.tok.tok.Serial()+"/"+ref.idHex]
 	s.ocsp.mu.Unlock()
 	for _, h := range certs {
-		if s.ocsp.w.Revoked(h) {
-			return hex.EncodeToString(h[:])
+		if c := s.ocsp.revokedInChain(h); c != "" {
+			return c
 		}
 	}
 	return ""
