@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/config"
 	"github.com/hsmsigner/hsmsigner/softhsm-test/devca"
 )
 
@@ -120,5 +121,67 @@ func TestOCSPRevokedIntermediateStopsSigning(t *testing.T) {
 		if err := c.call(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "revoked") {
 			t.Errorf("%s under a revoked intermediate: %v, want FailedPrecondition naming the revocation", c.name, err)
 		}
+	}
+}
+
+// TestOCSPOtherMembersCertificateLooksUnwatched checks that a client of
+// member A who names member B's certificate in GetOCSPResponses or
+// SetOCSPResponses learns nothing of it: the answer is the one for a
+// certificate signerd does not watch, without B's name or the fact that
+// the certificate is active here; the refusal is audited with B.
+func TestOCSPOtherMembersCertificateLooksUnwatched(t *testing.T) {
+	ca := devca.New(t)
+	ca.StartOCSPResponder(t, 60)
+	d := newDaemon(t, func(p *daemonParams) { p.OCSP = ocspOn })
+	_, _, sumB := d.activeSignCert(t, ca, "agency-b", memberB)
+	if st := d.refreshOCSP(t, sumB); !st.GetUsable() {
+		t.Fatalf("B's certificate: %+v", st)
+	}
+	asAdmin, err := d.client.GetOCSPResponses(testCtx(t), &signerv1.GetOCSPResponsesRequest{CertHashes: []string{sumB}})
+	if err != nil || len(asAdmin.GetResponses()) != 1 || len(asAdmin.GetResponses()[0].GetResponse()) == 0 {
+		t.Fatalf("GetOCSPResponses as admin: %v, %v", asAdmin, err)
+	}
+	der := asAdmin.GetResponses()[0].GetResponse()
+	me := uint32(os.Getuid())
+	p, err := config.NewPolicy(config.Admins{UIDs: []uint32{me + 1}}, []config.ClientRule{
+		{Name: "member-a", UIDs: []uint32{me}, Keys: []string{"*"}, Usages: []string{"sign"}, Members: []string{memberA}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.SetPolicy(p)
+	unknown := strings.Repeat("ab", 32)
+	norm := func(e, h string) string { return strings.ReplaceAll(e, h, "HASH") }
+
+	got, err := d.client.GetOCSPResponses(testCtx(t), &signerv1.GetOCSPResponsesRequest{CertHashes: []string{sumB, unknown}})
+	if err != nil || len(got.GetResponses()) != 2 {
+		t.Fatalf("GetOCSPResponses: %v, %v", got, err)
+	}
+	b, u := got.GetResponses()[0], got.GetResponses()[1]
+	if len(b.GetResponse()) != 0 || b.GetError() == "" {
+		t.Fatalf("member A's client got B's response: %+v", b)
+	}
+	if strings.Contains(b.GetError(), memberB) || b.GetCertSha256() != "" || norm(b.GetError(), sumB) != norm(u.GetError(), unknown) {
+		t.Errorf("GetOCSPResponses tells B's certificate from an unknown one: %q (sha256 %q) vs %q", b.GetError(), b.GetCertSha256(), u.GetError())
+	}
+
+	set, err := d.client.SetOCSPResponses(testCtx(t), &signerv1.SetOCSPResponsesRequest{Responses: []*signerv1.SetOCSPResponsesRequest_Item{
+		{CertHash: sumB, Response: der}, {CertHash: unknown, Response: der},
+	}})
+	if err != nil || len(set.GetResults()) != 2 {
+		t.Fatalf("SetOCSPResponses: %v, %v", set, err)
+	}
+	b, u = set.GetResults()[0], set.GetResults()[1]
+	if b.GetError() == "" || strings.Contains(b.GetError(), memberB) || b.GetCertSha256() != "" || norm(b.GetError(), sumB) != norm(u.GetError(), unknown) {
+		t.Errorf("SetOCSPResponses tells B's certificate from an unknown one: %q (sha256 %q) vs %q", b.GetError(), b.GetCertSha256(), u.GetError())
+	}
+	denied := 0
+	for _, r := range d.auditLines(t) {
+		if r.Op == "denied" && strings.Contains(r.Detail, memberB) {
+			denied++
+		}
+	}
+	if denied != 2 {
+		t.Errorf("%d refusals of B's certificate to A's client audited as denied with B, want 2 (get and set)", denied)
 	}
 }
