@@ -334,9 +334,17 @@ func (o *ocspWatch) parseCertHash(h string) ([32]byte, error) {
 	}
 	sum, ok := o.w.Lookup(raw)
 	if !ok {
-		return [32]byte{}, fmt.Errorf("%w: certificate %s is not watched: not an active sign or auth certificate, nor an intermediate of one", state.ErrNotFound, h)
+		return [32]byte{}, notWatched(h)
 	}
 	return sum, nil
+}
+
+// notWatched is the error for a certificate hash h (as parseCertHash
+// normalises it) that names no watched certificate. A client is given
+// the same for another member's certificate, so that it learns nothing
+// of it (not that it is active here, nor whose it is).
+func notWatched(h string) error {
+	return fmt.Errorf("%w: certificate %s is not watched: not an active sign or auth certificate, nor an intermediate of one", state.ErrNotFound, truncate(h, 80))
 }
 
 func truncate(s string, n int) string {
@@ -361,6 +369,19 @@ func (s *Service) mayReadOCSP(ctx context.Context, c caller, sum [32]byte) (bool
 	return c.policy.MayUseMember(c.cfgPeer(), rec.Member), rec.Member
 }
 
+// mayHaveOCSP refuses caller c the watched certificate sum, named as h,
+// when mayReadOCSP does: the refusal is audited with the member, and the
+// caller is told what it would be told of a certificate not watched.
+func (s *Service) mayHaveOCSP(ctx context.Context, c caller, op, h string, sum [32]byte) error {
+	ok, member := s.mayReadOCSP(ctx, c, sum)
+	if ok {
+		return nil
+	}
+	err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
+	_ = s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: op + " cert=" + hex.EncodeToString(sum[:]) + " member=" + member}, err)
+	return notWatched(strings.ToLower(strings.TrimSpace(h)))
+}
+
 // maxOCSPItems bounds the certificates of one GetOCSPResponses or
 // SetOCSPResponses call.
 func (s *Service) maxOCSPItems() int { return max(s.cfg.Server.MaxBatch, 1) }
@@ -383,13 +404,11 @@ func (s *Service) GetOCSPResponses(ctx context.Context, req *signerv1.GetOCSPRes
 			item.Error = err.Error()
 			continue
 		}
-		item.CertSha256 = hex.EncodeToString(sum[:])
-		if ok, member := s.mayReadOCSP(ctx, c, sum); !ok {
-			err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
-			_ = s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: "GetOCSPResponses cert=" + item.CertSha256 + " member=" + member}, err)
+		if err := s.mayHaveOCSP(ctx, c, "GetOCSPResponses", h, sum); err != nil {
 			item.Error = err.Error()
 			continue
 		}
+		item.CertSha256 = hex.EncodeToString(sum[:])
 		r, err := s.ocspUsable(item.CertSha256)
 		if err != nil {
 			item.Error = err.Error()
@@ -447,10 +466,10 @@ func (s *Service) setOCSPResponse(ctx context.Context, c caller, it *signerv1.Se
 	if err != nil {
 		return err
 	}
-	item.CertSha256 = hex.EncodeToString(sum[:])
-	if ok, member := s.mayReadOCSP(ctx, c, sum); !ok {
-		return fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
+	if err := s.mayHaveOCSP(ctx, c, "SetOCSPResponses", it.GetCertHash(), sum); err != nil {
+		return err
 	}
+	item.CertSha256 = hex.EncodeToString(sum[:])
 	if n := len(it.GetResponse()); n == 0 || n > ocsp.DefaultMaxResponseSize*4 {
 		return fmt.Errorf("%w: OCSP response of %d bytes", ErrInvalid, n)
 	}
