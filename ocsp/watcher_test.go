@@ -616,3 +616,51 @@ func TestRevocationIsKept(t *testing.T) {
 		}
 	})
 }
+
+// gatedStore is a memStore whose first SaveOCSPResponse tells saving and
+// waits for release before it stores.
+type gatedStore struct {
+	*memStore
+	once    sync.Once
+	saving  chan struct{}
+	release chan struct{}
+}
+
+func (s *gatedStore) SaveOCSPResponse(ctx context.Context, c [32]byte, der []byte) error {
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		close(s.saving)
+		<-s.release
+	}
+	return s.memStore.SaveOCSPResponse(ctx, c, der)
+}
+
+// TestUnwatchedDuringSaveLeavesNothingStored checks the race of a refresh
+// with a Resync that drops its certificate (deactivated while its
+// response was being stored): the store does not keep a response for a
+// certificate no longer watched.
+func TestUnwatchedDuringSaveLeavesNothingStored(t *testing.T) {
+	ca := newRoot(t, "CA")
+	r := newResponder(t, ca)
+	cert := newLeaf(t, "member", ca, r.URL())
+	h := sha256.Sum256(cert.Raw)
+	r.set(cert, answer{status: xocsp.Good})
+	store := &gatedStore{memStore: newMemStore(), saving: make(chan struct{}), release: make(chan struct{})}
+	src := &fixedSource{subjects: []Subject{{cert, ca.cert}}}
+	w, err := NewWatcher(src, store, Options{StartSpread: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runWatcher(t, w)
+	select {
+	case <-store.saving:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first response was not stored within 10 s")
+	}
+	src.set()
+	w.Resync()
+	waitFor(t, 10*time.Second, "certificate unwatched", func() bool { _, ok := w.Lookup(h[:]); return !ok })
+	close(store.release)
+	waitFor(t, 5*time.Second, "no stored response for the unwatched certificate", func() bool { return store.get(h) == nil })
+}
