@@ -1,6 +1,7 @@
 package ocsp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha1" //nolint:gosec // certificates are also looked up by SHA-1, as X-Road does
@@ -169,6 +170,12 @@ type Watcher struct {
 	// certificate SHA-256: a revocation is not forgotten when its
 	// certificate is watched again. They are kept in the store too.
 	revoked map[[32]byte][]byte
+
+	// storeMu orders the store's writes: a response is saved only while
+	// its certificate is watched (checked under storeMu), and a dropped
+	// certificate's response is deleted under storeMu, after it left
+	// bySHA256; so a save never lands after the delete.
+	storeMu sync.Mutex
 
 	rndMu sync.Mutex // rnd is used with and without mu held
 	rnd   *mrand.Rand
@@ -339,6 +346,8 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 	}
 	w.mu.Unlock()
 	if w.store != nil {
+		w.storeMu.Lock()
+		defer w.storeMu.Unlock()
 		for _, h := range drop {
 			if err := w.store.DeleteOCSPResponse(ctx, h); err != nil {
 				w.opts.Log.Warn("OCSP: cannot delete a stored response", "cert", hex.EncodeToString(h[:]), "error", err.Error())
@@ -410,8 +419,8 @@ func (w *Watcher) refresh(ctx context.Context, e *entry) {
 	e.waiters = nil
 	var save []byte
 	installed := got != nil && w.installLocked(e, got, from, now)
-	if installed && w.bySHA256[e.sha256] == e {
-		save = got.Raw // not if the certificate stopped being watched meanwhile
+	if installed {
+		save = got.Raw
 	}
 	if got != nil {
 		e.failures, e.lastErr = 0, nil
@@ -433,10 +442,28 @@ func (w *Watcher) refresh(ctx context.Context, e *entry) {
 	case w.kick <- struct{}{}:
 	default:
 	}
-	if save != nil && w.store != nil {
-		if err := w.store.SaveOCSPResponse(ctx, e.sha256, save); err != nil {
-			w.opts.Log.Error("OCSP: cannot store a response; it is served from memory", "cert", hex.EncodeToString(e.sha256[:]), "error", err.Error())
-		}
+	if save != nil {
+		w.save(ctx, e, save)
+	}
+}
+
+// save stores der, e's current response, unless e stopped being watched
+// meanwhile (a revoked response moved to w.revoked is stored all the
+// same: it is kept).
+func (w *Watcher) save(ctx context.Context, e *entry, der []byte) {
+	if w.store == nil {
+		return
+	}
+	w.storeMu.Lock()
+	defer w.storeMu.Unlock()
+	w.mu.Lock()
+	keep := w.bySHA256[e.sha256] == e || bytes.Equal(w.revoked[e.sha256], der)
+	w.mu.Unlock()
+	if !keep {
+		return
+	}
+	if err := w.store.SaveOCSPResponse(ctx, e.sha256, der); err != nil {
+		w.opts.Log.Error("OCSP: cannot store a response; it is served from memory", "cert", hex.EncodeToString(e.sha256[:]), "error", err.Error())
 	}
 }
 
@@ -700,10 +727,8 @@ func (w *Watcher) Put(ctx context.Context, cert [32]byte, der []byte) (*Response
 		e.next = maxTime(now.Add(w.opts.MinRefresh), minTime(e.next, w.nextRefresh(r, now)))
 	}
 	w.mu.Unlock()
-	if installed && w.store != nil {
-		if err := w.store.SaveOCSPResponse(ctx, cert, r.Raw); err != nil {
-			w.opts.Log.Error("OCSP: cannot store a response; it is served from memory", "cert", hex.EncodeToString(cert[:]), "error", err.Error())
-		}
+	if installed {
+		w.save(ctx, e, r.Raw)
 	}
 	return r, nil
 }
