@@ -45,7 +45,7 @@ func VerifyResponse(resp []byte, hash crypto.Hash, digest []byte, nonce *big.Int
 	var r struct {
 		Status struct {
 			Status       int
-			StatusString []string      `asn1:"optional,utf8"`
+			StatusString []string       `asn1:"optional,utf8"`
 			FailInfo     asn1.BitString `asn1:"optional"`
 		}
 		Token asn1.RawValue `asn1:"optional"`
