@@ -1,8 +1,13 @@
 package tsa
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
@@ -61,4 +66,71 @@ func TestKernelClockReads(t *testing.T) {
 		t.Fatalf("max error %s", st.MaxError)
 	}
 	t.Logf("kernel clock: synced=%v maxerror=%s", st.Synced, st.MaxError)
+}
+
+// upstreamFixture is a request and answers of a real openssl TSA
+// (testdata/upstream/gen.sh) with its CA.
+type upstreamFixture struct {
+	trust   Trust
+	digest  []byte
+	nonce   *big.Int
+	answers [][]byte
+}
+
+func loadUpstreamFixture(t testing.TB) upstreamFixture {
+	t.Helper()
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join("testdata", "upstream", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	block, _ := pem.Decode(read("ca.pem"))
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	req, err := timestamp.ParseRequest(read("req.tsq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return upstreamFixture{trust: Trust{Roots: roots}, digest: req.HashedMessage, nonce: req.Nonce,
+		answers: [][]byte{read("resp.tsr"), read("resp-nononce.tsr")}}
+}
+
+// TestOpenSSLAnswersVerify checks the fuzz seeds: the openssl TSA's
+// answer verifies for its request, and not with another nonce.
+func TestOpenSSLAnswersVerify(t *testing.T) {
+	fx := loadUpstreamFixture(t)
+	if _, err := VerifyResponse(fx.answers[0], crypto.SHA256, fx.digest, fx.nonce, fx.trust); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyResponse(fx.answers[0], crypto.SHA256, fx.digest, big.NewInt(1), fx.trust); !errors.Is(err, ErrToken) {
+		t.Fatalf("another nonce: %v", err)
+	}
+}
+
+// FuzzVerifyResponse feeds the upstream verifier arbitrary answers,
+// seeded with a real openssl TSA's: it never panics, every refusal wraps
+// ErrToken, and an answer it accepts is for the digest asked.
+func FuzzVerifyResponse(f *testing.F) {
+	fx := loadUpstreamFixture(f)
+	for _, a := range fx.answers {
+		f.Add(a)
+	}
+	f.Fuzz(func(t *testing.T, resp []byte) {
+		ts, err := VerifyResponse(resp, crypto.SHA256, fx.digest, nil, fx.trust)
+		if err != nil {
+			if !errors.Is(err, ErrToken) {
+				t.Fatalf("a refusal not wrapping ErrToken: %v", err)
+			}
+			return
+		}
+		if !bytes.Equal(ts.HashedMessage, fx.digest) {
+			t.Fatal("accepted a token for another imprint")
+		}
+	})
 }
