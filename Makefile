@@ -7,7 +7,7 @@ GO ?= go
 DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc
 
-.PHONY: all build vet test dev bench bench-daemon bench-processes fuzz generate deps
+.PHONY: all build vet test dev bench bench-daemon bench-processes bench-ocsp fuzz generate deps
 
 all: build
 
@@ -36,6 +36,13 @@ bench-daemon: deps
 # bench-processes: signerctl bench --raw against signerd dev, each its own
 # process, then the same against the thinnest server there is (the
 # README's separate-process table and its floor; about 4 minutes).
+# bench-ocsp: GetOCSPResponses against GetStatus on the daemon's socket,
+# a 100-certificate call against single calls (with its floor), and 1,000
+# certificates watched against a local responder.
+bench-ocsp: deps
+	$(GO) test -run '^$$' -bench BenchmarkOCSPResponses -benchtime 1x ./signer/
+	$(GO) test -run '^$$' -bench BenchmarkThousandCertificates -benchtime 3x ./ocsp/
+
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
 	$(GO) test -run '^$$' -bench BenchmarkSocketFloor -benchtime 1x -timeout 30m ./signer/
@@ -49,7 +56,7 @@ generate:
 # FUZZTIME; the seed corpora live in each package's testdata/fuzz (and run
 # as ordinary tests in `make test`).
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./hsm/pkcs11uri:FuzzParseURI ./signer/config:FuzzParse ./signer/config:FuzzKeyIndex ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof ./signer/dn:FuzzParse ./ocsp:FuzzVerify
+FUZZ_TARGETS := ./hsm/pkcs11uri:FuzzParseURI ./signer/config:FuzzParse ./signer/config:FuzzKeyIndex ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof ./signer/dn:FuzzParse ./ocsp:FuzzVerify ./tsa:FuzzIssue ./tsa:FuzzVerifyResponse
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "== $$fn in $$pkg for $(FUZZTIME)"; \

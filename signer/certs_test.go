@@ -23,7 +23,7 @@ import (
 const member = "EE/GOV/70000310"
 
 // csrFor makes a request for key k and checks it with openssl req -verify.
-func (d *testDaemon) csrFor(t *testing.T, k *signerv1.Key, subject, member string) *x509.CertificateRequest {
+func (d *testDaemon) csrFor(t testing.TB, k *signerv1.Key, subject, member string) *x509.CertificateRequest {
 	t.Helper()
 	r, err := d.client.GenerateCSR(testCtx(t), &signerv1.GenerateCSRRequest{KeyId: k.GetId(), Subject: subject, Member: member, DnsNames: []string{"ss1.example.test"}})
 	if err != nil {
@@ -44,7 +44,7 @@ func (d *testDaemon) csrFor(t *testing.T, k *signerv1.Key, subject, member strin
 	return csr
 }
 
-func (d *testDaemon) issue(t *testing.T, ca *devca.CA, csr *x509.CertificateRequest, usage string, v devca.Validity) *x509.Certificate {
+func (d *testDaemon) issue(t testing.TB, ca *devca.CA, csr *x509.CertificateRequest, usage string, v devca.Validity) *x509.Certificate {
 	t.Helper()
 	c, err := ca.Sign(testCtx(t), csr.Raw, usage, v)
 	if err != nil {

@@ -226,7 +226,7 @@ func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*sig
 			return nil, err
 		}
 		if err := policyAllowsKey(c, ref); err != nil {
-			return nil, s.audited(ctx, c, audit.Record{Op: "denied", Token: ref.tok.name, Key: ref.idHex, Detail: "GetKey"}, err)
+			return nil, s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Token: ref.tok.name, Key: ref.idHex, Detail: "GetKey"}, err)
 		}
 	}
 	t, k, rec, err := s.findKey(ctx, req.GetKeyId())

@@ -434,3 +434,40 @@ func TestUIDTableFullAdmitsPeersThePolicyNames(t *testing.T) {
 		})
 	}
 }
+
+// TestGetKeyRefusalsSummarised: GetKey refusals (a client asking for a key
+// it may not use) are held to refusals_per_second like every other
+// refusal: beyond the burst they are counted into the summary line, not
+// written one line each.
+func TestGetKeyRefusalsSummarised(t *testing.T) {
+	const calls = 40
+	d := newDaemon(t, func(p *daemonParams) {
+		p.Limits = "refusals_per_second = 1\nrefusal_burst = 2\nrefusal_summary_interval = \"1s\""
+	})
+	k := d.genKey(t, "not-yours", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	me := os.Getuid()
+	// From now on the test user is a client of another key only.
+	p, err := config.NewPolicy(config.Admins{}, []config.ClientRule{{Name: "other-key", UIDs: []uint32{uint32(me)}, Keys: []string{strings.Repeat("ab", 16)}, Usages: []string{config.UsageSign}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.SetPolicy(p)
+	start := time.Now()
+	for range calls {
+		_, err := d.client.GetKey(testCtx(t), &signerv1.GetKeyRequest{KeyId: k.GetId()})
+		wantCode(t, err, codes.PermissionDenied, "")
+	}
+	elapsed := time.Since(start)
+	d.stop()
+	recs := readAudit(t, d.cfg.Server.AuditFile)
+	denied := 0
+	for _, r := range recs {
+		if r.Op == "denied" && r.Detail == "GetKey" {
+			denied++
+		}
+	}
+	_, count := summaries(recs, me)
+	if most := 2 + int(elapsed/time.Second) + 1; denied > most || denied+count != calls {
+		t.Fatalf("%d GetKey refusal lines and %d summarised in %v for %d refusals; want at most %d lines and the rest summarised", denied, count, elapsed, calls, most)
+	}
+}

@@ -36,7 +36,7 @@ const ocspOn = "enabled = true"
 
 // activeSignCert makes a sign key for m, has the dev CA certify it,
 // imports it with its chain, registers and activates it.
-func (d *testDaemon) activeSignCert(t *testing.T, ca *devca.CA, label, m string) (*signerv1.Key, *x509.Certificate, string) {
+func (d *testDaemon) activeSignCert(t testing.TB, ca *devca.CA, label, m string) (*signerv1.Key, *x509.Certificate, string) {
 	t.Helper()
 	k := d.genKey(t, label, "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
 	cert := d.issue(t, ca, d.csrFor(t, k, "CN="+label+",O=Agency,C=EE", m), "sign", devca.Current)
@@ -54,7 +54,7 @@ func (d *testDaemon) activeSignCert(t *testing.T, ca *devca.CA, label, m string)
 }
 
 // refreshOCSP asks for a fetch now and returns the certificate's status.
-func (d *testDaemon) refreshOCSP(t *testing.T, sum string) *signerv1.OCSPCertStatus {
+func (d *testDaemon) refreshOCSP(t testing.TB, sum string) *signerv1.OCSPCertStatus {
 	t.Helper()
 	var st *signerv1.GetOCSPStatusResponse
 	var err error
