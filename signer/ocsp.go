@@ -363,7 +363,12 @@ func (s *Service) mayReadOCSP(ctx context.Context, c caller, sum [32]byte) (bool
 		return true, ""
 	}
 	rec, err := s.store.GetCert(ctx, hex.EncodeToString(sum[:]))
-	if err != nil || rec.Member == "" {
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return true, "" // an intermediate CA: no record, no member
+	case err != nil:
+		return false, "" // the state could not be read: when unsure, refuse
+	case rec.Member == "":
 		return true, ""
 	}
 	return c.policy.MayUseMember(c.cfgPeer(), rec.Member), rec.Member
