@@ -11,13 +11,18 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
 
 // caller is who made a call, as the socket says, and what the policy in
-// force when the call was admitted makes of them.
+// force when the call was admitted makes of them. It is the one access
+// model: the interceptors, the stream, GetKey, GetSigningInfo and the
+// in-process features (KeySigner) all ask it, with the peer read from the
+// socket, whether the caller may call a method (mayCall), sign with a key
+// (mayUseKey) or act for a member (mayUseMember).
 type caller struct {
 	peer   peercred.Peer
 	policy *config.Policy
@@ -25,6 +30,15 @@ type caller struct {
 	client bool
 }
 
+// callerOf asks policy what it makes of peer p.
+func callerOf(policy *config.Policy, p peercred.Peer) caller {
+	c := caller{peer: p, policy: policy}
+	c.admin, c.client = policy.IsAdmin(c.cfgPeer()), policy.IsClient(c.cfgPeer())
+	return c
+}
+
+// cfgPeer is c's peer as package config spells it: the one place the
+// peer read from the socket is converted for the policy.
 func (c caller) cfgPeer() config.Peer {
 	return config.Peer{UID: c.peer.UID, GID: c.peer.GID, PID: c.peer.PID}
 }
@@ -48,36 +62,83 @@ func callerFrom(ctx context.Context) caller {
 	return c
 }
 
-// need is the role a method requires.
-type need int
+// role is what a method requires of its caller.
+type role int
 
 const (
-	needNobody need = iota // unknown method: refused
-	needAny                // any caller the policy knows
-	needAdmin
-	needClient
+	roleNobody role = iota // unknown method: refused
+	roleAny                // any caller the policy knows
+	roleAdmin
+	roleClient
 )
 
-// requiredRole says which role each method needs. Methods not listed are
-// refused.
-func requiredRole(fullMethod string) need {
-	name, ok := strings.CutPrefix(fullMethod, "/signer.v1.Signer/")
-	if !ok {
-		return needNobody
+// methodRole says which role each method of signer.v1.Signer needs, by
+// its generated full name. Methods not listed are refused;
+// TestEveryMethodHasARole fails for an rpc added without a role.
+func methodRole(fullMethod string) role {
+	switch fullMethod {
+	case signerv1.Signer_GetStatus_FullMethodName,
+		signerv1.Signer_GetKey_FullMethodName: // a client sees only the keys it may use
+		return roleAny
+	case signerv1.Signer_ListTokens_FullMethodName, signerv1.Signer_GetToken_FullMethodName,
+		signerv1.Signer_LoginToken_FullMethodName, signerv1.Signer_LogoutToken_FullMethodName,
+		signerv1.Signer_ChangePin_FullMethodName,
+		signerv1.Signer_GenerateKey_FullMethodName, signerv1.Signer_ListKeys_FullMethodName,
+		signerv1.Signer_DeleteKey_FullMethodName, signerv1.Signer_RenameKey_FullMethodName,
+		signerv1.Signer_GenerateCSR_FullMethodName, signerv1.Signer_ListCSRs_FullMethodName,
+		signerv1.Signer_GetCSR_FullMethodName, signerv1.Signer_DeleteCSR_FullMethodName,
+		signerv1.Signer_ImportCert_FullMethodName, signerv1.Signer_ListCerts_FullMethodName,
+		signerv1.Signer_GetCert_FullMethodName, signerv1.Signer_ActivateCert_FullMethodName,
+		signerv1.Signer_DeactivateCert_FullMethodName, signerv1.Signer_DeleteCert_FullMethodName,
+		signerv1.Signer_SetCertStatus_FullMethodName,
+		signerv1.Signer_GetOCSPStatus_FullMethodName, signerv1.Signer_RefreshOCSP_FullMethodName:
+		return roleAdmin
+	case signerv1.Signer_Sign_FullMethodName, signerv1.Signer_SignBatch_FullMethodName,
+		signerv1.Signer_SignStream_FullMethodName, signerv1.Signer_GetSigningInfo_FullMethodName,
+		signerv1.Signer_GetOCSPResponses_FullMethodName, signerv1.Signer_SetOCSPResponses_FullMethodName:
+		return roleClient
 	}
-	switch name {
-	case "GetStatus", "GetKey":
-		return needAny // GetKey: a client sees only the keys it may use
-	case "ListTokens", "GetToken", "LoginToken", "LogoutToken", "ChangePin",
-		"GenerateKey", "ListKeys", "DeleteKey", "RenameKey",
-		"GenerateCSR", "ListCSRs", "GetCSR", "DeleteCSR",
-		"ImportCert", "ListCerts", "GetCert", "ActivateCert", "DeactivateCert", "DeleteCert", "SetCertStatus",
-		"GetOCSPStatus", "RefreshOCSP":
-		return needAdmin
-	case "Sign", "SignBatch", "SignStream", "GetSigningInfo", "GetOCSPResponses", "SetOCSPResponses":
-		return needClient
+	return roleNobody
+}
+
+// mayCall reports whether c has the role fullMethod needs.
+func (c caller) mayCall(fullMethod string) bool {
+	switch methodRole(fullMethod) {
+	case roleAny:
+		return c.admin || c.client
+	case roleAdmin:
+		return c.admin
+	case roleClient:
+		return c.client
 	}
-	return needNobody
+	return false
+}
+
+// mayUseKey applies the client rules to a key, its usage and the members
+// it serves: nil when c may sign with it, else an ErrPermission error
+// that says why not.
+func (c caller) mayUseKey(ref *keyRef) error {
+	if ref.usage == "" {
+		return fmt.Errorf("%w: key %s has no recorded usage; an officer must register it (signerctl key rename --usage)", ErrPermission, ref.idHex)
+	}
+	if !c.policy.MayUseKeyOfMembers(c.cfgPeer(), ref.idHex, ref.usage, ref.members) {
+		if len(ref.members) > 0 {
+			return fmt.Errorf("%w: %s may not sign with key %s (usage %s) of member %s", ErrPermission, c.peer, ref.idHex, ref.usage, strings.Join(ref.members, ", "))
+		}
+		return fmt.Errorf("%w: %s may not sign with key %s (usage %s)", ErrPermission, c.peer, ref.idHex, ref.usage)
+	}
+	return nil
+}
+
+// mayUseMember reports whether a client rule lets c act for member.
+func (c caller) mayUseMember(member string) bool {
+	return c.policy.MayUseMember(c.cfgPeer(), member)
+}
+
+// methodName is the last part of a full method name, as audit lines and
+// errors name a method.
+func methodName(fullMethod string) string {
+	return fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
 }
 
 // UnaryInterceptor admits each call from its socket credentials: it reads
@@ -113,8 +174,7 @@ func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo
 		return nil, err
 	}
 	if given, err := normalizeKeyID(req); err != nil {
-		method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
-		return nil, toStatus(s.refuseKeyID(ctx, c, method, given, err))
+		return nil, toStatus(s.refuseKeyID(ctx, c, methodName(info.FullMethod), given, err))
 	}
 	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
 	return resp, toStatus(err)
@@ -160,8 +220,8 @@ func (a *admittedStream) Context() context.Context { return a.ctx }
 // gRPC status.
 func (s *Service) admitPeer(ctx context.Context, p peercred.Peer, fullMethod string) (caller, error) {
 	c := s.callerFor(p)
-	if !c.may(requiredRole(fullMethod)) {
-		return c, s.refuseOrCount(ctx, c, fullMethod[strings.LastIndexByte(fullMethod, '/')+1:])
+	if !c.mayCall(fullMethod) {
+		return c, s.refuseOrCount(ctx, c, methodName(fullMethod))
 	}
 	return c, nil
 }
@@ -177,11 +237,11 @@ func (s *Service) refuseOrCount(ctx context.Context, c caller, method string) er
 }
 
 // loginOp is the audit op of a method that tries a token's PIN, or "".
-func loginOp(method string) string {
-	switch method {
-	case "LoginToken":
+func loginOp(fullMethod string) string {
+	switch fullMethod {
+	case signerv1.Signer_LoginToken_FullMethodName:
 		return "token.login"
-	case "ChangePin":
+	case signerv1.Signer_ChangePin_FullMethodName:
 		return "token.change_pin"
 	}
 	return ""
@@ -192,7 +252,7 @@ func loginOp(method string) string {
 // refused RESOURCE_EXHAUSTED before it reaches the token, and the refusal
 // audited (or counted for the uid's summary line).
 func (s *Service) admitLogin(ctx context.Context, c caller, fullMethod string, req any) error {
-	op := loginOp(fullMethod[strings.LastIndexByte(fullMethod, '/')+1:])
+	op := loginOp(fullMethod)
 	if op == "" || s.limits.loginAttempt(c.peer) {
 		return nil
 	}
@@ -209,9 +269,7 @@ func (s *Service) admitLogin(ctx context.Context, c caller, fullMethod string, r
 
 // callerFor decides what the policy in force makes of peer p.
 func (s *Service) callerFor(p peercred.Peer) caller {
-	pol := s.policy.Load()
-	cp := config.Peer{UID: p.UID, GID: p.GID, PID: p.PID}
-	return caller{peer: p, policy: pol, admin: pol.IsAdmin(cp), client: pol.IsClient(cp)}
+	return callerOf(s.policy.Load(), p)
 }
 
 // namedByPolicy reports whether the policy in force names peer p (its
@@ -220,19 +278,6 @@ func (s *Service) callerFor(p peercred.Peer) caller {
 func (s *Service) namedByPolicy(p peercred.Peer) bool {
 	c := s.callerFor(p)
 	return c.admin || c.client
-}
-
-// may reports whether c has the role n.
-func (c caller) may(n need) bool {
-	switch n {
-	case needAny:
-		return c.admin || c.client
-	case needAdmin:
-		return c.admin
-	case needClient:
-		return c.client
-	}
-	return false
 }
 
 // refuse audits that c may not call method and returns the refusal.
@@ -277,20 +322,6 @@ func auditRecord(c caller, r audit.Record, err error) audit.Record {
 		r.Result = codeOf(err).String() + ": " + err.Error()
 	}
 	return r
-}
-
-// policyAllowsKey applies the client rules to a key and its usage.
-func policyAllowsKey(c caller, ref *keyRef) error {
-	if ref.usage == "" {
-		return fmt.Errorf("%w: key %s has no recorded usage; an officer must register it (signerctl key rename --usage)", ErrPermission, ref.idHex)
-	}
-	if !c.policy.MayUseKeyOfMembers(c.cfgPeer(), ref.idHex, ref.usage, ref.members) {
-		if len(ref.members) > 0 {
-			return fmt.Errorf("%w: %s may not sign with key %s (usage %s) of member %s", ErrPermission, c.peer, ref.idHex, ref.usage, strings.Join(ref.members, ", "))
-		}
-		return fmt.Errorf("%w: %s may not sign with key %s (usage %s)", ErrPermission, c.peer, ref.idHex, ref.usage)
-	}
-	return nil
 }
 
 func hexOf(b []byte) string { return hex.EncodeToString(b) }

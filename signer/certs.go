@@ -416,7 +416,7 @@ func (s *Service) GetSigningInfo(ctx context.Context, req *signerv1.GetSigningIn
 	if member == "" {
 		return nil, fmt.Errorf("%w: name the member", ErrInvalid)
 	}
-	if !c.policy.MayUseMember(c.cfgPeer(), member) {
+	if !c.mayUseMember(member) {
 		err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
 		return nil, s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: "GetSigningInfo member=" + member}, err)
 	}

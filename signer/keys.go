@@ -225,7 +225,7 @@ func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*sig
 		if err != nil {
 			return nil, err
 		}
-		if err := policyAllowsKey(c, ref); err != nil {
+		if err := c.mayUseKey(ref); err != nil {
 			return nil, s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Token: ref.tok.name, Key: ref.idHex, Detail: "GetKey"}, err)
 		}
 	}

@@ -205,7 +205,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 		return nil, err
 	}
 	rec.Token, rec.Key = ref.tok.name, ref.idHex
-	if err := policyAllowsKey(c, ref); err != nil {
+	if err := c.mayUseKey(ref); err != nil {
 		return nil, err
 	}
 	if cert := s.ocspRevokedCertOfKey(ref); cert != "" {

@@ -332,7 +332,7 @@ func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1
 	}
 	defer done()
 	c := s.callerFor(p)
-	if !c.may(needClient) {
+	if !c.mayCall(signerv1.Signer_SignStream_FullMethodName) {
 		return nil, audit.Ticket{}, false, s.refuseOrCount(ctx, c, "SignStream")
 	}
 	if given, err := normalizeKeyID(r.GetRequest()); err != nil {

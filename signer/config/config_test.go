@@ -118,7 +118,7 @@ func TestParseValid(t *testing.T) {
 			if !reflect.DeepEqual(c, Default()) {
 				t.Errorf("got %+v, want the defaults %+v", c, Default())
 			}
-			if len(c.Modules) != 0 || c.Policy.Role(Peer{UID: 0}) != RoleNone {
+			if len(c.Modules) != 0 || c.Policy.IsAdmin(Peer{UID: 0}) || c.Policy.IsClient(Peer{UID: 0}) {
 				t.Error("empty document must have no modules and grant nothing")
 			}
 		}},
@@ -687,7 +687,7 @@ func TestReloadPolicy(t *testing.T) {
 			write(doc)
 			got, err := ReloadPolicy(p)
 			if name == "empty is denial" {
-				if err != nil || got.Role(Peer{UID: 11}) != RoleNone {
+				if err != nil || got.IsAdmin(Peer{UID: 11}) || got.IsClient(Peer{UID: 11}) {
 					t.Errorf("empty file: %v, %v", got, err)
 				}
 				return

@@ -1,38 +1,14 @@
 package config
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 )
 
-// Role is what a caller may do with the daemon as a whole.
-type Role int
-
-// The roles. A peer's Role is the highest it holds; admins are not
-// implicitly clients (see Policy.Role).
-const (
-	RoleNone   Role = iota // neither admin nor client: every call is refused
-	RoleClient             // matches at least one [[policy.client]] rule
-	RoleAdmin              // listed in [policy.admins]
-)
-
-// String names the role.
-func (r Role) String() string {
-	switch r {
-	case RoleNone:
-		return "none"
-	case RoleClient:
-		return "client"
-	case RoleAdmin:
-		return "admin"
-	}
-	return fmt.Sprintf("Role(%d)", int(r))
-}
-
 // Peer is the caller on the other end of a Unix socket, as SO_PEERCRED
-// reports it. GID is the peer's primary group: supplementary groups are
-// not reported by the kernel and never match.
+// reports it; it has the fields of peercred.Peer, which this package does
+// not import (it stays free of cgo). GID is the peer's primary group:
+// supplementary groups are not reported by the kernel and never match.
 type Peer struct {
 	UID uint32
 	GID uint32
@@ -57,7 +33,7 @@ const Wildcard = "*"
 // maxID is the largest uid or gid a policy accepts; (uid_t)-1 is not one.
 const maxID = 1<<32 - 2
 
-// Admins lists who holds RoleAdmin: any peer whose uid or primary gid is
+// Admins lists who is an admin: any peer whose uid or primary gid is
 // listed.
 type Admins struct {
 	UIDs []uint32
@@ -183,20 +159,6 @@ func (p *Policy) ClientRules() []ClientRule {
 // [policy.admins].
 func (p *Policy) IsAdmin(peer Peer) bool {
 	return p != nil && (p.adminUIDs.has(peer.UID) || p.adminGIDs.has(peer.GID))
-}
-
-// Role returns RoleAdmin for an admin, else RoleClient if a client rule
-// matches peer, else RoleNone. An admin is not implicitly a client: what
-// it may sign with is decided by the client rules alone, through Clients,
-// MayUseKey and MayUseMember, whatever Role returns.
-func (p *Policy) Role(peer Peer) Role {
-	switch {
-	case p.IsAdmin(peer):
-		return RoleAdmin
-	case len(p.Clients(peer)) > 0:
-		return RoleClient
-	}
-	return RoleNone
 }
 
 // Clients returns copies of the client rules that match peer, in file
