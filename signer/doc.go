@@ -3,4 +3,24 @@
 // caller's socket credentials, signing and batch signing, the state kept in
 // bbolt and the hash-chained audit log. It implements the signer.v1 gRPC
 // API; cmd/signerd wires it to sockets and signals.
+//
+// # Where a new feature plugs in
+//
+// A feature that runs inside signerd (a time-stamping authority, an
+// X-Road listener) is a package of its own, wired in cmd/signerd; it
+// declares, in its own package, the small interfaces it consumes, and
+// *Service satisfies them:
+//
+//   - Service.KeySigner returns an audited crypto.Signer for a key of a
+//     given usage: each signature goes through the token's session pool,
+//     checks the key's usage (and, for an Actor with a peer, the access
+//     policy), is verified as a Sign call's is, and is returned only after
+//     its audit line (op Actor.Op) is written.
+//   - Service.CertificatesOf returns the active, valid, unrevoked
+//     certificates of keys of a usage, with their chains, newest first.
+//   - OCSP responses are kept through the ocsp.Source and ocsp.Store the
+//     service gives package ocsp (see ocsp.go).
+//
+// Nothing in this package names a feature. seam_test.go shows a
+// throwaway feature built outside the package against these entry points.
 package signer
