@@ -286,42 +286,4 @@ func (s *Service) refuse(ctx context.Context, c caller, method string) error {
 	return s.audited(ctx, c, audit.Record{Op: "denied", Detail: method}, err)
 }
 
-// audited appends one audit line for c's operation with the result of err
-// and returns err, or an ErrAudit error when the line could not be written
-// (then the operation's result must not be returned). A refusal stays a
-// refusal when its line fails: the failure is logged and counted
-// (signerd_audit_failures_total), never turned into success.
-func (s *Service) audited(ctx context.Context, c caller, r audit.Record, err error) error {
-	if aerr := s.audit.Append(context.WithoutCancel(ctx), auditRecord(c, r, err)); aerr != nil {
-		s.auditFailed(r.Op, err, aerr)
-		if err == nil {
-			return fmt.Errorf("%w: %w", ErrAudit, aerr)
-		}
-	}
-	return err
-}
-
-// auditFailed logs and counts an audit line for op, whose result was
-// err, that could not be written.
-func (s *Service) auditFailed(op string, err, aerr error) {
-	s.metrics.auditFailures.Inc()
-	result := "ok"
-	if st, ok := status.FromError(err); ok && err != nil {
-		result = st.Code().String()
-	} else if err != nil {
-		result = codeOf(err).String()
-	}
-	s.log.Error("audit append failed", "op", op, "result", result, "error", aerr.Error())
-}
-
-// auditRecord completes r with the caller and the result of err.
-func auditRecord(c caller, r audit.Record, err error) audit.Record {
-	r.UID, r.GID, r.PID = int64(c.peer.UID), int64(c.peer.GID), int64(c.peer.PID)
-	r.Result = "ok"
-	if err != nil {
-		r.Result = codeOf(err).String() + ": " + err.Error()
-	}
-	return r
-}
-
 func hexOf(b []byte) string { return hex.EncodeToString(b) }

@@ -127,16 +127,8 @@ func parseCertInput(data []byte) ([]*x509.Certificate, error) {
 // that records the certificate, and a certificate for another member than
 // the key's is refused.
 func (s *Service) ImportCert(ctx context.Context, req *signerv1.ImportCertRequest) (*signerv1.Certificate, error) {
-	c := callerFrom(ctx)
-	var msg *signerv1.Certificate
-	err := s.change(ctx, c, audit.Record{Op: "cert.import", Detail: fmt.Sprintf("member=%q", req.GetMember())}, func(rec *audit.Record) (err error) {
-		msg, err = s.importCert(ctx, req, rec)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return msg, nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true}, audit.Record{Op: "cert.import", Detail: fmt.Sprintf("member=%q", req.GetMember())},
+		func(rec *audit.Record) (*signerv1.Certificate, error) { return s.importCert(ctx, req, rec) })
 }
 
 func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertRequest, rec *audit.Record) (*signerv1.Certificate, error) {
@@ -324,25 +316,23 @@ func (s *Service) GetCert(ctx context.Context, req *signerv1.CertRef) (*signerv1
 
 // updateCert changes a certificate's record in one transaction, audited.
 func (s *Service) updateCert(ctx context.Context, op, hash string, fn func(*state.CertRecord) error) (*signerv1.Certificate, error) {
-	c := callerFrom(ctx)
-	var r state.CertRecord
-	err := s.change(ctx, c, audit.Record{Op: op, Detail: "cert=" + hash}, func(rec *audit.Record) (err error) {
-		if r, err = s.store.GetCert(ctx, hash); err != nil {
-			return err
-		}
-		rec.Key, rec.Detail = r.KeyID, "cert="+r.SHA256
-		if err = s.store.UpdateCert(ctx, r.SHA256, fn); err != nil {
-			return err
-		}
-		s.forgetKeyRefs()
-		s.ocspResync()
-		r, err = s.store.GetCert(ctx, r.SHA256)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return s.certMessage(ctx, r), nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true}, audit.Record{Op: op, Detail: "cert=" + hash},
+		func(rec *audit.Record) (*signerv1.Certificate, error) {
+			r, err := s.store.GetCert(ctx, hash)
+			if err != nil {
+				return nil, err
+			}
+			rec.Key, rec.Detail = r.KeyID, "cert="+r.SHA256
+			if err = s.store.UpdateCert(ctx, r.SHA256, fn); err != nil {
+				return nil, err
+			}
+			s.forgetKeyRefs()
+			s.ocspResync()
+			if r, err = s.store.GetCert(ctx, r.SHA256); err != nil {
+				return nil, err
+			}
+			return s.certMessage(ctx, r), nil
+		})
 }
 
 // ActivateCert implements signerv1.SignerServer.
@@ -379,19 +369,15 @@ func (s *Service) SetCertStatus(ctx context.Context, req *signerv1.SetCertStatus
 // DeleteCert implements signerv1.SignerServer: the certificate object on
 // the token and its record go together.
 func (s *Service) DeleteCert(ctx context.Context, req *signerv1.CertRef) (*signerv1.DeleteCertResponse, error) {
-	c := callerFrom(ctx)
-	err := s.change(ctx, c, audit.Record{Op: "cert.delete", Detail: "cert=" + req.GetHash()}, func(rec *audit.Record) error {
-		r, err := s.store.GetCert(ctx, req.GetHash())
-		if err != nil {
-			return err
-		}
-		rec.Key, rec.Detail = r.KeyID, "cert="+r.SHA256
-		return s.deleteCertRecord(ctx, r)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &signerv1.DeleteCertResponse{}, nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true}, audit.Record{Op: "cert.delete", Detail: "cert=" + req.GetHash()},
+		func(rec *audit.Record) (*signerv1.DeleteCertResponse, error) {
+			r, err := s.store.GetCert(ctx, req.GetHash())
+			if err != nil {
+				return nil, err
+			}
+			rec.Key, rec.Detail = r.KeyID, "cert="+r.SHA256
+			return &signerv1.DeleteCertResponse{}, s.deleteCertRecord(ctx, r)
+		})
 }
 
 func (s *Service) deleteCertRecord(ctx context.Context, r state.CertRecord) error {

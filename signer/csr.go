@@ -47,23 +47,13 @@ func (s *Service) tokenBySerial(serial string) *tokenEntry {
 // key to that member, committed with the request; a request naming
 // another member than the key is bound to is refused.
 func (s *Service) GenerateCSR(ctx context.Context, req *signerv1.GenerateCSRRequest) (*signerv1.CSR, error) {
-	c := callerFrom(ctx)
-	var msg *signerv1.CSR
-	err := s.change(ctx, c, audit.Record{Op: "csr.generate", Key: req.GetKeyId(), Detail: fmt.Sprintf("subject=%q member=%q", req.GetSubject(), req.GetMember())},
-		func(rec *audit.Record) (err error) {
-			msg, err = s.generateCSR(ctx, req)
-			if msg != nil {
-				rec.Token = msg.Token
-			}
-			return err
-		})
-	if err != nil {
-		return nil, err
-	}
-	return msg, nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true},
+		audit.Record{Op: "csr.generate", Key: req.GetKeyId(), Detail: fmt.Sprintf("subject=%q member=%q", req.GetSubject(), req.GetMember())},
+		func(rec *audit.Record) (*signerv1.CSR, error) { return s.generateCSR(ctx, req, rec) })
 }
 
-func (s *Service) generateCSR(ctx context.Context, req *signerv1.GenerateCSRRequest) (*signerv1.CSR, error) {
+// generateCSR makes the request; its outcome line names the key's token.
+func (s *Service) generateCSR(ctx context.Context, req *signerv1.GenerateCSRRequest, rec *audit.Record) (*signerv1.CSR, error) {
 	t, k, kr, err := s.findKey(ctx, req.GetKeyId())
 	if err != nil {
 		return nil, err
@@ -115,7 +105,9 @@ func (s *Service) generateCSR(ctx context.Context, req *signerv1.GenerateCSRRequ
 		return nil, err
 	}
 	s.forgetKeyRefs()
-	return csrMessage(t, r, kr.Usage, req.GetFormat()), nil
+	msg := csrMessage(t, r, kr.Usage, req.GetFormat())
+	rec.Token = msg.Token
+	return msg, nil
 }
 
 // boundElsewhere refuses a request or certificate for member want with a
@@ -148,14 +140,10 @@ func (s *Service) GetCSR(ctx context.Context, req *signerv1.GetCSRRequest) (*sig
 
 // DeleteCSR implements signerv1.SignerServer.
 func (s *Service) DeleteCSR(ctx context.Context, req *signerv1.DeleteCSRRequest) (*signerv1.DeleteCSRResponse, error) {
-	c := callerFrom(ctx)
-	err := s.change(ctx, c, audit.Record{Op: "csr.delete", Detail: "id=" + req.GetId()}, func(*audit.Record) error {
-		return s.store.DeleteCSR(ctx, req.GetId())
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &signerv1.DeleteCSRResponse{}, nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true}, audit.Record{Op: "csr.delete", Detail: "id=" + req.GetId()},
+		func(*audit.Record) (*signerv1.DeleteCSRResponse, error) {
+			return &signerv1.DeleteCSRResponse{}, s.store.DeleteCSR(ctx, req.GetId())
+		})
 }
 
 // usageOf returns the recorded usage of a key, or "".

@@ -90,23 +90,14 @@ func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 // the HSM, then recorded in the state; if recording fails the pair is
 // destroyed again, so nothing is left half-done.
 func (s *Service) GenerateKey(ctx context.Context, req *signerv1.GenerateKeyRequest) (*signerv1.Key, error) {
-	c := callerFrom(ctx)
-	var msg *signerv1.Key
-	err := s.change(ctx, c, audit.Record{Op: "key.generate", Token: req.GetToken(), Detail: fmt.Sprintf("label=%q algorithm=%s usage=%s", req.GetLabel(), req.GetAlgorithm(), req.GetUsage())},
-		func(rec *audit.Record) (err error) {
-			msg, err = s.generateKey(ctx, req)
-			if msg != nil {
-				rec.Key = msg.Id
-			}
-			return err
-		})
-	if err != nil {
-		return nil, err
-	}
-	return msg, nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true},
+		audit.Record{Op: "key.generate", Token: req.GetToken(), Detail: fmt.Sprintf("label=%q algorithm=%s usage=%s", req.GetLabel(), req.GetAlgorithm(), req.GetUsage())},
+		func(rec *audit.Record) (*signerv1.Key, error) { return s.generateKey(ctx, req, rec) })
 }
 
-func (s *Service) generateKey(ctx context.Context, req *signerv1.GenerateKeyRequest) (*signerv1.Key, error) {
+// generateKey makes and records the key pair; its outcome line names the
+// key.
+func (s *Service) generateKey(ctx context.Context, req *signerv1.GenerateKeyRequest, rec *audit.Record) (*signerv1.Key, error) {
 	t, err := s.token(req.GetToken())
 	if err != nil {
 		return nil, err
@@ -131,7 +122,9 @@ func (s *Service) generateKey(ctx context.Context, req *signerv1.GenerateKeyRequ
 		}
 		return nil, fmt.Errorf("recording the key (it was removed from the HSM again): %w", err)
 	}
-	return keyMessage(t, k, &kr), nil
+	msg := keyMessage(t, k, &kr)
+	rec.Key = msg.Id
+	return msg, nil
 }
 
 // ListKeys implements signerv1.SignerServer.
@@ -238,14 +231,10 @@ func (s *Service) GetKey(ctx context.Context, req *signerv1.GetKeyRequest) (*sig
 
 // DeleteKey implements signerv1.SignerServer.
 func (s *Service) DeleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest) (*signerv1.DeleteKeyResponse, error) {
-	c := callerFrom(ctx)
-	err := s.change(ctx, c, audit.Record{Op: "key.delete", Key: req.GetKeyId()}, func(rec *audit.Record) error {
-		return s.deleteKey(ctx, req, rec)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &signerv1.DeleteKeyResponse{}, nil
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true}, audit.Record{Op: "key.delete", Key: req.GetKeyId()},
+		func(rec *audit.Record) (*signerv1.DeleteKeyResponse, error) {
+			return &signerv1.DeleteKeyResponse{}, s.deleteKey(ctx, req, rec)
+		})
 }
 
 func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record) error {
@@ -303,20 +292,16 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 
 // RenameKey implements signerv1.SignerServer.
 func (s *Service) RenameKey(ctx context.Context, req *signerv1.RenameKeyRequest) (*signerv1.Key, error) {
-	c := callerFrom(ctx)
-	var msg *signerv1.Key
-	err := s.change(ctx, c, audit.Record{Op: "key.rename", Key: req.GetKeyId(), Detail: fmt.Sprintf("name=%q usage=%s", req.GetName(), req.GetUsage())},
-		func(rec *audit.Record) (err error) {
-			msg, err = s.renameKey(ctx, req)
-			if msg != nil {
-				rec.Token = msg.Token
+	return handle(ctx, s, callerFrom(ctx), linePlan{intent: true},
+		audit.Record{Op: "key.rename", Key: req.GetKeyId(), Detail: fmt.Sprintf("name=%q usage=%s", req.GetName(), req.GetUsage())},
+		func(rec *audit.Record) (*signerv1.Key, error) {
+			msg, err := s.renameKey(ctx, req)
+			if err != nil {
+				return nil, err
 			}
-			return err
+			rec.Token = msg.Token
+			return msg, nil
 		})
-	if err != nil {
-		return nil, err
-	}
-	return msg, nil
 }
 
 func (s *Service) renameKey(ctx context.Context, req *signerv1.RenameKeyRequest) (*signerv1.Key, error) {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/hsmsigner/hsmsigner/signer/audit"
@@ -360,17 +359,6 @@ func (l *uidLimits) close() {
 // writeSummary appends a summary line to the audit log.
 func (s *Service) writeSummary(r audit.Record) error {
 	return s.audit.Append(context.Background(), r)
-}
-
-// auditedOrCounted audits the result of c's operation as audited does,
-// except a PERMISSION_DENIED beyond the uid's refusals_per_second: that
-// one is counted for the uid's summary line instead of written alone. It
-// returns err, or the audit log's failure as audited does.
-func (s *Service) auditedOrCounted(ctx context.Context, c caller, r audit.Record, err error) error {
-	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(c.peer, r.Op) {
-		return err
-	}
-	return s.audited(ctx, c, r, err)
 }
 
 // limitedCredentials are peercred.Credentials that also count each

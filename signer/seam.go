@@ -96,12 +96,8 @@ func (as *AuditedSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts
 // (*rsa.PSSOptions choose RSA-PSS), and returns the signature once its
 // audit line is written.
 func (as *AuditedSigner) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	rec := audit.Record{Op: as.actor.Op, Key: as.keyID, Digest: hexOf(digest)}
-	sig, err := as.sign(ctx, digest, opts, &rec)
-	if err = as.s.auditedOrCounted(ctx, as.caller(), rec, err); err != nil {
-		return nil, err
-	}
-	return sig, nil
+	return handle(ctx, as.s, as.caller(), linePlan{counted: true}, audit.Record{Op: as.actor.Op, Key: as.keyID, Digest: hexOf(digest)},
+		func(rec *audit.Record) ([]byte, error) { return as.sign(ctx, digest, opts, rec) })
 }
 
 func (as *AuditedSigner) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts, rec *audit.Record) ([]byte, error) {

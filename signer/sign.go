@@ -218,95 +218,92 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 // after its audit line is written.
 func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	c := callerFrom(ctx)
-	resp, rec, err := s.sign(ctx, c, req)
-	if err = s.auditedOrCounted(ctx, c, rec, err); err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return handle(ctx, s, c, linePlan{counted: true}, signRecord(req),
+		func(rec *audit.Record) (*signerv1.SignResponse, error) { return s.sign(ctx, c, req, rec) })
 }
 
-// sign signs for c as Sign does and returns the audit record of the
-// operation, which the caller must write before it returns the
-// signature.
-func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest) (*signerv1.SignResponse, audit.Record, error) {
-	rec := audit.Record{Op: "sign", Key: req.GetKeyId(), Digest: hexOf(req.GetDigest()), Detail: req.GetAlgorithm()}
+// signRecord is the audit line of a sign request as known before it is
+// signed.
+func signRecord(req *signerv1.SignRequest) audit.Record {
+	return audit.Record{Op: "sign", Key: req.GetKeyId(), Digest: hexOf(req.GetDigest()), Detail: req.GetAlgorithm()}
+}
+
+// sign signs for c as Sign does, naming the key and its token in rec as
+// soon as it knows them.
+func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest, rec *audit.Record) (*signerv1.SignResponse, error) {
 	alg, err := hsm.ParseAlgorithm(req.GetAlgorithm())
 	if err != nil {
-		return nil, rec, err
+		return nil, err
 	}
-	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), &rec)
+	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), rec)
 	if err != nil {
-		return nil, rec, err
+		return nil, err
 	}
 	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
 	if err = s.signed(ref, err); err != nil {
-		return nil, rec, err
+		return nil, err
 	}
-	return &signerv1.SignResponse{Signature: sig, KeyId: ref.idHex, Algorithm: alg.Name}, rec, nil
+	return &signerv1.SignResponse{Signature: sig, KeyId: ref.idHex, Algorithm: alg.Name}, nil
 }
 
 // SignBatch implements signerv1.SignerServer.
 func (s *Service) SignBatch(ctx context.Context, req *signerv1.SignBatchRequest) (*signerv1.SignBatchResponse, error) {
 	c := callerFrom(ctx)
-	rec := audit.Record{Op: "sign_batch", Key: req.GetKeyId(), Count: len(req.GetDigests()), Detail: req.GetAlgorithm() + " " + req.GetMode().String()}
-	resp, tree, err := s.signBatch(ctx, c, req, &rec)
-	if tree != nil {
-		root := tree.Root()
-		rec.Digest = hexOf(root[:])
-	}
-	if err = s.auditedOrCounted(ctx, c, rec, err); err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return handle(ctx, s, c, linePlan{counted: true},
+		audit.Record{Op: "sign_batch", Key: req.GetKeyId(), Count: len(req.GetDigests()), Detail: req.GetAlgorithm() + " " + req.GetMode().String()},
+		func(rec *audit.Record) (*signerv1.SignBatchResponse, error) { return s.signBatch(ctx, c, req, rec) })
 }
 
-func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBatchRequest, rec *audit.Record) (*signerv1.SignBatchResponse, *merkle.Tree, error) {
+// signBatch signs a batch for c, naming in rec the Merkle root of its
+// digests once they are known good, and the key and its token.
+func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBatchRequest, rec *audit.Record) (*signerv1.SignBatchResponse, error) {
 	digests := req.GetDigests()
 	switch {
 	case len(digests) == 0:
-		return nil, nil, fmt.Errorf("%w: an empty batch", ErrInvalid)
+		return nil, fmt.Errorf("%w: an empty batch", ErrInvalid)
 	case len(digests) > s.cfg.Server.MaxBatch:
-		return nil, nil, fmt.Errorf("%w: %d digests in one batch; at most %d", ErrTooLarge, len(digests), s.cfg.Server.MaxBatch)
+		return nil, fmt.Errorf("%w: %d digests in one batch; at most %d", ErrTooLarge, len(digests), s.cfg.Server.MaxBatch)
 	}
 	alg, err := hsm.ParseAlgorithm(req.GetAlgorithm())
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for i, d := range digests {
 		if len(d) != alg.Hash.Size() {
-			return nil, nil, fmt.Errorf("%w: digest %d: %s needs %d bytes, got %d", hsm.ErrDigestLength, i, alg.Name, alg.Hash.Size(), len(d))
+			return nil, fmt.Errorf("%w: digest %d: %s needs %d bytes, got %d", hsm.ErrDigestLength, i, alg.Name, alg.Hash.Size(), len(d))
 		}
 	}
 	// The tree commits the audit line to exactly these digests.
 	tree, err := merkle.New(digests)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	root := tree.Root()
+	rec.Digest = hexOf(root[:])
 	ref, err := s.signingKey(ctx, c, req.GetKeyId(), req.GetCertHash(), rec)
 	if err != nil {
-		return nil, tree, err
+		return nil, err
 	}
 	resp := &signerv1.SignBatchResponse{KeyId: ref.idHex, Algorithm: alg.Name, TreeSize: uint32(tree.Size())}
 	switch req.GetMode() {
 	case signerv1.BatchMode_BATCH_MODE_UNSPECIFIED, signerv1.BatchMode_BATCH_MODE_INDIVIDUAL:
 		resp.Signatures, err = ref.tok.tok.SignMany(ctx, ref.id, alg, digests)
-		return resp, tree, s.signed(ref, err)
+		return resp, s.signed(ref, err)
 	case signerv1.BatchMode_BATCH_MODE_MERKLE:
-		root := tree.Root()
 		signed, err := merkle.SignedDigest(root, alg.Hash)
 		if err != nil {
-			return nil, tree, err
+			return nil, err
 		}
 		resp.RootSignature, err = ref.tok.tok.Sign(ctx, ref.id, alg, signed)
 		if err = s.signed(ref, err); err != nil {
-			return nil, tree, err
+			return nil, err
 		}
 		resp.Root = root[:]
 		resp.Proofs = make([]*signerv1.MerkleProof, len(digests))
 		for i := range digests {
 			path, err := tree.Proof(i)
 			if err != nil {
-				return nil, tree, err
+				return nil, err
 			}
 			p := &signerv1.MerkleProof{Index: uint32(i), Path: make([][]byte, len(path))}
 			for j := range path {
@@ -314,7 +311,7 @@ func (s *Service) signBatch(ctx context.Context, c caller, req *signerv1.SignBat
 			}
 			resp.Proofs[i] = p
 		}
-		return resp, tree, nil
+		return resp, nil
 	}
-	return nil, tree, fmt.Errorf("%w: unknown batch mode %v", ErrInvalid, req.GetMode())
+	return nil, fmt.Errorf("%w: unknown batch mode %v", ErrInvalid, req.GetMode())
 }

@@ -272,7 +272,7 @@ func (ss *signStream) answer(c streamCall) {
 	)
 	if c.dup {
 		err = fmt.Errorf("%w: call id %d is in flight already on this stream", ErrInvalid, c.call.GetId())
-		ticket, queued = ss.svc.auditRefusedStreamed(ss.peer, c.call.GetRequest(), err)
+		ticket, queued = ss.svc.auditRefusedStreamed(c.ctx, ss.peer, c.call.GetRequest(), err)
 		err = toStatus(err)
 	} else {
 		resp, ticket, queued, err = ss.svc.signStreamed(c.ctx, ss.peer, c.call)
@@ -310,9 +310,8 @@ func (s *Service) withAudit(ctx context.Context, rs []streamResult) []*signerv1.
 			if e := r.res.GetError(); e != nil {
 				err = status.Error(codes.Code(e.GetCode()), e.GetMessage())
 			}
-			s.auditFailed("sign", err, aerr)
-			if r.res.GetError() == nil {
-				out[i] = &signerv1.StreamedSignResult{Id: r.res.GetId(), Result: callError(toStatus(fmt.Errorf("%w: %w", ErrAudit, aerr)))}
+			if withheld := s.auditFailure("sign", err, aerr); err == nil {
+				out[i] = &signerv1.StreamedSignResult{Id: r.res.GetId(), Result: callError(toStatus(withheld))}
 			}
 		}
 	}
@@ -338,36 +337,20 @@ func (s *Service) signStreamed(ctx context.Context, p peercred.Peer, r *signerv1
 	if given, err := normalizeKeyID(r.GetRequest()); err != nil {
 		return nil, audit.Ticket{}, false, toStatus(s.refuseKeyID(ctx, c, "SignStream", given, err))
 	}
-	resp, rec, err := s.sign(ctx, c, r.GetRequest())
-	if codeOf(err) == codes.PermissionDenied && !s.limits.refusalLine(p, rec.Op) {
-		return nil, audit.Ticket{}, false, toStatus(err)
-	}
-	ticket, aerr := s.audit.Enqueue(auditRecord(c, rec, err))
-	if aerr != nil {
-		s.auditFailed(rec.Op, err, aerr)
-		if err == nil {
-			err = fmt.Errorf("%w: %w", ErrAudit, aerr)
-		}
-		return nil, audit.Ticket{}, false, toStatus(err)
-	}
-	if err != nil {
-		return nil, ticket, true, toStatus(err)
-	}
-	return resp, ticket, true, nil
+	var line queuedLine
+	resp, err := handle(ctx, s, c, linePlan{counted: true, queue: &line}, signRecord(r.GetRequest()),
+		func(rec *audit.Record) (*signerv1.SignResponse, error) { return s.sign(ctx, c, r.GetRequest(), rec) })
+	return resp, line.ticket, line.queued, toStatus(err)
 }
 
 // auditRefusedStreamed queues the audit line of a call of a stream from
 // peer p that was refused, with err, before it was admitted or signed.
 // queued says whether ticket holds it; a line that could not be queued
 // is logged and counted, and the call stays refused.
-func (s *Service) auditRefusedStreamed(p peercred.Peer, r *signerv1.SignRequest, err error) (ticket audit.Ticket, queued bool) {
-	rec := audit.Record{Op: "sign", Key: r.GetKeyId(), Digest: hexOf(r.GetDigest()), Detail: r.GetAlgorithm()}
-	ticket, aerr := s.audit.Enqueue(auditRecord(s.callerFor(p), rec, err))
-	if aerr != nil {
-		s.auditFailed(rec.Op, err, aerr)
-		return audit.Ticket{}, false
-	}
-	return ticket, true
+func (s *Service) auditRefusedStreamed(ctx context.Context, p peercred.Peer, r *signerv1.SignRequest, err error) (ticket audit.Ticket, queued bool) {
+	var line queuedLine
+	_ = s.writeLine(ctx, s.callerFor(p), linePlan{queue: &line}, signRecord(r), err)
+	return line.ticket, line.queued
 }
 
 // Drain makes every SignStream answer the requests it has received, take

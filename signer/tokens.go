@@ -78,12 +78,15 @@ func (s *Service) GetToken(ctx context.Context, req *signerv1.GetTokenRequest) (
 // request once used and never audited.
 func (s *Service) LoginToken(ctx context.Context, req *signerv1.LoginTokenRequest) (*signerv1.Token, error) {
 	defer clear(req.Pin)
-	c := callerFrom(ctx)
-	t, err := s.token(req.GetToken())
-	if err == nil {
-		err = t.tok.Login(ctx, req.GetPin())
-	}
-	if err = s.audited(ctx, c, audit.Record{Op: "token.login", Token: req.GetToken()}, err); err != nil {
+	t, err := handle(ctx, s, callerFrom(ctx), linePlan{}, audit.Record{Op: "token.login", Token: req.GetToken()},
+		func(*audit.Record) (*tokenEntry, error) {
+			t, err := s.token(req.GetToken())
+			if err != nil {
+				return nil, err
+			}
+			return t, t.tok.Login(ctx, req.GetPin())
+		})
+	if err != nil {
 		return nil, err
 	}
 	t.startRefusal.Store(nil)
@@ -96,12 +99,15 @@ func (s *Service) LoginToken(ctx context.Context, req *signerv1.LoginTokenReques
 
 // LogoutToken implements signerv1.SignerServer.
 func (s *Service) LogoutToken(ctx context.Context, req *signerv1.LogoutTokenRequest) (*signerv1.Token, error) {
-	c := callerFrom(ctx)
-	t, err := s.token(req.GetToken())
-	if err == nil {
-		err = t.tok.Logout(ctx)
-	}
-	if err = s.audited(ctx, c, audit.Record{Op: "token.logout", Token: req.GetToken()}, err); err != nil {
+	t, err := handle(ctx, s, callerFrom(ctx), linePlan{}, audit.Record{Op: "token.logout", Token: req.GetToken()},
+		func(*audit.Record) (*tokenEntry, error) {
+			t, err := s.token(req.GetToken())
+			if err != nil {
+				return nil, err
+			}
+			return t, t.tok.Logout(ctx)
+		})
+	if err != nil {
 		return nil, err
 	}
 	return s.tokenMessage(ctx, t), nil
@@ -111,17 +117,17 @@ func (s *Service) LogoutToken(ctx context.Context, req *signerv1.LogoutTokenRequ
 func (s *Service) ChangePin(ctx context.Context, req *signerv1.ChangePinRequest) (*signerv1.Token, error) {
 	defer clear(req.OldPin)
 	defer clear(req.NewPin)
-	c := callerFrom(ctx)
-	var t *tokenEntry
-	err := s.change(ctx, c, audit.Record{Op: "token.change_pin", Token: req.GetToken()}, func(*audit.Record) (err error) {
-		if t, err = s.token(req.GetToken()); err != nil {
-			return err
-		}
-		if len(req.GetNewPin()) == 0 {
-			return fmt.Errorf("%w: the new PIN is empty", ErrInvalid)
-		}
-		return t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin())
-	})
+	t, err := handle(ctx, s, callerFrom(ctx), linePlan{intent: true}, audit.Record{Op: "token.change_pin", Token: req.GetToken()},
+		func(*audit.Record) (*tokenEntry, error) {
+			t, err := s.token(req.GetToken())
+			if err != nil {
+				return nil, err
+			}
+			if len(req.GetNewPin()) == 0 {
+				return nil, fmt.Errorf("%w: the new PIN is empty", ErrInvalid)
+			}
+			return t, t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin())
+		})
 	if err != nil {
 		return nil, err
 	}
