@@ -68,11 +68,11 @@ func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests 
 			}
 			mech, data := mechanism(alg, digests[done])
 			if err := t.m.api.SignInit(s.h, mech, e.handle); err != nil {
-				return p11err("C_SignInit", err)
+				return t.signRefused(s, e, p11err("C_SignInit", err))
 			}
 			sig, err := t.m.api.Sign(s.h, data)
 			if err != nil {
-				return p11err("C_Sign", err)
+				return t.signRefused(s, e, p11err("C_Sign", err))
 			}
 			sigs[done] = sig
 		}
