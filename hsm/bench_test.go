@@ -124,12 +124,12 @@ func newBenchEnv(b *testing.B, spec KeySpec, topts ...TokenOption) *benchEnv {
 	if err != nil {
 		b.Fatalf("GenerateKey: %v", err)
 	}
-	gen, err := m.rlock()
+	gen, unlock, err := m.rlock()
 	if err != nil {
 		b.Fatal(err)
 	}
 	slot, err := tok.findSlotLocked()
-	m.mu.RUnlock()
+	unlock()
 	if err != nil || gen != tok.slotGen {
 		b.Fatalf("token slot: %v (generation %d, slot's %d)", err, gen, tok.slotGen)
 	}

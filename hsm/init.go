@@ -3,9 +3,10 @@ package hsm
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/hsmsigner/hsmsigner/hsm/pkcs11uri"
 )
 
 // InitToken initialises the first uninitialised token of the module with
@@ -22,10 +23,11 @@ func (m *Module) InitToken(ctx context.Context, label string, soPIN, userPIN []b
 	if len(soPIN) == 0 || len(userPIN) == 0 {
 		return TokenInfo{}, fmt.Errorf("%w: empty PIN", ErrInvalidArgument)
 	}
-	if _, err := m.rlock(); err != nil {
+	_, unlock, err := m.rlock()
+	if err != nil {
 		return TokenInfo{}, err
 	}
-	defer m.mu.RUnlock()
+	defer unlock()
 	slots, err := m.api.GetSlotList(true)
 	if err != nil {
 		return TokenInfo{}, p11err("C_GetSlotList", err)
@@ -43,7 +45,7 @@ func (m *Module) InitToken(ctx context.Context, label string, soPIN, userPIN []b
 			}
 			continue
 		}
-		known[strings.TrimSpace(ti.SerialNumber)] = true
+		known[pkcs11uri.TrimPadding(ti.SerialNumber)] = true
 	}
 	if !found {
 		return TokenInfo{}, fmt.Errorf("%w: no uninitialised token in module %s", ErrTokenNotFound, m.path)
@@ -59,8 +61,8 @@ func (m *Module) InitToken(ctx context.Context, label string, soPIN, userPIN []b
 	}
 	for _, s := range slots {
 		ti, err := m.api.GetTokenInfo(s)
-		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 || known[strings.TrimSpace(ti.SerialNumber)] ||
-			strings.TrimRight(ti.Label, " \x00") != label {
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 || known[pkcs11uri.TrimPadding(ti.SerialNumber)] ||
+			pkcs11uri.TrimPadding(ti.Label) != label {
 			continue
 		}
 		h, err := m.api.OpenSession(s, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)

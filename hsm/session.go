@@ -20,7 +20,7 @@ func (t *Token) withSession(ctx context.Context, fn func(s *session) error) erro
 		lastErr   error
 	)
 	for {
-		gen, err := t.m.rlock()
+		gen, unlock, err := t.m.rlock()
 		if err != nil {
 			return err
 		}
@@ -50,7 +50,7 @@ func (t *Token) withSession(ctx context.Context, fn func(s *session) error) erro
 				t.pool.release(s)
 			}
 		}
-		t.m.mu.RUnlock()
+		unlock()
 		if class == classNone {
 			return t.explainPINExpired(err)
 		}
@@ -172,7 +172,7 @@ func (t *Token) pinOp(ctx context.Context, login bool, op func(s *session) (err,
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		gen, err := t.m.rlock()
+		gen, unlock, err := t.m.rlock()
 		if err != nil {
 			return err
 		}
@@ -184,7 +184,7 @@ func (t *Token) pinOp(ctx context.Context, login bool, op func(s *session) (err,
 				opErr, callErr := op(s)
 				class := classify(callErr)
 				t.settle(s, class)
-				t.m.mu.RUnlock()
+				unlock()
 				if class == classModule {
 					// Let the module recover for the calls that follow;
 					// op is not run again.
@@ -197,7 +197,7 @@ func (t *Token) pinOp(ctx context.Context, login bool, op func(s *session) (err,
 		if s != nil {
 			t.settle(s, class)
 		}
-		t.m.mu.RUnlock()
+		unlock()
 		if class != classSession && class != classModule {
 			return err
 		}

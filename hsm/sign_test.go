@@ -348,12 +348,12 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 	e := newEnv(t, nil, WithPoolSize(1), WithMaxWait(time.Minute))
 	k := e.genKey(t, ECP256, "ec")
 	// Hold the only session.
-	gen, err := e.mod.rlock()
+	gen, unlock, err := e.mod.rlock()
 	if err != nil {
 		t.Fatal(err)
 	}
 	held, err := e.tok.acquire(context.Background(), gen, true)
-	e.mod.mu.RUnlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,9 +374,12 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 func TestSessionWaitBoundedWithoutDeadline(t *testing.T) {
 	e := newEnv(t, nil, WithPoolSize(1), WithMaxWait(20*time.Millisecond))
 	k := e.genKey(t, ECP256, "ec")
-	gen, _ := e.mod.rlock()
+	gen, unlock, err := e.mod.rlock()
+	if err != nil {
+		t.Fatal(err)
+	}
 	held, err := e.tok.acquire(context.Background(), gen, true)
-	e.mod.mu.RUnlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

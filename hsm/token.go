@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/hsmsigner/hsmsigner/hsm/pkcs11uri"
 )
 
 // TokenInfo is what an officer needs to know about a token.
@@ -35,10 +37,10 @@ const unavailableInfo = ^uint(0)
 
 func tokenInfoFrom(ti pkcs11.TokenInfo) TokenInfo {
 	info := TokenInfo{
-		Label:         strings.TrimRight(ti.Label, " \x00"),
-		Serial:        strings.TrimRight(ti.SerialNumber, " \x00"),
-		Manufacturer:  strings.TrimRight(ti.ManufacturerID, " \x00"),
-		Model:         strings.TrimRight(ti.Model, " \x00"),
+		Label:         pkcs11uri.TrimPadding(ti.Label),
+		Serial:        pkcs11uri.TrimPadding(ti.SerialNumber),
+		Manufacturer:  pkcs11uri.TrimPadding(ti.ManufacturerID),
+		Model:         pkcs11uri.TrimPadding(ti.Model),
 		Initialized:   ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0,
 		LoginRequired: ti.Flags&pkcs11.CKF_LOGIN_REQUIRED != 0,
 		PIN:           pinStatusFromFlags(ti.Flags),
@@ -76,7 +78,7 @@ func findToken(api p11, sel TokenSelector) (uint, pkcs11.TokenInfo, error) {
 		}
 		found = append(found, s)
 		infos = append(infos, ti)
-		serial = append(serial, strings.TrimSpace(ti.SerialNumber))
+		serial = append(serial, pkcs11uri.TrimPadding(ti.SerialNumber))
 	}
 	switch len(found) {
 	case 0:
@@ -179,12 +181,12 @@ func (m *Module) Token(ctx context.Context, sel TokenSelector, opts ...TokenOpti
 	for _, opt := range opts {
 		opt(&o)
 	}
-	gen, err := m.rlock()
+	gen, unlock, err := m.rlock()
 	if err != nil {
 		return nil, err
 	}
 	slot, ti, err := findToken(m.api, sel)
-	m.mu.RUnlock()
+	unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -279,17 +281,17 @@ func (t *Token) Info(ctx context.Context) (TokenInfo, error) {
 	if err := ctx.Err(); err != nil {
 		return TokenInfo{}, err
 	}
-	gen, err := t.m.rlock()
+	gen, unlock, err := t.m.rlock()
 	if err != nil {
 		return TokenInfo{}, err
 	}
 	slot, err := t.findSlotLocked()
 	if err != nil {
-		t.m.mu.RUnlock()
+		unlock()
 		return TokenInfo{}, err
 	}
 	ti, err := t.m.api.GetTokenInfo(slot)
-	t.m.mu.RUnlock()
+	unlock()
 	if err != nil {
 		return TokenInfo{}, t.m.failed(gen, p11err("C_GetTokenInfo", err))
 	}
