@@ -18,8 +18,8 @@ import (
 // with ErrKeyAttributes. Every digest's length is checked before the first
 // signature is made: a bad batch signs nothing. After a recovered failure
 // the batch resumes where it stopped.
-func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests [][]byte) ([][]byte, error) {
-	if alg.Scheme == SchemeUnknown || !alg.Hash.Available() {
+func (t *Token) SignMany(ctx context.Context, id []byte, alg sigalg.Algorithm, digests [][]byte) ([][]byte, error) {
+	if alg.Scheme == sigalg.SchemeUnknown || !alg.Hash.Available() {
 		return nil, fmt.Errorf("%w: no algorithm given", ErrAlgorithm)
 	}
 	for i, d := range digests {
