@@ -39,8 +39,20 @@ type certID struct {
 
 // checkCertID checks that the SingleResponse ParseResponseForCert picked
 // (the first whose serial is cert's) names cert's issuer by name and key
-// hash: x/crypto/ocsp matches the serial number only.
+// hash: x/crypto/ocsp matches the serial number only. A response with
+// more than one SingleResponse for the serial is refused: x/crypto/ocsp
+// would read the first and ignore the others, which may say otherwise
+// (good and revoked, or another issuer's certificate of that serial).
 func checkCertID(ids []certID, cert, issuer *x509.Certificate) error {
+	n := 0
+	for _, id := range ids {
+		if id.serial.Cmp(cert.SerialNumber) == 0 {
+			n++
+		}
+	}
+	if n > 1 {
+		return reject(CheckCertID, nil, "the response answers %d times for serial %s; only one answer is accepted", n, cert.SerialNumber)
+	}
 	for _, id := range ids {
 		if id.serial.Cmp(cert.SerialNumber) != 0 {
 			continue

@@ -1,10 +1,12 @@
 package ocsp
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -108,6 +110,7 @@ type answer struct {
 	nonce      []byte  // echoed as the nonce extension if not nil
 	echoNonce  bool    // echo the request's nonce
 	serial     *big.Int
+	hold       bool // revoked with reason certificateHold, not keyCompromise
 }
 
 // respond makes a DER response for cert under a.
@@ -126,6 +129,9 @@ func respond(t testing.TB, cert *x509.Certificate, issuer *testCA, a answer, req
 		serial = a.serial
 	}
 	tmpl := xocsp.Response{Status: a.status, SerialNumber: serial, ThisUpdate: tu, NextUpdate: nu, RevokedAt: tu.Add(-time.Hour), RevocationReason: xocsp.KeyCompromise}
+	if a.hold {
+		tmpl.RevocationReason = xocsp.CertificateHold
+	}
 	switch {
 	case a.nonce != nil:
 		tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: oidNonce, Value: nonceValue(a.nonce)})
@@ -297,4 +303,80 @@ func decodeGET(escapedPath string) ([]byte, error) {
 		return nil, err
 	}
 	return base64.StdEncoding.DecodeString(p)
+}
+
+// mergeResponses returns one response, signed by signer, whose
+// SingleResponses are those of ders in order (each made by respond), as a
+// responder answering for several certificates at once would send. The
+// responderID and producedAt are those of the first.
+func mergeResponses(t testing.TB, signer *testCA, ders ...[]byte) []byte {
+	t.Helper()
+	var singles [][]byte
+	var head []byte
+	for i, der := range ders {
+		in := cryptobyte.String(der)
+		var resp, rb, rbSeq, basicOct, basic, tbs cryptobyte.String
+		if !in.ReadASN1(&resp, casn1.SEQUENCE) || !resp.SkipASN1(casn1.ENUM) ||
+			!resp.ReadASN1(&rb, casn1.Tag(0).Constructed().ContextSpecific()) ||
+			!rb.ReadASN1(&rbSeq, casn1.SEQUENCE) || !rbSeq.SkipASN1(casn1.OBJECT_IDENTIFIER) ||
+			!rbSeq.ReadASN1(&basicOct, casn1.OCTET_STRING) ||
+			!basicOct.ReadASN1(&basic, casn1.SEQUENCE) || !basic.ReadASN1(&tbs, casn1.SEQUENCE) {
+			t.Fatal("mergeResponses: cannot read a response")
+		}
+		whole := tbs
+		var rid cryptobyte.String
+		var tag casn1.Tag
+		if !tbs.SkipOptionalASN1(casn1.Tag(0).Constructed().ContextSpecific()) ||
+			!tbs.ReadAnyASN1Element(&rid, &tag) || !tbs.SkipASN1(casn1.GeneralizedTime) {
+			t.Fatal("mergeResponses: cannot read ResponseData")
+		}
+		if i == 0 {
+			head = bytes.Clone(whole[:len(whole)-len(tbs)])
+		}
+		var responses cryptobyte.String
+		if !tbs.ReadASN1(&responses, casn1.SEQUENCE) {
+			t.Fatal("mergeResponses: cannot read the responses")
+		}
+		for !responses.Empty() {
+			var single cryptobyte.String
+			if !responses.ReadASN1Element(&single, casn1.SEQUENCE) {
+				t.Fatal("mergeResponses: cannot read a SingleResponse")
+			}
+			singles = append(singles, bytes.Clone(single))
+		}
+	}
+	var tb cryptobyte.Builder
+	tb.AddASN1(casn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(head)
+		b.AddASN1(casn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			for _, s := range singles {
+				b.AddBytes(s)
+			}
+		})
+	})
+	tbs := tb.BytesOrPanic()
+	digest := sha256.Sum256(tbs)
+	sig, err := ecdsa.SignASN1(rand.Reader, signer.key.(*ecdsa.PrivateKey), digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(casn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1Enum(0)
+		b.AddASN1(casn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddASN1(casn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1ObjectIdentifier(asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 1})
+				b.AddASN1(casn1.OCTET_STRING, func(b *cryptobyte.Builder) {
+					b.AddASN1(casn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						b.AddBytes(tbs)
+						b.AddASN1(casn1.SEQUENCE, func(b *cryptobyte.Builder) {
+							b.AddASN1ObjectIdentifier(asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2})
+						})
+						b.AddASN1BitString(sig)
+					})
+				})
+			})
+		})
+	})
+	return b.BytesOrPanic()
 }

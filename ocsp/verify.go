@@ -35,7 +35,8 @@ const (
 	CheckThisUpdateFuture Check = "this_update_future"
 	// CheckTooOld: thisUpdate is older than the freshness window.
 	CheckTooOld Check = "too_old"
-	// CheckNextUpdate: nextUpdate is present and has passed.
+	// CheckNextUpdate: nextUpdate is present and has passed, or comes
+	// before thisUpdate.
 	CheckNextUpdate Check = "next_update_passed"
 	// CheckNonce: a nonce was sent and the response does not carry it.
 	CheckNonce Check = "nonce"
@@ -165,6 +166,27 @@ func (r *Response) StaleAt(p Policy) time.Time {
 // A refusal is a *RejectError. A revoked or unknown status is not a
 // refusal: the response is returned with that status.
 func Verify(der []byte, cert, issuer *x509.Certificate, p Policy, now time.Time, nonce []byte) (*Response, error) {
+	return verify(der, cert, issuer, p, now, nonce, false)
+}
+
+// VerifyRevocation checks der as Verify does but as evidence of a
+// revocation, which does not expire: it must say "revoked", and neither
+// its age, nor a passed nextUpdate, nor a delegated responder's
+// certificate expired since the response was produced refuses it. A
+// certificate revoked stays revoked (RFC 5280); only a later good
+// response lifts a certificateHold (see the Watcher).
+func VerifyRevocation(der []byte, cert, issuer *x509.Certificate, p Policy, now time.Time) (*Response, error) {
+	r, err := verify(der, cert, issuer, p, now, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	if r.Status != StatusRevoked {
+		return nil, reject(CheckParse, nil, "the response says %s, not revoked", r.Status)
+	}
+	return r, nil
+}
+
+func verify(der []byte, cert, issuer *x509.Certificate, p Policy, now time.Time, nonce []byte, evidence bool) (*Response, error) {
 	if cert == nil || issuer == nil {
 		return nil, reject(CheckParse, nil, "no certificate or issuer to check the response against")
 	}
@@ -195,19 +217,27 @@ func Verify(der []byte, cert, issuer *x509.Certificate, p Policy, now time.Time,
 	if err := checkCertID(ids, cert, issuer); err != nil {
 		return nil, err
 	}
-	signedBy, err := checkSigner(r, issuer, p, now)
+	signerAt := now
+	if evidence {
+		signerAt = r.ProducedAt
+	}
+	signedBy, err := checkSigner(r, issuer, p, signerAt)
 	if err != nil {
 		return nil, err
+	}
+	if !r.NextUpdate.IsZero() && r.NextUpdate.Before(r.ThisUpdate) {
+		return nil, reject(CheckNextUpdate, nil, "nextUpdate %s comes before thisUpdate %s",
+			r.NextUpdate.UTC().Format(time.RFC3339), r.ThisUpdate.UTC().Format(time.RFC3339))
 	}
 	if r.ThisUpdate.After(now.Add(p.maxSkew())) {
 		return nil, reject(CheckThisUpdateFuture, nil, "thisUpdate %s is %s ahead of this machine's clock (allowed skew %s)",
 			r.ThisUpdate.UTC().Format(time.RFC3339), r.ThisUpdate.Sub(now).Round(time.Second), p.maxSkew())
 	}
-	if age := now.Sub(r.ThisUpdate); age > p.freshness() {
+	if age := now.Sub(r.ThisUpdate); age > p.freshness() && !evidence {
 		return nil, reject(CheckTooOld, nil, "thisUpdate %s is %s old, more than the freshness window %s",
 			r.ThisUpdate.UTC().Format(time.RFC3339), age.Round(time.Second), p.freshness())
 	}
-	if !r.NextUpdate.IsZero() && !r.NextUpdate.After(now) {
+	if !r.NextUpdate.IsZero() && !r.NextUpdate.After(now) && !evidence {
 		return nil, reject(CheckNextUpdate, nil, "nextUpdate %s has passed", r.NextUpdate.UTC().Format(time.RFC3339))
 	}
 	if nonce != nil {

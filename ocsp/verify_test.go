@@ -139,3 +139,57 @@ func TestStaleAt(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifySeveralSingleResponses checks responses that answer for
+// several certificates: the single response for the certificate is found
+// wherever it is, and a response that answers twice for the certificate
+// (good and revoked, or by two issuers) is refused rather than read by
+// its first answer.
+func TestVerifySeveralSingleResponses(t *testing.T) {
+	root := newRoot(t, "Root")
+	ca := newIntermediate(t, "Issuing CA", root)
+	cert := newLeaf(t, "member", ca)
+	neighbour := newLeaf(t, "neighbour", ca)
+	now := time.Now()
+	good := respond(t, cert, ca, answer{status: xocsp.Good}, nil)
+	revoked := respond(t, cert, ca, answer{status: xocsp.Revoked}, nil)
+	neighbourGood := respond(t, neighbour, ca, answer{status: xocsp.Good}, nil)
+	cases := []struct {
+		name   string
+		der    []byte
+		want   Check
+		status Status
+	}{
+		{"ours second, after a neighbour's", mergeResponses(t, ca, neighbourGood, good), "", StatusGood},
+		{"ours revoked second, after a neighbour's", mergeResponses(t, ca, neighbourGood, revoked), "", StatusRevoked},
+		{"ours twice: good then revoked", mergeResponses(t, ca, good, revoked), CheckCertID, 0},
+		{"ours twice: revoked then good", mergeResponses(t, ca, revoked, good), CheckCertID, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := Verify(c.der, cert, ca.cert, Policy{}, now, nil)
+			if c.want != "" {
+				if CheckOf(err) != c.want {
+					t.Fatalf("Verify: %v, want a rejection by check %q", err, c.want)
+				}
+				return
+			}
+			if err != nil || r.Status != c.status {
+				t.Fatalf("Verify: %v, %v; want status %s", r, err, c.status)
+			}
+		})
+	}
+}
+
+// TestVerifyNextUpdateBeforeThisUpdate checks that a response whose
+// nextUpdate comes before its thisUpdate (thisUpdate slightly ahead,
+// within the skew) is refused, not served until nextUpdate.
+func TestVerifyNextUpdateBeforeThisUpdate(t *testing.T) {
+	ca := newRoot(t, "CA")
+	cert := newLeaf(t, "member", ca)
+	now := time.Now()
+	der := respond(t, cert, ca, answer{status: xocsp.Good, thisUpdate: now.Add(3 * time.Minute).Truncate(time.Second), nextUpdate: now.Add(time.Minute).Truncate(time.Second)}, nil)
+	if _, err := Verify(der, cert, ca.cert, Policy{}, now, nil); CheckOf(err) != CheckNextUpdate {
+		t.Fatalf("Verify: %v, want a rejection by check %q", err, CheckNextUpdate)
+	}
+}

@@ -1,6 +1,7 @@
 package ocsp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha1" //nolint:gosec // certificates are also looked up by SHA-1, as X-Road does
@@ -15,6 +16,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	xocsp "golang.org/x/crypto/ocsp"
 )
 
 // Subject is one certificate to watch, with the certificate that issued
@@ -162,6 +165,17 @@ type Watcher struct {
 	bySHA256 map[[32]byte]*entry
 	bySHA1   map[[20]byte][32]byte
 	fetches  map[fetchKey]uint64
+	// revoked holds the revoked responses of certificates not watched
+	// now (deactivated, or stored for a certificate not yet known), by
+	// certificate SHA-256: a revocation is not forgotten when its
+	// certificate is watched again. They are kept in the store too.
+	revoked map[[32]byte][]byte
+
+	// storeMu orders the store's writes: a response is saved only while
+	// its certificate is watched (checked under storeMu), and a dropped
+	// certificate's response is deleted under storeMu, after it left
+	// bySHA256; so a save never lands after the delete.
+	storeMu sync.Mutex
 
 	rndMu sync.Mutex // rnd is used with and without mu held
 	rnd   *mrand.Rand
@@ -190,6 +204,7 @@ func NewWatcher(src Source, store Store, opts Options) (*Watcher, error) {
 		bySHA256: map[[32]byte]*entry{},
 		bySHA1:   map[[20]byte][32]byte{},
 		fetches:  map[fetchKey]uint64{},
+		revoked:  map[[32]byte][]byte{},
 		rnd:      mrand.New(mrand.NewChaCha8([32]byte(append(seed[:], seed[:]...)))),
 	}
 	return w, nil
@@ -276,7 +291,11 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 		if _, ok := want[h]; !ok {
 			delete(w.bySHA256, h)
 			delete(w.bySHA1, e.sha1)
-			drop = append(drop, h)
+			if e.current != nil && e.current.Status == StatusRevoked {
+				w.revoked[h] = e.current.Raw // kept, in the store too
+			} else {
+				drop = append(drop, h)
+			}
 		}
 	}
 	for h, s := range want {
@@ -285,8 +304,20 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 		}
 		e := &entry{subject: s, sha256: h, sha1: sha1.Sum(s.Cert.Raw)}
 		e.next = now.Add(w.jitter(w.opts.StartSpread))
-		if der, ok := stored[h]; ok {
-			if r, err := Verify(der, s.Cert, s.Issuer, w.opts.Policy, now, nil); err == nil {
+		der, ok := stored[h]
+		if !ok {
+			der, ok = w.revoked[h]
+		}
+		if ok {
+			r, err := Verify(der, s.Cert, s.Issuer, w.opts.Policy, now, nil)
+			if err != nil {
+				// A revocation does not age: an old revoked response
+				// still says the certificate is revoked.
+				if rr, rerr := VerifyRevocation(der, s.Cert, s.Issuer, w.opts.Policy, now); rerr == nil {
+					r, err = rr, nil
+				}
+			}
+			if err == nil {
 				e.current, e.responder, e.fetchedAt = r, "store", now
 				if r.Status == StatusGood {
 					e.lastGood = now
@@ -297,6 +328,7 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 				drop = append(drop, h)
 			}
 			delete(stored, h)
+			delete(w.revoked, h)
 		}
 		if err := s.Cert.CheckSignatureFrom(s.Issuer); err != nil {
 			e.lastErr, e.lastErrAt = fmt.Errorf("the issuer given did not sign this certificate: %w", err), now
@@ -304,11 +336,18 @@ func (w *Watcher) resync(ctx context.Context, stored map[[32]byte][]byte) {
 		w.bySHA256[h] = e
 		w.bySHA1[e.sha1] = h
 	}
-	w.mu.Unlock()
-	for h := range stored { // stored for certificates no longer watched
+	for h, der := range stored { // stored for certificates not watched
+		if r, err := xocsp.ParseResponse(der, nil); err == nil && r.Status == xocsp.Revoked {
+			// Verified when its certificate is watched again.
+			w.revoked[h] = der
+			continue
+		}
 		drop = append(drop, h)
 	}
+	w.mu.Unlock()
 	if w.store != nil {
+		w.storeMu.Lock()
+		defer w.storeMu.Unlock()
 		for _, h := range drop {
 			if err := w.store.DeleteOCSPResponse(ctx, h); err != nil {
 				w.opts.Log.Warn("OCSP: cannot delete a stored response", "cert", hex.EncodeToString(h[:]), "error", err.Error())
@@ -379,11 +418,18 @@ func (w *Watcher) refresh(ctx context.Context, e *entry) {
 	}
 	e.waiters = nil
 	var save []byte
-	if got != nil && w.installLocked(e, got, from, now) && w.bySHA256[e.sha256] == e {
-		save = got.Raw // not if the certificate stopped being watched meanwhile
+	installed := got != nil && w.installLocked(e, got, from, now)
+	if installed {
+		save = got.Raw
 	}
 	if got != nil {
 		e.failures, e.lastErr = 0, nil
+		if !installed && e.current.Status == StatusRevoked && got.Status != StatusRevoked {
+			// Shown, not retried sooner: the responder contradicts a
+			// verified revocation.
+			e.lastErr, e.lastErrAt = fmt.Errorf("OCSP responder %s answered %s (thisUpdate %s) after a verified revocation; the certificate stays revoked",
+				from, got.Status, got.ThisUpdate.UTC().Format(time.RFC3339)), now
+		}
 		e.next = w.nextRefresh(e.current, now)
 	} else {
 		e.failures++
@@ -396,10 +442,28 @@ func (w *Watcher) refresh(ctx context.Context, e *entry) {
 	case w.kick <- struct{}{}:
 	default:
 	}
-	if save != nil && w.store != nil {
-		if err := w.store.SaveOCSPResponse(ctx, e.sha256, save); err != nil {
-			w.opts.Log.Error("OCSP: cannot store a response; it is served from memory", "cert", hex.EncodeToString(e.sha256[:]), "error", err.Error())
-		}
+	if save != nil {
+		w.save(ctx, e, save)
+	}
+}
+
+// save stores der, e's current response, unless e stopped being watched
+// meanwhile (a revoked response moved to w.revoked is stored all the
+// same: it is kept).
+func (w *Watcher) save(ctx context.Context, e *entry, der []byte) {
+	if w.store == nil {
+		return
+	}
+	w.storeMu.Lock()
+	defer w.storeMu.Unlock()
+	w.mu.Lock()
+	keep := w.bySHA256[e.sha256] == e || bytes.Equal(w.revoked[e.sha256], der)
+	w.mu.Unlock()
+	if !keep {
+		return
+	}
+	if err := w.store.SaveOCSPResponse(ctx, e.sha256, der); err != nil {
+		w.opts.Log.Error("OCSP: cannot store a response; it is served from memory", "cert", hex.EncodeToString(e.sha256[:]), "error", err.Error())
 	}
 }
 
@@ -435,10 +499,19 @@ func (w *Watcher) ask(ctx context.Context, s Subject, r Responder) (*Response, e
 
 // installLocked makes r e's current response unless the current one is
 // newer (a response never goes back in time: a replayed "good" cannot
-// undo a "revoked"). It reports whether r was installed.
+// undo a "revoked") or says the certificate is revoked and r does not: a
+// revocation is final (RFC 5280), and a responder that answers "good"
+// after "revoked" is lagging or replayed; only a later response lifts a
+// certificateHold. It reports whether r was installed.
 func (w *Watcher) installLocked(e *entry, r *Response, from string, now time.Time) bool {
-	if e.current != nil && r.ThisUpdate.Before(e.current.ThisUpdate) {
-		return false
+	if cur := e.current; cur != nil {
+		if r.ThisUpdate.Before(cur.ThisUpdate) {
+			return false
+		}
+		if cur.Status == StatusRevoked && r.Status != StatusRevoked &&
+			(cur.RevocationReason != xocsp.CertificateHold || !r.ThisUpdate.After(cur.ThisUpdate)) {
+			return false
+		}
 	}
 	e.current, e.responder, e.fetchedAt = r, from, now
 	if r.Status == StatusGood {
@@ -654,10 +727,8 @@ func (w *Watcher) Put(ctx context.Context, cert [32]byte, der []byte) (*Response
 		e.next = maxTime(now.Add(w.opts.MinRefresh), minTime(e.next, w.nextRefresh(r, now)))
 	}
 	w.mu.Unlock()
-	if installed && w.store != nil {
-		if err := w.store.SaveOCSPResponse(ctx, cert, r.Raw); err != nil {
-			w.opts.Log.Error("OCSP: cannot store a response; it is served from memory", "cert", hex.EncodeToString(cert[:]), "error", err.Error())
-		}
+	if installed {
+		w.save(ctx, e, r.Raw)
 	}
 	return r, nil
 }

@@ -514,3 +514,153 @@ func sha1Of(b []byte) []byte {
 	h := sha1.Sum(b)
 	return h[:]
 }
+
+// TestRevocationIsKept checks that a verified "revoked" is not lost: not
+// to a good response with the same or a later thisUpdate (a lagging
+// responder, a response produced in the same second), only lifted by a
+// later good response when the revocation was a certificateHold; not
+// when the stored revoked response has aged past the freshness window by
+// a restart with the responder down; not when the certificate stops
+// being watched and is watched again (deactivated and reactivated).
+func TestRevocationIsKept(t *testing.T) {
+	ca := newRoot(t, "CA")
+	r := newResponder(t, ca)
+	down := func(w http.ResponseWriter, _ *http.Request, _ []byte) { http.Error(w, "down", 503) }
+	tu := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
+
+	t.Run("a good response never undoes a revocation", func(t *testing.T) {
+		for _, c := range []struct {
+			name      string
+			hold      bool
+			goodAt    time.Time
+			revokedOK bool // still revoked after the good response
+		}{
+			{"same thisUpdate", false, tu, true},
+			{"later thisUpdate", false, tu.Add(time.Minute), true},
+			{"hold, same thisUpdate", true, tu, true},
+			{"hold, later thisUpdate lifts it", true, tu.Add(time.Minute), false},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				cert := newLeaf(t, "member", ca)
+				h := sha256.Sum256(cert.Raw)
+				w, err := NewWatcher(&fixedSource{subjects: []Subject{{cert, ca.cert}}}, nil, Options{StartSpread: time.Hour})
+				if err != nil {
+					t.Fatal(err)
+				}
+				runWatcher(t, w)
+				ctx := testCtx(t)
+				if _, err := w.Put(ctx, h, respond(t, cert, ca, answer{status: xocsp.Revoked, hold: c.hold, thisUpdate: tu}, nil)); err != nil || !w.Revoked(h) {
+					t.Fatalf("Put revoked: %v, Revoked %v", err, w.Revoked(h))
+				}
+				if _, err := w.Put(ctx, h, respond(t, cert, ca, answer{status: xocsp.Good, thisUpdate: c.goodAt}, nil)); err != nil {
+					t.Fatalf("Put good: %v (it verifies)", err)
+				}
+				if got := w.Revoked(h); got != c.revokedOK {
+					t.Fatalf("Revoked %v after the good response, want %v", got, c.revokedOK)
+				}
+			})
+		}
+	})
+
+	t.Run("restart with an aged revoked response and the responder down", func(t *testing.T) {
+		cert := newLeaf(t, "member", ca, r.URL())
+		h := sha256.Sum256(cert.Raw)
+		r.setHandler(down)
+		t.Cleanup(func() { r.setHandler(nil) })
+		store := newMemStore()
+		aged := respond(t, cert, ca, answer{status: xocsp.Revoked, thisUpdate: time.Now().Add(-3 * time.Hour), nextUpdate: time.Now().Add(-2 * time.Hour)}, nil)
+		store.SaveOCSPResponse(testCtx(t), h, aged)
+		w, err := NewWatcher(&fixedSource{subjects: []Subject{{cert, ca.cert}}}, store, Options{StartSpread: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runWatcher(t, w)
+		if !w.Revoked(h) {
+			t.Fatal("a stored revocation was forgotten at start because the response aged")
+		}
+		if store.get(h) == nil {
+			t.Fatal("the stored revocation was deleted")
+		}
+		if _, err := w.Usable(h); !errors.Is(err, ErrUnusable) {
+			t.Fatalf("Usable %v, want ErrUnusable", err)
+		}
+	})
+
+	t.Run("unwatched and watched again with the responder down", func(t *testing.T) {
+		cert := newLeaf(t, "member", ca, r.URL())
+		h := sha256.Sum256(cert.Raw)
+		store := newMemStore()
+		src := &fixedSource{subjects: []Subject{{cert, ca.cert}}}
+		w, err := NewWatcher(src, store, Options{StartSpread: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runWatcher(t, w)
+		r.set(cert, answer{status: xocsp.Revoked})
+		if err := w.RefreshNow(testCtx(t), h); err != nil || !w.Revoked(h) {
+			t.Fatalf("RefreshNow: %v, Revoked %v", err, w.Revoked(h))
+		}
+		r.setHandler(down)
+		t.Cleanup(func() { r.setHandler(nil) })
+		src.set()
+		w.Resync()
+		waitFor(t, 10*time.Second, "certificate unwatched", func() bool { _, ok := w.Lookup(h[:]); return !ok })
+		src.set(Subject{cert, ca.cert})
+		w.Resync()
+		waitFor(t, 10*time.Second, "certificate watched again", func() bool { _, ok := w.Lookup(h[:]); return ok })
+		if !w.Revoked(h) {
+			t.Fatal("the revocation was forgotten when the certificate was watched again")
+		}
+		if store.get(h) == nil {
+			t.Fatal("the stored revocation was deleted when the certificate stopped being watched")
+		}
+	})
+}
+
+// gatedStore is a memStore whose first SaveOCSPResponse tells saving and
+// waits for release before it stores.
+type gatedStore struct {
+	*memStore
+	once    sync.Once
+	saving  chan struct{}
+	release chan struct{}
+}
+
+func (s *gatedStore) SaveOCSPResponse(ctx context.Context, c [32]byte, der []byte) error {
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		close(s.saving)
+		<-s.release
+	}
+	return s.memStore.SaveOCSPResponse(ctx, c, der)
+}
+
+// TestUnwatchedDuringSaveLeavesNothingStored checks the race of a refresh
+// with a Resync that drops its certificate (deactivated while its
+// response was being stored): the store does not keep a response for a
+// certificate no longer watched.
+func TestUnwatchedDuringSaveLeavesNothingStored(t *testing.T) {
+	ca := newRoot(t, "CA")
+	r := newResponder(t, ca)
+	cert := newLeaf(t, "member", ca, r.URL())
+	h := sha256.Sum256(cert.Raw)
+	r.set(cert, answer{status: xocsp.Good})
+	store := &gatedStore{memStore: newMemStore(), saving: make(chan struct{}), release: make(chan struct{})}
+	src := &fixedSource{subjects: []Subject{{cert, ca.cert}}}
+	w, err := NewWatcher(src, store, Options{StartSpread: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runWatcher(t, w)
+	select {
+	case <-store.saving:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first response was not stored within 10 s")
+	}
+	src.set()
+	w.Resync()
+	waitFor(t, 10*time.Second, "certificate unwatched", func() bool { _, ok := w.Lookup(h[:]); return !ok })
+	close(store.release)
+	waitFor(t, 5*time.Second, "no stored response for the unwatched certificate", func() bool { return store.get(h) == nil })
+}

@@ -282,18 +282,33 @@ func (s *Service) ocspUsable(sum string) (*ocsp.Response, error) {
 }
 
 // ocspRevoked reports whether OCSP says the certificate with SHA-256 hex
-// sum is revoked.
+// sum, or an intermediate CA of its chain, is revoked.
 func (s *Service) ocspRevoked(sum string) bool {
 	if s.ocsp == nil {
 		return false
 	}
 	raw, err := hex.DecodeString(sum)
-	return err == nil && len(raw) == sha256.Size && s.ocsp.w.Revoked([32]byte(raw))
+	return err == nil && len(raw) == sha256.Size && s.ocsp.revokedInChain([32]byte(raw)) != ""
+}
+
+// revokedInChain returns the SHA-256 hex of the watched certificate h,
+// or of an intermediate CA of its chain, that OCSP says is revoked, or "".
+func (o *ocspWatch) revokedInChain(h [32]byte) string {
+	o.mu.Lock()
+	inter := o.chains[h]
+	o.mu.Unlock()
+	for _, c := range append([][32]byte{h}, inter...) {
+		if o.w.Revoked(c) {
+			return hex.EncodeToString(c[:])
+		}
+	}
+	return ""
 }
 
 // ocspRevokedCertOfKey returns the SHA-256 hex of an active certificate
-// of the key that OCSP says is revoked, or "": a key whose certificate was
-// revoked signs no more, by key id or otherwise.
+// of the key that OCSP says is revoked, or of a revoked intermediate CA
+// of its chain, or "": a key whose certificate was revoked signs no more,
+// by key id or otherwise.
 func (s *Service) ocspRevokedCertOfKey(ref *keyRef) string {
 	if s.ocsp == nil {
 		return ""
@@ -302,8 +317,8 @@ func (s *Service) ocspRevokedCertOfKey(ref *keyRef) string {
 	certs := s.ocsp.keyCerts[ref.tok.tok.Serial()+"/"+ref.idHex]
 	s.ocsp.mu.Unlock()
 	for _, h := range certs {
-		if s.ocsp.w.Revoked(h) {
-			return hex.EncodeToString(h[:])
+		if c := s.ocsp.revokedInChain(h); c != "" {
+			return c
 		}
 	}
 	return ""
@@ -319,9 +334,17 @@ func (o *ocspWatch) parseCertHash(h string) ([32]byte, error) {
 	}
 	sum, ok := o.w.Lookup(raw)
 	if !ok {
-		return [32]byte{}, fmt.Errorf("%w: certificate %s is not watched: not an active sign or auth certificate, nor an intermediate of one", state.ErrNotFound, h)
+		return [32]byte{}, notWatched(h)
 	}
 	return sum, nil
+}
+
+// notWatched is the error for a certificate hash h (as parseCertHash
+// normalises it) that names no watched certificate. A client is given
+// the same for another member's certificate, so that it learns nothing
+// of it (not that it is active here, nor whose it is).
+func notWatched(h string) error {
+	return fmt.Errorf("%w: certificate %s is not watched: not an active sign or auth certificate, nor an intermediate of one", state.ErrNotFound, truncate(h, 80))
 }
 
 func truncate(s string, n int) string {
@@ -340,10 +363,28 @@ func (s *Service) mayReadOCSP(ctx context.Context, c caller, sum [32]byte) (bool
 		return true, ""
 	}
 	rec, err := s.store.GetCert(ctx, hex.EncodeToString(sum[:]))
-	if err != nil || rec.Member == "" {
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return true, "" // an intermediate CA: no record, no member
+	case err != nil:
+		return false, "" // the state could not be read: when unsure, refuse
+	case rec.Member == "":
 		return true, ""
 	}
 	return c.policy.MayUseMember(c.cfgPeer(), rec.Member), rec.Member
+}
+
+// mayHaveOCSP refuses caller c the watched certificate sum, named as h,
+// when mayReadOCSP does: the refusal is audited with the member, and the
+// caller is told what it would be told of a certificate not watched.
+func (s *Service) mayHaveOCSP(ctx context.Context, c caller, op, h string, sum [32]byte) error {
+	ok, member := s.mayReadOCSP(ctx, c, sum)
+	if ok {
+		return nil
+	}
+	err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
+	_ = s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: op + " cert=" + hex.EncodeToString(sum[:]) + " member=" + member}, err)
+	return notWatched(strings.ToLower(strings.TrimSpace(h)))
 }
 
 // maxOCSPItems bounds the certificates of one GetOCSPResponses or
@@ -368,13 +409,11 @@ func (s *Service) GetOCSPResponses(ctx context.Context, req *signerv1.GetOCSPRes
 			item.Error = err.Error()
 			continue
 		}
-		item.CertSha256 = hex.EncodeToString(sum[:])
-		if ok, member := s.mayReadOCSP(ctx, c, sum); !ok {
-			err := fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
-			_ = s.auditedOrCounted(ctx, c, audit.Record{Op: "denied", Detail: "GetOCSPResponses cert=" + item.CertSha256 + " member=" + member}, err)
+		if err := s.mayHaveOCSP(ctx, c, "GetOCSPResponses", h, sum); err != nil {
 			item.Error = err.Error()
 			continue
 		}
+		item.CertSha256 = hex.EncodeToString(sum[:])
 		r, err := s.ocspUsable(item.CertSha256)
 		if err != nil {
 			item.Error = err.Error()
@@ -432,10 +471,10 @@ func (s *Service) setOCSPResponse(ctx context.Context, c caller, it *signerv1.Se
 	if err != nil {
 		return err
 	}
-	item.CertSha256 = hex.EncodeToString(sum[:])
-	if ok, member := s.mayReadOCSP(ctx, c, sum); !ok {
-		return fmt.Errorf("%w: %s may not sign for member %q", ErrPermission, c.peer, member)
+	if err := s.mayHaveOCSP(ctx, c, "SetOCSPResponses", it.GetCertHash(), sum); err != nil {
+		return err
 	}
+	item.CertSha256 = hex.EncodeToString(sum[:])
 	if n := len(it.GetResponse()); n == 0 || n > ocsp.DefaultMaxResponseSize*4 {
 		return fmt.Errorf("%w: OCSP response of %d bytes", ErrInvalid, n)
 	}

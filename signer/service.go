@@ -193,6 +193,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if err := s.setupOCSP(); err != nil {
 		return nil, fmt.Errorf("[ocsp]: %w", err)
 	}
+	if cfg.TSA.Enabled || len(cfg.TSA.Upstream.URLs) > 0 {
+		// The tsa package is built and tested; its wiring into the
+		// daemon (the TSA key, /tsa, the Timestamp call) is not yet.
+		return nil, errors.New("[tsa]: this release does not serve time-stamps yet; leave [tsa] enabled = false and [tsa.upstream] urls empty")
+	}
 	if !opts.DeferLogin {
 		if err := s.LoginAtStart(ctx); err != nil {
 			return nil, err

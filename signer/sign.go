@@ -193,7 +193,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 			return nil, fmt.Errorf("%w: certificate %s is not active", ErrPrecondition, r.SHA256)
 		}
 		if s.ocspRevoked(r.SHA256) {
-			return nil, fmt.Errorf("%w: certificate %s is revoked (OCSP)", ErrPrecondition, r.SHA256)
+			return nil, fmt.Errorf("%w: certificate %s, or a CA of its chain, is revoked (OCSP)", ErrPrecondition, r.SHA256)
 		}
 		keyID = r.KeyID
 	}
@@ -209,7 +209,7 @@ func (s *Service) signingKey(ctx context.Context, c caller, keyID, certHash stri
 		return nil, err
 	}
 	if cert := s.ocspRevokedCertOfKey(ref); cert != "" {
-		return nil, fmt.Errorf("%w: key %s has a revoked certificate (%s, OCSP): it signs no more", ErrPrecondition, ref.idHex, cert)
+		return nil, fmt.Errorf("%w: key %s has a revoked certificate or issuing CA (%s, OCSP): it signs no more", ErrPrecondition, ref.idHex, cert)
 	}
 	return ref, nil
 }

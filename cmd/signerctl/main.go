@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hsmsigner/hsmsigner/signer/client"
@@ -69,12 +70,32 @@ func (a *app) rootCommand() *cobra.Command {
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&a.socket, "socket", client.SocketPath(), "signerd's gRPC socket (default from $"+client.SocketEnv+")")
+	root.PersistentFlags().StringVar(&a.socket, "socket", client.SocketPath(), "signerd's gRPC socket ($"+client.SocketEnv+" overrides the default)")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 2*time.Minute, "deadline of each call")
 	root.AddCommand(a.statusCommand(), a.tokenCommand(), a.keyCommand(), a.csrCommand(), a.certCommand(), a.signingInfoCommand(), a.ocspCommand(),
 		a.signCommand(), a.benchCommand(), a.auditCommand())
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// refuseUnknownSubcommands makes every command group (a command with
+// subcommands and nothing to run itself) fail on a word that names no
+// subcommand, where cobra would print the group's help and exit 0.
+func refuseUnknownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
+	if !c.HasSubCommands() || c.Run != nil || c.RunE != nil {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return fmt.Errorf("unknown command %q for %q (see %s --help)", args[0], cmd.CommandPath(), cmd.CommandPath())
+		}
+		return cmd.Help()
+	}
 }
 
 // dial connects to the daemon.
@@ -97,5 +118,11 @@ func (a *app) call(cmd *cobra.Command, fn func(ctx context.Context, c *client.Cl
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout)
 	defer cancel()
-	return fn(ctx, c)
+	err = fn(ctx, c)
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
+		// The socket is there but nobody listens: a daemon that stopped
+		// or crashed (it removes a stale socket when it starts again).
+		return fmt.Errorf("signerd socket %s: nobody answers (is signerd running? set --socket or %s)", a.socket, client.SocketEnv)
+	}
+	return err
 }

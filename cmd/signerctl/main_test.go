@@ -186,6 +186,9 @@ func TestSignctlErrors(t *testing.T) {
 		{"unknown algorithm", []string{"sign", "--key", keyID, "--alg", "MD5withRSA", "abcd"}, "unknown"},
 		{"bad output format", []string{"status", "-o", "yaml"}, "use table or json"},
 		{"no daemon", []string{"status", "--socket", filepath.Join(dir, "nope.sock")}, "is signerd running"},
+		{"stale socket, nobody listening", []string{"status", "--socket", staleSocket(t)}, "is signerd running"},
+		{"mistyped subcommand", []string{"key", "lsit"}, `unknown command "lsit" for "signerctl key"`},
+		{"mistyped nested subcommand", []string{"audit", "verfy"}, `unknown command "verfy"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -367,4 +370,18 @@ func freeLoopbackAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// staleSocket returns the path of a Unix socket nobody listens on, as a
+// crashed daemon leaves behind.
+func staleSocket(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "stale.sock")
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	return p
 }

@@ -39,6 +39,9 @@ type Config struct {
 	Policy *Policy
 	// OCSP is how OCSP responses are fetched, checked and kept fresh.
 	OCSP OCSP
+	// TSA is the built-in time-stamping authority and the client of
+	// external ones.
+	TSA TSA
 }
 
 // Default returns a configuration with every default, no modules and a
@@ -62,6 +65,7 @@ func Default() *Config {
 		Limits: DefaultLimits(),
 		Policy: (&checker{}).policy(Admins{}, nil),
 		OCSP:   DefaultOCSP(),
+		TSA:    DefaultTSA(),
 	}
 }
 

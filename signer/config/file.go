@@ -18,6 +18,7 @@ type fileConfig struct {
 	Modules fileModules `toml:"module"`
 	Policy  filePolicy  `toml:"policy"`
 	OCSP    fileOCSP    `toml:"ocsp"`
+	TSA     fileTSA     `toml:"tsa"`
 }
 
 // defaultFile returns the schema filled with the defaults, for Parse to
@@ -36,7 +37,7 @@ func defaultFile() fileConfig {
 		LogLevel:        levelName(DefaultLogLevel),
 
 		AuditCheckpointInterval: DefaultAuditCheckpointInterval.String(),
-	}, Limits: DefaultLimits().file(), OCSP: DefaultOCSP().file()}
+	}, Limits: DefaultLimits().file(), OCSP: DefaultOCSP().file(), TSA: DefaultTSA().file()}
 }
 
 // allowedKeys returns every key the schema has, named as toml.Key.String
@@ -113,7 +114,7 @@ func (c *Config) file() fileConfig {
 
 		AuditCheckpointInterval: s.AuditCheckpointInterval.String(),
 		AuditCheckpointKey:      s.AuditCheckpointKey,
-	}, Limits: c.Limits.file(), OCSP: c.OCSP.file()}
+	}, Limits: c.Limits.file(), OCSP: c.OCSP.file(), TSA: c.TSA.file()}
 	for _, m := range c.Modules {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}
 		for _, t := range m.Tokens {
