@@ -18,8 +18,8 @@ import (
 // with ErrKeyAttributes. Every digest's length is checked before the first
 // signature is made: a bad batch signs nothing. After a recovered failure
 // the batch resumes where it stopped.
-func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests [][]byte) ([][]byte, error) {
-	if alg.Scheme == SchemeUnknown || !alg.Hash.Available() {
+func (t *Token) SignMany(ctx context.Context, id []byte, alg sigalg.Algorithm, digests [][]byte) ([][]byte, error) {
+	if alg.Scheme == sigalg.SchemeUnknown || !alg.Hash.Available() {
 		return nil, fmt.Errorf("%w: no algorithm given", ErrAlgorithm)
 	}
 	for i, d := range digests {
@@ -68,11 +68,11 @@ func (t *Token) SignMany(ctx context.Context, id []byte, alg Algorithm, digests 
 			}
 			mech, data := mechanism(alg, digests[done])
 			if err := t.m.api.SignInit(s.h, mech, e.handle); err != nil {
-				return p11err("C_SignInit", err)
+				return t.signRefused(s, e, p11err("C_SignInit", err))
 			}
 			sig, err := t.m.api.Sign(s.h, data)
 			if err != nil {
-				return p11err("C_Sign", err)
+				return t.signRefused(s, e, p11err("C_Sign", err))
 			}
 			sigs[done] = sig
 		}

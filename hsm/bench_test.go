@@ -13,6 +13,7 @@ import (
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
@@ -124,12 +125,12 @@ func newBenchEnv(b *testing.B, spec KeySpec, topts ...TokenOption) *benchEnv {
 	if err != nil {
 		b.Fatalf("GenerateKey: %v", err)
 	}
-	gen, err := m.rlock()
+	gen, unlock, err := m.rlock()
 	if err != nil {
 		b.Fatal(err)
 	}
 	slot, err := tok.findSlotLocked()
-	m.mu.RUnlock()
+	unlock()
 	if err != nil || gen != tok.slotGen {
 		b.Fatalf("token slot: %v (generation %d, slot's %d)", err, gen, tok.slotGen)
 	}
@@ -190,7 +191,7 @@ func (be *benchEnv) openRaw(b *testing.B, n int) []rawSession {
 
 // rawSign makes one signature on s exactly as the pool does, minus the
 // pool: same mechanism, same data, no verification, no DER encoding.
-func (be *benchEnv) rawSign(s rawSession, alg Algorithm, digest []byte) error {
+func (be *benchEnv) rawSign(s rawSession, alg sigalg.Algorithm, digest []byte) error {
 	mech, data := mechanism(alg, digest)
 	if err := be.mod.api.SignInit(s.h, mech, s.key); err != nil {
 		return p11err("C_SignInit", err)
@@ -213,7 +214,7 @@ type benchPath struct {
 
 // compare runs b.N signatures through each path and reports the rates and
 // ratios.
-func (be *benchEnv) compare(b *testing.B, alg Algorithm, g int) {
+func (be *benchEnv) compare(b *testing.B, alg sigalg.Algorithm, g int) {
 	raws := be.openRaw(b, g)
 	ctx := context.Background()
 	raw := &benchPath{name: "raw", workers: g, op: func(w, i int) error {

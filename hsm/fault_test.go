@@ -316,6 +316,9 @@ func (f *faultyP11) SignInit(h pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pk
 
 func (f *faultyP11) Sign(h pkcs11.SessionHandle, msg []byte) ([]byte, error) {
 	if err := f.check("Sign", h, true); err != nil {
+		// A C_Sign that fails ends the signing operation (PKCS#11 v2.40
+		// 5.2): end it, so that the session is as a module leaves it.
+		_, _ = f.p11.Sign(h, msg)
 		return nil, err
 	}
 	sig, err := f.p11.Sign(h, msg)

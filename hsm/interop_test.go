@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
@@ -95,7 +96,7 @@ func TestCrypto11SignsWithHSMKeys(t *testing.T) {
 				t.Fatalf("crypto11-sign: %v: %s", err, stderr)
 			}
 			switch alg.Scheme {
-			case SchemePKCS1v15:
+			case sigalg.SchemePKCS1v15:
 				if err := rsa.VerifyPKCS1v15(tt.key.Public.(*rsa.PublicKey), alg.Hash, digest, sig); err != nil {
 					t.Fatalf("crypto11's PKCS#1 v1.5 signature does not verify with hsm's public key: %v", err)
 				}
@@ -106,12 +107,12 @@ func TestCrypto11SignsWithHSMKeys(t *testing.T) {
 				if !bytes.Equal(ours, sig) {
 					t.Fatalf("PKCS#1 v1.5 signatures of one digest differ:\nhsm      %x\ncrypto11 %x", ours, sig)
 				}
-			case SchemePSS:
+			case sigalg.SchemePSS:
 				opts := &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: alg.Hash}
 				if err := rsa.VerifyPSS(tt.key.Public.(*rsa.PublicKey), alg.Hash, digest, sig, opts); err != nil {
 					t.Fatalf("crypto11's PSS signature does not verify with hsm's public key (salt = hash length): %v", err)
 				}
-			case SchemeECDSA:
+			case sigalg.SchemeECDSA:
 				if !ecdsa.VerifyASN1(tt.key.Public.(*ecdsa.PublicKey), digest, sig) {
 					t.Fatalf("crypto11's ECDSA signature %x does not verify with hsm's public key", sig)
 				}

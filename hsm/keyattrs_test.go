@@ -23,11 +23,12 @@ func (e *testEnv) rawSession(t testing.TB) (*pkcs11.Ctx, pkcs11.SessionHandle) {
 	if !ok {
 		t.Fatalf("the module's calls go to %T, not the library", e.fault.p11)
 	}
-	if _, err := e.mod.rlock(); err != nil {
+	_, unlock, err := e.mod.rlock()
+	if err != nil {
 		t.Fatal(err)
 	}
 	slot, err := e.tok.findSlotLocked()
-	e.mod.mu.RUnlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

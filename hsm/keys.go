@@ -297,6 +297,13 @@ func (t *Token) forgetKeys() {
 	t.keysMu.Unlock()
 }
 
+// forgetKey drops the cached entry of the key whose CKA_ID is id.
+func (t *Token) forgetKey(id []byte) {
+	t.keysMu.Lock()
+	delete(t.keys, string(id))
+	t.keysMu.Unlock()
+}
+
 // remember caches key, read from the token through s at now, and returns
 // its entry.
 func (t *Token) remember(s *session, h pkcs11.ObjectHandle, key Key, now time.Time) *keyEntry {
@@ -372,6 +379,48 @@ func (t *Token) recheck(s *session, e *keyEntry, now time.Time) (*keyEntry, erro
 	key := e.key
 	key.Label, key.Attrs = k.Label, k.Attrs
 	return t.remember(s, e.handle, key, now), nil
+}
+
+// signRefused returns err, the error of C_SignInit or C_Sign with the key
+// of entry e, unless the token answered KEY_FUNCTION_NOT_PERMITTED, which
+// SoftHSM answers while another session destroys the key (and a token
+// whose key's attributes were changed would too). The key is then looked
+// up again by CKA_ID, past the cache: a key gone answers ErrKeyNotFound; a
+// key that is another object now (destroyed and made again under its id)
+// answers OBJECT_HANDLE_INVALID, so that withSession looks it up again and
+// signs once more; a key still there has its attributes read again, and
+// the answer wraps ErrKeyAttributes with the reason. The refusal is never
+// returned bare. The caller holds the module read lock.
+func (t *Token) signRefused(s *session, e *keyEntry, err error) error {
+	if !isRV(err, pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED) {
+		return err
+	}
+	id := e.key.ID
+	seq := t.loginSeq.Load()
+	hs, ferr := t.find(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}, 2)
+	switch {
+	case ferr != nil:
+		return ferr
+	case len(hs) == 0:
+		t.forgetKey(id)
+		return t.notFound(s, seq, fmt.Errorf("%w: id %x on token %q (destroyed while it was used: %w)", ErrKeyNotFound, id, t.label, err))
+	case len(hs) > 1:
+		return fmt.Errorf("%w: two private keys share id %x on token %q", ErrInvalidArgument, id, t.label)
+	case hs[0] != e.handle:
+		t.forgetKey(id)
+		return p11err(fmt.Sprintf("key %x is another object than the one refused (%v)", id, err), pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID))
+	}
+	ne, rerr := t.recheck(s, e, t.m.opts.now())
+	if rerr != nil {
+		return rerr
+	}
+	if ne.problem != nil {
+		return fmt.Errorf("key %x on token %q: the token refused to sign with it (%w); its attributes, read again: %w", id, t.label, err, ne.problem)
+	}
+	return fmt.Errorf("%w: key %x on token %q: the token refused to sign with it (%w) though its attributes, read again, allow signing", ErrKeyAttributes, id, t.label, err)
 }
 
 // notFound is called when no private key matched a search begun when
@@ -998,8 +1047,6 @@ func (t *Token) DeleteKey(ctx context.Context, id []byte) error {
 		}
 		return t.destroyByID(s, id)
 	})
-	t.keysMu.Lock()
-	delete(t.keys, string(id))
-	t.keysMu.Unlock()
+	t.forgetKey(id)
 	return err
 }

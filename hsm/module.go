@@ -180,13 +180,13 @@ func (m *Module) Slots(ctx context.Context) ([]SlotInfo, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	gen, err := m.rlock()
+	gen, unlock, err := m.rlock()
 	if err != nil {
 		return nil, err
 	}
 	slots, err := m.api.GetSlotList(true)
 	if err != nil {
-		m.mu.RUnlock()
+		unlock()
 		return nil, m.failed(gen, p11err("C_GetSlotList", err))
 	}
 	var out []SlotInfo
@@ -201,31 +201,32 @@ func (m *Module) Slots(ctx context.Context) ([]SlotInfo, error) {
 		}
 		out = append(out, info)
 	}
-	m.mu.RUnlock()
+	unlock()
 	return out, nil
 }
 
 // rlock takes mu for reading and checks that the module can be used. On
-// success the caller must RUnlock. It returns the generation seen. When the
-// library is not initialised and the backoff has passed, it tries to
-// initialise it again first.
-func (m *Module) rlock() (uint64, error) {
+// success it returns the generation seen and the function that gives the
+// read lock back, which the caller must call once, before anything that
+// may take mu for writing (failed). When the library is not initialised
+// and the backoff has passed, it tries to initialise it again first.
+func (m *Module) rlock() (gen uint64, unlock func(), err error) {
 	for attempt := 0; ; attempt++ {
 		m.mu.RLock()
 		if m.closed {
 			m.mu.RUnlock()
-			return 0, fmt.Errorf("module %s: %w", m.path, ErrClosed)
+			return 0, nil, fmt.Errorf("module %s: %w", m.path, ErrClosed)
 		}
 		if m.ready {
-			return m.gen, nil
+			return m.gen, m.mu.RUnlock, nil
 		}
 		gen, until, why := m.gen, m.downUntil, m.downErr
 		m.mu.RUnlock()
 		if attempt > 0 || m.opts.now().Before(until) {
-			return 0, fmt.Errorf("%w: module %s: %w", ErrUnavailable, m.path, why)
+			return 0, nil, fmt.Errorf("%w: module %s: %w", ErrUnavailable, m.path, why)
 		}
 		if err := m.reinitialize(gen, why); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 }

@@ -73,3 +73,23 @@ func (p *pool) drain() iter.Seq[*session] {
 		}
 	}
 }
+
+// PoolStats describes a token's session pool.
+type PoolStats struct {
+	Size   int   // most sessions the pool opens
+	Open   int   // sessions open now
+	Idle   int   // open sessions not in use
+	Waits  int64 // calls that had to wait for a session
+	Logins int64 // re-logins done with the kept PIN
+	// LoginAttempts counts every C_Login made as the user, with the kept
+	// PIN or an officer's, whatever the token answered.
+	LoginAttempts int64
+}
+
+// Stats returns the pool's figures.
+func (t *Token) Stats() PoolStats {
+	return PoolStats{
+		Size: t.pool.size, Open: len(t.pool.sem), Idle: len(t.pool.idle),
+		Waits: t.pool.waits.Load(), Logins: t.logins.Load(), LoginAttempts: t.loginAttempts.Load(),
+	}
+}

@@ -21,7 +21,7 @@ import (
 // it is returned, unless the token was opened WithVerify(false); one that
 // does not verify is withheld with ErrBadSignature. ECDSA signatures are
 // returned DER-encoded.
-func (t *Token) Sign(ctx context.Context, id []byte, alg Algorithm, digest []byte) ([]byte, error) {
+func (t *Token) Sign(ctx context.Context, id []byte, alg sigalg.Algorithm, digest []byte) ([]byte, error) {
 	sigs, err := t.SignMany(ctx, id, alg, [][]byte{digest})
 	if err != nil {
 		return nil, err
@@ -32,8 +32,8 @@ func (t *Token) Sign(ctx context.Context, id []byte, alg Algorithm, digest []byt
 // finish turns the module's signature into the one returned: ECDSA's r‖s
 // becomes DER; then the signature is verified with the public key unless
 // verification is off.
-func (t *Token) finish(key Key, alg Algorithm, digest, sig []byte) ([]byte, error) {
-	if alg.Scheme == SchemeECDSA {
+func (t *Token) finish(key Key, alg sigalg.Algorithm, digest, sig []byte) ([]byte, error) {
+	if alg.Scheme == sigalg.SchemeECDSA {
 		der, err := ecdsaDER(sig)
 		if err != nil {
 			return nil, fmt.Errorf("%w: key %x: %w", ErrBadSignature, key.ID, err)
@@ -49,13 +49,13 @@ func (t *Token) finish(key Key, alg Algorithm, digest, sig []byte) ([]byte, erro
 }
 
 // mechanism returns the PKCS#11 mechanism and the data to sign for alg.
-func mechanism(alg Algorithm, digest []byte) ([]*pkcs11.Mechanism, []byte) {
+func mechanism(alg sigalg.Algorithm, digest []byte) ([]*pkcs11.Mechanism, []byte) {
 	switch alg.Scheme {
-	case SchemePKCS1v15:
+	case sigalg.SchemePKCS1v15:
 		prefix := sigalg.DigestInfoPrefix(alg.Hash)
 		data := make([]byte, 0, len(prefix)+len(digest))
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}, append(append(data, prefix...), digest...)
-	case SchemePSS:
+	case sigalg.SchemePSS:
 		var hashMech, mgf uint
 		switch alg.Hash {
 		case crypto.SHA256:
@@ -155,10 +155,10 @@ func (s *KeySigner) SignContext(ctx context.Context, digest []byte, opts crypto.
 
 // AlgorithmFor picks the algorithm for key and crypto.SignerOpts (see
 // sigalg.ForSignerOpts); what the appliance does not do wraps ErrAlgorithm.
-func AlgorithmFor(key Key, opts crypto.SignerOpts) (Algorithm, error) {
+func AlgorithmFor(key Key, opts crypto.SignerOpts) (sigalg.Algorithm, error) {
 	alg, err := sigalg.ForSignerOpts(key.Public, opts)
 	if err != nil {
-		return Algorithm{}, fmt.Errorf("%w: %w", ErrAlgorithm, err)
+		return sigalg.Algorithm{}, fmt.Errorf("%w: %w", ErrAlgorithm, err)
 	}
 	return alg, nil
 }

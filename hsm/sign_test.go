@@ -17,9 +17,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 )
 
-func mustAlg(t testing.TB, name string) Algorithm {
+func mustAlg(t testing.TB, name string) sigalg.Algorithm {
 	t.Helper()
 	a, err := ParseAlgorithm(name)
 	if err != nil {
@@ -33,22 +35,22 @@ func TestParseAlgorithm(t *testing.T) {
 		in     string
 		name   string
 		hash   crypto.Hash
-		scheme Scheme
+		scheme sigalg.Scheme
 		jose   string
 		curve  string // the curve the name binds
 	}{
-		{"SHA256withRSA", "SHA256withRSA", crypto.SHA256, SchemePKCS1v15, "RS256", ""},
-		{"sha384withrsa", "SHA384withRSA", crypto.SHA384, SchemePKCS1v15, "RS384", ""},
-		{"SHA512withRSA", "SHA512withRSA", crypto.SHA512, SchemePKCS1v15, "RS512", ""},
-		{"SHA256withRSAandMGF1", "SHA256withRSAandMGF1", crypto.SHA256, SchemePSS, "PS256", ""},
-		{"SHA512withRSAandMGF1", "SHA512withRSAandMGF1", crypto.SHA512, SchemePSS, "PS512", ""},
-		{"SHA256withECDSA", "SHA256withECDSA", crypto.SHA256, SchemeECDSA, "ES256", ""},
-		{"SHA384withECDSA", "SHA384withECDSA", crypto.SHA384, SchemeECDSA, "ES384", ""},
-		{"RS256", "SHA256withRSA", crypto.SHA256, SchemePKCS1v15, "RS256", ""},
-		{"ps384", "SHA384withRSAandMGF1", crypto.SHA384, SchemePSS, "PS384", ""},
-		{"ES256", "SHA256withECDSA", crypto.SHA256, SchemeECDSA, "ES256", "P-256"},
-		{"es384", "SHA384withECDSA", crypto.SHA384, SchemeECDSA, "ES384", "P-384"},
-		{"ES512", "SHA512withECDSA", crypto.SHA512, SchemeECDSA, "ES512", "P-521"},
+		{"SHA256withRSA", "SHA256withRSA", crypto.SHA256, sigalg.SchemePKCS1v15, "RS256", ""},
+		{"sha384withrsa", "SHA384withRSA", crypto.SHA384, sigalg.SchemePKCS1v15, "RS384", ""},
+		{"SHA512withRSA", "SHA512withRSA", crypto.SHA512, sigalg.SchemePKCS1v15, "RS512", ""},
+		{"SHA256withRSAandMGF1", "SHA256withRSAandMGF1", crypto.SHA256, sigalg.SchemePSS, "PS256", ""},
+		{"SHA512withRSAandMGF1", "SHA512withRSAandMGF1", crypto.SHA512, sigalg.SchemePSS, "PS512", ""},
+		{"SHA256withECDSA", "SHA256withECDSA", crypto.SHA256, sigalg.SchemeECDSA, "ES256", ""},
+		{"SHA384withECDSA", "SHA384withECDSA", crypto.SHA384, sigalg.SchemeECDSA, "ES384", ""},
+		{"RS256", "SHA256withRSA", crypto.SHA256, sigalg.SchemePKCS1v15, "RS256", ""},
+		{"ps384", "SHA384withRSAandMGF1", crypto.SHA384, sigalg.SchemePSS, "PS384", ""},
+		{"ES256", "SHA256withECDSA", crypto.SHA256, sigalg.SchemeECDSA, "ES256", "P-256"},
+		{"es384", "SHA384withECDSA", crypto.SHA384, sigalg.SchemeECDSA, "ES384", "P-384"},
+		{"ES512", "SHA512withECDSA", crypto.SHA512, sigalg.SchemeECDSA, "ES512", "P-521"},
 	}
 	for _, tt := range tests {
 		a, err := ParseAlgorithm(tt.in)
@@ -133,7 +135,7 @@ func TestSignVerifiedByOpenSSL(t *testing.T) {
 			// And over the message, as a relying party would check it.
 			dgst := []string{"dgst", "-" + map[crypto.Hash]string{crypto.SHA256: "sha256", crypto.SHA384: "sha384", crypto.SHA512: "sha512"}[alg.Hash],
 				"-verify", pubPEM, "-signature", sigFile}
-			if alg.Scheme == SchemePSS {
+			if alg.Scheme == sigalg.SchemePSS {
 				dgst = append(dgst, "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest")
 			}
 			dgst = append(dgst, msgFile)
@@ -194,7 +196,7 @@ func TestSignBadInput(t *testing.T) {
 			}
 		})
 	}
-	if _, err := e.tok.Sign(testContext(t), ecKey.ID, Algorithm{}, make([]byte, 32)); !errors.Is(err, ErrAlgorithm) {
+	if _, err := e.tok.Sign(testContext(t), ecKey.ID, sigalg.Algorithm{}, make([]byte, 32)); !errors.Is(err, ErrAlgorithm) {
 		t.Fatalf("zero Algorithm: %v", err)
 	}
 	e.assertNoLeakedSessions(t)
@@ -348,12 +350,12 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 	e := newEnv(t, nil, WithPoolSize(1), WithMaxWait(time.Minute))
 	k := e.genKey(t, ECP256, "ec")
 	// Hold the only session.
-	gen, err := e.mod.rlock()
+	gen, unlock, err := e.mod.rlock()
 	if err != nil {
 		t.Fatal(err)
 	}
 	held, err := e.tok.acquire(context.Background(), gen, true)
-	e.mod.mu.RUnlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,9 +376,12 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 func TestSessionWaitBoundedWithoutDeadline(t *testing.T) {
 	e := newEnv(t, nil, WithPoolSize(1), WithMaxWait(20*time.Millisecond))
 	k := e.genKey(t, ECP256, "ec")
-	gen, _ := e.mod.rlock()
+	gen, unlock, err := e.mod.rlock()
+	if err != nil {
+		t.Fatal(err)
+	}
 	held, err := e.tok.acquire(context.Background(), gen, true)
-	e.mod.mu.RUnlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"testing"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 )
 
@@ -277,7 +278,7 @@ func serveFloor(in io.Reader) error {
 		}
 		ids = append(ids, id)
 	}
-	algs := make([]hsm.Algorithm, len(ids))
+	algs := make([]sigalg.Algorithm, len(ids))
 	for i, name := range []string{"SHA256withECDSA", "SHA256withRSA"} {
 		if algs[i], err = hsm.ParseAlgorithm(name); err != nil {
 			return err
@@ -315,7 +316,7 @@ func serveFloor(in io.Reader) error {
 }
 
 // serveFloorConn answers the requests of one connection in turn.
-func serveFloorConn(ctx context.Context, conn net.Conn, tok *hsm.Token, ids [][]byte, algs []hsm.Algorithm) {
+func serveFloorConn(ctx context.Context, conn net.Conn, tok *hsm.Token, ids [][]byte, algs []sigalg.Algorithm) {
 	defer conn.Close()
 	r := bufio.NewReader(conn)
 	var head [2]byte

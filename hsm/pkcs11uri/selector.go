@@ -49,14 +49,22 @@ func ParseTokenSelector(s string) (TokenSelector, error) {
 	return TokenSelector{Label: s}, nil
 }
 
+// TrimPadding returns a text field of CK_TOKEN_INFO (label, serial
+// number, manufacturer, model) without the blanks or NULs that pad it to
+// its fixed size: the field as selectors compare it and officers read it.
+// It is the one way the appliance trims a token field.
+func TrimPadding(field string) string {
+	return strings.TrimRight(field, " \x00")
+}
+
 // Matches reports whether s selects the token whose label and serial
 // number are given as CK_TOKEN_INFO holds them (padded with blanks, or
-// NULs). A selector that names neither matches no token.
+// NULs; see TrimPadding). A selector that names neither matches no token.
 func (s TokenSelector) Matches(label, serial string) bool {
-	if s.Label != "" && strings.TrimRight(label, " \x00") != s.Label {
+	if s.Label != "" && TrimPadding(label) != s.Label {
 		return false
 	}
-	if s.Serial != "" && strings.TrimRight(serial, " \x00") != s.Serial {
+	if s.Serial != "" && TrimPadding(serial) != s.Serial {
 		return false
 	}
 	return s.Label != "" || s.Serial != ""

@@ -392,6 +392,24 @@ func TestTokenSelectorMatches(t *testing.T) {
 	}
 }
 
+// TestTrimPadding checks that a CK_TOKEN_INFO field loses its padding of
+// blanks or NULs at the end, and nothing else.
+func TestTrimPadding(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"signer" + strings.Repeat(" ", 26), "signer"},
+		{"signer\x00\x00", "signer"},
+		{"0123 \x00 ", "0123"},
+		{" a b ", " a b"},
+		{"a\tb", "a\tb"},
+		{"   ", ""},
+	}
+	for _, tt := range tests {
+		if got := TrimPadding(tt.in); got != tt.want {
+			t.Errorf("TrimPadding(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 // TestPathAttributes checks the attributes yielded in order and the
 // Problem of each refusal.
 func TestPathAttributes(t *testing.T) {
