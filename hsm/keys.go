@@ -939,6 +939,9 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 			if errors.Is(err, ErrAlgorithm) {
 				continue // a key of a type the appliance does not use
 			}
+			if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, h) {
+				continue // deleted while it was being listed
+			}
 			if err != nil {
 				return err
 			}
@@ -948,6 +951,13 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 		return nil
 	})
 	return keys, err
+}
+
+// objectGone reports whether the object h no longer exists: the token
+// answers OBJECT_HANDLE_INVALID for it.
+func (t *Token) objectGone(s *session, h pkcs11.ObjectHandle) bool {
+	_, err := t.m.api.GetAttributeValue(s.h, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)})
+	return isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID)
 }
 
 // refreshCached replaces the cached entry of key, when it holds the same

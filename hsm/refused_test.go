@@ -93,3 +93,46 @@ func deleteKeyOK(t *testing.T, e *testEnv, k Key) {
 		t.Fatalf("DeleteKey: %v", err)
 	}
 }
+
+// TestListKeysSkipsAKeyDeletedMeanwhile checks that a key deleted by
+// another session while ListKeys reads it (its private key found, its
+// public key gone by the time it is looked up) is left out of the list,
+// not turned into a failure of the whole listing.
+func TestListKeysSkipsAKeyDeletedMeanwhile(t *testing.T) {
+	e := newEnv(t, nil)
+	gone := e.genKey(t, ECP256, "deleted-meanwhile")
+	kept := e.genKey(t, ECP256, "kept")
+	finds := 0
+	t.Cleanup(func() {
+		e.fault.mu.Lock()
+		e.fault.onCall = nil
+		e.fault.mu.Unlock()
+	})
+	e.fault.mu.Lock()
+	e.fault.onCall = func(name string) {
+		if name != "FindObjectsInit" {
+			return
+		}
+		// The first search lists the private keys; the next one looks for
+		// the first key's public key: delete that key just before.
+		if finds++; finds != 2 {
+			return
+		}
+		e.fault.mu.Lock()
+		e.fault.onCall = nil
+		e.fault.mu.Unlock()
+		deleteKeyOK(t, e, gone)
+	}
+	e.fault.mu.Unlock()
+	keys, err := e.tok.ListKeys(testContext(t))
+	if err != nil {
+		t.Fatalf("ListKeys with a key deleted meanwhile: %v", err)
+	}
+	var ids []string
+	for _, k := range keys {
+		ids = append(ids, k.IDHex())
+	}
+	if len(keys) != 1 || keys[0].IDHex() != kept.IDHex() {
+		t.Fatalf("ListKeys = %v, want only the kept key %s (deleted: %s)", ids, kept.IDHex(), gone.IDHex())
+	}
+}
