@@ -246,7 +246,7 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 		return nil, fmt.Errorf("recording the certificate (it was removed from the token again): %w", err)
 	}
 	s.forgetKeyRefs()
-	s.ocspResync()
+	s.certificatesChanged()
 	stored, err := s.store.GetCert(ctx, sum)
 	if err != nil {
 		return nil, err
@@ -327,7 +327,7 @@ func (s *Service) updateCert(ctx context.Context, op, hash string, fn func(*stat
 				return nil, err
 			}
 			s.forgetKeyRefs()
-			s.ocspResync()
+			s.certificatesChanged()
 			if r, err = s.store.GetCert(ctx, r.SHA256); err != nil {
 				return nil, err
 			}
@@ -388,7 +388,7 @@ func (s *Service) deleteCertRecord(ctx context.Context, r state.CertRecord) erro
 	}
 	err := s.store.DeleteCert(ctx, r.SHA256)
 	s.forgetKeyRefs() // after the commit: see forgetKeyRefs
-	s.ocspResync()
+	s.certificatesChanged()
 	return err
 }
 

@@ -244,7 +244,7 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 	}
 	rec.Token = t.name
 	defer s.forgetKeyRefs()
-	defer s.ocspResync() // its certificates may go with it
+	defer s.certificatesChanged() // its certificates may go with it
 	certs, err := s.store.ListCerts(ctx, state.CertFilter{Token: t.tok.Serial(), KeyID: k.IDHex()})
 	if err != nil {
 		return err

@@ -207,6 +207,7 @@ func (s *Service) setupOCSP() error {
 		return err
 	}
 	s.metrics.reg.MustRegister(ocspCollector{s})
+	s.OnCertificatesChanged(o.w.Resync)
 	return nil
 }
 
@@ -231,12 +232,6 @@ func readCertFiles(key string, paths []string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// ocspResync tells the watcher the set of certificates changed.
-func (s *Service) ocspResync() {
-	if s.ocsp != nil {
-		s.ocsp.w.Resync()
-	}
-}
 
 // RunOCSP keeps the OCSP responses of the active certificates fresh until
 // ctx is done; it returns at once when OCSP is turned off.

@@ -210,3 +210,26 @@ func (s *Service) CertificatesOf(ctx context.Context, usage string) ([]KeyCertif
 	}
 	return out, nil
 }
+
+// OnCertificatesChanged registers fn to be called, after the change is
+// committed, each time a certificate is imported, activated, deactivated,
+// given a new status or deleted (with its key or alone). fn must not
+// block: it is called on the changing call's goroutine (a feature kicks
+// its own worker, as the OCSP watcher's Resync does). A feature that
+// holds certificates from CertificatesOf reads them again when notified.
+func (s *Service) OnCertificatesChanged(fn func()) {
+	s.certHooksMu.Lock()
+	defer s.certHooksMu.Unlock()
+	s.certHooks = append(s.certHooks, fn)
+}
+
+// certificatesChanged calls the functions OnCertificatesChanged
+// registered.
+func (s *Service) certificatesChanged() {
+	s.certHooksMu.Lock()
+	hooks := slices.Clone(s.certHooks)
+	s.certHooksMu.Unlock()
+	for _, fn := range hooks {
+		fn()
+	}
+}

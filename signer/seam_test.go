@@ -237,3 +237,52 @@ func TestSeamRefusals(t *testing.T) {
 		}
 	})
 }
+
+// TestSeamCertificateChangesNotify: a feature that registered with
+// OnCertificatesChanged is told of each import, activation, deactivation
+// and deletion, after it is committed (CertificatesOf already answers the
+// new set when the feature is told).
+func TestSeamCertificateChangesNotify(t *testing.T) {
+	d := signer.NewSeamDaemon(t)
+	ctx := seamCtx(t)
+	type seen struct{ active int }
+	notes := make(chan seen, 16)
+	d.Service.OnCertificatesChanged(func() {
+		certs, err := d.Service.CertificatesOf(context.Background(), signer.UsageTSA)
+		if err != nil {
+			t.Errorf("CertificatesOf in the notification: %v", err)
+		}
+		notes <- seen{active: len(certs)}
+	})
+	next := func(what string) seen {
+		t.Helper()
+		select {
+		case n := <-notes:
+			return n
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no notification after %s", what)
+			return seen{}
+		}
+	}
+	k, _ := tsaKeyWithCert(t, d) // import, then activate
+	if n := next("import"); n.active != 0 {
+		t.Fatalf("after import: %d active certificates seen, want 0", n.active)
+	}
+	if n := next("activation"); n.active != 1 {
+		t.Fatalf("after activation: %d active certificates seen, want 1", n.active)
+	}
+	certs, err := d.Service.CertificatesOf(ctx, signer.UsageTSA)
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("CertificatesOf: %v, %v", certs, err)
+	}
+	if _, err := d.Client.DeactivateCert(ctx, &signerv1.CertRef{Hash: certs[0].SHA256}); err != nil {
+		t.Fatal(err)
+	}
+	if n := next("deactivation"); n.active != 0 {
+		t.Fatalf("after deactivation: %d active certificates seen, want 0", n.active)
+	}
+	if _, err := d.Client.DeleteKey(ctx, &signerv1.DeleteKeyRequest{KeyId: k.GetId(), Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	next("deletion of the key with its certificate")
+}

@@ -76,6 +76,11 @@ type Service struct {
 	// [ocsp] enabled is false.
 	ocsp *ocspWatch
 
+	// certHooks are called after each change to the certificates (see
+	// OnCertificatesChanged).
+	certHooksMu sync.Mutex
+	certHooks   []func()
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 	closeOnce sync.Once
