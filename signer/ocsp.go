@@ -366,7 +366,7 @@ func (s *Service) mayReadOCSP(ctx context.Context, c caller, sum [32]byte) (bool
 	case rec.Member == "":
 		return true, ""
 	}
-	return c.policy.MayUseMember(c.cfgPeer(), rec.Member), rec.Member
+	return c.mayUseMember(rec.Member), rec.Member
 }
 
 // mayHaveOCSP refuses caller c the watched certificate sum, named as h,
