@@ -232,7 +232,6 @@ func readCertFiles(key string, paths []string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-
 // RunOCSP keeps the OCSP responses of the active certificates fresh until
 // ctx is done; it returns at once when OCSP is turned off.
 func (s *Service) RunOCSP(ctx context.Context) {
