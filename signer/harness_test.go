@@ -83,6 +83,8 @@ type daemonParams struct {
 	// OCSP is the [ocsp] table's keys, TOML; tests not about OCSP turn
 	// it off, so that their certificates need no responder.
 	OCSP string
+	// TSA is the [tsa] table's keys, TOML.
+	TSA string
 	// SwitchAudit puts a switchAudit in front of the audit log, so that a
 	// test can swap the log while the daemon serves.
 	SwitchAudit bool
@@ -105,7 +107,10 @@ max_concurrent_streams = {{.MaxStreams}}
 {{end}}
 [ocsp]
 {{.OCSP}}
-
+{{if .TSA}}
+[tsa]
+{{.TSA}}
+{{end}}
 [[module]]
 name = "softhsm"
 path = "{{.Module}}"

@@ -98,11 +98,13 @@ func (m *metrics) observe(fullMethod string, code codes.Code, d time.Duration) {
 
 // HTTPHandler serves /metrics (Prometheus), /healthz (200 once every
 // module is ready, 503 otherwise) and /ocsp/{cert-sha256-hex} (the
-// certificate's freshest good OCSP response) for the HTTP socket.
+// certificate's freshest good OCSP response) and POST /tsa (the built-in
+// RFC 3161 time-stamping authority) for the HTTP socket.
 func (s *Service) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ocsp/{hash}", s.serveOCSP)
+	mux.HandleFunc("POST /tsa", s.serveTSA)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !s.Ready() {

@@ -76,6 +76,10 @@ type Service struct {
 	// [ocsp] enabled is false.
 	ocsp *ocspWatch
 
+	// tsa is the built-in time-stamping authority; nil when [tsa]
+	// enabled is false.
+	tsa *tsaService
+
 	// certHooks are called after each change to the certificates (see
 	// OnCertificatesChanged).
 	certHooksMu sync.Mutex
@@ -198,10 +202,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if err := s.setupOCSP(); err != nil {
 		return nil, fmt.Errorf("[ocsp]: %w", err)
 	}
-	if cfg.TSA.Enabled || len(cfg.TSA.Upstream.URLs) > 0 {
-		// The tsa package is built and tested; its wiring into the
-		// daemon (the TSA key, /tsa, the Timestamp call) is not yet.
-		return nil, errors.New("[tsa]: this release does not serve time-stamps yet; leave [tsa] enabled = false and [tsa.upstream] urls empty")
+	if err := s.setupTSA(); err != nil {
+		return nil, fmt.Errorf("[tsa]: %w", err)
 	}
 	if !opts.DeferLogin {
 		if err := s.LoginAtStart(ctx); err != nil {
