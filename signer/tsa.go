@@ -25,8 +25,7 @@ type tsaService struct {
 	clock tsa.ClockSource
 
 	mu     sync.Mutex
-	issuer *tsa.Issuer
-	why    error // why there is no issuer
+	issuer *tsa.Issuer // nil until a request finds a fit certificate
 }
 
 // setupTSA prepares the built-in TSA from [tsa]; it serves once a key of
@@ -66,18 +65,20 @@ func (s *Service) setupTSA() error {
 // certificates as they are now.
 func (t *tsaService) forget() {
 	t.mu.Lock()
-	t.issuer, t.why = nil, nil
+	t.issuer = nil
 	t.mu.Unlock()
 }
 
 // tsaIssuer returns the issuer, making it from the TSA key's newest
-// active certificate when needed, or why there is none.
+// active certificate when needed, or why there is none. Only an issuer is
+// kept: why there is none (a token logged out, say) is found again at the
+// next request, so the TSA serves as soon as it can.
 func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, error) {
 	t := s.tsa
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.issuer != nil || t.why != nil {
-		return t.issuer, t.why
+	if t.issuer != nil {
+		return t.issuer, nil
 	}
 	certs, err := s.CertificatesOf(ctx, UsageTSA)
 	if err != nil {
@@ -101,8 +102,7 @@ func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, error) {
 		t.issuer = is
 		return is, nil
 	}
-	t.why = fmt.Errorf("the TSA does not serve: no key of usage tsa%s has an active certificate fit for time-stamping (%v)", map[bool]string{true: " " + t.key, false: ""}[t.key != ""], problems)
-	return nil, t.why
+	return nil, fmt.Errorf("the TSA does not serve: no key of usage tsa%s has an active certificate fit for time-stamping (%v)", map[bool]string{true: " " + t.key, false: ""}[t.key != ""], problems)
 }
 
 // serveTSA answers POST /tsa: an RFC 3161 TimeStampReq in, a

@@ -69,6 +69,27 @@ func TestTSAOverHTTPSocket(t *testing.T) {
 	if _, err := d.client.ActivateCert(testCtx(t), &signerv1.CertRef{Hash: imp.GetSha256()}); err != nil {
 		t.Fatal(err)
 	}
+	// The token logged out: a rejection; logged in again: the TSA serves
+	// at once (a refusal is not remembered).
+	rejected := func(name string) bool {
+		_, body := post(query(name), "application/timestamp-query")
+		rp := filepath.Join(dir, name+".tsr")
+		os.WriteFile(rp, body, 0o600)
+		out, _ := exec.Command("openssl", "ts", "-reply", "-in", rp, "-text").CombinedOutput()
+		return strings.Contains(string(out), "Status: Rejected")
+	}
+	if _, err := d.client.LogoutToken(testCtx(t), &signerv1.LogoutTokenRequest{Token: "t1"}); err != nil {
+		t.Fatal(err)
+	}
+	if !rejected("loggedout") {
+		t.Fatal("a time-stamp was issued with the TSA key's token logged out")
+	}
+	if _, err := d.client.LoginToken(testCtx(t), &signerv1.LoginTokenRequest{Token: "t1", Pin: d.soft.UserPIN}); err != nil {
+		t.Fatal(err)
+	}
+	if rejected("loggedin") {
+		t.Fatal("still refused after the token was logged in again")
+	}
 	untrusted := filepath.Join(dir, "chain.pem")
 	os.WriteFile(untrusted, pemOf(cert, ca.Intermediate), 0o600)
 	for _, flags := range [][]string{{}, {"-cert"}, {"-no_nonce"}} {
@@ -98,7 +119,7 @@ func TestTSAOverHTTPSocket(t *testing.T) {
 			signed++
 		}
 	}
-	if issued != 3 || signed != 3 {
-		t.Fatalf("%d tsa.issue and %d tsa.sign audit lines, want 3 each", issued, signed)
+	if issued != 4 || signed != 4 {
+		t.Fatalf("%d tsa.issue and %d tsa.sign audit lines, want 4 each", issued, signed)
 	}
 }
