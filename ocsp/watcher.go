@@ -160,6 +160,7 @@ type Watcher struct {
 	kick  chan struct{} // a refresh is due earlier than the timer says
 	sync  chan struct{} // the source changed
 	ready chan struct{} // closed once the store and source are loaded
+	prime sync.Once     // loads them, once (Prime or Run)
 
 	mu       sync.Mutex
 	bySHA256 map[[32]byte]*entry
@@ -219,6 +220,16 @@ func (w *Watcher) Resync() {
 	}
 }
 
+// Prime loads the stored responses and reads the source, once, so that
+// the stored responses are served before Run starts (a service calls it
+// before it takes requests); Run primes the watcher itself otherwise.
+func (w *Watcher) Prime(ctx context.Context) {
+	w.prime.Do(func() {
+		w.resync(ctx, w.loadStore(ctx))
+		close(w.ready)
+	})
+}
+
 // Ready is closed once Run has loaded the stored responses and read the
 // source for the first time.
 func (w *Watcher) Ready() <-chan struct{} { return w.ready }
@@ -229,9 +240,7 @@ func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 func (w *Watcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	stored := w.loadStore(ctx)
-	w.resync(ctx, stored)
-	close(w.ready)
+	w.Prime(ctx)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {

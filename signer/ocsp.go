@@ -161,7 +161,7 @@ func isSelfSigned(c *x509.Certificate) bool {
 // setupOCSP makes the OCSP watcher from the [ocsp] table, loading the
 // certificates it names; with OCSP off it logs a warning and does
 // nothing.
-func (s *Service) setupOCSP() error {
+func (s *Service) setupOCSP(ctx context.Context) error {
 	oc := s.cfg.OCSP
 	if !oc.Enabled {
 		s.log.Warn("OCSP is turned off ([ocsp] enabled = false): certificates are offered without any revocation status")
@@ -208,6 +208,9 @@ func (s *Service) setupOCSP() error {
 	}
 	s.metrics.reg.MustRegister(ocspCollector{s})
 	s.OnCertificatesChanged(o.w.Resync)
+	// The stored responses are served from the first request on, not
+	// only once the watcher's goroutine has started.
+	o.w.Prime(ctx)
 	return nil
 }
 

@@ -199,7 +199,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	s.metrics = newMetrics(s)
 	s.limits = newUIDLimits(cfg.Limits, log, s.writeSummary, s.namedByPolicy)
 	s.metrics.reg.MustRegister(s.limits.collectors()...)
-	if err := s.setupOCSP(); err != nil {
+	if err := s.setupOCSP(ctx); err != nil {
 		return nil, fmt.Errorf("[ocsp]: %w", err)
 	}
 	if err := s.setupTSA(); err != nil {
