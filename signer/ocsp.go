@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -214,7 +213,8 @@ func (s *Service) setupOCSP(ctx context.Context) error {
 	return nil
 }
 
-// readCertFiles reads one PEM certificate from each file.
+// readCertFiles reads the certificate in each file (PEM or DER, as
+// ImportCert reads them: a private key is refused unread).
 func readCertFiles(key string, paths []string) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for _, p := range paths {
@@ -222,15 +222,11 @@ func readCertFiles(key string, paths []string) ([]*x509.Certificate, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
 		}
-		block, _ := pem.Decode(b)
-		if block == nil || block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%s: %s holds no PEM certificate", key, p)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
+		certs, err := parseCertInput(b)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", key, p, err)
 		}
-		out = append(out, c)
+		out = append(out, certs[0])
 	}
 	return out, nil
 }

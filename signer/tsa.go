@@ -102,7 +102,11 @@ func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, error) {
 		t.issuer = is
 		return is, nil
 	}
-	return nil, fmt.Errorf("the TSA does not serve: no key of usage tsa%s has an active certificate fit for time-stamping (%v)", map[bool]string{true: " " + t.key, false: ""}[t.key != ""], problems)
+	which := "no key of usage tsa"
+	if t.key != "" {
+		which = "key " + t.key + " (usage tsa)"
+	}
+	return nil, fmt.Errorf("the TSA does not serve: %s has no active certificate fit for time-stamping %v", which, problems)
 }
 
 // serveTSA answers POST /tsa: an RFC 3161 TimeStampReq in, a
