@@ -28,7 +28,16 @@ type caller struct {
 	policy *config.Policy
 	admin  bool
 	client bool
+	// remote is set for a caller without socket credentials, admitted
+	// by a listener the configuration opened (the TSA's loopback TCP
+	// listener): its address, which its audit lines name in place of
+	// uid, gid and pid (-1).
+	remote string
 }
+
+// anonymousPeer is the peer of a caller without socket credentials: no
+// uid, gid or pid any policy names.
+func anonymousPeer() peercred.Peer { return peercred.Peer{UID: ^uint32(0), GID: ^uint32(0), PID: -1} }
 
 // callerOf asks policy what it makes of peer p.
 func callerOf(policy *config.Policy, p peercred.Peer) caller {
@@ -78,7 +87,8 @@ const (
 func methodRole(fullMethod string) role {
 	switch fullMethod {
 	case signerv1.Signer_GetStatus_FullMethodName,
-		signerv1.Signer_GetKey_FullMethodName: // a client sees only the keys it may use
+		signerv1.Signer_GetKey_FullMethodName, // a client sees only the keys it may use
+		signerv1.Signer_GetTSAStatus_FullMethodName:
 		return roleAny
 	case signerv1.Signer_ListTokens_FullMethodName, signerv1.Signer_GetToken_FullMethodName,
 		signerv1.Signer_LoginToken_FullMethodName, signerv1.Signer_LogoutToken_FullMethodName,
@@ -95,7 +105,8 @@ func methodRole(fullMethod string) role {
 		return roleAdmin
 	case signerv1.Signer_Sign_FullMethodName, signerv1.Signer_SignBatch_FullMethodName,
 		signerv1.Signer_SignStream_FullMethodName, signerv1.Signer_GetSigningInfo_FullMethodName,
-		signerv1.Signer_GetOCSPResponses_FullMethodName, signerv1.Signer_SetOCSPResponses_FullMethodName:
+		signerv1.Signer_GetOCSPResponses_FullMethodName, signerv1.Signer_SetOCSPResponses_FullMethodName,
+		signerv1.Signer_Timestamp_FullMethodName:
 		return roleClient
 	}
 	return roleNobody

@@ -127,6 +127,9 @@ func (s *Service) auditFailed(op string, err, aerr error) {
 // auditRecord completes r with the caller and the result of err.
 func auditRecord(c caller, r audit.Record, err error) audit.Record {
 	r.UID, r.GID, r.PID = int64(c.peer.UID), int64(c.peer.GID), int64(c.peer.PID)
+	if c.remote != "" {
+		r.UID, r.GID, r.PID = -1, -1, -1
+	}
 	r.Result = "ok"
 	if err != nil {
 		r.Result = codeOf(err).String() + ": " + err.Error()

@@ -28,6 +28,8 @@ var (
 	// ErrPrecondition means the request is well-formed but the state of
 	// the key, token or certificate does not allow it.
 	ErrPrecondition = errors.New("failed precondition")
+	// ErrUpstream means no external TSA gave a token that verifies.
+	ErrUpstream = errors.New("the external TSAs gave no token")
 )
 
 // codeOf maps an error to the gRPC code that says what it means.
@@ -57,7 +59,8 @@ func codeOf(err error) codes.Code {
 		return codes.FailedPrecondition
 	case errors.Is(err, hsm.ErrSessionWait):
 		return codes.ResourceExhausted
-	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrClosed), errors.Is(err, ErrAudit), errors.Is(err, hsm.ErrBadSignature):
+	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrClosed), errors.Is(err, ErrAudit), errors.Is(err, hsm.ErrBadSignature),
+		errors.Is(err, ErrUpstream):
 		return codes.Unavailable
 	}
 	return codes.Internal

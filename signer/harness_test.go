@@ -17,6 +17,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+	"github.com/hsmsigner/hsmsigner/tsa"
 )
 
 // testDaemon is a Service served over a real Unix socket on a fresh
@@ -88,6 +89,8 @@ type daemonParams struct {
 	// SwitchAudit puts a switchAudit in front of the audit log, so that a
 	// test can swap the log while the daemon serves.
 	SwitchAudit bool
+	// TSAClock replaces the kernel's clock state for the TSA's guard.
+	TSAClock tsa.ClockSource
 }
 
 var configTemplate = template.Must(template.New("cfg").Parse(`
@@ -180,7 +183,7 @@ func (d *testDaemon) start() {
 	}
 	d.cfg = cfg
 	ctx := context.Background()
-	svc, err := New(ctx, cfg, Options{Version: "test"})
+	svc, err := New(ctx, cfg, Options{Version: "test", TSAClock: d.params.TSAClock})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

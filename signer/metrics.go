@@ -1,6 +1,8 @@
 package signer
 
 import (
+	"context"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -9,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc/codes"
+
+	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
 
 // metrics are the service's Prometheus metrics, in a registry of its own.
@@ -96,11 +100,49 @@ func (m *metrics) observe(fullMethod string, code codes.Code, d time.Duration) {
 	m.latency.WithLabelValues(method).Observe(d.Seconds())
 }
 
-// HTTPHandler serves /metrics (Prometheus), /healthz (200 once every
-// module is ready, 503 otherwise) and /ocsp/{cert-sha256-hex} (the
-// certificate's freshest good OCSP response) and POST /tsa (the built-in
-// RFC 3161 time-stamping authority) for the HTTP socket.
-func (s *Service) HTTPHandler() http.Handler {
+// HTTPServer returns the server of the HTTP socket: /metrics
+// (Prometheus), /healthz (200 once every module is ready, 503 otherwise),
+// /ocsp/{cert-sha256-hex} (the certificate's freshest good OCSP response)
+// and POST /tsa (the built-in RFC 3161 time-stamping authority, for
+// callers the policy lets use the TSA key, read from each connection's
+// socket credentials).
+func (s *Service) HTTPServer() *http.Server {
+	return &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: httpHeaderTimeout, ConnContext: withConnPeer}
+}
+
+// TSAServer returns the server of the built-in TSA's loopback TCP
+// listener ([tsa] listen): POST /tsa only, for RFC 3161 clients that
+// speak only HTTP over TCP. Its callers have no socket credentials: the
+// listener admits whoever reaches it, and each token's audit line names
+// the remote address.
+func (s *Service) TSAServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /tsa", func(w http.ResponseWriter, r *http.Request) {
+		s.serveTSAFor(w, r, caller{peer: anonymousPeer(), remote: "tcp:" + r.RemoteAddr})
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: httpHeaderTimeout, ReadTimeout: httpHeaderTimeout, WriteTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+}
+
+// httpHeaderTimeout bounds the reading of a request's header.
+const httpHeaderTimeout = 10 * time.Second
+
+type connPeerKey struct{}
+
+// withConnPeer puts the peer of a Unix socket connection in its context.
+func withConnPeer(ctx context.Context, c net.Conn) context.Context {
+	if p, err := peercred.FromConn(c); err == nil {
+		return context.WithValue(ctx, connPeerKey{}, p)
+	}
+	return ctx
+}
+
+// peerOfRequest returns the socket credentials of r's connection.
+func peerOfRequest(r *http.Request) (peercred.Peer, bool) {
+	p, ok := r.Context().Value(connPeerKey{}).(peercred.Peer)
+	return p, ok
+}
+
+func (s *Service) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /ocsp/{hash}", s.serveOCSP)
@@ -119,4 +161,42 @@ func (s *Service) HTTPHandler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// registerTSA adds the time-stamping service's metrics: whether the
+// built-in TSA serves, whether its clock guard refuses, the tokens issued
+// and refused, and the upstream mode's health.
+func (m *metrics) registerTSA(s *Service) {
+	t := s.tsa
+	m.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_tsa_tokens_issued_total", Help: "Time-stamp tokens the built-in TSA issued."},
+			func() float64 { return float64(t.issued.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_tsa_requests_refused_total", Help: "Time-stamp requests the built-in TSA refused (an RFC 3161 rejection or a gRPC error)."},
+			func() float64 { return float64(t.refused.Load()) }),
+	)
+	if t.builtin {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_tsa_serving", Help: "1 when the built-in TSA would issue a token now; signerctl tsa status says why not."},
+				func() float64 {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					_, reason := s.tsaReason(ctx)
+					return boolFloat(reason == "")
+				}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_tsa_clock_refusing", Help: "1 when the clock guard refuses tokens (timeNotAvailable): clock unsynchronised, its error beyond the accuracy, or stepped."},
+				func() float64 { return boolFloat(t.guard.Ready() != nil) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_tsa_clock_guard_off", Help: "1 when the clock guard is turned off ([tsa] require_synced_clock = false): never in production."},
+				func() float64 { return boolFloat(t.guard.Off()) }),
+		)
+	}
+	if t.upstream != nil {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_tsa_upstream_healthy", Help: "0 once every external TSA has failed for [tsa.upstream] unhealthy_after."},
+				func() float64 { return boolFloat(t.upstream.Health().Healthy) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_tsa_upstream_calls_total", Help: "Requests sent to the external TSAs."},
+				func() float64 { return float64(t.upstream.Health().Calls) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signerd_tsa_upstream_stamps_total", Help: "Verified upstream stamps handed to callers."},
+				func() float64 { return float64(t.upstream.Health().Stamps) }),
+		)
+	}
 }

@@ -84,7 +84,7 @@ func (d *testDaemon) serveHTTP(t *testing.T) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: d.svc.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := d.svc.HTTPServer()
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

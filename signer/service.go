@@ -19,6 +19,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	"github.com/hsmsigner/hsmsigner/signer/state"
+	"github.com/hsmsigner/hsmsigner/tsa"
 )
 
 // StateFile is the name of the bbolt file in the state directory.
@@ -41,6 +42,9 @@ type Options struct {
 	// (signerd: its sockets), so that a start that fails costs the
 	// tokens no PIN try.
 	DeferLogin bool
+	// TSAClock replaces the kernel's word on the clock for the built-in
+	// TSA's clock guard (tests); nil means the kernel's (adjtimex).
+	TSAClock tsa.ClockSource
 }
 
 // Service implements the signer.v1 API. Create it with New and Close it
@@ -76,8 +80,11 @@ type Service struct {
 	// [ocsp] enabled is false.
 	ocsp *ocspWatch
 
-	// tsa is the built-in time-stamping authority; nil when [tsa]
-	// enabled is false.
+	// tsaClock is Options.TSAClock.
+	tsaClock tsa.ClockSource
+	// tsa is the time-stamping service; nil when neither the built-in
+	// TSA ([tsa] enabled) nor the upstream mode ([tsa.upstream] urls) is
+	// configured.
 	tsa *tsaService
 
 	// certHooks are called after each change to the certificates (see
@@ -154,7 +161,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Service, err
 	if err := cfg.Limits.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log, version: opts.Version, started: time.Now(), keys: map[string]*keyRef{}, draining: make(chan struct{})}
+	s := &Service{cfg: cfg, log: log, version: opts.Version, tsaClock: opts.TSAClock, started: time.Now(), keys: map[string]*keyRef{}, draining: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
@@ -319,6 +326,7 @@ func (s *Service) Close() error {
 		}
 		s.pending, s.loginsDone = nil, true
 		s.startMu.Unlock()
+		s.tsa.close() // the upstream batch pending, with its lines
 		if s.limits != nil {
 			s.limits.close() // its last summary lines, while the audit log is open
 		}

@@ -1,6 +1,7 @@
 package tsa
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -26,6 +27,86 @@ type ClockSourceFunc func() (ClockState, error)
 
 // ClockState calls f.
 func (f ClockSourceFunc) ClockState() (ClockState, error) { return f() }
+
+// Guard is the clock guard: it says whether time can be trusted now. One
+// Guard outlives the Issuers made over it, so that a step of the clock
+// seen by one is not forgotten when the certificate changes. It is safe
+// for concurrent use.
+type Guard struct {
+	clock    ClockSource
+	accuracy time.Duration
+	skip     bool
+	steps    *stepDetector
+	now      func() time.Time
+}
+
+// NewGuard returns the guard of cfg (its Accuracy and SkipClockCheck)
+// over clock; nil means the kernel's clock.
+func NewGuard(clock ClockSource, cfg Config) *Guard {
+	if clock == nil {
+		clock = KernelClock{}
+	}
+	return &Guard{clock: clock, accuracy: cfg.accuracy(), skip: cfg.SkipClockCheck, steps: newStepDetector(time.Now()), now: time.Now}
+}
+
+// Off reports whether the guard was turned off (Config.SkipClockCheck).
+func (g *Guard) Off() bool { return g.skip }
+
+// GuardState is what the guard knows of the clock, for a status report.
+type GuardState struct {
+	// Off: the guard was turned off and lets every token through.
+	Off bool
+	// Clock is the kernel's word on the clock, when it could be read.
+	Clock ClockState
+	// ReadError says why the clock's state could not be read.
+	ReadError string
+	// Stepped is the largest step of the wall clock seen since start.
+	Stepped time.Duration
+	// Problem says why tokens are refused (timeNotAvailable) now; "" when
+	// they are issued (or the guard is off).
+	Problem string
+}
+
+// State reports what the guard knows now.
+func (g *Guard) State() GuardState {
+	st := GuardState{Off: g.skip}
+	cs, err := g.clock.ClockState()
+	if err != nil {
+		st.ReadError = err.Error()
+	} else {
+		st.Clock = cs
+	}
+	if perr := g.problem(cs, err); perr != nil && !g.skip {
+		st.Problem = perr.Error()
+	}
+	g.steps.mu.Lock()
+	st.Stepped = g.steps.stepped
+	g.steps.mu.Unlock()
+	return st
+}
+
+// Ready reports why a token would be refused with timeNotAvailable now,
+// or nil: the clock unsynchronised, its error beyond the accuracy, or a
+// step since start. A guard that is off is always ready.
+func (g *Guard) Ready() error {
+	if g.skip {
+		return nil
+	}
+	cs, err := g.clock.ClockState()
+	return g.problem(cs, err)
+}
+
+func (g *Guard) problem(cs ClockState, err error) error {
+	switch {
+	case err != nil:
+		return fmt.Errorf("cannot read the clock's state: %w", err)
+	case !cs.Synced:
+		return errors.New("the kernel reports the clock unsynchronised (STA_UNSYNC): is NTP running?")
+	case cs.MaxError > g.accuracy:
+		return fmt.Errorf("the kernel's bound on the clock's error, %s, exceeds the accuracy %s", cs.MaxError, g.accuracy)
+	}
+	return g.steps.check(g.now(), g.accuracy)
+}
 
 // stepDetector notices a step of the wall clock: the wall clock's
 // elapsed time drifts from the monotonic clock's only when the wall clock

@@ -67,8 +67,7 @@ type Issuer struct {
 	signer crypto.Signer
 	cert   *x509.Certificate
 	chain  []*x509.Certificate // issuers of cert, nearest first
-	clock  ClockSource
-	steps  *stepDetector
+	guard  *Guard
 	now    func() time.Time
 }
 
@@ -101,8 +100,15 @@ var ErrCertificate = errors.New("unfit TSA certificate")
 // NewIssuer returns an Issuer signing with signer under cert (chain: its
 // issuers, nearest first, sent when a request asks for certificates). It
 // refuses a certificate CertificateProblem refuses. clock nil means the
-// kernel's.
+// kernel's. The Issuer makes its own Guard; NewIssuerGuarded shares one.
 func NewIssuer(cfg Config, signer crypto.Signer, cert *x509.Certificate, chain []*x509.Certificate, clock ClockSource) (*Issuer, error) {
+	return NewIssuerGuarded(cfg, signer, cert, chain, NewGuard(clock, cfg))
+}
+
+// NewIssuerGuarded is NewIssuer with the clock guard given: a service that
+// makes a new Issuer whenever its certificate changes keeps one Guard, so
+// a step of the clock is never forgotten.
+func NewIssuerGuarded(cfg Config, signer crypto.Signer, cert *x509.Certificate, chain []*x509.Certificate, guard *Guard) (*Issuer, error) {
 	if p := CertificateProblem(cert, signer.Public(), time.Now()); p != "" {
 		return nil, fmt.Errorf("%w: %s", ErrCertificate, p)
 	}
@@ -114,10 +120,10 @@ func NewIssuer(cfg Config, signer crypto.Signer, cert *x509.Certificate, chain [
 			return nil, fmt.Errorf("tsa: hash %v is not accepted", h)
 		}
 	}
-	if clock == nil {
-		clock = KernelClock{}
+	if guard == nil {
+		return nil, errors.New("tsa: no clock guard")
 	}
-	return &Issuer{cfg: cfg, signer: signer, cert: cert, chain: chain, clock: clock, steps: newStepDetector(time.Now()), now: time.Now}, nil
+	return &Issuer{cfg: cfg, signer: signer, cert: cert, chain: chain, guard: guard, now: time.Now}, nil
 }
 
 // Issued describes a token issued, for the audit line.
@@ -141,28 +147,39 @@ func (r *Refusal) Error() string {
 	return fmt.Sprintf("time-stamp request refused (%s): %s", r.FailInfo, r.Reason)
 }
 
+// Name is the failInfo's name in RFC 3161 (e.g. "timeNotAvailable").
+func (r *Refusal) Name() string {
+	switch r.FailInfo {
+	case timestamp.BadAlgorithm:
+		return "badAlg"
+	case timestamp.BadRequest:
+		return "badRequest"
+	case timestamp.BadDataFormat:
+		return "badDataFormat"
+	case timestamp.TimeNotAvailable:
+		return "timeNotAvailable"
+	case timestamp.UnacceptedPolicy:
+		return "unacceptedPolicy"
+	case timestamp.UnacceptedExtension:
+		return "unacceptedExtension"
+	case timestamp.AddInfoNotAvailable:
+		return "addInfoNotAvailable"
+	case timestamp.SystemFailure:
+		return "systemFailure"
+	}
+	return fmt.Sprintf("failInfo(%d)", int(r.FailInfo))
+}
+
 func refuse(fi timestamp.FailureInfo, format string, args ...any) *Refusal {
 	return &Refusal{FailInfo: fi, Reason: fmt.Sprintf(format, args...)}
 }
 
 // Ready reports why the issuer would refuse with timeNotAvailable now, or
-// nil: the clock unsynchronised, its error beyond the accuracy, or a step
-// since start.
-func (is *Issuer) Ready() error {
-	if is.cfg.SkipClockCheck {
-		return nil
-	}
-	st, err := is.clock.ClockState()
-	switch {
-	case err != nil:
-		return fmt.Errorf("cannot read the clock's state: %w", err)
-	case !st.Synced:
-		return errors.New("the kernel reports the clock unsynchronised (STA_UNSYNC): is NTP running?")
-	case st.MaxError > is.cfg.accuracy():
-		return fmt.Errorf("the kernel's bound on the clock's error, %s, exceeds the accuracy %s", st.MaxError, is.cfg.accuracy())
-	}
-	return is.steps.check(is.now(), is.cfg.accuracy())
-}
+// nil (see Guard.Ready).
+func (is *Issuer) Ready() error { return is.guard.Ready() }
+
+// Certificate returns the TSA certificate tokens are signed under.
+func (is *Issuer) Certificate() *x509.Certificate { return is.cert }
 
 // Issue answers the DER TimeStampReq req. resp is always a DER
 // TimeStampResp: granted with the token, or a rejection. A rejection also

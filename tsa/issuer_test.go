@@ -258,6 +258,41 @@ func TestClockStepRefuses(t *testing.T) {
 	}
 }
 
+// TestGuardOutlivesIssuers checks that a step of the clock seen through a
+// shared Guard refuses tokens of an Issuer made after it (a new
+// certificate), and that the guard's state names the step.
+func TestGuardOutlivesIssuers(t *testing.T) {
+	ts := newCriticalEKUTSA(t, "ecdsa")
+	cfg := Config{Policy: testPolicy}
+	g := NewGuard(syncedClock, cfg)
+	if err := g.Ready(); err != nil {
+		t.Fatalf("fresh guard: %v", err)
+	}
+	if err := g.steps.observe(5*time.Second, time.Second); err == nil {
+		t.Fatal("a 5 s step passed")
+	}
+	is, err := NewIssuerGuarded(cfg, ts.key, ts.cert, nil, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	req, err := (&timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: digest[:]}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, _, err := is.Issue(context.Background(), req)
+	var r *Refusal
+	if !errors.As(err, &r) || r.FailInfo != timestamp.TimeNotAvailable || resp == nil {
+		t.Fatalf("issuer made after the step: %v", err)
+	}
+	if st := g.State(); st.Stepped != 5*time.Second || !strings.Contains(st.Problem, "stepped") || st.Off {
+		t.Fatalf("state %+v", st)
+	}
+	if _, err := NewIssuerGuarded(cfg, ts.key, ts.cert, nil, nil); err == nil {
+		t.Fatal("an issuer without a guard was made")
+	}
+}
+
 // TestNewIssuerRefusesUnfitCertificates checks the certificate rules: the
 // key's own, valid now, extendedKeyUsage timeStamping alone and critical.
 func TestNewIssuerRefusesUnfitCertificates(t *testing.T) {

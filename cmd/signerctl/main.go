@@ -74,7 +74,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 2*time.Minute, "deadline of each call")
 	root.AddCommand(a.statusCommand(), a.tokenCommand(), a.keyCommand(), a.csrCommand(), a.certCommand(), a.signingInfoCommand(), a.ocspCommand(),
-		a.signCommand(), a.benchCommand(), a.auditCommand())
+		a.tsaCommand(), a.signCommand(), a.benchCommand(), a.auditCommand())
 	refuseUnknownSubcommands(root)
 	return root
 }

@@ -57,6 +57,14 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	}
 	defer grpcL.Close()
 	defer httpL.Close()
+	// The built-in TSA's loopback TCP listener, when [tsa] listen is set.
+	var tsaL net.Listener
+	if cfg.TSA.Listen != "" {
+		if tsaL, err = (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.TSA.Listen); err != nil {
+			return fmt.Errorf("[tsa] listen: %w", err)
+		}
+		defer tsaL.Close()
+	}
 
 	// The last start-up step: nothing that can fail the start comes after
 	// a PIN is presented.
@@ -66,11 +74,16 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 
 	gs := grpc.NewServer(svc.ServerOptions()...)
 	signerv1.RegisterSignerServer(gs, svc)
-	hs := &http.Server{Handler: svc.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := []*http.Server{svc.HTTPServer()}
 
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	go func() { serveErr <- serveGRPC(gs, grpcL) }()
-	go func() { serveErr <- serveHTTP(hs, httpL) }()
+	go func() { serveErr <- serveHTTP(hs[0], httpL) }()
+	if tsaL != nil {
+		hs = append(hs, svc.TSAServer())
+		go func() { serveErr <- serveHTTP(hs[1], tsaL) }()
+		log.Info("the built-in TSA serves POST /tsa on loopback TCP; whoever reaches it gets tokens (each audited with its address)", "listen", tsaL.Addr().String())
+	}
 	// Checkpoints of the audit log, on their own goroutine; the last one
 	// once every call has been served.
 	ckCtx, stopCheckpoints := context.WithCancel(context.WithoutCancel(ctx))
@@ -156,7 +169,7 @@ func serveHTTP(hs *http.Server, l net.Listener) error {
 
 // shutdown stops accepting calls and lets in-flight ones finish within
 // timeout, then cuts the rest.
-func shutdown(gs *grpc.Server, hs *http.Server, timeout time.Duration, log *slog.Logger) {
+func shutdown(gs *grpc.Server, hs []*http.Server, timeout time.Duration, log *slog.Logger) {
 	done := make(chan struct{})
 	go func() {
 		gs.GracefulStop()
@@ -164,7 +177,9 @@ func shutdown(gs *grpc.Server, hs *http.Server, timeout time.Duration, log *slog
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	_ = hs.Shutdown(ctx)
+	for _, h := range hs {
+		_ = h.Shutdown(ctx)
+	}
 	select {
 	case <-done:
 	case <-ctx.Done():

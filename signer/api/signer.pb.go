@@ -259,6 +259,508 @@ func (CertStatus) EnumDescriptor() ([]byte, []int) {
 	return file_signer_proto_rawDescGZIP(), []int{3}
 }
 
+type TimestampRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message imprint: the digest of the data to time-stamp.
+	Digest []byte `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Its hash: "SHA256", "SHA384" or "SHA512".
+	Hash string `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	// An optional nonce (at most 32 bytes, big-endian), echoed in the token.
+	Nonce []byte `protobuf:"bytes,3,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// Ask for the TSA's certificate chain in the token.
+	CertReq bool `protobuf:"varint,4,opt,name=cert_req,json=certReq,proto3" json:"cert_req,omitempty"`
+	// An optional policy OID (dotted); the TSA's default policy when empty.
+	Policy string `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Ask the external TSAs of [tsa.upstream] instead of the built-in TSA.
+	Upstream      bool `protobuf:"varint,6,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimestampRequest) Reset() {
+	*x = TimestampRequest{}
+	mi := &file_signer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimestampRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimestampRequest) ProtoMessage() {}
+
+func (x *TimestampRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimestampRequest.ProtoReflect.Descriptor instead.
+func (*TimestampRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *TimestampRequest) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *TimestampRequest) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *TimestampRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *TimestampRequest) GetCertReq() bool {
+	if x != nil {
+		return x.CertReq
+	}
+	return false
+}
+
+func (x *TimestampRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *TimestampRequest) GetUpstream() bool {
+	if x != nil {
+		return x.Upstream
+	}
+	return false
+}
+
+type TimestampResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The TimeStampToken (a CMS ContentInfo), DER.
+	Token []byte `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The token's serial number, hex, and time.
+	Serial  string                 `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
+	GenTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=gen_time,json=genTime,proto3" json:"gen_time,omitempty"`
+	// Upstream stamps of a batch: the token's imprint is the SHA-256 of
+	// the Merkle root (as SignBatch's Merkle mode) of batch_size digests;
+	// this digest is leaf batch_index, with its inclusion proof (sibling
+	// hashes, the leaf's first). batch_size is 0 for a token of the digest
+	// alone.
+	BatchIndex    uint32   `protobuf:"varint,4,opt,name=batch_index,json=batchIndex,proto3" json:"batch_index,omitempty"`
+	BatchSize     uint32   `protobuf:"varint,5,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	Proof         [][]byte `protobuf:"bytes,6,rep,name=proof,proto3" json:"proof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimestampResponse) Reset() {
+	*x = TimestampResponse{}
+	mi := &file_signer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimestampResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimestampResponse) ProtoMessage() {}
+
+func (x *TimestampResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimestampResponse.ProtoReflect.Descriptor instead.
+func (*TimestampResponse) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TimestampResponse) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *TimestampResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *TimestampResponse) GetGenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GenTime
+	}
+	return nil
+}
+
+func (x *TimestampResponse) GetBatchIndex() uint32 {
+	if x != nil {
+		return x.BatchIndex
+	}
+	return 0
+}
+
+func (x *TimestampResponse) GetBatchSize() uint32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+func (x *TimestampResponse) GetProof() [][]byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+type GetTSAStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTSAStatusRequest) Reset() {
+	*x = GetTSAStatusRequest{}
+	mi := &file_signer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTSAStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTSAStatusRequest) ProtoMessage() {}
+
+func (x *GetTSAStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTSAStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetTSAStatusRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{2}
+}
+
+// TSAStatus describes the time-stamping service.
+type TSAStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The built-in TSA is turned on ([tsa] enabled).
+	BuiltinEnabled bool `protobuf:"varint,1,opt,name=builtin_enabled,json=builtinEnabled,proto3" json:"builtin_enabled,omitempty"`
+	// It issues tokens now; when not, reason says why.
+	Serving bool   `protobuf:"varint,2,opt,name=serving,proto3" json:"serving,omitempty"`
+	Reason  string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The key and certificate tokens are signed with.
+	KeyId        string                 `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	CertSha256   string                 `protobuf:"bytes,5,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	CertSubject  string                 `protobuf:"bytes,6,opt,name=cert_subject,json=certSubject,proto3" json:"cert_subject,omitempty"`
+	CertNotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	// The clock guard: off (development only), what the kernel says, and
+	// why tokens would be refused with timeNotAvailable ("" if not).
+	ClockGuardOff       bool   `protobuf:"varint,8,opt,name=clock_guard_off,json=clockGuardOff,proto3" json:"clock_guard_off,omitempty"`
+	ClockSynced         bool   `protobuf:"varint,9,opt,name=clock_synced,json=clockSynced,proto3" json:"clock_synced,omitempty"`
+	ClockMaxErrorMicros int64  `protobuf:"varint,10,opt,name=clock_max_error_micros,json=clockMaxErrorMicros,proto3" json:"clock_max_error_micros,omitempty"`
+	ClockSteppedMicros  int64  `protobuf:"varint,11,opt,name=clock_stepped_micros,json=clockSteppedMicros,proto3" json:"clock_stepped_micros,omitempty"`
+	ClockProblem        string `protobuf:"bytes,12,opt,name=clock_problem,json=clockProblem,proto3" json:"clock_problem,omitempty"`
+	// The loopback TCP address serving POST /tsa, if any.
+	Listen string `protobuf:"bytes,13,opt,name=listen,proto3" json:"listen,omitempty"`
+	// Tokens issued and requests refused since start.
+	Issued  uint64 `protobuf:"varint,14,opt,name=issued,proto3" json:"issued,omitempty"`
+	Refused uint64 `protobuf:"varint,15,opt,name=refused,proto3" json:"refused,omitempty"`
+	// The upstream mode ([tsa.upstream] urls), when configured.
+	Upstream      *TSAUpstreamStatus `protobuf:"bytes,16,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TSAStatus) Reset() {
+	*x = TSAStatus{}
+	mi := &file_signer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TSAStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TSAStatus) ProtoMessage() {}
+
+func (x *TSAStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TSAStatus.ProtoReflect.Descriptor instead.
+func (*TSAStatus) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TSAStatus) GetBuiltinEnabled() bool {
+	if x != nil {
+		return x.BuiltinEnabled
+	}
+	return false
+}
+
+func (x *TSAStatus) GetServing() bool {
+	if x != nil {
+		return x.Serving
+	}
+	return false
+}
+
+func (x *TSAStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *TSAStatus) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *TSAStatus) GetCertSha256() string {
+	if x != nil {
+		return x.CertSha256
+	}
+	return ""
+}
+
+func (x *TSAStatus) GetCertSubject() string {
+	if x != nil {
+		return x.CertSubject
+	}
+	return ""
+}
+
+func (x *TSAStatus) GetCertNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CertNotAfter
+	}
+	return nil
+}
+
+func (x *TSAStatus) GetClockGuardOff() bool {
+	if x != nil {
+		return x.ClockGuardOff
+	}
+	return false
+}
+
+func (x *TSAStatus) GetClockSynced() bool {
+	if x != nil {
+		return x.ClockSynced
+	}
+	return false
+}
+
+func (x *TSAStatus) GetClockMaxErrorMicros() int64 {
+	if x != nil {
+		return x.ClockMaxErrorMicros
+	}
+	return 0
+}
+
+func (x *TSAStatus) GetClockSteppedMicros() int64 {
+	if x != nil {
+		return x.ClockSteppedMicros
+	}
+	return 0
+}
+
+func (x *TSAStatus) GetClockProblem() string {
+	if x != nil {
+		return x.ClockProblem
+	}
+	return ""
+}
+
+func (x *TSAStatus) GetListen() string {
+	if x != nil {
+		return x.Listen
+	}
+	return ""
+}
+
+func (x *TSAStatus) GetIssued() uint64 {
+	if x != nil {
+		return x.Issued
+	}
+	return 0
+}
+
+func (x *TSAStatus) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *TSAStatus) GetUpstream() *TSAUpstreamStatus {
+	if x != nil {
+		return x.Upstream
+	}
+	return nil
+}
+
+// TSAUpstreamStatus describes the client of the external TSAs.
+type TSAUpstreamStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Urls  []string               `protobuf:"bytes,1,rep,name=urls,proto3" json:"urls,omitempty"`
+	// False once every TSA has failed for [tsa.upstream] unhealthy_after.
+	Healthy     bool                   `protobuf:"varint,2,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	LastSuccess *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	LastError   string                 `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	// Requests sent upstream and stamps handed out since start.
+	Calls  uint64 `protobuf:"varint,6,opt,name=calls,proto3" json:"calls,omitempty"`
+	Stamps uint64 `protobuf:"varint,7,opt,name=stamps,proto3" json:"stamps,omitempty"`
+	// The sizes of the last batches sent.
+	BatchSizes        []uint32 `protobuf:"varint,8,rep,packed,name=batch_sizes,json=batchSizes,proto3" json:"batch_sizes,omitempty"`
+	BatchWindowMicros int64    `protobuf:"varint,9,opt,name=batch_window_micros,json=batchWindowMicros,proto3" json:"batch_window_micros,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TSAUpstreamStatus) Reset() {
+	*x = TSAUpstreamStatus{}
+	mi := &file_signer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TSAUpstreamStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TSAUpstreamStatus) ProtoMessage() {}
+
+func (x *TSAUpstreamStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TSAUpstreamStatus.ProtoReflect.Descriptor instead.
+func (*TSAUpstreamStatus) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TSAUpstreamStatus) GetUrls() []string {
+	if x != nil {
+		return x.Urls
+	}
+	return nil
+}
+
+func (x *TSAUpstreamStatus) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *TSAUpstreamStatus) GetLastSuccess() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return nil
+}
+
+func (x *TSAUpstreamStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *TSAUpstreamStatus) GetLastErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorAt
+	}
+	return nil
+}
+
+func (x *TSAUpstreamStatus) GetCalls() uint64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *TSAUpstreamStatus) GetStamps() uint64 {
+	if x != nil {
+		return x.Stamps
+	}
+	return 0
+}
+
+func (x *TSAUpstreamStatus) GetBatchSizes() []uint32 {
+	if x != nil {
+		return x.BatchSizes
+	}
+	return nil
+}
+
+func (x *TSAUpstreamStatus) GetBatchWindowMicros() int64 {
+	if x != nil {
+		return x.BatchWindowMicros
+	}
+	return 0
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -267,7 +769,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_signer_proto_msgTypes[0]
+	mi := &file_signer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +781,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[0]
+	mi := &file_signer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +794,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{0}
+	return file_signer_proto_rawDescGZIP(), []int{5}
 }
 
 // Status describes the running daemon.
@@ -311,7 +813,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_signer_proto_msgTypes[1]
+	mi := &file_signer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +825,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[1]
+	mi := &file_signer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +838,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{1}
+	return file_signer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Status) GetVersion() string {
@@ -395,7 +897,7 @@ type Caller struct {
 
 func (x *Caller) Reset() {
 	*x = Caller{}
-	mi := &file_signer_proto_msgTypes[2]
+	mi := &file_signer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +909,7 @@ func (x *Caller) String() string {
 func (*Caller) ProtoMessage() {}
 
 func (x *Caller) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[2]
+	mi := &file_signer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +922,7 @@ func (x *Caller) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Caller.ProtoReflect.Descriptor instead.
 func (*Caller) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{2}
+	return file_signer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Caller) GetUid() uint32 {
@@ -470,7 +972,7 @@ type Module struct {
 
 func (x *Module) Reset() {
 	*x = Module{}
-	mi := &file_signer_proto_msgTypes[3]
+	mi := &file_signer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +984,7 @@ func (x *Module) String() string {
 func (*Module) ProtoMessage() {}
 
 func (x *Module) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[3]
+	mi := &file_signer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +997,7 @@ func (x *Module) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Module.ProtoReflect.Descriptor instead.
 func (*Module) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{3}
+	return file_signer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Module) GetName() string {
@@ -567,7 +1069,7 @@ type PinStatus struct {
 
 func (x *PinStatus) Reset() {
 	*x = PinStatus{}
-	mi := &file_signer_proto_msgTypes[4]
+	mi := &file_signer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +1081,7 @@ func (x *PinStatus) String() string {
 func (*PinStatus) ProtoMessage() {}
 
 func (x *PinStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[4]
+	mi := &file_signer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +1094,7 @@ func (x *PinStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinStatus.ProtoReflect.Descriptor instead.
 func (*PinStatus) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{4}
+	return file_signer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PinStatus) GetCountLow() bool {
@@ -653,7 +1155,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_signer_proto_msgTypes[5]
+	mi := &file_signer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +1167,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[5]
+	mi := &file_signer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +1180,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{5}
+	return file_signer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Token) GetName() string {
@@ -808,7 +1310,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_signer_proto_msgTypes[6]
+	mi := &file_signer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1322,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[6]
+	mi := &file_signer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1335,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{6}
+	return file_signer_proto_rawDescGZIP(), []int{11}
 }
 
 type ListTokensResponse struct {
@@ -845,7 +1347,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_signer_proto_msgTypes[7]
+	mi := &file_signer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1359,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[7]
+	mi := &file_signer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1372,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{7}
+	return file_signer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -889,7 +1391,7 @@ type GetTokenRequest struct {
 
 func (x *GetTokenRequest) Reset() {
 	*x = GetTokenRequest{}
-	mi := &file_signer_proto_msgTypes[8]
+	mi := &file_signer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +1403,7 @@ func (x *GetTokenRequest) String() string {
 func (*GetTokenRequest) ProtoMessage() {}
 
 func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[8]
+	mi := &file_signer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1416,7 @@ func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetTokenRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{8}
+	return file_signer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetTokenRequest) GetToken() string {
@@ -935,7 +1437,7 @@ type LoginTokenRequest struct {
 
 func (x *LoginTokenRequest) Reset() {
 	*x = LoginTokenRequest{}
-	mi := &file_signer_proto_msgTypes[9]
+	mi := &file_signer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1449,7 @@ func (x *LoginTokenRequest) String() string {
 func (*LoginTokenRequest) ProtoMessage() {}
 
 func (x *LoginTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[9]
+	mi := &file_signer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1462,7 @@ func (x *LoginTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginTokenRequest.ProtoReflect.Descriptor instead.
 func (*LoginTokenRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{9}
+	return file_signer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LoginTokenRequest) GetToken() string {
@@ -986,7 +1488,7 @@ type LogoutTokenRequest struct {
 
 func (x *LogoutTokenRequest) Reset() {
 	*x = LogoutTokenRequest{}
-	mi := &file_signer_proto_msgTypes[10]
+	mi := &file_signer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1500,7 @@ func (x *LogoutTokenRequest) String() string {
 func (*LogoutTokenRequest) ProtoMessage() {}
 
 func (x *LogoutTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[10]
+	mi := &file_signer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1513,7 @@ func (x *LogoutTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogoutTokenRequest.ProtoReflect.Descriptor instead.
 func (*LogoutTokenRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{10}
+	return file_signer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LogoutTokenRequest) GetToken() string {
@@ -1032,7 +1534,7 @@ type ChangePinRequest struct {
 
 func (x *ChangePinRequest) Reset() {
 	*x = ChangePinRequest{}
-	mi := &file_signer_proto_msgTypes[11]
+	mi := &file_signer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1546,7 @@ func (x *ChangePinRequest) String() string {
 func (*ChangePinRequest) ProtoMessage() {}
 
 func (x *ChangePinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[11]
+	mi := &file_signer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1559,7 @@ func (x *ChangePinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePinRequest.ProtoReflect.Descriptor instead.
 func (*ChangePinRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{11}
+	return file_signer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ChangePinRequest) GetToken() string {
@@ -1126,7 +1628,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_signer_proto_msgTypes[12]
+	mi := &file_signer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1640,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[12]
+	mi := &file_signer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1653,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{12}
+	return file_signer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Key) GetId() string {
@@ -1317,7 +1819,7 @@ type GenerateKeyRequest struct {
 
 func (x *GenerateKeyRequest) Reset() {
 	*x = GenerateKeyRequest{}
-	mi := &file_signer_proto_msgTypes[13]
+	mi := &file_signer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1831,7 @@ func (x *GenerateKeyRequest) String() string {
 func (*GenerateKeyRequest) ProtoMessage() {}
 
 func (x *GenerateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[13]
+	mi := &file_signer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1844,7 @@ func (x *GenerateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateKeyRequest.ProtoReflect.Descriptor instead.
 func (*GenerateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{13}
+	return file_signer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerateKeyRequest) GetToken() string {
@@ -1390,7 +1892,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_signer_proto_msgTypes[14]
+	mi := &file_signer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1904,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[14]
+	mi := &file_signer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1917,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{14}
+	return file_signer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListKeysRequest) GetToken() string {
@@ -1437,7 +1939,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_signer_proto_msgTypes[15]
+	mi := &file_signer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1951,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[15]
+	mi := &file_signer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1964,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{15}
+	return file_signer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListKeysResponse) GetKeys() []*Key {
@@ -1488,7 +1990,7 @@ type GetKeyRequest struct {
 
 func (x *GetKeyRequest) Reset() {
 	*x = GetKeyRequest{}
-	mi := &file_signer_proto_msgTypes[16]
+	mi := &file_signer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +2002,7 @@ func (x *GetKeyRequest) String() string {
 func (*GetKeyRequest) ProtoMessage() {}
 
 func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[16]
+	mi := &file_signer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +2015,7 @@ func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{16}
+	return file_signer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetKeyRequest) GetKeyId() string {
@@ -1535,7 +2037,7 @@ type DeleteKeyRequest struct {
 
 func (x *DeleteKeyRequest) Reset() {
 	*x = DeleteKeyRequest{}
-	mi := &file_signer_proto_msgTypes[17]
+	mi := &file_signer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +2049,7 @@ func (x *DeleteKeyRequest) String() string {
 func (*DeleteKeyRequest) ProtoMessage() {}
 
 func (x *DeleteKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[17]
+	mi := &file_signer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +2062,7 @@ func (x *DeleteKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{17}
+	return file_signer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteKeyRequest) GetKeyId() string {
@@ -1585,7 +2087,7 @@ type DeleteKeyResponse struct {
 
 func (x *DeleteKeyResponse) Reset() {
 	*x = DeleteKeyResponse{}
-	mi := &file_signer_proto_msgTypes[18]
+	mi := &file_signer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +2099,7 @@ func (x *DeleteKeyResponse) String() string {
 func (*DeleteKeyResponse) ProtoMessage() {}
 
 func (x *DeleteKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[18]
+	mi := &file_signer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +2112,7 @@ func (x *DeleteKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteKeyResponse.ProtoReflect.Descriptor instead.
 func (*DeleteKeyResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{18}
+	return file_signer_proto_rawDescGZIP(), []int{23}
 }
 
 type RenameKeyRequest struct {
@@ -1626,7 +2128,7 @@ type RenameKeyRequest struct {
 
 func (x *RenameKeyRequest) Reset() {
 	*x = RenameKeyRequest{}
-	mi := &file_signer_proto_msgTypes[19]
+	mi := &file_signer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +2140,7 @@ func (x *RenameKeyRequest) String() string {
 func (*RenameKeyRequest) ProtoMessage() {}
 
 func (x *RenameKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[19]
+	mi := &file_signer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +2153,7 @@ func (x *RenameKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameKeyRequest.ProtoReflect.Descriptor instead.
 func (*RenameKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{19}
+	return file_signer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RenameKeyRequest) GetKeyId() string {
@@ -1693,7 +2195,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_signer_proto_msgTypes[20]
+	mi := &file_signer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +2207,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[20]
+	mi := &file_signer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +2220,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{20}
+	return file_signer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SignRequest) GetKey() isSignRequest_Key {
@@ -1791,7 +2293,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_signer_proto_msgTypes[21]
+	mi := &file_signer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2305,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[21]
+	mi := &file_signer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2318,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{21}
+	return file_signer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SignResponse) GetSignature() []byte {
@@ -1858,7 +2360,7 @@ type SignStreamRequest struct {
 
 func (x *SignStreamRequest) Reset() {
 	*x = SignStreamRequest{}
-	mi := &file_signer_proto_msgTypes[22]
+	mi := &file_signer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +2372,7 @@ func (x *SignStreamRequest) String() string {
 func (*SignStreamRequest) ProtoMessage() {}
 
 func (x *SignStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[22]
+	mi := &file_signer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +2385,7 @@ func (x *SignStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignStreamRequest.ProtoReflect.Descriptor instead.
 func (*SignStreamRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{22}
+	return file_signer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SignStreamRequest) GetCalls() []*StreamedSign {
@@ -1918,7 +2420,7 @@ type StreamedSign struct {
 
 func (x *StreamedSign) Reset() {
 	*x = StreamedSign{}
-	mi := &file_signer_proto_msgTypes[23]
+	mi := &file_signer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2432,7 @@ func (x *StreamedSign) String() string {
 func (*StreamedSign) ProtoMessage() {}
 
 func (x *StreamedSign) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[23]
+	mi := &file_signer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2445,7 @@ func (x *StreamedSign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamedSign.ProtoReflect.Descriptor instead.
 func (*StreamedSign) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{23}
+	return file_signer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StreamedSign) GetId() uint64 {
@@ -1978,7 +2480,7 @@ type SignStreamResponse struct {
 
 func (x *SignStreamResponse) Reset() {
 	*x = SignStreamResponse{}
-	mi := &file_signer_proto_msgTypes[24]
+	mi := &file_signer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2492,7 @@ func (x *SignStreamResponse) String() string {
 func (*SignStreamResponse) ProtoMessage() {}
 
 func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[24]
+	mi := &file_signer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2505,7 @@ func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignStreamResponse.ProtoReflect.Descriptor instead.
 func (*SignStreamResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{24}
+	return file_signer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SignStreamResponse) GetResults() []*StreamedSignResult {
@@ -2028,7 +2530,7 @@ type StreamedSignResult struct {
 
 func (x *StreamedSignResult) Reset() {
 	*x = StreamedSignResult{}
-	mi := &file_signer_proto_msgTypes[25]
+	mi := &file_signer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2040,7 +2542,7 @@ func (x *StreamedSignResult) String() string {
 func (*StreamedSignResult) ProtoMessage() {}
 
 func (x *StreamedSignResult) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[25]
+	mi := &file_signer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2053,7 +2555,7 @@ func (x *StreamedSignResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamedSignResult.ProtoReflect.Descriptor instead.
 func (*StreamedSignResult) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{25}
+	return file_signer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StreamedSignResult) GetId() uint64 {
@@ -2117,7 +2619,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_signer_proto_msgTypes[26]
+	mi := &file_signer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2631,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[26]
+	mi := &file_signer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2644,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{26}
+	return file_signer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CallError) GetCode() int32 {
@@ -2175,7 +2677,7 @@ type SignBatchRequest struct {
 
 func (x *SignBatchRequest) Reset() {
 	*x = SignBatchRequest{}
-	mi := &file_signer_proto_msgTypes[27]
+	mi := &file_signer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2689,7 @@ func (x *SignBatchRequest) String() string {
 func (*SignBatchRequest) ProtoMessage() {}
 
 func (x *SignBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[27]
+	mi := &file_signer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2702,7 @@ func (x *SignBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignBatchRequest.ProtoReflect.Descriptor instead.
 func (*SignBatchRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{27}
+	return file_signer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SignBatchRequest) GetKey() isSignBatchRequest_Key {
@@ -2277,7 +2779,7 @@ type MerkleProof struct {
 
 func (x *MerkleProof) Reset() {
 	*x = MerkleProof{}
-	mi := &file_signer_proto_msgTypes[28]
+	mi := &file_signer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2289,7 +2791,7 @@ func (x *MerkleProof) String() string {
 func (*MerkleProof) ProtoMessage() {}
 
 func (x *MerkleProof) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[28]
+	mi := &file_signer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2302,7 +2804,7 @@ func (x *MerkleProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MerkleProof.ProtoReflect.Descriptor instead.
 func (*MerkleProof) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{28}
+	return file_signer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MerkleProof) GetIndex() uint32 {
@@ -2339,7 +2841,7 @@ type SignBatchResponse struct {
 
 func (x *SignBatchResponse) Reset() {
 	*x = SignBatchResponse{}
-	mi := &file_signer_proto_msgTypes[29]
+	mi := &file_signer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2853,7 @@ func (x *SignBatchResponse) String() string {
 func (*SignBatchResponse) ProtoMessage() {}
 
 func (x *SignBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[29]
+	mi := &file_signer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2866,7 @@ func (x *SignBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignBatchResponse.ProtoReflect.Descriptor instead.
 func (*SignBatchResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{29}
+	return file_signer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SignBatchResponse) GetKeyId() string {
@@ -2426,7 +2928,7 @@ type GetSigningInfoRequest struct {
 
 func (x *GetSigningInfoRequest) Reset() {
 	*x = GetSigningInfoRequest{}
-	mi := &file_signer_proto_msgTypes[30]
+	mi := &file_signer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2438,7 +2940,7 @@ func (x *GetSigningInfoRequest) String() string {
 func (*GetSigningInfoRequest) ProtoMessage() {}
 
 func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[30]
+	mi := &file_signer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2451,7 +2953,7 @@ func (x *GetSigningInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSigningInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetSigningInfoRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{30}
+	return file_signer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetSigningInfoRequest) GetMember() string {
@@ -2485,7 +2987,7 @@ type SigningInfo struct {
 
 func (x *SigningInfo) Reset() {
 	*x = SigningInfo{}
-	mi := &file_signer_proto_msgTypes[31]
+	mi := &file_signer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2497,7 +2999,7 @@ func (x *SigningInfo) String() string {
 func (*SigningInfo) ProtoMessage() {}
 
 func (x *SigningInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[31]
+	mi := &file_signer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2510,7 +3012,7 @@ func (x *SigningInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningInfo.ProtoReflect.Descriptor instead.
 func (*SigningInfo) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{31}
+	return file_signer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SigningInfo) GetMember() string {
@@ -2588,7 +3090,7 @@ type GenerateCSRRequest struct {
 
 func (x *GenerateCSRRequest) Reset() {
 	*x = GenerateCSRRequest{}
-	mi := &file_signer_proto_msgTypes[32]
+	mi := &file_signer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2600,7 +3102,7 @@ func (x *GenerateCSRRequest) String() string {
 func (*GenerateCSRRequest) ProtoMessage() {}
 
 func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[32]
+	mi := &file_signer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2613,7 +3115,7 @@ func (x *GenerateCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateCSRRequest.ProtoReflect.Descriptor instead.
 func (*GenerateCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{32}
+	return file_signer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GenerateCSRRequest) GetKeyId() string {
@@ -2684,7 +3186,7 @@ type CSR struct {
 
 func (x *CSR) Reset() {
 	*x = CSR{}
-	mi := &file_signer_proto_msgTypes[33]
+	mi := &file_signer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2696,7 +3198,7 @@ func (x *CSR) String() string {
 func (*CSR) ProtoMessage() {}
 
 func (x *CSR) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[33]
+	mi := &file_signer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2709,7 +3211,7 @@ func (x *CSR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CSR.ProtoReflect.Descriptor instead.
 func (*CSR) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{33}
+	return file_signer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CSR) GetId() string {
@@ -2776,7 +3278,7 @@ type ListCSRsRequest struct {
 
 func (x *ListCSRsRequest) Reset() {
 	*x = ListCSRsRequest{}
-	mi := &file_signer_proto_msgTypes[34]
+	mi := &file_signer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2788,7 +3290,7 @@ func (x *ListCSRsRequest) String() string {
 func (*ListCSRsRequest) ProtoMessage() {}
 
 func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[34]
+	mi := &file_signer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2801,7 +3303,7 @@ func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsRequest.ProtoReflect.Descriptor instead.
 func (*ListCSRsRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{34}
+	return file_signer_proto_rawDescGZIP(), []int{39}
 }
 
 type ListCSRsResponse struct {
@@ -2813,7 +3315,7 @@ type ListCSRsResponse struct {
 
 func (x *ListCSRsResponse) Reset() {
 	*x = ListCSRsResponse{}
-	mi := &file_signer_proto_msgTypes[35]
+	mi := &file_signer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +3327,7 @@ func (x *ListCSRsResponse) String() string {
 func (*ListCSRsResponse) ProtoMessage() {}
 
 func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[35]
+	mi := &file_signer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +3340,7 @@ func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsResponse.ProtoReflect.Descriptor instead.
 func (*ListCSRsResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{35}
+	return file_signer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListCSRsResponse) GetCsrs() []*CSR {
@@ -2858,7 +3360,7 @@ type GetCSRRequest struct {
 
 func (x *GetCSRRequest) Reset() {
 	*x = GetCSRRequest{}
-	mi := &file_signer_proto_msgTypes[36]
+	mi := &file_signer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2870,7 +3372,7 @@ func (x *GetCSRRequest) String() string {
 func (*GetCSRRequest) ProtoMessage() {}
 
 func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[36]
+	mi := &file_signer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2883,7 +3385,7 @@ func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCSRRequest.ProtoReflect.Descriptor instead.
 func (*GetCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{36}
+	return file_signer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetCSRRequest) GetId() string {
@@ -2909,7 +3411,7 @@ type DeleteCSRRequest struct {
 
 func (x *DeleteCSRRequest) Reset() {
 	*x = DeleteCSRRequest{}
-	mi := &file_signer_proto_msgTypes[37]
+	mi := &file_signer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2921,7 +3423,7 @@ func (x *DeleteCSRRequest) String() string {
 func (*DeleteCSRRequest) ProtoMessage() {}
 
 func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[37]
+	mi := &file_signer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2934,7 +3436,7 @@ func (x *DeleteCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCSRRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCSRRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{37}
+	return file_signer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteCSRRequest) GetId() string {
@@ -2952,7 +3454,7 @@ type DeleteCSRResponse struct {
 
 func (x *DeleteCSRResponse) Reset() {
 	*x = DeleteCSRResponse{}
-	mi := &file_signer_proto_msgTypes[38]
+	mi := &file_signer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2964,7 +3466,7 @@ func (x *DeleteCSRResponse) String() string {
 func (*DeleteCSRResponse) ProtoMessage() {}
 
 func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[38]
+	mi := &file_signer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2977,7 +3479,7 @@ func (x *DeleteCSRResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCSRResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCSRResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{38}
+	return file_signer_proto_rawDescGZIP(), []int{43}
 }
 
 type ImportCertRequest struct {
@@ -2996,7 +3498,7 @@ type ImportCertRequest struct {
 
 func (x *ImportCertRequest) Reset() {
 	*x = ImportCertRequest{}
-	mi := &file_signer_proto_msgTypes[39]
+	mi := &file_signer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3008,7 +3510,7 @@ func (x *ImportCertRequest) String() string {
 func (*ImportCertRequest) ProtoMessage() {}
 
 func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[39]
+	mi := &file_signer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3021,7 +3523,7 @@ func (x *ImportCertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCertRequest.ProtoReflect.Descriptor instead.
 func (*ImportCertRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{39}
+	return file_signer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ImportCertRequest) GetCertificate() []byte {
@@ -3078,7 +3580,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_signer_proto_msgTypes[40]
+	mi := &file_signer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3592,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[40]
+	mi := &file_signer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3605,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{40}
+	return file_signer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Certificate) GetSha256() string {
@@ -3229,7 +3731,7 @@ type ListCertsRequest struct {
 
 func (x *ListCertsRequest) Reset() {
 	*x = ListCertsRequest{}
-	mi := &file_signer_proto_msgTypes[41]
+	mi := &file_signer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3241,7 +3743,7 @@ func (x *ListCertsRequest) String() string {
 func (*ListCertsRequest) ProtoMessage() {}
 
 func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[41]
+	mi := &file_signer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3254,7 +3756,7 @@ func (x *ListCertsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertsRequest.ProtoReflect.Descriptor instead.
 func (*ListCertsRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{41}
+	return file_signer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListCertsRequest) GetMember() string {
@@ -3287,7 +3789,7 @@ type ListCertsResponse struct {
 
 func (x *ListCertsResponse) Reset() {
 	*x = ListCertsResponse{}
-	mi := &file_signer_proto_msgTypes[42]
+	mi := &file_signer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3299,7 +3801,7 @@ func (x *ListCertsResponse) String() string {
 func (*ListCertsResponse) ProtoMessage() {}
 
 func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[42]
+	mi := &file_signer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3312,7 +3814,7 @@ func (x *ListCertsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertsResponse.ProtoReflect.Descriptor instead.
 func (*ListCertsResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{42}
+	return file_signer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListCertsResponse) GetCertificates() []*Certificate {
@@ -3333,7 +3835,7 @@ type CertRef struct {
 
 func (x *CertRef) Reset() {
 	*x = CertRef{}
-	mi := &file_signer_proto_msgTypes[43]
+	mi := &file_signer_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3847,7 @@ func (x *CertRef) String() string {
 func (*CertRef) ProtoMessage() {}
 
 func (x *CertRef) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[43]
+	mi := &file_signer_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +3860,7 @@ func (x *CertRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertRef.ProtoReflect.Descriptor instead.
 func (*CertRef) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{43}
+	return file_signer_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CertRef) GetHash() string {
@@ -3376,7 +3878,7 @@ type DeleteCertResponse struct {
 
 func (x *DeleteCertResponse) Reset() {
 	*x = DeleteCertResponse{}
-	mi := &file_signer_proto_msgTypes[44]
+	mi := &file_signer_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3388,7 +3890,7 @@ func (x *DeleteCertResponse) String() string {
 func (*DeleteCertResponse) ProtoMessage() {}
 
 func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[44]
+	mi := &file_signer_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3401,7 +3903,7 @@ func (x *DeleteCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCertResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCertResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{44}
+	return file_signer_proto_rawDescGZIP(), []int{49}
 }
 
 type SetCertStatusRequest struct {
@@ -3414,7 +3916,7 @@ type SetCertStatusRequest struct {
 
 func (x *SetCertStatusRequest) Reset() {
 	*x = SetCertStatusRequest{}
-	mi := &file_signer_proto_msgTypes[45]
+	mi := &file_signer_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3426,7 +3928,7 @@ func (x *SetCertStatusRequest) String() string {
 func (*SetCertStatusRequest) ProtoMessage() {}
 
 func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[45]
+	mi := &file_signer_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3439,7 +3941,7 @@ func (x *SetCertStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCertStatusRequest.ProtoReflect.Descriptor instead.
 func (*SetCertStatusRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{45}
+	return file_signer_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SetCertStatusRequest) GetHash() string {
@@ -3466,7 +3968,7 @@ type GetOCSPResponsesRequest struct {
 
 func (x *GetOCSPResponsesRequest) Reset() {
 	*x = GetOCSPResponsesRequest{}
-	mi := &file_signer_proto_msgTypes[46]
+	mi := &file_signer_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3478,7 +3980,7 @@ func (x *GetOCSPResponsesRequest) String() string {
 func (*GetOCSPResponsesRequest) ProtoMessage() {}
 
 func (x *GetOCSPResponsesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[46]
+	mi := &file_signer_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3491,7 +3993,7 @@ func (x *GetOCSPResponsesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOCSPResponsesRequest.ProtoReflect.Descriptor instead.
 func (*GetOCSPResponsesRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{46}
+	return file_signer_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetOCSPResponsesRequest) GetCertHashes() []string {
@@ -3520,7 +4022,7 @@ type OCSPResponse struct {
 
 func (x *OCSPResponse) Reset() {
 	*x = OCSPResponse{}
-	mi := &file_signer_proto_msgTypes[47]
+	mi := &file_signer_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3532,7 +4034,7 @@ func (x *OCSPResponse) String() string {
 func (*OCSPResponse) ProtoMessage() {}
 
 func (x *OCSPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[47]
+	mi := &file_signer_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3545,7 +4047,7 @@ func (x *OCSPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OCSPResponse.ProtoReflect.Descriptor instead.
 func (*OCSPResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{47}
+	return file_signer_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *OCSPResponse) GetCertHash() string {
@@ -3600,7 +4102,7 @@ type GetOCSPResponsesResponse struct {
 
 func (x *GetOCSPResponsesResponse) Reset() {
 	*x = GetOCSPResponsesResponse{}
-	mi := &file_signer_proto_msgTypes[48]
+	mi := &file_signer_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3612,7 +4114,7 @@ func (x *GetOCSPResponsesResponse) String() string {
 func (*GetOCSPResponsesResponse) ProtoMessage() {}
 
 func (x *GetOCSPResponsesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[48]
+	mi := &file_signer_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3625,7 +4127,7 @@ func (x *GetOCSPResponsesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOCSPResponsesResponse.ProtoReflect.Descriptor instead.
 func (*GetOCSPResponsesResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{48}
+	return file_signer_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetOCSPResponsesResponse) GetResponses() []*OCSPResponse {
@@ -3644,7 +4146,7 @@ type SetOCSPResponsesRequest struct {
 
 func (x *SetOCSPResponsesRequest) Reset() {
 	*x = SetOCSPResponsesRequest{}
-	mi := &file_signer_proto_msgTypes[49]
+	mi := &file_signer_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3656,7 +4158,7 @@ func (x *SetOCSPResponsesRequest) String() string {
 func (*SetOCSPResponsesRequest) ProtoMessage() {}
 
 func (x *SetOCSPResponsesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[49]
+	mi := &file_signer_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3669,7 +4171,7 @@ func (x *SetOCSPResponsesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOCSPResponsesRequest.ProtoReflect.Descriptor instead.
 func (*SetOCSPResponsesRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{49}
+	return file_signer_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SetOCSPResponsesRequest) GetResponses() []*SetOCSPResponsesRequest_Item {
@@ -3690,7 +4192,7 @@ type SetOCSPResponsesResponse struct {
 
 func (x *SetOCSPResponsesResponse) Reset() {
 	*x = SetOCSPResponsesResponse{}
-	mi := &file_signer_proto_msgTypes[50]
+	mi := &file_signer_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3702,7 +4204,7 @@ func (x *SetOCSPResponsesResponse) String() string {
 func (*SetOCSPResponsesResponse) ProtoMessage() {}
 
 func (x *SetOCSPResponsesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[50]
+	mi := &file_signer_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3715,7 +4217,7 @@ func (x *SetOCSPResponsesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOCSPResponsesResponse.ProtoReflect.Descriptor instead.
 func (*SetOCSPResponsesResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{50}
+	return file_signer_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SetOCSPResponsesResponse) GetResults() []*OCSPResponse {
@@ -3735,7 +4237,7 @@ type GetOCSPStatusRequest struct {
 
 func (x *GetOCSPStatusRequest) Reset() {
 	*x = GetOCSPStatusRequest{}
-	mi := &file_signer_proto_msgTypes[51]
+	mi := &file_signer_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3747,7 +4249,7 @@ func (x *GetOCSPStatusRequest) String() string {
 func (*GetOCSPStatusRequest) ProtoMessage() {}
 
 func (x *GetOCSPStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[51]
+	mi := &file_signer_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3760,7 +4262,7 @@ func (x *GetOCSPStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOCSPStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetOCSPStatusRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{51}
+	return file_signer_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GetOCSPStatusRequest) GetCertHash() string {
@@ -3806,7 +4308,7 @@ type OCSPCertStatus struct {
 
 func (x *OCSPCertStatus) Reset() {
 	*x = OCSPCertStatus{}
-	mi := &file_signer_proto_msgTypes[52]
+	mi := &file_signer_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3818,7 +4320,7 @@ func (x *OCSPCertStatus) String() string {
 func (*OCSPCertStatus) ProtoMessage() {}
 
 func (x *OCSPCertStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[52]
+	mi := &file_signer_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3831,7 +4333,7 @@ func (x *OCSPCertStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OCSPCertStatus.ProtoReflect.Descriptor instead.
 func (*OCSPCertStatus) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{52}
+	return file_signer_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *OCSPCertStatus) GetCertSha256() string {
@@ -3971,7 +4473,7 @@ type GetOCSPStatusResponse struct {
 
 func (x *GetOCSPStatusResponse) Reset() {
 	*x = GetOCSPStatusResponse{}
-	mi := &file_signer_proto_msgTypes[53]
+	mi := &file_signer_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3983,7 +4485,7 @@ func (x *GetOCSPStatusResponse) String() string {
 func (*GetOCSPStatusResponse) ProtoMessage() {}
 
 func (x *GetOCSPStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[53]
+	mi := &file_signer_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3996,7 +4498,7 @@ func (x *GetOCSPStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOCSPStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetOCSPStatusResponse) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{53}
+	return file_signer_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetOCSPStatusResponse) GetEnabled() bool {
@@ -4023,7 +4525,7 @@ type RefreshOCSPRequest struct {
 
 func (x *RefreshOCSPRequest) Reset() {
 	*x = RefreshOCSPRequest{}
-	mi := &file_signer_proto_msgTypes[54]
+	mi := &file_signer_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4035,7 +4537,7 @@ func (x *RefreshOCSPRequest) String() string {
 func (*RefreshOCSPRequest) ProtoMessage() {}
 
 func (x *RefreshOCSPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[54]
+	mi := &file_signer_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4048,7 +4550,7 @@ func (x *RefreshOCSPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshOCSPRequest.ProtoReflect.Descriptor instead.
 func (*RefreshOCSPRequest) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{54}
+	return file_signer_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RefreshOCSPRequest) GetCertHash() string {
@@ -4070,7 +4572,7 @@ type SetOCSPResponsesRequest_Item struct {
 
 func (x *SetOCSPResponsesRequest_Item) Reset() {
 	*x = SetOCSPResponsesRequest_Item{}
-	mi := &file_signer_proto_msgTypes[56]
+	mi := &file_signer_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4082,7 +4584,7 @@ func (x *SetOCSPResponsesRequest_Item) String() string {
 func (*SetOCSPResponsesRequest_Item) ProtoMessage() {}
 
 func (x *SetOCSPResponsesRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[56]
+	mi := &file_signer_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4095,7 +4597,7 @@ func (x *SetOCSPResponsesRequest_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOCSPResponsesRequest_Item.ProtoReflect.Descriptor instead.
 func (*SetOCSPResponsesRequest_Item) Descriptor() ([]byte, []int) {
-	return file_signer_proto_rawDescGZIP(), []int{49, 0}
+	return file_signer_proto_rawDescGZIP(), []int{54, 0}
 }
 
 func (x *SetOCSPResponsesRequest_Item) GetCertHash() string {
@@ -4116,7 +4618,55 @@ var File_signer_proto protoreflect.FileDescriptor
 
 const file_signer_proto_rawDesc = "" +
 	"\n" +
-	"\fsigner.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\fsigner.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n" +
+	"\x10TimestampRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\fR\x06digest\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\x12\x14\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\x12\x19\n" +
+	"\bcert_req\x18\x04 \x01(\bR\acertReq\x12\x16\n" +
+	"\x06policy\x18\x05 \x01(\tR\x06policy\x12\x1a\n" +
+	"\bupstream\x18\x06 \x01(\bR\bupstream\"\xce\x01\n" +
+	"\x11TimestampResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\x12\x16\n" +
+	"\x06serial\x18\x02 \x01(\tR\x06serial\x125\n" +
+	"\bgen_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\agenTime\x12\x1f\n" +
+	"\vbatch_index\x18\x04 \x01(\rR\n" +
+	"batchIndex\x12\x1d\n" +
+	"\n" +
+	"batch_size\x18\x05 \x01(\rR\tbatchSize\x12\x14\n" +
+	"\x05proof\x18\x06 \x03(\fR\x05proof\"\x15\n" +
+	"\x13GetTSAStatusRequest\"\xde\x04\n" +
+	"\tTSAStatus\x12'\n" +
+	"\x0fbuiltin_enabled\x18\x01 \x01(\bR\x0ebuiltinEnabled\x12\x18\n" +
+	"\aserving\x18\x02 \x01(\bR\aserving\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x15\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vcert_sha256\x18\x05 \x01(\tR\n" +
+	"certSha256\x12!\n" +
+	"\fcert_subject\x18\x06 \x01(\tR\vcertSubject\x12@\n" +
+	"\x0ecert_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\x12&\n" +
+	"\x0fclock_guard_off\x18\b \x01(\bR\rclockGuardOff\x12!\n" +
+	"\fclock_synced\x18\t \x01(\bR\vclockSynced\x123\n" +
+	"\x16clock_max_error_micros\x18\n" +
+	" \x01(\x03R\x13clockMaxErrorMicros\x120\n" +
+	"\x14clock_stepped_micros\x18\v \x01(\x03R\x12clockSteppedMicros\x12#\n" +
+	"\rclock_problem\x18\f \x01(\tR\fclockProblem\x12\x16\n" +
+	"\x06listen\x18\r \x01(\tR\x06listen\x12\x16\n" +
+	"\x06issued\x18\x0e \x01(\x04R\x06issued\x12\x18\n" +
+	"\arefused\x18\x0f \x01(\x04R\arefused\x128\n" +
+	"\bupstream\x18\x10 \x01(\v2\x1c.signer.v1.TSAUpstreamStatusR\bupstream\"\xde\x02\n" +
+	"\x11TSAUpstreamStatus\x12\x12\n" +
+	"\x04urls\x18\x01 \x03(\tR\x04urls\x12\x18\n" +
+	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12=\n" +
+	"\flast_success\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12>\n" +
+	"\rlast_error_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\x12\x14\n" +
+	"\x05calls\x18\x06 \x01(\x04R\x05calls\x12\x16\n" +
+	"\x06stamps\x18\a \x01(\x04R\x06stamps\x12\x1f\n" +
+	"\vbatch_sizes\x18\b \x03(\rR\n" +
+	"batchSizes\x12.\n" +
+	"\x13batch_window_micros\x18\t \x01(\x03R\x11batchWindowMicros\"\x12\n" +
 	"\x10GetStatusRequest\"\x81\x02\n" +
 	"\x06Status\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x124\n" +
@@ -4431,7 +4981,7 @@ const file_signer_proto_rawDesc = "" +
 	"$CERT_STATUS_REGISTRATION_IN_PROGRESS\x10\x02\x12\x1a\n" +
 	"\x16CERT_STATUS_REGISTERED\x10\x03\x12$\n" +
 	" CERT_STATUS_DELETION_IN_PROGRESS\x10\x04\x12\x1c\n" +
-	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xfe\x0f\n" +
+	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\x8c\x11\n" +
 	"\x06Signer\x12;\n" +
 	"\tGetStatus\x12\x1b.signer.v1.GetStatusRequest\x1a\x11.signer.v1.Status\x12I\n" +
 	"\n" +
@@ -4467,7 +5017,9 @@ const file_signer_proto_rawDesc = "" +
 	"\x10GetOCSPResponses\x12\".signer.v1.GetOCSPResponsesRequest\x1a#.signer.v1.GetOCSPResponsesResponse\x12[\n" +
 	"\x10SetOCSPResponses\x12\".signer.v1.SetOCSPResponsesRequest\x1a#.signer.v1.SetOCSPResponsesResponse\x12R\n" +
 	"\rGetOCSPStatus\x12\x1f.signer.v1.GetOCSPStatusRequest\x1a .signer.v1.GetOCSPStatusResponse\x12N\n" +
-	"\vRefreshOCSP\x12\x1d.signer.v1.RefreshOCSPRequest\x1a .signer.v1.GetOCSPStatusResponseB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
+	"\vRefreshOCSP\x12\x1d.signer.v1.RefreshOCSPRequest\x1a .signer.v1.GetOCSPStatusResponse\x12F\n" +
+	"\tTimestamp\x12\x1b.signer.v1.TimestampRequest\x1a\x1c.signer.v1.TimestampResponse\x12D\n" +
+	"\fGetTSAStatus\x12\x1e.signer.v1.GetTSAStatusRequest\x1a\x14.signer.v1.TSAStatusB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
 
 var (
 	file_signer_proto_rawDescOnce sync.Once
@@ -4482,183 +5034,197 @@ func file_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_signer_proto_goTypes = []any{
 	(KeyUsage)(0),                        // 0: signer.v1.KeyUsage
 	(BatchMode)(0),                       // 1: signer.v1.BatchMode
 	(CsrFormat)(0),                       // 2: signer.v1.CsrFormat
 	(CertStatus)(0),                      // 3: signer.v1.CertStatus
-	(*GetStatusRequest)(nil),             // 4: signer.v1.GetStatusRequest
-	(*Status)(nil),                       // 5: signer.v1.Status
-	(*Caller)(nil),                       // 6: signer.v1.Caller
-	(*Module)(nil),                       // 7: signer.v1.Module
-	(*PinStatus)(nil),                    // 8: signer.v1.PinStatus
-	(*Token)(nil),                        // 9: signer.v1.Token
-	(*ListTokensRequest)(nil),            // 10: signer.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),           // 11: signer.v1.ListTokensResponse
-	(*GetTokenRequest)(nil),              // 12: signer.v1.GetTokenRequest
-	(*LoginTokenRequest)(nil),            // 13: signer.v1.LoginTokenRequest
-	(*LogoutTokenRequest)(nil),           // 14: signer.v1.LogoutTokenRequest
-	(*ChangePinRequest)(nil),             // 15: signer.v1.ChangePinRequest
-	(*Key)(nil),                          // 16: signer.v1.Key
-	(*GenerateKeyRequest)(nil),           // 17: signer.v1.GenerateKeyRequest
-	(*ListKeysRequest)(nil),              // 18: signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),             // 19: signer.v1.ListKeysResponse
-	(*GetKeyRequest)(nil),                // 20: signer.v1.GetKeyRequest
-	(*DeleteKeyRequest)(nil),             // 21: signer.v1.DeleteKeyRequest
-	(*DeleteKeyResponse)(nil),            // 22: signer.v1.DeleteKeyResponse
-	(*RenameKeyRequest)(nil),             // 23: signer.v1.RenameKeyRequest
-	(*SignRequest)(nil),                  // 24: signer.v1.SignRequest
-	(*SignResponse)(nil),                 // 25: signer.v1.SignResponse
-	(*SignStreamRequest)(nil),            // 26: signer.v1.SignStreamRequest
-	(*StreamedSign)(nil),                 // 27: signer.v1.StreamedSign
-	(*SignStreamResponse)(nil),           // 28: signer.v1.SignStreamResponse
-	(*StreamedSignResult)(nil),           // 29: signer.v1.StreamedSignResult
-	(*CallError)(nil),                    // 30: signer.v1.CallError
-	(*SignBatchRequest)(nil),             // 31: signer.v1.SignBatchRequest
-	(*MerkleProof)(nil),                  // 32: signer.v1.MerkleProof
-	(*SignBatchResponse)(nil),            // 33: signer.v1.SignBatchResponse
-	(*GetSigningInfoRequest)(nil),        // 34: signer.v1.GetSigningInfoRequest
-	(*SigningInfo)(nil),                  // 35: signer.v1.SigningInfo
-	(*GenerateCSRRequest)(nil),           // 36: signer.v1.GenerateCSRRequest
-	(*CSR)(nil),                          // 37: signer.v1.CSR
-	(*ListCSRsRequest)(nil),              // 38: signer.v1.ListCSRsRequest
-	(*ListCSRsResponse)(nil),             // 39: signer.v1.ListCSRsResponse
-	(*GetCSRRequest)(nil),                // 40: signer.v1.GetCSRRequest
-	(*DeleteCSRRequest)(nil),             // 41: signer.v1.DeleteCSRRequest
-	(*DeleteCSRResponse)(nil),            // 42: signer.v1.DeleteCSRResponse
-	(*ImportCertRequest)(nil),            // 43: signer.v1.ImportCertRequest
-	(*Certificate)(nil),                  // 44: signer.v1.Certificate
-	(*ListCertsRequest)(nil),             // 45: signer.v1.ListCertsRequest
-	(*ListCertsResponse)(nil),            // 46: signer.v1.ListCertsResponse
-	(*CertRef)(nil),                      // 47: signer.v1.CertRef
-	(*DeleteCertResponse)(nil),           // 48: signer.v1.DeleteCertResponse
-	(*SetCertStatusRequest)(nil),         // 49: signer.v1.SetCertStatusRequest
-	(*GetOCSPResponsesRequest)(nil),      // 50: signer.v1.GetOCSPResponsesRequest
-	(*OCSPResponse)(nil),                 // 51: signer.v1.OCSPResponse
-	(*GetOCSPResponsesResponse)(nil),     // 52: signer.v1.GetOCSPResponsesResponse
-	(*SetOCSPResponsesRequest)(nil),      // 53: signer.v1.SetOCSPResponsesRequest
-	(*SetOCSPResponsesResponse)(nil),     // 54: signer.v1.SetOCSPResponsesResponse
-	(*GetOCSPStatusRequest)(nil),         // 55: signer.v1.GetOCSPStatusRequest
-	(*OCSPCertStatus)(nil),               // 56: signer.v1.OCSPCertStatus
-	(*GetOCSPStatusResponse)(nil),        // 57: signer.v1.GetOCSPStatusResponse
-	(*RefreshOCSPRequest)(nil),           // 58: signer.v1.RefreshOCSPRequest
-	nil,                                  // 59: signer.v1.ListKeysResponse.SkippedTokensEntry
-	(*SetOCSPResponsesRequest_Item)(nil), // 60: signer.v1.SetOCSPResponsesRequest.Item
-	(*timestamppb.Timestamp)(nil),        // 61: google.protobuf.Timestamp
+	(*TimestampRequest)(nil),             // 4: signer.v1.TimestampRequest
+	(*TimestampResponse)(nil),            // 5: signer.v1.TimestampResponse
+	(*GetTSAStatusRequest)(nil),          // 6: signer.v1.GetTSAStatusRequest
+	(*TSAStatus)(nil),                    // 7: signer.v1.TSAStatus
+	(*TSAUpstreamStatus)(nil),            // 8: signer.v1.TSAUpstreamStatus
+	(*GetStatusRequest)(nil),             // 9: signer.v1.GetStatusRequest
+	(*Status)(nil),                       // 10: signer.v1.Status
+	(*Caller)(nil),                       // 11: signer.v1.Caller
+	(*Module)(nil),                       // 12: signer.v1.Module
+	(*PinStatus)(nil),                    // 13: signer.v1.PinStatus
+	(*Token)(nil),                        // 14: signer.v1.Token
+	(*ListTokensRequest)(nil),            // 15: signer.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),           // 16: signer.v1.ListTokensResponse
+	(*GetTokenRequest)(nil),              // 17: signer.v1.GetTokenRequest
+	(*LoginTokenRequest)(nil),            // 18: signer.v1.LoginTokenRequest
+	(*LogoutTokenRequest)(nil),           // 19: signer.v1.LogoutTokenRequest
+	(*ChangePinRequest)(nil),             // 20: signer.v1.ChangePinRequest
+	(*Key)(nil),                          // 21: signer.v1.Key
+	(*GenerateKeyRequest)(nil),           // 22: signer.v1.GenerateKeyRequest
+	(*ListKeysRequest)(nil),              // 23: signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),             // 24: signer.v1.ListKeysResponse
+	(*GetKeyRequest)(nil),                // 25: signer.v1.GetKeyRequest
+	(*DeleteKeyRequest)(nil),             // 26: signer.v1.DeleteKeyRequest
+	(*DeleteKeyResponse)(nil),            // 27: signer.v1.DeleteKeyResponse
+	(*RenameKeyRequest)(nil),             // 28: signer.v1.RenameKeyRequest
+	(*SignRequest)(nil),                  // 29: signer.v1.SignRequest
+	(*SignResponse)(nil),                 // 30: signer.v1.SignResponse
+	(*SignStreamRequest)(nil),            // 31: signer.v1.SignStreamRequest
+	(*StreamedSign)(nil),                 // 32: signer.v1.StreamedSign
+	(*SignStreamResponse)(nil),           // 33: signer.v1.SignStreamResponse
+	(*StreamedSignResult)(nil),           // 34: signer.v1.StreamedSignResult
+	(*CallError)(nil),                    // 35: signer.v1.CallError
+	(*SignBatchRequest)(nil),             // 36: signer.v1.SignBatchRequest
+	(*MerkleProof)(nil),                  // 37: signer.v1.MerkleProof
+	(*SignBatchResponse)(nil),            // 38: signer.v1.SignBatchResponse
+	(*GetSigningInfoRequest)(nil),        // 39: signer.v1.GetSigningInfoRequest
+	(*SigningInfo)(nil),                  // 40: signer.v1.SigningInfo
+	(*GenerateCSRRequest)(nil),           // 41: signer.v1.GenerateCSRRequest
+	(*CSR)(nil),                          // 42: signer.v1.CSR
+	(*ListCSRsRequest)(nil),              // 43: signer.v1.ListCSRsRequest
+	(*ListCSRsResponse)(nil),             // 44: signer.v1.ListCSRsResponse
+	(*GetCSRRequest)(nil),                // 45: signer.v1.GetCSRRequest
+	(*DeleteCSRRequest)(nil),             // 46: signer.v1.DeleteCSRRequest
+	(*DeleteCSRResponse)(nil),            // 47: signer.v1.DeleteCSRResponse
+	(*ImportCertRequest)(nil),            // 48: signer.v1.ImportCertRequest
+	(*Certificate)(nil),                  // 49: signer.v1.Certificate
+	(*ListCertsRequest)(nil),             // 50: signer.v1.ListCertsRequest
+	(*ListCertsResponse)(nil),            // 51: signer.v1.ListCertsResponse
+	(*CertRef)(nil),                      // 52: signer.v1.CertRef
+	(*DeleteCertResponse)(nil),           // 53: signer.v1.DeleteCertResponse
+	(*SetCertStatusRequest)(nil),         // 54: signer.v1.SetCertStatusRequest
+	(*GetOCSPResponsesRequest)(nil),      // 55: signer.v1.GetOCSPResponsesRequest
+	(*OCSPResponse)(nil),                 // 56: signer.v1.OCSPResponse
+	(*GetOCSPResponsesResponse)(nil),     // 57: signer.v1.GetOCSPResponsesResponse
+	(*SetOCSPResponsesRequest)(nil),      // 58: signer.v1.SetOCSPResponsesRequest
+	(*SetOCSPResponsesResponse)(nil),     // 59: signer.v1.SetOCSPResponsesResponse
+	(*GetOCSPStatusRequest)(nil),         // 60: signer.v1.GetOCSPStatusRequest
+	(*OCSPCertStatus)(nil),               // 61: signer.v1.OCSPCertStatus
+	(*GetOCSPStatusResponse)(nil),        // 62: signer.v1.GetOCSPStatusResponse
+	(*RefreshOCSPRequest)(nil),           // 63: signer.v1.RefreshOCSPRequest
+	nil,                                  // 64: signer.v1.ListKeysResponse.SkippedTokensEntry
+	(*SetOCSPResponsesRequest_Item)(nil), // 65: signer.v1.SetOCSPResponsesRequest.Item
+	(*timestamppb.Timestamp)(nil),        // 66: google.protobuf.Timestamp
 }
 var file_signer_proto_depIdxs = []int32{
-	61, // 0: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
-	7,  // 1: signer.v1.Status.modules:type_name -> signer.v1.Module
-	9,  // 2: signer.v1.Status.tokens:type_name -> signer.v1.Token
-	6,  // 3: signer.v1.Status.caller:type_name -> signer.v1.Caller
-	8,  // 4: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
-	9,  // 5: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
-	0,  // 6: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
-	61, // 7: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
-	0,  // 8: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
-	16, // 9: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
-	59, // 10: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
-	0,  // 11: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
-	27, // 12: signer.v1.SignStreamRequest.calls:type_name -> signer.v1.StreamedSign
-	24, // 13: signer.v1.StreamedSign.request:type_name -> signer.v1.SignRequest
-	29, // 14: signer.v1.SignStreamResponse.results:type_name -> signer.v1.StreamedSignResult
-	25, // 15: signer.v1.StreamedSignResult.response:type_name -> signer.v1.SignResponse
-	30, // 16: signer.v1.StreamedSignResult.error:type_name -> signer.v1.CallError
-	1,  // 17: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
-	32, // 18: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
-	2,  // 19: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
-	61, // 20: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
-	0,  // 21: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
-	37, // 22: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
-	2,  // 23: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
-	3,  // 24: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
-	61, // 25: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	61, // 26: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 27: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
-	61, // 28: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
-	3,  // 29: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
-	44, // 30: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
-	3,  // 31: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
-	61, // 32: signer.v1.OCSPResponse.this_update:type_name -> google.protobuf.Timestamp
-	61, // 33: signer.v1.OCSPResponse.next_update:type_name -> google.protobuf.Timestamp
-	51, // 34: signer.v1.GetOCSPResponsesResponse.responses:type_name -> signer.v1.OCSPResponse
-	60, // 35: signer.v1.SetOCSPResponsesRequest.responses:type_name -> signer.v1.SetOCSPResponsesRequest.Item
-	51, // 36: signer.v1.SetOCSPResponsesResponse.results:type_name -> signer.v1.OCSPResponse
-	61, // 37: signer.v1.OCSPCertStatus.this_update:type_name -> google.protobuf.Timestamp
-	61, // 38: signer.v1.OCSPCertStatus.next_update:type_name -> google.protobuf.Timestamp
-	61, // 39: signer.v1.OCSPCertStatus.produced_at:type_name -> google.protobuf.Timestamp
-	61, // 40: signer.v1.OCSPCertStatus.last_fetch:type_name -> google.protobuf.Timestamp
-	61, // 41: signer.v1.OCSPCertStatus.last_good:type_name -> google.protobuf.Timestamp
-	61, // 42: signer.v1.OCSPCertStatus.next_refresh:type_name -> google.protobuf.Timestamp
-	61, // 43: signer.v1.OCSPCertStatus.last_error_at:type_name -> google.protobuf.Timestamp
-	61, // 44: signer.v1.OCSPCertStatus.stale_at:type_name -> google.protobuf.Timestamp
-	56, // 45: signer.v1.GetOCSPStatusResponse.certificates:type_name -> signer.v1.OCSPCertStatus
-	4,  // 46: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
-	10, // 47: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
-	12, // 48: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
-	13, // 49: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
-	14, // 50: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
-	15, // 51: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
-	17, // 52: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
-	18, // 53: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	20, // 54: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
-	21, // 55: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
-	23, // 56: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
-	24, // 57: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	31, // 58: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
-	26, // 59: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
-	34, // 60: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
-	36, // 61: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
-	38, // 62: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
-	40, // 63: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
-	41, // 64: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
-	43, // 65: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
-	45, // 66: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
-	47, // 67: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
-	47, // 68: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
-	47, // 69: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
-	47, // 70: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
-	49, // 71: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
-	50, // 72: signer.v1.Signer.GetOCSPResponses:input_type -> signer.v1.GetOCSPResponsesRequest
-	53, // 73: signer.v1.Signer.SetOCSPResponses:input_type -> signer.v1.SetOCSPResponsesRequest
-	55, // 74: signer.v1.Signer.GetOCSPStatus:input_type -> signer.v1.GetOCSPStatusRequest
-	58, // 75: signer.v1.Signer.RefreshOCSP:input_type -> signer.v1.RefreshOCSPRequest
-	5,  // 76: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
-	11, // 77: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
-	9,  // 78: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
-	9,  // 79: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
-	9,  // 80: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
-	9,  // 81: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
-	16, // 82: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
-	19, // 83: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	16, // 84: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
-	22, // 85: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
-	16, // 86: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
-	25, // 87: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	33, // 88: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
-	28, // 89: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
-	35, // 90: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
-	37, // 91: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
-	39, // 92: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
-	37, // 93: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
-	42, // 94: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
-	44, // 95: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
-	46, // 96: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
-	44, // 97: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
-	44, // 98: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
-	44, // 99: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
-	48, // 100: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
-	44, // 101: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
-	52, // 102: signer.v1.Signer.GetOCSPResponses:output_type -> signer.v1.GetOCSPResponsesResponse
-	54, // 103: signer.v1.Signer.SetOCSPResponses:output_type -> signer.v1.SetOCSPResponsesResponse
-	57, // 104: signer.v1.Signer.GetOCSPStatus:output_type -> signer.v1.GetOCSPStatusResponse
-	57, // 105: signer.v1.Signer.RefreshOCSP:output_type -> signer.v1.GetOCSPStatusResponse
-	76, // [76:106] is the sub-list for method output_type
-	46, // [46:76] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	66, // 0: signer.v1.TimestampResponse.gen_time:type_name -> google.protobuf.Timestamp
+	66, // 1: signer.v1.TSAStatus.cert_not_after:type_name -> google.protobuf.Timestamp
+	8,  // 2: signer.v1.TSAStatus.upstream:type_name -> signer.v1.TSAUpstreamStatus
+	66, // 3: signer.v1.TSAUpstreamStatus.last_success:type_name -> google.protobuf.Timestamp
+	66, // 4: signer.v1.TSAUpstreamStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	66, // 5: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
+	12, // 6: signer.v1.Status.modules:type_name -> signer.v1.Module
+	14, // 7: signer.v1.Status.tokens:type_name -> signer.v1.Token
+	11, // 8: signer.v1.Status.caller:type_name -> signer.v1.Caller
+	13, // 9: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
+	14, // 10: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
+	0,  // 11: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
+	66, // 12: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
+	0,  // 13: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
+	21, // 14: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
+	64, // 15: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
+	0,  // 16: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
+	32, // 17: signer.v1.SignStreamRequest.calls:type_name -> signer.v1.StreamedSign
+	29, // 18: signer.v1.StreamedSign.request:type_name -> signer.v1.SignRequest
+	34, // 19: signer.v1.SignStreamResponse.results:type_name -> signer.v1.StreamedSignResult
+	30, // 20: signer.v1.StreamedSignResult.response:type_name -> signer.v1.SignResponse
+	35, // 21: signer.v1.StreamedSignResult.error:type_name -> signer.v1.CallError
+	1,  // 22: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
+	37, // 23: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
+	2,  // 24: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
+	66, // 25: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
+	0,  // 26: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
+	42, // 27: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
+	2,  // 28: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
+	3,  // 29: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
+	66, // 30: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	66, // 31: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 32: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
+	66, // 33: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
+	3,  // 34: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
+	49, // 35: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
+	3,  // 36: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
+	66, // 37: signer.v1.OCSPResponse.this_update:type_name -> google.protobuf.Timestamp
+	66, // 38: signer.v1.OCSPResponse.next_update:type_name -> google.protobuf.Timestamp
+	56, // 39: signer.v1.GetOCSPResponsesResponse.responses:type_name -> signer.v1.OCSPResponse
+	65, // 40: signer.v1.SetOCSPResponsesRequest.responses:type_name -> signer.v1.SetOCSPResponsesRequest.Item
+	56, // 41: signer.v1.SetOCSPResponsesResponse.results:type_name -> signer.v1.OCSPResponse
+	66, // 42: signer.v1.OCSPCertStatus.this_update:type_name -> google.protobuf.Timestamp
+	66, // 43: signer.v1.OCSPCertStatus.next_update:type_name -> google.protobuf.Timestamp
+	66, // 44: signer.v1.OCSPCertStatus.produced_at:type_name -> google.protobuf.Timestamp
+	66, // 45: signer.v1.OCSPCertStatus.last_fetch:type_name -> google.protobuf.Timestamp
+	66, // 46: signer.v1.OCSPCertStatus.last_good:type_name -> google.protobuf.Timestamp
+	66, // 47: signer.v1.OCSPCertStatus.next_refresh:type_name -> google.protobuf.Timestamp
+	66, // 48: signer.v1.OCSPCertStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	66, // 49: signer.v1.OCSPCertStatus.stale_at:type_name -> google.protobuf.Timestamp
+	61, // 50: signer.v1.GetOCSPStatusResponse.certificates:type_name -> signer.v1.OCSPCertStatus
+	9,  // 51: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
+	15, // 52: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
+	17, // 53: signer.v1.Signer.GetToken:input_type -> signer.v1.GetTokenRequest
+	18, // 54: signer.v1.Signer.LoginToken:input_type -> signer.v1.LoginTokenRequest
+	19, // 55: signer.v1.Signer.LogoutToken:input_type -> signer.v1.LogoutTokenRequest
+	20, // 56: signer.v1.Signer.ChangePin:input_type -> signer.v1.ChangePinRequest
+	22, // 57: signer.v1.Signer.GenerateKey:input_type -> signer.v1.GenerateKeyRequest
+	23, // 58: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	25, // 59: signer.v1.Signer.GetKey:input_type -> signer.v1.GetKeyRequest
+	26, // 60: signer.v1.Signer.DeleteKey:input_type -> signer.v1.DeleteKeyRequest
+	28, // 61: signer.v1.Signer.RenameKey:input_type -> signer.v1.RenameKeyRequest
+	29, // 62: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	36, // 63: signer.v1.Signer.SignBatch:input_type -> signer.v1.SignBatchRequest
+	31, // 64: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
+	39, // 65: signer.v1.Signer.GetSigningInfo:input_type -> signer.v1.GetSigningInfoRequest
+	41, // 66: signer.v1.Signer.GenerateCSR:input_type -> signer.v1.GenerateCSRRequest
+	43, // 67: signer.v1.Signer.ListCSRs:input_type -> signer.v1.ListCSRsRequest
+	45, // 68: signer.v1.Signer.GetCSR:input_type -> signer.v1.GetCSRRequest
+	46, // 69: signer.v1.Signer.DeleteCSR:input_type -> signer.v1.DeleteCSRRequest
+	48, // 70: signer.v1.Signer.ImportCert:input_type -> signer.v1.ImportCertRequest
+	50, // 71: signer.v1.Signer.ListCerts:input_type -> signer.v1.ListCertsRequest
+	52, // 72: signer.v1.Signer.GetCert:input_type -> signer.v1.CertRef
+	52, // 73: signer.v1.Signer.ActivateCert:input_type -> signer.v1.CertRef
+	52, // 74: signer.v1.Signer.DeactivateCert:input_type -> signer.v1.CertRef
+	52, // 75: signer.v1.Signer.DeleteCert:input_type -> signer.v1.CertRef
+	54, // 76: signer.v1.Signer.SetCertStatus:input_type -> signer.v1.SetCertStatusRequest
+	55, // 77: signer.v1.Signer.GetOCSPResponses:input_type -> signer.v1.GetOCSPResponsesRequest
+	58, // 78: signer.v1.Signer.SetOCSPResponses:input_type -> signer.v1.SetOCSPResponsesRequest
+	60, // 79: signer.v1.Signer.GetOCSPStatus:input_type -> signer.v1.GetOCSPStatusRequest
+	63, // 80: signer.v1.Signer.RefreshOCSP:input_type -> signer.v1.RefreshOCSPRequest
+	4,  // 81: signer.v1.Signer.Timestamp:input_type -> signer.v1.TimestampRequest
+	6,  // 82: signer.v1.Signer.GetTSAStatus:input_type -> signer.v1.GetTSAStatusRequest
+	10, // 83: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
+	16, // 84: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
+	14, // 85: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
+	14, // 86: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
+	14, // 87: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
+	14, // 88: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
+	21, // 89: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
+	24, // 90: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	21, // 91: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
+	27, // 92: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
+	21, // 93: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
+	30, // 94: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	38, // 95: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
+	33, // 96: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	40, // 97: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
+	42, // 98: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
+	44, // 99: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
+	42, // 100: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
+	47, // 101: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
+	49, // 102: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
+	51, // 103: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
+	49, // 104: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
+	49, // 105: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
+	49, // 106: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
+	53, // 107: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
+	49, // 108: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
+	57, // 109: signer.v1.Signer.GetOCSPResponses:output_type -> signer.v1.GetOCSPResponsesResponse
+	59, // 110: signer.v1.Signer.SetOCSPResponses:output_type -> signer.v1.SetOCSPResponsesResponse
+	62, // 111: signer.v1.Signer.GetOCSPStatus:output_type -> signer.v1.GetOCSPStatusResponse
+	62, // 112: signer.v1.Signer.RefreshOCSP:output_type -> signer.v1.GetOCSPStatusResponse
+	5,  // 113: signer.v1.Signer.Timestamp:output_type -> signer.v1.TimestampResponse
+	7,  // 114: signer.v1.Signer.GetTSAStatus:output_type -> signer.v1.TSAStatus
+	83, // [83:115] is the sub-list for method output_type
+	51, // [51:83] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_signer_proto_init() }
@@ -4666,15 +5232,15 @@ func file_signer_proto_init() {
 	if File_signer_proto != nil {
 		return
 	}
-	file_signer_proto_msgTypes[20].OneofWrappers = []any{
+	file_signer_proto_msgTypes[25].OneofWrappers = []any{
 		(*SignRequest_KeyId)(nil),
 		(*SignRequest_CertHash)(nil),
 	}
-	file_signer_proto_msgTypes[25].OneofWrappers = []any{
+	file_signer_proto_msgTypes[30].OneofWrappers = []any{
 		(*StreamedSignResult_Response)(nil),
 		(*StreamedSignResult_Error)(nil),
 	}
-	file_signer_proto_msgTypes[27].OneofWrappers = []any{
+	file_signer_proto_msgTypes[32].OneofWrappers = []any{
 		(*SignBatchRequest_KeyId)(nil),
 		(*SignBatchRequest_CertHash)(nil),
 	}
@@ -4684,7 +5250,7 @@ func file_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_proto_rawDesc), len(file_signer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   57,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -61,6 +61,8 @@ const (
 	Signer_SetOCSPResponses_FullMethodName = "/signer.v1.Signer/SetOCSPResponses"
 	Signer_GetOCSPStatus_FullMethodName    = "/signer.v1.Signer/GetOCSPStatus"
 	Signer_RefreshOCSP_FullMethodName      = "/signer.v1.Signer/RefreshOCSP"
+	Signer_Timestamp_FullMethodName        = "/signer.v1.Signer/Timestamp"
+	Signer_GetTSAStatus_FullMethodName     = "/signer.v1.Signer/GetTSAStatus"
 )
 
 // SignerClient is the client API for Signer service.
@@ -157,6 +159,18 @@ type SignerClient interface {
 	// RefreshOCSP fetches new responses at once, for one certificate or for
 	// all, and returns their status once the fetches have ended. Admin.
 	RefreshOCSP(ctx context.Context, in *RefreshOCSPRequest, opts ...grpc.CallOption) (*GetOCSPStatusResponse, error)
+	// Timestamp issues an RFC 3161 time-stamp token for a digest: by the
+	// built-in TSA ([tsa] enabled), signing with its key of usage tsa, or,
+	// with upstream set, by the external TSAs of [tsa.upstream], whose token
+	// is verified first and may cover a batch (then the answer carries this
+	// digest's inclusion proof). Client: the policy must let the caller use
+	// the TSA key (built-in) or grant it usage tsa (upstream). A refusal
+	// names its RFC 3161 failInfo.
+	Timestamp(ctx context.Context, in *TimestampRequest, opts ...grpc.CallOption) (*TimestampResponse, error)
+	// GetTSAStatus reports the time-stamping service: whether the built-in
+	// TSA serves and why not, its key and certificate, the clock guard, and
+	// the upstream TSAs' health. Admin or client.
+	GetTSAStatus(ctx context.Context, in *GetTSAStatusRequest, opts ...grpc.CallOption) (*TSAStatus, error)
 }
 
 type signerClient struct {
@@ -470,6 +484,26 @@ func (c *signerClient) RefreshOCSP(ctx context.Context, in *RefreshOCSPRequest, 
 	return out, nil
 }
 
+func (c *signerClient) Timestamp(ctx context.Context, in *TimestampRequest, opts ...grpc.CallOption) (*TimestampResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TimestampResponse)
+	err := c.cc.Invoke(ctx, Signer_Timestamp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerClient) GetTSAStatus(ctx context.Context, in *GetTSAStatusRequest, opts ...grpc.CallOption) (*TSAStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TSAStatus)
+	err := c.cc.Invoke(ctx, Signer_GetTSAStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SignerServer is the server API for Signer service.
 // All implementations must embed UnimplementedSignerServer
 // for forward compatibility.
@@ -564,6 +598,18 @@ type SignerServer interface {
 	// RefreshOCSP fetches new responses at once, for one certificate or for
 	// all, and returns their status once the fetches have ended. Admin.
 	RefreshOCSP(context.Context, *RefreshOCSPRequest) (*GetOCSPStatusResponse, error)
+	// Timestamp issues an RFC 3161 time-stamp token for a digest: by the
+	// built-in TSA ([tsa] enabled), signing with its key of usage tsa, or,
+	// with upstream set, by the external TSAs of [tsa.upstream], whose token
+	// is verified first and may cover a batch (then the answer carries this
+	// digest's inclusion proof). Client: the policy must let the caller use
+	// the TSA key (built-in) or grant it usage tsa (upstream). A refusal
+	// names its RFC 3161 failInfo.
+	Timestamp(context.Context, *TimestampRequest) (*TimestampResponse, error)
+	// GetTSAStatus reports the time-stamping service: whether the built-in
+	// TSA serves and why not, its key and certificate, the clock guard, and
+	// the upstream TSAs' health. Admin or client.
+	GetTSAStatus(context.Context, *GetTSAStatusRequest) (*TSAStatus, error)
 	mustEmbedUnimplementedSignerServer()
 }
 
@@ -663,6 +709,12 @@ func (UnimplementedSignerServer) GetOCSPStatus(context.Context, *GetOCSPStatusRe
 }
 func (UnimplementedSignerServer) RefreshOCSP(context.Context, *RefreshOCSPRequest) (*GetOCSPStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RefreshOCSP not implemented")
+}
+func (UnimplementedSignerServer) Timestamp(context.Context, *TimestampRequest) (*TimestampResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Timestamp not implemented")
+}
+func (UnimplementedSignerServer) GetTSAStatus(context.Context, *GetTSAStatusRequest) (*TSAStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTSAStatus not implemented")
 }
 func (UnimplementedSignerServer) mustEmbedUnimplementedSignerServer() {}
 func (UnimplementedSignerServer) testEmbeddedByValue()                {}
@@ -1214,6 +1266,42 @@ func _Signer_RefreshOCSP_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Signer_Timestamp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TimestampRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).Timestamp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_Timestamp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).Timestamp(ctx, req.(*TimestampRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Signer_GetTSAStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTSAStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServer).GetTSAStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Signer_GetTSAStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServer).GetTSAStatus(ctx, req.(*GetTSAStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Signer_ServiceDesc is the grpc.ServiceDesc for Signer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1336,6 +1424,14 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RefreshOCSP",
 			Handler:    _Signer_RefreshOCSP_Handler,
+		},
+		{
+			MethodName: "Timestamp",
+			Handler:    _Signer_Timestamp_Handler,
+		},
+		{
+			MethodName: "GetTSAStatus",
+			Handler:    _Signer_GetTSAStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

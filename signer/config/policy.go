@@ -195,6 +195,21 @@ func (p *Policy) MayUseKey(peer Peer, keyID, usage string) bool {
 	return false
 }
 
+// MayUseUsage reports whether a client rule that matches peer grants
+// usage, whatever key: for services that use no key of the caller's, as
+// the upstream time-stamping mode (usage tsa).
+func (p *Policy) MayUseUsage(peer Peer, usage string) bool {
+	if p == nil {
+		return false
+	}
+	for i := range p.rules {
+		if r := &p.rules[i]; r.matches(peer) && r.usages.has(usage) {
+			return true
+		}
+	}
+	return false
+}
+
 // MayUseMember reports whether a client rule that matches peer grants the
 // member identifier (compared exactly). An empty member is never granted.
 func (p *Policy) MayUseMember(peer Peer, member string) bool {

@@ -135,6 +135,35 @@ func TestPolicyMayUseMember(t *testing.T) {
 	}
 }
 
+func TestPolicyMayUseUsage(t *testing.T) {
+	p := testPolicy(t)
+	tests := []struct {
+		name  string
+		peer  Peer
+		usage string
+		want  bool
+	}{
+		{"granted by gid", Peer{UID: 1, GID: 997}, "tsa", true},
+		{"another usage of the rule", Peer{UID: 1, GID: 997}, "auth", true},
+		{"usage not granted", Peer{UID: 998}, "tsa", false},
+		{"client with no usages", Peer{UID: 600}, "tsa", false},
+		{"admin is not a client", Peer{UID: 0}, "tsa", false},
+		{"empty usage", Peer{UID: 1, GID: 997}, "", false},
+		{"deny by default", Peer{UID: 1000, GID: 1000}, "tsa", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.MayUseUsage(tc.peer, tc.usage); got != tc.want {
+				t.Errorf("MayUseUsage(%+v, %q) = %v, want %v", tc.peer, tc.usage, got, tc.want)
+			}
+		})
+	}
+	var none *Policy
+	if none.MayUseUsage(Peer{UID: 1, GID: 997}, "tsa") {
+		t.Error("a nil policy granted a usage")
+	}
+}
+
 func TestPolicyClients(t *testing.T) {
 	p := testPolicy(t)
 	names := func(rs []ClientRule) []string {
