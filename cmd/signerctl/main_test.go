@@ -75,8 +75,8 @@ func TestSignctlWalkthrough(t *testing.T) {
 	for _, k := range keys.Keys {
 		labels[k.Label] = k.ID
 	}
-	if len(keys.Keys) != 2 || labels["demo"] != keyID || labels["audit"] == "" {
-		t.Fatalf("key list: %+v; want the demo key and the audit key", keys)
+	if len(keys.Keys) != 3 || labels["demo"] != keyID || labels["audit"] == "" || labels["tsa"] == "" {
+		t.Fatalf("key list: %+v; want the demo, audit and TSA keys", keys)
 	}
 	// Generate an RSA key, sign a file with it, verify with openssl.
 	gen := mustCtl(t, "key", "generate", "--label", "rsa-demo", "--algorithm", "RSA2048", "--usage", "sign", "--name", "RSA demo")

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,6 +25,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+	"github.com/hsmsigner/hsmsigner/softhsm-test/devca"
 )
 
 // devTokenLabel is the label of dev mode's SoftHSM token.
@@ -92,13 +96,37 @@ func prepareDev(ctx context.Context, dir string) (string, error) {
 	if err := os.Setenv(softhsmtest.ConfEnv, confPath); err != nil {
 		return "", err
 	}
+	// The dev CA certifies the TSA key; its root is the trust anchor of
+	// the upstream mode, which asks dev mode's own TSA.
+	ca, err := devca.Init(ctx, filepath.Join(dir, "ca"))
+	if err != nil {
+		return "", fmt.Errorf("making the dev CA: %w", err)
+	}
 	configPath := filepath.Join(dir, "signerd.toml")
 	if _, err := os.Stat(configPath); errors.Is(err, fs.ErrNotExist) {
-		if err := writeDevConfig(configPath, dir, module, pinFile); err != nil {
+		if err := writeDevConfig(ctx, configPath, dir, module, pinFile, ca.RootPEM); err != nil {
 			return "", err
 		}
 	}
 	return configPath, nil
+}
+
+// devTSAPort is the port dev mode's TSA listens on, when it is free.
+const devTSAPort = "3180"
+
+// devTSAListen returns 127.0.0.1:3180, or a free loopback port when that
+// one is taken.
+func devTSAListen(ctx context.Context) (string, error) {
+	for _, addr := range []string{"127.0.0.1:" + devTSAPort, "127.0.0.1:0"} {
+		l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		if err != nil {
+			continue
+		}
+		addr = l.Addr().String()
+		l.Close()
+		return addr, nil
+	}
+	return "", errors.New("no free loopback TCP port for the dev TSA")
 }
 
 func randomPIN() []byte {
@@ -119,6 +147,24 @@ log_level = "info"
 # The audit log's head is signed with the "audit" key that dev mode
 # generates, every 10 s when lines were added (production default: 5m).
 audit_checkpoint_interval = "10s"
+
+# The built-in RFC 3161 TSA, signing with the "tsa" key dev mode makes
+# (certified by the dev CA in {{.Dir}}/ca). THE CLOCK GUARD IS OFF here:
+# development machines often have no NTP, and a production TSA must refuse
+# (timeNotAvailable) while the kernel calls the clock unsynchronised.
+# 2.999.1 is an example policy OID (ITU-T X.660's example arc).
+[tsa]
+enabled = true
+policy = "2.999.1"
+require_synced_clock = false
+listen = "{{.TSAListen}}"
+
+  # The upstream mode asks external TSAs; in dev mode, its own TSA over
+  # TCP, batching what arrives within 20 ms into one stamp.
+  [tsa.upstream]
+  urls = ["http://{{.TSAListen}}/tsa"]
+  trust_anchors = ["{{.CARoot}}"]
+  batch_window = "20ms"
 
 # What one uid may take of the daemon (the production defaults).
 [limits]
@@ -157,14 +203,19 @@ path = "{{.Module}}"
   members = ["*"]
 `
 
-func writeDevConfig(path, dir, module, pinFile string) error {
+func writeDevConfig(ctx context.Context, path, dir, module, pinFile, caRoot string) error {
 	tmpl, err := template.New("dev").Parse(devConfigTemplate)
+	if err != nil {
+		return err
+	}
+	listen, err := devTSAListen(ctx)
 	if err != nil {
 		return err
 	}
 	var b strings.Builder
 	err = tmpl.Execute(&b, map[string]string{
 		"Dir": dir, "Module": module, "Label": devTokenLabel, "PINFile": pinFile, "UID": strconv.Itoa(os.Getuid()),
+		"TSAListen": listen, "CARoot": caRoot,
 	})
 	if err != nil {
 		return err
@@ -217,6 +268,10 @@ func devReady(ctx context.Context, cfg *config.Config, svc *signer.Service) erro
 		}
 		*want.id = k.GetId()
 	}
+	tsaKeyID, err := devTSAKey(ctx, c, keys.GetKeys(), filepath.Join(filepath.Dir(cfg.Server.AuditFile), "ca"))
+	if err != nil {
+		return fmt.Errorf("the dev TSA key: %w", err)
+	}
 	// A first checkpoint now, not only after the first interval: the log
 	// is anchored before the newcomer runs audit verify --pub.
 	if _, err := svc.Checkpoint(ctx); err != nil && !errors.Is(err, audit.ErrNothingToCheckpoint) {
@@ -227,6 +282,9 @@ signerd is ready (dev mode: a throwaway SoftHSM token, not for production).
   gRPC socket: %[1]s
   demo key:    %[2]s (EC P-256, usage sign)
   audit key:   %[4]s (EC P-256, signs the audit log's checkpoints)
+  TSA key:     %[5]s (EC P-256, usage tsa, certified by the dev CA in %[6]s)
+  TSA:         POST /tsa on %[7]s and http://%[8]s/tsa
+               CLOCK GUARD OFF (dev mode): tokens whatever the clock says
 
 In another terminal, try:
   export SIGNER_SOCKET=%[1]s
@@ -238,8 +296,68 @@ In another terminal, try:
   openssl dgst -sha256 -verify demo.pub.pem -signature hello.sig hello.txt
   go run ./cmd/signerctl key show %[4]s --public-pem > audit.pem
   go run ./cmd/signerctl audit verify --pub audit.pem %[3]s
+  go run ./cmd/signerctl tsa stamp --in hello.txt --out hello.tsr
+  openssl ts -verify -in hello.tsr -data hello.txt -CAfile %[6]s/root.pem
+  go run ./cmd/signerctl tsa status
 
 Stop with Ctrl-C.
-`, cfg.Server.GRPCSocket, keyID, cfg.Server.AuditFile, auditKeyID)
+`, cfg.Server.GRPCSocket, keyID, cfg.Server.AuditFile, auditKeyID, tsaKeyID, filepath.Join(filepath.Dir(cfg.Server.AuditFile), "ca"), cfg.Server.HTTPSocket, cfg.TSA.Listen)
 	return nil
+}
+
+// devTSAKey makes dev mode's TSA key and has the dev CA in caDir certify
+// it for time-stamping (extendedKeyUsage timeStamping, critical), unless
+// a key labelled "tsa" has an active certificate already; it returns the
+// key's id.
+func devTSAKey(ctx context.Context, c *client.Client, keys []*signerv1.Key, caDir string) (string, error) {
+	id := ""
+	for _, k := range keys {
+		if k.GetLabel() == "tsa" {
+			id = k.GetId()
+		}
+	}
+	if id == "" {
+		k, err := c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "dev", Label: "tsa", Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_TSA, Name: "dev TSA key"})
+		if err != nil {
+			return "", err
+		}
+		id = k.GetId()
+	}
+	certs, err := c.ListCerts(ctx, &signerv1.ListCertsRequest{KeyId: id})
+	if err != nil {
+		return "", err
+	}
+	for _, ct := range certs.GetCertificates() {
+		if ct.GetActive() && time.Now().Before(ct.GetNotAfter().AsTime()) {
+			return id, nil
+		}
+	}
+	ca, err := devca.Init(ctx, caDir)
+	if err != nil {
+		return "", err
+	}
+	csr, err := c.GenerateCSR(ctx, &signerv1.GenerateCSRRequest{KeyId: id, Subject: "CN=signerd dev TSA,O=hsmsigner dev,C=EE"})
+	if err != nil {
+		return "", err
+	}
+	blk, _ := pem.Decode(csr.GetCsr())
+	if blk == nil {
+		return "", errors.New("signerd gave a CSR that is not PEM")
+	}
+	cert, err := ca.Sign(ctx, blk.Bytes, devca.UsageTSA, devca.Current)
+	if err != nil {
+		return "", err
+	}
+	var chain []byte
+	for _, x := range []*x509.Certificate{cert, ca.Intermediate, ca.Root} {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: x.Raw})...)
+	}
+	imp, err := c.ImportCert(ctx, &signerv1.ImportCertRequest{Certificate: chain})
+	if err != nil {
+		return "", err
+	}
+	if _, err := c.ActivateCert(ctx, &signerv1.CertRef{Hash: imp.GetSha256()}); err != nil {
+		return "", err
+	}
+	return id, nil
 }

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitorus/timestamp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -26,6 +31,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
+	"github.com/hsmsigner/hsmsigner/tsa"
 )
 
 const signerdPkg = "github.com/hsmsigner/hsmsigner/cmd/signerd"
@@ -357,6 +363,7 @@ func TestDevMode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		devTSAWorks(t, c, dir, out)
 		c.Close()
 		work := t.TempDir()
 		_ = os.WriteFile(filepath.Join(work, "hello.txt"), msg, 0o600)
@@ -375,6 +382,67 @@ func TestDevMode(t *testing.T) {
 		if err != nil || st.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v, mode %v; want 0600", f, err, st.Mode())
 		}
+	}
+}
+
+// devTSAWorks checks dev mode's time-stamping: it says loudly that the
+// clock guard is off; the built-in TSA's token for a digest verifies with
+// `openssl ts -verify` against the dev CA; so does a token asked over the
+// loopback TCP listener; an upstream stamp (dev mode's own TSA as the
+// external one) verifies with its inclusion proof.
+func devTSAWorks(t *testing.T, c *client.Client, dir, out string) {
+	t.Helper()
+	if !strings.Contains(out, "CLOCK GUARD OFF") {
+		t.Fatalf("dev mode does not say the TSA's clock guard is off:\n%s", out)
+	}
+	st, err := c.GetTSAStatus(ctxT(t), &signerv1.GetTSAStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.GetServing() || !st.GetClockGuardOff() || st.GetListen() == "" || st.GetUpstream() == nil {
+		t.Fatalf("dev TSA status: %v", st)
+	}
+	work := t.TempDir()
+	root := filepath.Join(dir, "ca", "root.pem")
+	digest := sha256.Sum256([]byte("stamped in dev mode"))
+	r, err := c.Timestamp(ctxT(t), &signerv1.TimestampRequest{Digest: digest[:], Hash: "SHA256", CertReq: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.ResponseOf(r.GetToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := filepath.Join(work, "rpc.tsr")
+	_ = os.WriteFile(rp, resp, 0o600)
+	if o, err := exec.Command("openssl", "ts", "-verify", "-in", rp, "-digest", hex.EncodeToString(digest[:]), "-CAfile", root).CombinedOutput(); err != nil || !strings.Contains(string(o), "Verification: OK") {
+		t.Fatalf("openssl ts -verify of a dev token: %v\n%s", err, o)
+	}
+	// Over the TCP listener, as an RFC 3161 client that speaks only HTTP.
+	req, err := (&timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: digest[:], Certificates: true}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr, err := http.Post("http://"+st.GetListen()+"/tsa", "application/timestamp-query", bytes.NewReader(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(hr.Body)
+	hr.Body.Close()
+	tp := filepath.Join(work, "tcp.tsr")
+	_ = os.WriteFile(tp, body, 0o600)
+	if o, err := exec.Command("openssl", "ts", "-verify", "-in", tp, "-digest", hex.EncodeToString(digest[:]), "-CAfile", root).CombinedOutput(); err != nil || !strings.Contains(string(o), "Verification: OK") {
+		t.Fatalf("openssl ts -verify of a token over TCP: %v\n%s", err, o)
+	}
+	up, err := c.Timestamp(ctxT(t), &signerv1.TimestampRequest{Digest: digest[:], Hash: "SHA256", Upstream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pemRoot, _ := os.ReadFile(root)
+	pool.AppendCertsFromPEM(pemRoot)
+	if _, err := client.VerifyTimestamp(up.GetToken(), crypto.SHA256, digest[:], client.ProofOf(up), tsa.Trust{Roots: pool}); err != nil {
+		t.Fatalf("upstream stamp: %v", err)
 	}
 }
 
