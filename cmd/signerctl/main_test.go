@@ -350,13 +350,18 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README walkthrough failed: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Verified OK", "chain intact", "every signature verified", "member-sign", " good ", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310"} {
+	for _, want := range []string{"Verified OK", "chain intact", "every signature verified", "member-sign", " good ", "agency.pem: OK", "SHA256withRSA", "EE/GOV/70000310",
+		"built-in TSA:  serving", "inclusion proof verified"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
 		}
 	}
 	if n := strings.Count(string(out), "Verified OK"); n != 2 {
 		t.Fatalf("%d signatures verified, want 2:\n%s", n, out)
+	}
+	// Three time-stamps by openssl ts -verify, two by signerctl tsa verify.
+	if n := strings.Count(string(out), "Verification: OK"); n != 5 {
+		t.Fatalf("%d time-stamps verified, want 5:\n%s", n, out)
 	}
 }
 
