@@ -499,3 +499,53 @@ func TestTSAUpstreamMode(t *testing.T) {
 		t.Fatalf("upstream stamp without usage tsa: %v", err)
 	}
 }
+
+// TestTSASocketRefusals sends bad requests to POST /tsa on the HTTP
+// socket: each parsable-or-not body gets an RFC 3161 rejection with the
+// failInfo that says why (never a token, never a crash), and the refusals
+// are counted.
+func TestTSASocketRefusals(t *testing.T) {
+	d, _, _ := tsaDaemon(t)
+	hc := d.serveHTTP(t)
+	digest := sha256.Sum256([]byte("x"))
+	mustReq := func(r timestamp.Request) []byte {
+		der, err := r.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	good := mustReq(timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: digest[:]})
+	cases := []struct {
+		name string
+		body []byte
+		want string // openssl's words for the failInfo
+	}{
+		{"garbage", []byte("not a request"), "wrong format"},                                                                                                               // badDataFormat
+		{"truncated", good[:len(good)-3], "wrong format"},                                                                                                                  // badDataFormat
+		{"short digest", mustReq(timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: digest[:20]}), "wrong format"},                                             // badDataFormat
+		{"unaccepted policy", mustReq(timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: digest[:], TSAPolicyOID: []int{1, 2, 3}}), "policy is not supported"}, // unacceptedPolicy
+		{"oversized", bytes.Repeat([]byte{0x30}, tsa.MaxRequestSize+100), "transaction not permitted"},                                                                     // badRequest
+	}
+	dir := t.TempDir()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			hr, err := hc.Post("http://signerd/tsa", "application/timestamp-query", bytes.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(hr.Body)
+			hr.Body.Close()
+			p := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".tsr")
+			os.WriteFile(p, body, 0o600)
+			out, err := exec.Command("openssl", "ts", "-reply", "-in", p, "-text").CombinedOutput()
+			if hr.StatusCode != http.StatusOK || err != nil || !strings.Contains(string(out), "Status: Rejected") || !strings.Contains(strings.ToLower(string(out)), c.want) {
+				t.Fatalf("%s %v\n%s", hr.Status, err, out)
+			}
+		})
+	}
+	st, err := d.client.GetTSAStatus(testCtx(t), &signerv1.GetTSAStatusRequest{})
+	if err != nil || st.GetRefused() != uint64(len(cases)) || st.GetIssued() != 0 {
+		t.Fatalf("status after %d refusals: %v %v", len(cases), st, err)
+	}
+}

@@ -35,8 +35,39 @@ func (a *app) statusCommand() *cobra.Command {
 					return err
 				}
 				fmt.Fprintln(a.stdout)
-				return a.tokenTable(st.GetTokens())
+				if err := a.tokenTable(st.GetTokens()); err != nil {
+					return err
+				}
+				if ts, err := c.GetTSAStatus(ctx, &signerv1.GetTSAStatusRequest{}); err == nil {
+					fmt.Fprintf(a.stdout, "\ntime-stamping: %s\n", tsaSummary(ts))
+				}
+				return nil
 			})
 		},
 	}
+}
+
+// tsaSummary is the time-stamping service in one line: whether the
+// built-in TSA serves (and why not), the clock guard, the upstream mode.
+func tsaSummary(ts *signerv1.TSAStatus) string {
+	var s string
+	switch {
+	case ts.GetBuiltinEnabled() && ts.GetServing():
+		s = "built-in TSA serving"
+	case ts.GetBuiltinEnabled():
+		s = "built-in TSA NOT SERVING: " + ts.GetReason()
+	default:
+		s = "built-in TSA off"
+	}
+	if ts.GetClockGuardOff() {
+		s += "; CLOCK GUARD OFF (development only)"
+	}
+	if u := ts.GetUpstream(); u != nil {
+		if u.GetHealthy() {
+			s += "; upstream TSAs healthy"
+		} else {
+			s += "; upstream TSAs UNHEALTHY: " + u.GetLastError()
+		}
+	}
+	return s + " (signerctl tsa status)"
 }

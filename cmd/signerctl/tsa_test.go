@@ -61,6 +61,9 @@ func TestTSACommands(t *testing.T) {
 		t.Fatalf("verify with --proof printed %q", out)
 	}
 
+	if st := mustCtl(t, "status"); !strings.Contains(st, "time-stamping: built-in TSA serving; CLOCK GUARD OFF") {
+		t.Fatalf("status lacks the time-stamping line:\n%s", st)
+	}
 	st := mustCtl(t, "tsa", "status")
 	for _, want := range []string{"built-in TSA:  serving", "clock guard:   OFF", "upstream TSAs: healthy", "TCP listener:  http://127.0.0.1:"} {
 		if !strings.Contains(st, want) {
