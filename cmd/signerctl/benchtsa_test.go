@@ -120,9 +120,11 @@ func newTSAServer(t *testing.T, answer func(req []byte) ([]byte, error)) *tsaSer
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
+		// Counted before it is sent: the client may read the answer
+		// before this handler returns.
+		s.answered.Add(1)
 		w.Header().Set("Content-Type", "application/timestamp-reply")
 		_, _ = w.Write(resp)
-		s.answered.Add(1)
 	})
 	tcp := httptest.NewServer(h)
 	t.Cleanup(tcp.Close)
