@@ -64,7 +64,7 @@ func (r *benchResult) percentile(p float64) time.Duration {
 func (a *app) benchCommand() *cobra.Command {
 	var o benchOptions
 	cmd := &cobra.Command{
-		Use:   "bench --key KEY-ID | bench --tsa URL",
+		Use:   "bench (--key KEY-ID | --tsa URL)",
 		Short: "Load generator: signatures per second and latency through the daemon, and with --raw in-process through hsm",
 		Long: `bench signs random digests through signerd for --duration with --concurrency
 callers and prints digests signed per second and the p50/p99 latency of a call,
