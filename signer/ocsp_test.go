@@ -76,7 +76,7 @@ func (d *testDaemon) refreshOCSP(t testing.TB, sum string) *signerv1.OCSPCertSta
 
 // serveHTTP serves the daemon's HTTP handler on its Unix socket and
 // returns a client that reaches it.
-func (d *testDaemon) serveHTTP(t *testing.T) *http.Client {
+func (d *testDaemon) serveHTTP(t testing.TB) *http.Client {
 	t.Helper()
 	sock := filepath.Join(d.dir, "run", "http.sock")
 	_ = os.Remove(sock)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
 	"errors"
@@ -264,15 +265,82 @@ func (is *Issuer) sign(r *timestamp.Request) ([]byte, *Issued, error) {
 		return nil, nil, err
 	}
 	// Read back what was issued, and check it is what was asked.
-	got, err := timestamp.ParseResponse(resp)
+	got, err := readTSTInfo(resp)
 	if err != nil {
 		return nil, nil, fmt.Errorf("the token made does not parse: %w", err)
 	}
-	if !bytes.Equal(got.HashedMessage, r.HashedMessage) || got.HashAlgorithm != r.HashAlgorithm {
+	if !bytes.Equal(got.MessageImprint.HashedMessage, r.HashedMessage) || !got.MessageImprint.HashAlgorithm.Algorithm.Equal(hashOIDs[r.HashAlgorithm]) {
 		return nil, nil, errors.New("the token made carries another imprint")
 	}
-	return resp, &Issued{Serial: got.SerialNumber, GenTime: got.Time, Hash: got.HashAlgorithm, Imprint: got.HashedMessage, Policy: got.Policy, Nonce: got.Nonce}, nil
+	if (got.Nonce == nil) != (r.Nonce == nil) || (r.Nonce != nil && got.Nonce.Cmp(r.Nonce) != 0) {
+		return nil, nil, errors.New("the token made carries another nonce")
+	}
+	return resp, &Issued{Serial: got.SerialNumber, GenTime: got.GenTime, Hash: r.HashAlgorithm, Imprint: got.MessageImprint.HashedMessage, Policy: got.Policy, Nonce: got.Nonce}, nil
 }
+
+// hashOIDs are the OIDs of the imprint hashes an Issuer may accept.
+var hashOIDs = map[crypto.Hash]asn1.ObjectIdentifier{crypto.SHA256: oidSHA256, crypto.SHA384: oidSHA384, crypto.SHA512: oidSHA512}
+
+// tstInfo is the part of RFC 3161's TSTInfo the read-back checks; the
+// fields after the nonce are not read.
+type tstInfo struct {
+	Version        int
+	Policy         asn1.ObjectIdentifier
+	MessageImprint struct {
+		HashAlgorithm pkix.AlgorithmIdentifier
+		HashedMessage []byte
+	}
+	SerialNumber *big.Int
+	GenTime      time.Time `asn1:"generalized"`
+	Accuracy     struct {
+		Seconds int `asn1:"optional"`
+		Millis  int `asn1:"optional,tag:0"`
+		Micros  int `asn1:"optional,tag:1"`
+	} `asn1:"optional"`
+	Ordering bool     `asn1:"optional,default:false"`
+	Nonce    *big.Int `asn1:"optional"`
+}
+
+// readTSTInfo reads the TSTInfo of a granted DER TimeStampResp the
+// Issuer made, with encoding/asn1 alone: the response is DER, and the
+// signature was made by the Issuer's signer (in signerd, verified by the
+// hsm package before it left the token, [module.token]
+// verify_signatures). digitorus/timestamp's ParseResponse would convert
+// BER to DER and verify the signature and the chain again, which costs
+// more than the rest of the token, and its pkcs7.Parse is not safe for
+// concurrent use.
+func readTSTInfo(resp []byte) (*tstInfo, error) {
+	var r struct {
+		Status struct {
+			Status int
+		}
+		Token struct {
+			ContentType asn1.ObjectIdentifier
+			SignedData  struct {
+				Version          int
+				DigestAlgorithms asn1.RawValue
+				EncapContent     struct {
+					ContentType asn1.ObjectIdentifier
+					Content     []byte `asn1:"explicit,tag:0"`
+				}
+			} `asn1:"explicit,tag:0"`
+		}
+	}
+	if rest, err := asn1.Unmarshal(resp, &r); err != nil || len(rest) > 0 {
+		return nil, fmt.Errorf("not one DER TimeStampResp with a SignedData token (%v, %d bytes after)", err, len(rest))
+	}
+	if r.Status.Status != int(timestamp.Granted) || !r.Token.SignedData.EncapContent.ContentType.Equal(oidTSTInfo) {
+		return nil, fmt.Errorf("status %d, content %s: not a granted TSTInfo", r.Status.Status, r.Token.SignedData.EncapContent.ContentType)
+	}
+	var info tstInfo
+	if rest, err := asn1.Unmarshal(r.Token.SignedData.EncapContent.Content, &info); err != nil || len(rest) > 0 {
+		return nil, fmt.Errorf("the TSTInfo does not parse (%v, %d bytes after)", err, len(rest))
+	}
+	return &info, nil
+}
+
+// oidTSTInfo is id-ct-TSTInfo.
+var oidTSTInfo = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 16, 1, 4}
 
 // String is the issued token in one audit line's detail.
 func (i *Issued) String() string {

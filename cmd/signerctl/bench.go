@@ -35,6 +35,9 @@ type benchOptions struct {
 	module      string
 	token       string
 	pinFile     string
+	tsaURL      string // bench --tsa: an RFC 3161 URL (benchtsa.go)
+	hash        string
+	certReq     bool
 }
 
 // benchResult is one measured run.
@@ -61,7 +64,7 @@ func (r *benchResult) percentile(p float64) time.Duration {
 func (a *app) benchCommand() *cobra.Command {
 	var o benchOptions
 	cmd := &cobra.Command{
-		Use:   "bench --key KEY-ID",
+		Use:   "bench (--key KEY-ID | --tsa URL)",
 		Short: "Load generator: signatures per second and latency through the daemon, and with --raw in-process through hsm",
 		Long: `bench signs random digests through signerd for --duration with --concurrency
 callers and prints digests signed per second and the p50/p99 latency of a call,
@@ -73,9 +76,31 @@ own Sign call instead.
 With --raw it also signs in this process through the hsm package on the same
 token (--module, --token, --pin-file), alternating daemon and raw runs in
 --rounds rounds, and prints the daemon/raw ratio. The raw run uses the same
-concurrency; a Merkle batch in the raw run is one signature over the tree root.`,
+concurrency; a Merkle batch in the raw run is one signature over the tree root.
+
+With --tsa URL it is a load generator for any RFC 3161 time-stamping
+authority instead: http://host:port/path, or unix:/path/to/http.sock for
+POST /tsa on signerd's HTTP socket. Each request is a TimeStampReq for a
+random --hash digest with a fresh nonce (certReq with --cert-req); each
+answer must parse, be granted and echo the nonce and the imprint. It prints
+tokens per second, the p50, p99 and largest latency, and the errors with
+the first of them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.tsaURL != "" {
+				for _, name := range []string{"key", "alg", "batch", "mode", "raw", "unary", "rounds", "connections"} {
+					if cmd.Flags().Changed(name) {
+						return fmt.Errorf("--%s does not go with --tsa", name)
+					}
+				}
+				return a.benchTSA(cmd.Context(), o)
+			}
+			if o.keyID == "" {
+				return errors.New("give --key KEY-ID (or --tsa URL)")
+			}
+			if cmd.Flags().Changed("hash") || cmd.Flags().Changed("cert-req") {
+				return errors.New("--hash and --cert-req go with --tsa")
+			}
 			return a.bench(cmd.Context(), o)
 		},
 	}
@@ -93,7 +118,9 @@ concurrency; a Merkle batch in the raw run is one signature over the tree root.`
 	f.StringVar(&o.module, "module", "", "with --raw: PKCS#11 module path")
 	f.StringVar(&o.token, "token", "", "with --raw: token label, serial:NNN or PKCS#11 URI")
 	f.StringVar(&o.pinFile, "pin-file", "", "with --raw: file holding the user PIN")
-	_ = cmd.MarkFlagRequired("key")
+	f.StringVar(&o.tsaURL, "tsa", "", "bench an RFC 3161 TSA at this URL instead (http://host:port/path or unix:/path/to/http.sock)")
+	f.StringVar(&o.hash, "hash", "sha256", "with --tsa: imprint hash, sha256, sha384 or sha512")
+	f.BoolVar(&o.certReq, "cert-req", false, "with --tsa: set certReq, asking for the TSA's certificate in each token")
 	return cmd
 }
 
