@@ -7,7 +7,7 @@ GO ?= go
 DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl
 
-.PHONY: all build vet test dev bench bench-daemon bench-processes bench-ocsp bench-tsa fuzz generate deps
+.PHONY: all build vet test dev bench bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
 
 all: build
 
@@ -53,6 +53,11 @@ bench-tsa: deps
 	$(GO) test -run '^$$' -bench BenchmarkTSAVsRaw -benchtime 3200x ./signer/
 	$(GO) test -run '^$$' -bench BenchmarkUpstreamBatching -benchtime 3x ./tsa/
 
+# bench-xroad: X-Road's KeyService/Sign over loopback TCP and mutual TLS
+# against signer.v1 Sign over the Unix socket, same key, in one run.
+bench-xroad: deps
+	$(GO) test -run '^$$' -bench BenchmarkXRoadVsUnix -benchtime 4000x ./signer/xroad/
+
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
 	$(GO) test -run '^$$' -bench BenchmarkSocketFloor -benchtime 1x -timeout 30m ./signer/
@@ -66,7 +71,7 @@ generate:
 # FUZZTIME; the seed corpora live in each package's testdata/fuzz (and run
 # as ordinary tests in `make test`).
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./hsm/pkcs11uri:FuzzParseURI ./signer/config:FuzzParse ./signer/config:FuzzKeyIndex ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof ./signer/dn:FuzzParse ./ocsp:FuzzVerify ./tsa:FuzzIssue ./tsa:FuzzVerifyResponse
+FUZZ_TARGETS := ./hsm/pkcs11uri:FuzzParseURI ./signer/config:FuzzParse ./signer/config:FuzzKeyIndex ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof ./signer/dn:FuzzParse ./ocsp:FuzzVerify ./tsa:FuzzIssue ./tsa:FuzzVerifyResponse ./signer/xroad/keyconf:FuzzParse
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "== $$fn in $$pkg for $(FUZZTIME)"; \

@@ -179,6 +179,8 @@ func TestStaleKeptPINDroppedAndReported(t *testing.T) {
 	}
 	for _, err := range errs {
 		wantCode(t, err, codes.FailedPrecondition, "not logged in")
+		// The refusal names the token as signerd.toml does and says what to do.
+		wantCode(t, err, codes.FailedPrecondition, "signerctl token login t1")
 	}
 	tok, err := d.client.GetToken(testCtx(t), &signerv1.GetTokenRequest{Token: "t1"})
 	if err != nil {

@@ -40,10 +40,15 @@ func (s *Service) forgetKeyRef(idHex string) {
 
 // signed passes on the result of signing with ref; when the token said
 // the key is not there, it first drops the key from the cache, so that
-// the next call looks for it afresh.
+// the next call looks for it afresh; when the token is not logged in, the
+// error names it as signerd.toml does and says how to log it in.
 func (s *Service) signed(ref *keyRef, err error) error {
 	if errors.Is(err, hsm.ErrKeyNotFound) {
 		s.forgetKeyRef(ref.idHex)
+	}
+	if errors.Is(err, hsm.ErrNotLoggedIn) {
+		// The token as signerd.toml names it, and what to do.
+		return fmt.Errorf("%w (token %s as signerd.toml names it: an officer logs it in with `signerctl token login %s`)", err, ref.tok.name, ref.tok.name)
 	}
 	return err
 }

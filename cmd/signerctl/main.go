@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hsmsigner/hsmsigner/cmd/internal/buildversion"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 )
 
@@ -61,6 +62,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "signerctl",
 		Short:         "Manage and use signerd: tokens, keys, signing, audit",
+		Version:       buildversion.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -74,7 +76,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 2*time.Minute, "deadline of each call")
 	root.AddCommand(a.statusCommand(), a.tokenCommand(), a.keyCommand(), a.csrCommand(), a.certCommand(), a.signingInfoCommand(), a.ocspCommand(),
-		a.tsaCommand(), a.signCommand(), a.benchCommand(), a.auditCommand())
+		a.tsaCommand(), a.signCommand(), a.benchCommand(), a.auditCommand(), a.xroadCommand())
 	refuseUnknownSubcommands(root)
 	return root
 }

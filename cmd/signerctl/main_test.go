@@ -390,3 +390,11 @@ func staleSocket(t *testing.T) string {
 	l.Close()
 	return p
 }
+
+// TestVersionFlag: --version prints the build's version and exits 0.
+func TestVersionFlag(t *testing.T) {
+	out, errs, code := ctl(t, "--version")
+	if code != 0 || !strings.HasPrefix(out, "signerctl version ") || errs != "" {
+		t.Fatalf("signerctl --version: exit %d, %q %q", code, out, errs)
+	}
+}

@@ -15,9 +15,11 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"google.golang.org/grpc"
 
+	"github.com/hsmsigner/hsmsigner/cmd/internal/buildversion"
 	"github.com/hsmsigner/hsmsigner/signer"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/xroad"
 )
 
 // afterReady runs once the daemon listens and is ready; dev mode uses it
@@ -40,7 +42,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: version, AcceptAuditCut: flags.acceptAuditCut, DeferLogin: true})
+	svc, err := signer.New(ctx, cfg, signer.Options{Logger: log, Version: buildversion.String(), AcceptAuditCut: flags.acceptAuditCut, DeferLogin: true})
 	if err != nil {
 		return err
 	}
@@ -66,6 +68,21 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 		defer tsaL.Close()
 	}
 
+	// X-Road's signer protocol on loopback TCP, when [xroad] listen is
+	// set: its keystore is read and its address bound before any PIN is
+	// presented.
+	var xr *xroad.Server
+	var xrL net.Listener
+	if cfg.XRoad.Listen != "" {
+		if xr, err = xroad.New(ctx, svc, cfg.XRoad, xroad.Options{Logger: log, MaxMessageBytes: cfg.Server.MaxMessageBytes}); err != nil {
+			return fmt.Errorf("[xroad]: %w", err)
+		}
+		if xrL, err = (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.XRoad.Listen); err != nil {
+			return fmt.Errorf("[xroad] listen: %w", err)
+		}
+		defer xrL.Close()
+	}
+
 	// The last start-up step: nothing that can fail the start comes after
 	// a PIN is presented.
 	if err := svc.LoginAtStart(ctx); err != nil {
@@ -76,13 +93,17 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	signerv1.RegisterSignerServer(gs, svc)
 	hs := []*http.Server{svc.HTTPServer()}
 
-	serveErr := make(chan error, 3)
+	serveErr := make(chan error, 4)
 	go func() { serveErr <- serveGRPC(gs, grpcL) }()
 	go func() { serveErr <- serveHTTP(hs[0], httpL) }()
 	if tsaL != nil {
 		hs = append(hs, svc.TSAServer())
 		go func() { serveErr <- serveHTTP(hs[1], tsaL) }()
 		log.Info("the built-in TSA serves POST /tsa on loopback TCP; whoever reaches it gets tokens (each audited with its address)", "listen", tsaL.Addr().String())
+	}
+	if xr != nil {
+		go func() { serveErr <- xr.Serve(xrL) }()
+		log.Info("serving X-Road's signer protocol", "listen", xrL.Addr().String(), "tls", !cfg.XRoad.InsecureLoopback)
 	}
 	// Checkpoints of the audit log, on their own goroutine; the last one
 	// once every call has been served.
@@ -112,7 +133,7 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		log.Warn("could not notify systemd", "error", err.Error())
 	}
-	log.Info("signerd ready", "version", version, "grpc_socket", grpcL.Addr().String(), "http_socket", httpL.Addr().String())
+	log.Info("signerd ready", "version", buildversion.String(), "grpc_socket", grpcL.Addr().String(), "http_socket", httpL.Addr().String())
 	if ready != nil {
 		if err := ready(ctx, cfg, svc); err != nil {
 			log.Error("start-up hook failed", "error", err.Error())
@@ -139,6 +160,16 @@ loop:
 	}
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	svc.Drain()
+	if xr != nil {
+		stopped := make(chan struct{})
+		go func() { xr.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(cfg.Server.ShutdownTimeout):
+			xr.Stop()
+			<-stopped
+		}
+	}
 	shutdown(gs, hs, cfg.Server.ShutdownTimeout, log)
 	stopCheckpoints()
 	<-checkpointsDone

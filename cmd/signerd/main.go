@@ -12,10 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
-)
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+	"github.com/hsmsigner/hsmsigner/cmd/internal/buildversion"
+)
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
@@ -30,7 +29,7 @@ func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "signerd --config FILE",
 		Short:         "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
-		Version:       version,
+		Version:       buildversion.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

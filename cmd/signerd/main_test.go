@@ -22,7 +22,9 @@ import (
 	"time"
 
 	"github.com/digitorus/timestamp"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/hsmsigner/hsmsigner/cmd/internal/daemontest"
@@ -30,6 +32,7 @@ import (
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/signer/xroad/xroadpb"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 	"github.com/hsmsigner/hsmsigner/tsa"
 )
@@ -550,5 +553,53 @@ func TestShippedConfigLoads(t *testing.T) {
 	}
 	if cfg.Limits != config.DefaultLimits() {
 		t.Fatalf("[limits] %+v; the shipped file documents the defaults %+v", cfg.Limits, config.DefaultLimits())
+	}
+}
+
+// TestVersionFlag: signerd --version prints the build's version (a Go
+// build from a git checkout names its revision) and exits 0.
+func TestVersionFlag(t *testing.T) {
+	out, err := exec.Command(daemontest.Build(t, signerdPkg), "--version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "signerd version ") || strings.Contains(string(out), "version dev\n") {
+		t.Fatalf("signerd --version: %v %q", err, out)
+	}
+}
+
+// TestXRoadListener: with [xroad] set, signerd serves X-Road's signer
+// protocol on loopback TCP (here without TLS, insecure_loopback), naming
+// the caller by the uid the kernel gives, and stops cleanly.
+func TestXRoadListener(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	cfgPath := daemonConfig(t, dir, soft, `"*"`)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "\n[xroad]\nlisten = %q\ninsecure_loopback = true\n", addr)
+	f.Close()
+	d := daemontest.Start(t, bin, nil, "--config", cfgPath)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	op, err := xroadpb.NewTokenServiceClient(cc).GetHSMOperationalInfo(ctxT(t), &xroadpb.Empty{})
+	if err != nil || !op.GetOperational() {
+		t.Fatalf("GetHSMOperationalInfo: %v %v", op, err)
+	}
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if !strings.Contains(d.Output(), "serving X-Road's signer protocol") {
+		t.Fatalf("no listener line in the log:\n%s", d.Output())
 	}
 }

@@ -42,6 +42,8 @@ type Config struct {
 	// TSA is the built-in time-stamping authority and the client of
 	// external ones.
 	TSA TSA
+	// XRoad is X-Road's own signer protocol on a TCP listener.
+	XRoad XRoad
 }
 
 // Default returns a configuration with every default, no modules and a

@@ -19,6 +19,7 @@ type fileConfig struct {
 	Policy  filePolicy  `toml:"policy"`
 	OCSP    fileOCSP    `toml:"ocsp"`
 	TSA     fileTSA     `toml:"tsa"`
+	XRoad   fileXRoad   `toml:"xroad"`
 }
 
 // defaultFile returns the schema filled with the defaults, for Parse to
@@ -114,7 +115,7 @@ func (c *Config) file() fileConfig {
 
 		AuditCheckpointInterval: s.AuditCheckpointInterval.String(),
 		AuditCheckpointKey:      s.AuditCheckpointKey,
-	}, Limits: c.Limits.file(), OCSP: c.OCSP.file(), TSA: c.TSA.file()}
+	}, Limits: c.Limits.file(), OCSP: c.OCSP.file(), TSA: c.TSA.file(), XRoad: c.XRoad.file()}
 	for _, m := range c.Modules {
 		fm := fileModule{Name: m.Name, Path: m.Path, Tokens: []fileToken{}}
 		for _, t := range m.Tokens {

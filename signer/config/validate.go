@@ -114,7 +114,7 @@ type section interface {
 // sections returns the sections of fc in the order they are checked. A
 // field of fileConfig that is not listed here fails TestEverySectionChecked.
 func (fc *fileConfig) sections() []section {
-	return []section{&fc.Server, &fc.Limits, &fc.Modules, &fc.Policy, &fc.OCSP, &fc.TSA}
+	return []section{&fc.Server, &fc.Limits, &fc.Modules, &fc.Policy, &fc.OCSP, &fc.TSA, &fc.XRoad}
 }
 
 // config checks fc, section by section, and converts it.
