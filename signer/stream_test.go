@@ -734,23 +734,27 @@ func TestClientCancelsWhatItGivesUpOn(t *testing.T) {
 		_, err := c.Sign(ctx, signReq("00", sha("given up")))
 		done <- err
 	}()
-	next := func() *signerv1.SignStreamRequest {
+	next := func(signDone <-chan error) *signerv1.SignStreamRequest {
 		select {
 		case m := <-rec.got:
 			return m
+		case err := <-signDone:
+			// Sign ended before anything reached the stream: say how.
+			t.Fatalf("Sign returned %v before anything was received on the stream", err)
+			return nil
 		case <-time.After(time.Minute):
 			t.Fatal("nothing received on the stream")
 			return nil
 		}
 	}
-	m := next()
+	m := next(done)
 	if len(m.GetCalls()) != 1 || m.GetCalls()[0].GetTimeoutMs() != 0 {
 		t.Fatalf("first message %v, want one call without timeout", m)
 	}
 	id := m.GetCalls()[0].GetId()
 	cancel()
 	wantCode(t, <-done, codes.Canceled, "")
-	if m := next(); len(m.GetCalls()) != 0 || !slices.Equal(m.GetCancel(), []uint64{id}) {
+	if m := next(nil); len(m.GetCalls()) != 0 || !slices.Equal(m.GetCancel(), []uint64{id}) {
 		t.Fatalf("after the cancel: %v, want the cancel of call %d alone", m, id)
 	}
 }
