@@ -4,8 +4,8 @@
 GO ?= go
 
 # Debian packages the tests need, and a command each one provides.
-DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl
-DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl
+DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd
+DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze
 
 .PHONY: all build vet test dev bench bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
 

@@ -69,6 +69,7 @@ type Service struct {
 	keyHooks atomic.Pointer[keyCacheHooks]
 
 	metrics *metrics
+	health  healthCheck
 	limits  *uidLimits // [limits], per uid
 
 	reconciled reconciler // differences between tokens and state already audited

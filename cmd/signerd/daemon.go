@@ -130,6 +130,14 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 		<-ocspDone
 	}()
 
+	// systemd's watchdog (WatchdogSec=): pinged only while the health
+	// check reaches every logged-in token, so a hung HSM gets the daemon
+	// restarted.
+	if interval, err := sddaemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		wdCtx, stopWatchdog := context.WithCancel(ctx)
+		defer stopWatchdog()
+		go runWatchdog(wdCtx, svc, interval, log)
+	}
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		log.Warn("could not notify systemd", "error", err.Error())
 	}
@@ -182,6 +190,35 @@ loop:
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// runWatchdog checks the daemon's health three times per watchdog
+// interval and pings systemd after each check that passes.
+func runWatchdog(ctx context.Context, svc *signer.Service, interval time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(interval / 3)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		checkCtx, cancel := context.WithTimeout(ctx, interval/3)
+		err := svc.CheckHealth(checkCtx)
+		cancel()
+		switch {
+		case err == nil:
+			if failing {
+				log.Info("health check passes again; pinging the watchdog")
+				failing = false
+			}
+			_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
+		case !failing:
+			log.Error("health check failed; not pinging the watchdog (systemd restarts signerd if this lasts)", "error", err.Error())
+			failing = true
+		}
+	}
 }
 
 func serveGRPC(gs *grpc.Server, l net.Listener) error {
