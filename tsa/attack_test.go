@@ -1,0 +1,306 @@
+package tsa
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/digitorus/timestamp"
+)
+
+// craftedUpstream is a TSA over HTTP whose answer a test makes from the
+// request as sent.
+func craftedUpstream(t *testing.T, answer func(w http.ResponseWriter, r *timestamp.Request)) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, hr *http.Request) {
+		var buf bytes.Buffer
+		if _, err := buf.ReadFrom(hr.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r, err := timestamp.ParseRequest(buf.Bytes())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		answer(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// tokenFor makes a granted TimeStampResp for r signed by ts, edited by
+// edit before it is signed; it echoes the nonce and carries the chain.
+func tokenFor(t *testing.T, ts *testTSA, r *timestamp.Request, edit func(*timestamp.Timestamp)) []byte {
+	t.Helper()
+	tok := &timestamp.Timestamp{HashAlgorithm: r.HashAlgorithm, HashedMessage: r.HashedMessage, Time: time.Now().UTC().Truncate(time.Second),
+		Policy: testPolicy, Nonce: r.Nonce, AddTSACertificate: true, Certificates: []*x509.Certificate{ts.ca}}
+	if edit != nil {
+		edit(tok)
+	}
+	resp, err := tok.CreateResponseWithOpts(ts.cert, ts.key, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func writeDER(w http.ResponseWriter, b []byte) {
+	w.Header().Set("Content-Type", "application/timestamp-reply")
+	_, _ = w.Write(b)
+}
+
+// TestAttackUpstreamRejectsBadTokens: each answer of a malicious or
+// broken upstream TSA is refused with ErrToken, and a good answer from
+// the same kind of TSA is accepted.
+func TestAttackUpstreamRejectsBadTokens(t *testing.T) {
+	good := newCriticalEKUTSA(t, "ecdsa")
+	ekuOnlyCritical := func(c *x509.Certificate) {
+		der, _ := asn1.Marshal([]asn1.ObjectIdentifier{oidTimeStamping})
+		c.ExtKeyUsage = nil
+		c.ExtraExtensions = []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: der}}
+	}
+	// TSA certificates unfit for time-stamping (RFC 3161 2.3; OpenSSL's
+	// timestampsign purpose), each under its own CA.
+	nonCritical := newTestTSA(t, "ecdsa", nil) // Go marks EKU non-critical
+	withServerAuth := newTestTSA(t, "ecdsa", func(c *x509.Certificate) {
+		der, _ := asn1.Marshal([]asn1.ObjectIdentifier{oidTimeStamping, {1, 3, 6, 1, 5, 5, 7, 3, 1}})
+		c.ExtKeyUsage = nil
+		c.ExtraExtensions = []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: der}}
+	})
+	certSignOnly := newTestTSA(t, "ecdsa", func(c *x509.Certificate) {
+		ekuOnlyCritical(c)
+		c.KeyUsage = x509.KeyUsageCertSign
+	})
+	keyAgreement := newTestTSA(t, "ecdsa", func(c *x509.Certificate) {
+		ekuOnlyCritical(c)
+		c.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	})
+	// An anchor expired: the TSA certificate valid, its CA not.
+	expiredCA := newCriticalEKUTSA(t, "ecdsa")
+	{
+		tmpl := *expiredCA.ca
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour)
+		der, err := x509.CreateCertificate(nil, &tmpl, &tmpl, expiredCA.caKey.Public(), expiredCA.caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expiredCA.ca, _ = x509.ParseCertificate(der)
+	}
+	roots := x509.NewCertPool()
+	for _, ts := range []*testTSA{good, nonCritical, withServerAuth, certSignOnly, keyAgreement, expiredCA} {
+		roots.AddCert(ts.ca)
+	}
+	trust := Trust{Roots: roots}
+
+	cases := []struct {
+		name   string
+		answer func(w http.ResponseWriter, r *timestamp.Request)
+		want   string // in the error; "" for accepted
+	}{
+		{"good", func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, tokenFor(t, good, r, nil)) }, ""},
+		{"EKU not critical", func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, tokenFor(t, nonCritical, r, nil)) }, "extendedKeyUsage"},
+		{"EKU timeStamping and serverAuth", func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, tokenFor(t, withServerAuth, r, nil)) }, "extendedKeyUsage"},
+		{"keyUsage keyCertSign only", func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, tokenFor(t, certSignOnly, r, nil)) }, "keyUsage"},
+		{"keyUsage with keyEncipherment", func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, tokenFor(t, keyAgreement, r, nil)) }, "keyUsage"},
+		// genTime inside the TSA certificate's validity (an hour before
+		// now to a day after), but far from when the request was sent.
+		{"genTime half an hour ago", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, good, r, func(tok *timestamp.Timestamp) { tok.Time = time.Now().Add(-30 * time.Minute).UTC() }))
+		}, "genTime"},
+		{"genTime an hour ahead", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, good, r, func(tok *timestamp.Timestamp) { tok.Time = time.Now().Add(time.Hour).UTC() }))
+		}, "genTime"},
+		{"anchor expired at genTime", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, expiredCA, r, func(tok *timestamp.Timestamp) { tok.Certificates = nil }))
+		}, "chain"},
+		{"another policy than asked", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, good, r, func(tok *timestamp.Timestamp) { tok.Policy = asn1.ObjectIdentifier{1, 2, 3, 4} }))
+		}, "policy"},
+		{"nonce dropped", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, good, r, func(tok *timestamp.Timestamp) { tok.Nonce = nil }))
+		}, "nonce"},
+		{"nonce off by one", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, good, r, func(tok *timestamp.Timestamp) { tok.Nonce = new(big.Int).Add(r.Nonce, big.NewInt(1)) }))
+		}, "nonce"},
+		{"hash swapped", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, tokenFor(t, good, r, func(tok *timestamp.Timestamp) {
+				tok.HashAlgorithm = crypto.SHA512
+				tok.HashedMessage = append(bytes.Clone(r.HashedMessage), make([]byte, 32)...)
+			}))
+		}, "another imprint"},
+		{"trailing bytes", func(w http.ResponseWriter, r *timestamp.Request) {
+			writeDER(w, append(tokenFor(t, good, r, nil), 0, 0))
+		}, "trailing"},
+	}
+	digest := sha256.Sum256([]byte("a record"))
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			u, err := NewUpstream(UpstreamConfig{URLs: []string{craftedUpstream(t, c.answer)}, Trust: trust, Policy: testPolicy, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			_, err = u.Stamp(context.Background(), crypto.SHA256, digest[:])
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("a good token refused: %v", err)
+			case c.want != "" && (!errors.Is(err, ErrToken) || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("got %v, want a rejection (ErrToken) naming %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestAttackUpstreamHostileTransport: a TSA that answers too much, too
+// slowly, with a redirect, or with an HTTP error is refused within the
+// timeout; signerd never follows the redirect.
+func TestAttackUpstreamHostileTransport(t *testing.T) {
+	good := newCriticalEKUTSA(t, "ecdsa")
+	goodURL := craftedUpstream(t, func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, tokenFor(t, good, r, nil)) })
+	const timeout = 500 * time.Millisecond
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	cases := []struct {
+		name    string
+		handler http.HandlerFunc
+		want    string
+	}{
+		{"huge body", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/timestamp-reply")
+			chunk := make([]byte, 64<<10)
+			for range 64 { // 4 MiB
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}, "larger than"},
+		{"slow header", func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-stop:
+			case <-time.After(time.Minute):
+			}
+		}, "TSA"},
+		{"slowloris body", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/timestamp-reply")
+			for range 600 {
+				if _, err := w.Write([]byte{0x30}); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}, "TSA"},
+		{"redirect to a good TSA", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, goodURL, http.StatusTemporaryRedirect)
+		}, "307"},
+		{"HTTP 500", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", http.StatusInternalServerError) }, "500"},
+	}
+	digest := sha256.Sum256([]byte("a record"))
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv := httptest.NewServer(c.handler)
+			t.Cleanup(srv.Close)
+			u, err := NewUpstream(UpstreamConfig{URLs: []string{srv.URL}, Trust: trustOf(good), Timeout: timeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			start := time.Now()
+			_, err = u.Stamp(context.Background(), crypto.SHA256, digest[:])
+			took := time.Since(start)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error naming %q", err, c.want)
+			}
+			if took > timeout+2*time.Second {
+				t.Fatalf("took %s with a timeout of %s", took, timeout)
+			}
+		})
+	}
+}
+
+// TestAttackVerifyBoundsHostileDER: an oversized or deeply nested token
+// is refused at once with ErrToken, before the CMS parser (whose BER
+// transcoding takes time quadratic in the nesting) sees it.
+func TestAttackVerifyBoundsHostileDER(t *testing.T) {
+	nested := func(depth int) []byte {
+		b := []byte{0x30, 0}
+		for range depth {
+			b, _ = asn1.Marshal(asn1.RawValue{Tag: asn1.TagSequence, IsCompound: true, Bytes: b})
+		}
+		return b
+	}
+	indefinite := func(depth int) []byte {
+		return append(bytes.Repeat([]byte{0x30, 0x80}, depth), bytes.Repeat([]byte{0, 0}, depth)...)
+	}
+	big := make([]byte, 4<<20)
+	big[0], big[1], big[2], big[3], big[4], big[5] = 0x30, 0x84, 0x00, 0x3f, 0xff, 0xfa
+	digest := sha256.Sum256([]byte("x"))
+	for _, c := range []struct {
+		name string
+		der  []byte
+	}{
+		{"nested 20000 deep", nested(20000)},
+		{"indefinite 100000 deep", indefinite(100000)},
+		{"4 MiB", big},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := VerifyToken(c.der, crypto.SHA256, digest[:], nil, Trust{Roots: x509.NewCertPool()})
+			if !errors.Is(err, ErrToken) {
+				t.Fatalf("got %v, want ErrToken", err)
+			}
+			if took := time.Since(start); took > 50*time.Millisecond {
+				t.Fatalf("took %s to refuse: the parser saw it", took)
+			}
+			resp, _ := asn1.Marshal(struct {
+				Status struct{ Status int }
+				Token  asn1.RawValue
+			}{Token: asn1.RawValue{FullBytes: c.der}})
+			if _, err := VerifyResponse(resp, crypto.SHA256, digest[:], nil, Trust{Roots: x509.NewCertPool()}); !errors.Is(err, ErrToken) {
+				t.Fatalf("in a TimeStampResp: got %v, want ErrToken", err)
+			}
+		})
+	}
+}
+
+// TestAttackExpiredCertificateNotUsed: an Issuer made while its
+// certificate was valid refuses to issue once the certificate has
+// expired (a cached issuer must not outlive its certificate).
+func TestAttackExpiredCertificateNotUsed(t *testing.T) {
+	ts := newCriticalEKUTSA(t, "ecdsa")
+	is := ts.issuer(t, syncedClock)
+	req, _ := (&timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: make([]byte, 32)}).Marshal()
+	if _, _, err := is.Issue(context.Background(), req); err != nil {
+		t.Fatalf("while valid: %v", err)
+	}
+	for _, at := range []time.Time{ts.cert.NotAfter.Add(time.Second), ts.cert.NotBefore.Add(-time.Second)} {
+		is.now = func() time.Time { return at }
+		resp, issued, err := is.Issue(context.Background(), req)
+		var r *Refusal
+		if issued != nil || !errors.As(err, &r) || !strings.Contains(r.Reason, "valid") {
+			t.Fatalf("at %s: issued %v, err %v; want a refusal naming the validity", at, issued, err)
+		}
+		if st, _ := status(t, resp); st != int(timestamp.Rejection) {
+			t.Fatalf("at %s: status %d, want rejection", at, st)
+		}
+	}
+}
