@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"io"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -187,6 +188,7 @@ func TestAttackUpstreamHostileTransport(t *testing.T) {
 			}
 		}, "larger than"},
 		{"slow header", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body) // so that the server sees the client go
 			select {
 			case <-r.Context().Done():
 			case <-stop:
