@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"io"
@@ -165,7 +166,14 @@ func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.issuer != nil {
-		return t.issuer, t.keyID, nil
+		// No change fires when the certificate merely expires: an issuer
+		// whose certificate is not valid now is made again from the
+		// certificates as they are (a newer one, or none).
+		if c, now := t.issuer.Certificate(), time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			t.issuer, t.keyID, t.certID = nil, "", ""
+		} else {
+			return t.issuer, t.keyID, nil
+		}
 	}
 	certs, err := s.CertificatesOf(ctx, UsageTSA)
 	if err != nil {
@@ -345,11 +353,17 @@ func (s *Service) Timestamp(ctx context.Context, req *signerv1.TimestampRequest)
 	if err != nil {
 		return nil, refusalError(err)
 	}
-	tok, err := timestamp.ParseResponse(resp)
-	if err != nil {
-		return nil, fmt.Errorf("the token issued does not parse: %w", err)
+	// The token is read out of the answer with encoding/asn1: the issuer
+	// has checked what it made, and digitorus/pkcs7's Parse (behind
+	// timestamp.ParseResponse) is not safe for concurrent use.
+	var answer struct {
+		Status struct{ Status int }
+		Token  asn1.RawValue
 	}
-	return &signerv1.TimestampResponse{Token: tok.RawToken, Serial: issued.Serial.Text(16), GenTime: timestamppb.New(issued.GenTime)}, nil
+	if _, err := asn1.Unmarshal(resp, &answer); err != nil || answer.Status.Status != int(timestamp.Granted) {
+		return nil, fmt.Errorf("the answer issued holds no token (status %d): %v", answer.Status.Status, err)
+	}
+	return &signerv1.TimestampResponse{Token: answer.Token.FullBytes, Serial: issued.Serial.Text(16), GenTime: timestamppb.New(issued.GenTime)}, nil
 }
 
 // refusalError names an RFC 3161 refusal's failInfo in the error a gRPC

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -303,6 +304,46 @@ func TestAttackExpiredCertificateNotUsed(t *testing.T) {
 		}
 		if st, _ := status(t, resp); st != int(timestamp.Rejection) {
 			t.Fatalf("at %s: status %d, want rejection", at, st)
+		}
+	}
+}
+
+// TestAttackVerifyConcurrently verifies tokens from eight goroutines at
+// once, as signerd's unbatched upstream mode and a client's verifier do:
+// each verifies, and under -race no data race is found (digitorus/pkcs7's
+// Parse writes a package variable).
+func TestAttackVerifyConcurrently(t *testing.T) {
+	ts := newCriticalEKUTSA(t, "ecdsa")
+	is := ts.issuer(t, syncedClock)
+	type stamped struct {
+		digest [32]byte
+		resp   []byte
+	}
+	var all []stamped
+	for i := range 16 {
+		d := sha256.Sum256([]byte{byte(i)})
+		req, _ := (&timestamp.Request{HashAlgorithm: crypto.SHA256, HashedMessage: d[:], Certificates: true}).Marshal()
+		resp, _, err := is.Issue(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, stamped{d, resp})
+	}
+	errs := make(chan error, 8*len(all))
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for _, s := range all {
+				_, err := VerifyResponse(s.resp, crypto.SHA256, s.digest[:], nil, trustOf(ts))
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
 
 	"github.com/digitorus/pkcs7"
 	"github.com/digitorus/timestamp"
@@ -175,9 +176,9 @@ func VerifyToken(token []byte, hash crypto.Hash, digest []byte, nonce *big.Int, 
 	if err := checkShape(token); err != nil {
 		return nil, err
 	}
-	p7, err := pkcs7.Parse(token)
+	p7, ts, err := parseToken(token)
 	if err != nil {
-		return nil, fmt.Errorf("%w: not a CMS SignedData: %v", ErrToken, err)
+		return nil, err
 	}
 	if len(p7.Signers) != 1 {
 		return nil, fmt.Errorf("%w: %d signers, want 1", ErrToken, len(p7.Signers))
@@ -188,10 +189,6 @@ func VerifyToken(token []byte, hash crypto.Hash, digest []byte, nonce *big.Int, 
 	signer := p7.GetOnlySigner()
 	if signer == nil {
 		return nil, fmt.Errorf("%w: the signer's certificate is neither in the token nor among the TSA certificates given", ErrToken)
-	}
-	ts, err := timestamp.Parse(token)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrToken, err)
 	}
 	inter := x509.NewCertPool()
 	for _, c := range append(append([]*x509.Certificate(nil), p7.Certificates...), trust.Certificates...) {
@@ -216,6 +213,28 @@ func VerifyToken(token []byte, hash crypto.Hash, digest []byte, nonce *big.Int, 
 		return nil, fmt.Errorf("%w: the token does not carry the nonce sent", ErrToken)
 	}
 	return ts, nil
+}
+
+// parseMu serialises digitorus/pkcs7's Parse (also behind
+// timestamp.Parse): its BER-to-DER transcoding writes a package variable
+// (encodeIndent), so two parses at once are a data race. It guards the
+// third-party package's state, not this one's.
+var parseMu sync.Mutex
+
+// parseToken reads token as CMS SignedData and as a time-stamp token,
+// one parse at a time.
+func parseToken(token []byte) (*pkcs7.PKCS7, *timestamp.Timestamp, error) {
+	parseMu.Lock()
+	defer parseMu.Unlock()
+	p7, err := pkcs7.Parse(token)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: not a CMS SignedData: %v", ErrToken, err)
+	}
+	ts, err := timestamp.Parse(token)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrToken, err)
+	}
+	return p7, ts, nil
 }
 
 // checkESSBinding checks that the signed ESS signingCertificate(V2)
