@@ -347,3 +347,97 @@ func TestAttackVerifyConcurrently(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackUpstreamBatchBounds: a batch is sent at MaxBatch callers, so
+// callers beyond it wait for a batch of their own; a caller that gives up
+// returns at once with its context's error, and the others of its batch
+// still get their stamps; Close sends the batch pending and its callers
+// get their stamps, not silence; a Stamp after Close is refused.
+func TestAttackUpstreamBatchBounds(t *testing.T) {
+	good := newCriticalEKUTSA(t, "ecdsa")
+	release := make(chan struct{})
+	calls := make(chan int, 16)
+	url := craftedUpstream(t, func(w http.ResponseWriter, r *timestamp.Request) {
+		calls <- 1
+		<-release
+		writeDER(w, tokenFor(t, good, r, nil))
+	})
+	u, err := NewUpstream(UpstreamConfig{URLs: []string{url}, Trust: trustOf(good), Window: time.Hour, MaxBatch: 4, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		i   int
+		s   *Stamp
+		err error
+	}
+	results := make(chan result, 6)
+	ctxs := make([]context.Context, 6)
+	cancels := make([]context.CancelFunc, 6)
+	for i := range 6 {
+		ctxs[i], cancels[i] = context.WithCancel(context.Background())
+		defer cancels[i]()
+	}
+	stamp := func(i int) {
+		d := sha256.Sum256([]byte{byte(i)})
+		s, err := u.Stamp(ctxs[i], crypto.SHA256, d[:])
+		if err == nil {
+			err = VerifyStamp(s, crypto.SHA256, d[:])
+		}
+		results <- result{i, s, err}
+	}
+	for i := range 4 { // the fourth fills the batch: it is sent at once
+		go stamp(i)
+	}
+	select {
+	case <-calls:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a full batch was not sent")
+	}
+	// Two more wait in the next batch, for the hour's window.
+	go stamp(4)
+	go stamp(5)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		u.mu.Lock()
+		n := len(u.pending)
+		u.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pending, want 2", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancels[0]() // gives up while its batch is in flight
+	if r := <-results; r.i != 0 || !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the caller that gave up: %d %v", r.i, r.err)
+	}
+	close(release)
+	closed := make(chan struct{})
+	go func() { u.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	got := map[int]bool{}
+	for range 5 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("caller %d: %v", r.i, r.err)
+		}
+		if want := map[bool]int{true: 4, false: 2}[r.i < 4]; r.s.Size != want {
+			t.Fatalf("caller %d in a batch of %d, want %d", r.i, r.s.Size, want)
+		}
+		got[r.i] = true
+	}
+	if len(got) != 5 || len(calls) != 1 {
+		t.Fatalf("stamps for %v and %d more upstream calls; want callers 1-5 and one call for the batch pending at Close", got, len(calls))
+	}
+	d := sha256.Sum256([]byte("late"))
+	if _, err := u.Stamp(context.Background(), crypto.SHA256, d[:]); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("a stamp after Close: %v", err)
+	}
+}
