@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,8 @@ import (
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/client"
+	"github.com/hsmsigner/hsmsigner/signer/config"
+	"github.com/hsmsigner/hsmsigner/softhsm-test/devca"
 )
 
 // postTSAStatus posts a DER TimeStampReq to POST /tsa and returns the answer's
@@ -302,5 +305,68 @@ func TestAttackTSANonceAndSerial(t *testing.T) {
 			t.Fatalf("a nonce %v in a token for a request without one", ts.Nonce)
 		}
 		checkSerial(ts.SerialNumber)
+	}
+}
+
+// TestAttackTSAKeyAdmission: the built-in TSA signs with a key of usage
+// tsa only, and only for a caller granted that key. A key of usage sign
+// with a timeStamping certificate is refused at import, and named in
+// [tsa] key is never used; a
+// caller granted usage tsa on another key only gets no token, over gRPC
+// (PERMISSION_DENIED) or POST /tsa (a rejection).
+func TestAttackTSAKeyAdmission(t *testing.T) {
+	d, ca, tsaKey := tsaDaemon(t)
+	// A member's sign key, certified for time-stamping by the same CA.
+	signKey := d.genKey(t, "member-sign", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	cert := d.issue(t, ca, d.csrFor(t, signKey, "CN=Member TSA,O=Member,C=EE", ""), "tsa", devca.Current)
+	// Refused at import: a sign key's certificate may not be a TSA's.
+	if _, err := d.client.ImportCert(testCtx(t), &signerv1.ImportCertRequest{Certificate: pemOf(cert, ca.Intermediate, ca.Root)}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "timeStamping") {
+		t.Fatalf("a timeStamping certificate for a sign key: %v, want INVALID_ARGUMENT", err)
+	}
+	hc := d.serveHTTP(t)
+	digest := sha256.Sum256([]byte("x"))
+	noToken := func(name string, wantGRPC codes.Code) {
+		t.Helper()
+		r, err := d.client.Timestamp(testCtx(t), &signerv1.TimestampRequest{Digest: digest[:], Hash: "SHA256"})
+		if status.Code(err) != wantGRPC || len(r.GetToken()) > 0 {
+			t.Fatalf("%s: gRPC %v, want %s and no token", name, err, wantGRPC)
+		}
+		if st, tok := postTSAStatus(t, hc, tsq(t, digest[:], nil)); tok != nil || st != int(timestamp.Rejection) {
+			t.Fatalf("%s: POST /tsa status %d, token %v", name, st, tok)
+		}
+	}
+
+	// Granted usage tsa, but on the sign key only, not the TSA key.
+	p, err := config.NewPolicy(config.Admins{UIDs: []uint32{uint32(os.Getuid())}}, []config.ClientRule{
+		{Name: "tsa-on-another-key", UIDs: []uint32{uint32(os.Getuid())}, Keys: []string{signKey.GetId()}, Usages: []string{"sign", "tsa"}, Members: []string{"*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.SetPolicy(p)
+	noToken("usage tsa on another key", codes.PermissionDenied)
+
+	// [tsa] key names the sign key: the TSA does not serve, whoever asks.
+	d.params.TSA = tsaOn + fmt.Sprintf("\nkey = %q", signKey.GetId())
+	d.restart()
+	hc = d.serveHTTP(t)
+	noToken("[tsa] key a sign key", codes.FailedPrecondition)
+	st, err := d.client.GetTSAStatus(testCtx(t), &signerv1.GetTSAStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetServing() || !strings.Contains(st.GetReason(), signKey.GetId()) {
+		t.Fatalf("status with [tsa] key a sign key: serving %v, reason %q", st.GetServing(), st.GetReason())
+	}
+	for _, rec := range d.auditLines(t) {
+		if rec.Op == "tsa.sign" && rec.Key == signKey.GetId() {
+			t.Fatalf("the sign key signed for the TSA: %+v", rec)
+		}
+	}
+	// The TSA key itself still serves once named.
+	d.params.TSA = tsaOn + fmt.Sprintf("\nkey = %q", tsaKey.GetId())
+	d.restart()
+	if _, err := d.client.Timestamp(testCtx(t), &signerv1.TimestampRequest{Digest: digest[:], Hash: "SHA256"}); err != nil {
+		t.Fatalf("[tsa] key the TSA key: %v", err)
 	}
 }
