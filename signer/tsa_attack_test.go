@@ -1,6 +1,7 @@
 package signer
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto"
@@ -14,8 +15,10 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -368,5 +371,59 @@ func TestAttackTSAKeyAdmission(t *testing.T) {
 	d.restart()
 	if _, err := d.client.Timestamp(testCtx(t), &signerv1.TimestampRequest{Digest: digest[:], Hash: "SHA256"}); err != nil {
 		t.Fatalf("[tsa] key the TSA key: %v", err)
+	}
+}
+
+// TestAttackTSAPolicyChangeDuringSlowRequest: a caller whose grant of
+// the TSA key is withdrawn while its request body is still to come on
+// the HTTP socket gets no token: it is admitted under the policy in
+// force once its request is read, not when its header arrived. (The
+// server's "100 Continue" says that the handler has begun to read the
+// body.)
+func TestAttackTSAPolicyChangeDuringSlowRequest(t *testing.T) {
+	d, _, _ := tsaDaemon(t)
+	d.serveHTTP(t)
+	digest := sha256.Sum256([]byte("x"))
+	req := tsq(t, digest[:], big.NewInt(1))
+	conn, err := net.Dial("unix", filepath.Join(d.dir, "run", "http.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(conn, "POST /tsa HTTP/1.1\r\nHost: signerd\r\nContent-Type: application/timestamp-query\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", len(req))
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(line, "100") {
+		t.Fatalf("want 100 Continue: %q %v", line, err)
+	}
+	if _, err := br.ReadString('\n'); err != nil { // the blank line after it
+		t.Fatal(err)
+	}
+	p, err := config.NewPolicy(config.Admins{UIDs: []uint32{uint32(os.Getuid())}}, []config.ClientRule{
+		{Name: "signs-only", UIDs: []uint32{uint32(os.Getuid())}, Keys: []string{"*"}, Usages: []string{"sign"}, Members: []string{"*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.SetPolicy(p)
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var r struct {
+		Status struct{ Status int }
+		Token  asn1.RawValue `asn1:"optional"`
+	}
+	if _, err := asn1.Unmarshal(body, &r); err != nil {
+		t.Fatalf("%s: %q: %v", resp.Status, body, err)
+	}
+	if len(r.Token.FullBytes) > 0 || r.Status.Status != int(timestamp.Rejection) {
+		t.Fatalf("grant withdrawn before the body came: status %d, a token of %d bytes; want a rejection", r.Status.Status, len(r.Token.FullBytes))
 	}
 }
