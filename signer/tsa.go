@@ -283,10 +283,13 @@ func (s *Service) serveTSA(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no socket credentials", http.StatusForbidden)
 		return
 	}
-	s.serveTSAFor(w, r, s.callerFor(p))
+	s.serveTSAFor(w, r, func() caller { return s.callerFor(p) })
 }
 
-func (s *Service) serveTSAFor(w http.ResponseWriter, r *http.Request, c caller) {
+// serveTSAFor answers POST /tsa for the caller who returns once the
+// request is read: the policy in force then admits it, however long its
+// body took.
+func (s *Service) serveTSAFor(w http.ResponseWriter, r *http.Request, who func() caller) {
 	if s.tsa == nil || !s.tsa.builtin {
 		http.Error(w, "the built-in time-stamping authority is turned off ([tsa] enabled = false)", http.StatusNotFound)
 		return
@@ -300,6 +303,7 @@ func (s *Service) serveTSAFor(w http.ResponseWriter, r *http.Request, c caller) 
 		http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	c := who()
 	done, err := s.limits.startCall(c.peer)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusTooManyRequests)
