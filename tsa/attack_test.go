@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitorus/pkcs7"
 	"github.com/digitorus/timestamp"
 )
 
@@ -439,5 +440,123 @@ func TestAttackUpstreamBatchBounds(t *testing.T) {
 	d := sha256.Sum256([]byte("late"))
 	if _, err := u.Stamp(context.Background(), crypto.SHA256, d[:]); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("a stamp after Close: %v", err)
+	}
+}
+
+// twoSignerToken is a granted TimeStampResp for r whose SignedData has
+// two signers, the TSA and another key certified for time-stamping: the
+// TSTInfo is the one the TSA would issue.
+func twoSignerToken(t *testing.T, tsaA, tsaB *testTSA, r *timestamp.Request) []byte {
+	t.Helper()
+	one, err := timestamp.Parse(func() []byte {
+		var resp struct {
+			Status struct{ Status int }
+			Token  asn1.RawValue
+		}
+		asn1.Unmarshal(tokenFor(t, tsaA, r, nil), &resp)
+		return resp.Token.FullBytes
+	}())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p7 struct {
+		ContentType asn1.ObjectIdentifier
+		SD          struct {
+			Version int
+			Algs    asn1.RawValue
+			Encap   struct {
+				ContentType asn1.ObjectIdentifier
+				Content     []byte `asn1:"explicit,tag:0"`
+			}
+		} `asn1:"explicit,tag:0"`
+	}
+	if _, err := asn1.Unmarshal(one.RawToken, &p7); err != nil {
+		t.Fatal(err)
+	}
+	sd, err := pkcs7.NewSignedData(p7.SD.Encap.Content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd.SetContentType(oidTSTInfo)
+	for _, ts := range []*testTSA{tsaA, tsaB} {
+		h := sha256.Sum256(ts.cert.Raw)
+		ess, _ := asn1.Marshal(struct{ Certs []struct{ CertHash []byte } }{Certs: []struct{ CertHash []byte }{{h[:]}}})
+		if err := sd.AddSigner(ts.cert, ts.key, pkcs7.SignerInfoConfig{ExtraSignedAttributes: []pkcs7.Attribute{{Type: oidSigningCertificateV2, Value: asn1.RawValue{FullBytes: ess}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	der, err := sd.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := asn1.Marshal(struct {
+		Status struct{ Status int }
+		Token  asn1.RawValue
+	}{Token: asn1.RawValue{FullBytes: der}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// TestAttackUpstreamTwoSigners: a token signed twice, by the trusted TSA
+// and by another key, is refused.
+func TestAttackUpstreamTwoSigners(t *testing.T) {
+	a := newCriticalEKUTSA(t, "ecdsa")
+	// b's CA has a's name: b's certificate gets another serial, so that
+	// each signer names its own certificate.
+	eku, _ := asn1.Marshal([]asn1.ObjectIdentifier{oidTimeStamping})
+	b := newTestTSA(t, "ecdsa", func(c *x509.Certificate) {
+		c.SerialNumber = big.NewInt(3)
+		c.ExtKeyUsage = nil
+		c.ExtraExtensions = []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: eku}}
+	})
+	url := craftedUpstream(t, func(w http.ResponseWriter, r *timestamp.Request) { writeDER(w, twoSignerToken(t, a, b, r)) })
+	roots := x509.NewCertPool()
+	roots.AddCert(a.ca)
+	roots.AddCert(b.ca)
+	u, err := NewUpstream(UpstreamConfig{URLs: []string{url}, Trust: Trust{Roots: roots}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	d := sha256.Sum256([]byte("x"))
+	if _, err := u.Stamp(context.Background(), crypto.SHA256, d[:]); !errors.Is(err, ErrToken) || !strings.Contains(err.Error(), "2 signers") {
+		t.Fatalf("got %v, want a rejection naming 2 signers", err)
+	}
+}
+
+// TestAttackIssueHostileDER: what POST /tsa may carry, garbage nested
+// deep or beyond the size limit, is an RFC 3161 rejection at once.
+func TestAttackIssueHostileDER(t *testing.T) {
+	is := newCriticalEKUTSA(t, "ecdsa").issuer(t, syncedClock)
+	nested := []byte{0x30, 0}
+	for len(nested) < MaxRequestSize-8 {
+		nested, _ = asn1.Marshal(asn1.RawValue{Tag: asn1.TagSequence, IsCompound: true, Bytes: nested})
+	}
+	for _, c := range []struct {
+		name string
+		der  []byte
+		fail timestamp.FailureInfo
+	}{
+		{"nested to the size limit", nested, timestamp.BadDataFormat},
+		{"indefinite lengths", append(bytes.Repeat([]byte{0x30, 0x80}, MaxRequestSize/4), bytes.Repeat([]byte{0, 0}, MaxRequestSize/4)...), timestamp.BadDataFormat},
+		{"one byte over", make([]byte, MaxRequestSize+1), timestamp.BadRequest},
+		{"a length of 2^32", []byte{0x30, 0x84, 0xff, 0xff, 0xff, 0xff}, timestamp.BadDataFormat},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			start := time.Now()
+			resp, issued, err := is.Issue(context.Background(), c.der)
+			var r *Refusal
+			if issued != nil || !errors.As(err, &r) || r.FailInfo != c.fail {
+				t.Fatalf("issued %v, err %v; want a refusal %v", issued, err, c.fail)
+			}
+			if st, _ := status(t, resp); st != int(timestamp.Rejection) {
+				t.Fatalf("status %d", st)
+			}
+			if took := time.Since(start); took > 100*time.Millisecond {
+				t.Fatalf("took %s", took)
+			}
+		})
 	}
 }
