@@ -144,7 +144,10 @@ func TSACertificateProblem(cert *x509.Certificate) string {
 // digest) and the nonce sent (nil for none): status granted, the CMS
 // signature, the ESS signing-certificate binding of the signer's
 // certificate, its chain to trust at genTime with extendedKeyUsage
-// timeStamping, the imprint and the nonce. It returns the token.
+// timeStamping, the certificate fit for time-stamping
+// (TSACertificateProblem), the imprint and the nonce. A response or token
+// over MaxTokenSize, or nested deeper than 64, is refused unread. It
+// returns the token.
 func VerifyResponse(resp []byte, hash crypto.Hash, digest []byte, nonce *big.Int, trust Trust) (*timestamp.Timestamp, error) {
 	var r struct {
 		Status struct {
