@@ -118,7 +118,7 @@ func (s *Service) HTTPServer() *http.Server {
 func (s *Service) TSAServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /tsa", func(w http.ResponseWriter, r *http.Request) {
-		s.serveTSAFor(w, r, caller{peer: anonymousPeer(), remote: "tcp:" + r.RemoteAddr})
+		s.serveTSAFor(w, r, func() caller { return caller{peer: anonymousPeer(), remote: "tcp:" + r.RemoteAddr} })
 	})
 	return &http.Server{Handler: mux, ReadHeaderTimeout: httpHeaderTimeout, ReadTimeout: httpHeaderTimeout, WriteTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 }

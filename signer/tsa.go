@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"io"
@@ -165,7 +166,14 @@ func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.issuer != nil {
-		return t.issuer, t.keyID, nil
+		// No change fires when the certificate merely expires: an issuer
+		// whose certificate is not valid now is made again from the
+		// certificates as they are (a newer one, or none).
+		if c, now := t.issuer.Certificate(), time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			t.issuer, t.keyID, t.certID = nil, "", ""
+		} else {
+			return t.issuer, t.keyID, nil
+		}
 	}
 	certs, err := s.CertificatesOf(ctx, UsageTSA)
 	if err != nil {
@@ -275,10 +283,13 @@ func (s *Service) serveTSA(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no socket credentials", http.StatusForbidden)
 		return
 	}
-	s.serveTSAFor(w, r, s.callerFor(p))
+	s.serveTSAFor(w, r, func() caller { return s.callerFor(p) })
 }
 
-func (s *Service) serveTSAFor(w http.ResponseWriter, r *http.Request, c caller) {
+// serveTSAFor answers POST /tsa for the caller who returns once the
+// request is read: the policy in force then admits it, however long its
+// body took.
+func (s *Service) serveTSAFor(w http.ResponseWriter, r *http.Request, who func() caller) {
 	if s.tsa == nil || !s.tsa.builtin {
 		http.Error(w, "the built-in time-stamping authority is turned off ([tsa] enabled = false)", http.StatusNotFound)
 		return
@@ -292,6 +303,7 @@ func (s *Service) serveTSAFor(w http.ResponseWriter, r *http.Request, c caller) 
 		http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	c := who()
 	done, err := s.limits.startCall(c.peer)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusTooManyRequests)
@@ -345,11 +357,17 @@ func (s *Service) Timestamp(ctx context.Context, req *signerv1.TimestampRequest)
 	if err != nil {
 		return nil, refusalError(err)
 	}
-	tok, err := timestamp.ParseResponse(resp)
-	if err != nil {
-		return nil, fmt.Errorf("the token issued does not parse: %w", err)
+	// The token is read out of the answer with encoding/asn1: the issuer
+	// has checked what it made, and digitorus/pkcs7's Parse (behind
+	// timestamp.ParseResponse) is not safe for concurrent use.
+	var answer struct {
+		Status struct{ Status int }
+		Token  asn1.RawValue
 	}
-	return &signerv1.TimestampResponse{Token: tok.RawToken, Serial: issued.Serial.Text(16), GenTime: timestamppb.New(issued.GenTime)}, nil
+	if _, err := asn1.Unmarshal(resp, &answer); err != nil || answer.Status.Status != int(timestamp.Granted) {
+		return nil, fmt.Errorf("the answer issued holds no token (status %d): %v", answer.Status.Status, err)
+	}
+	return &signerv1.TimestampResponse{Token: answer.Token.FullBytes, Serial: issued.Serial.Text(16), GenTime: timestamppb.New(issued.GenTime)}, nil
 }
 
 // refusalError names an RFC 3161 refusal's failInfo in the error a gRPC

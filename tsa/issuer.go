@@ -80,17 +80,16 @@ func CertificateProblem(cert *x509.Certificate, pub crypto.PublicKey, now time.T
 	if k, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(pub) {
 		return "the certificate is not the TSA key's"
 	}
+	if p := validityProblem(cert, now); p != "" {
+		return p
+	}
+	return TSACertificateProblem(cert)
+}
+
+// validityProblem says why cert is not valid at now, or returns "".
+func validityProblem(cert *x509.Certificate, now time.Time) string {
 	if now.Before(cert.NotBefore) || now.After(cert.NotAfter) {
 		return fmt.Sprintf("the certificate is valid only from %s to %s", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339))
-	}
-	critical := false
-	for _, e := range cert.Extensions {
-		if e.Id.Equal(oidExtKeyUsage) {
-			critical = e.Critical
-		}
-	}
-	if len(cert.ExtKeyUsage) != 1 || cert.ExtKeyUsage[0] != x509.ExtKeyUsageTimeStamping || len(cert.UnknownExtKeyUsage) != 0 || !critical {
-		return "the certificate's extendedKeyUsage is not timeStamping alone, marked critical"
 	}
 	return ""
 }
@@ -194,7 +193,7 @@ func (is *Issuer) Issue(ctx context.Context, req []byte) (resp []byte, issued *I
 	}
 	if refusal == nil {
 		resp, issued, err = is.sign(r)
-		if err != nil {
+		if err != nil && !errors.As(err, &refusal) {
 			refusal = refuse(timestamp.SystemFailure, "signing failed: %v", err)
 		}
 	}
@@ -248,10 +247,16 @@ func (is *Issuer) sign(r *timestamp.Request) ([]byte, *Issued, error) {
 	if len(policy) == 0 {
 		policy = is.cfg.Policy
 	}
+	genTime := is.now().UTC().Truncate(time.Millisecond)
+	// The Issuer may be kept past its certificate's end (signerd keeps
+	// one until the certificates change): no token outside it.
+	if p := validityProblem(is.cert, genTime); p != "" {
+		return nil, nil, &Refusal{FailInfo: timestamp.SystemFailure, Reason: "the TSA certificate cannot sign at " + genTime.Format(time.RFC3339) + ": " + p}
+	}
 	t := &timestamp.Timestamp{
 		HashAlgorithm:     r.HashAlgorithm,
 		HashedMessage:     r.HashedMessage,
-		Time:              is.now().UTC().Truncate(time.Millisecond),
+		Time:              genTime,
 		Accuracy:          is.cfg.accuracy(),
 		Policy:            policy,
 		Nonce:             r.Nonce,

@@ -26,6 +26,7 @@ const (
 	DefaultUpstreamMaxSize   = 64 << 10
 	DefaultMaxBatch          = 1024
 	DefaultUnhealthyAfter    = 10 * time.Minute
+	DefaultUpstreamMaxSkew   = time.Minute
 	maxBatchSizesRemembered  = 64
 	upstreamNonceBits        = 64
 	upstreamRequestMediaType = "application/timestamp-query"
@@ -52,6 +53,13 @@ type UpstreamConfig struct {
 	// UnhealthyAfter is how long without an upstream answer before
 	// Health reports the mode unhealthy.
 	UnhealthyAfter time.Duration
+	// MaxSkew bounds how far a token's genTime may lie before the
+	// request was sent or after its answer came (0 means
+	// DefaultUpstreamMaxSkew): a token signed at another time is not
+	// the answer to this request (a replay, or a TSA whose clock is
+	// off), and a key whose certificate expired long ago can still
+	// sign a token that verifies at a genTime of its choosing.
+	MaxSkew time.Duration
 	// Transport replaces the HTTP transport (tests).
 	Transport http.RoundTripper
 }
@@ -153,6 +161,9 @@ func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
 	}
 	if cfg.UnhealthyAfter <= 0 {
 		cfg.UnhealthyAfter = DefaultUnhealthyAfter
+	}
+	if cfg.MaxSkew <= 0 {
+		cfg.MaxSkew = DefaultUpstreamMaxSkew
 	}
 	tr := cfg.Transport
 	if tr == nil {
@@ -282,10 +293,14 @@ func (u *Upstream) send(ctx context.Context, hash crypto.Hash, digest []byte) (*
 	}
 	var errs []error
 	for _, url := range u.cfg.URLs {
+		sent := time.Now()
 		resp, err := u.post(ctx, url, req)
 		if err == nil {
 			var tok *timestamp.Timestamp
 			tok, err = VerifyResponse(resp, hash, digest, nonce, u.cfg.Trust)
+			if err == nil {
+				err = u.checkAnswer(tok, sent, time.Now())
+			}
 			if err == nil {
 				u.mu.Lock()
 				u.health.Calls++
@@ -311,6 +326,20 @@ func (u *Upstream) send(ctx context.Context, hash crypto.Hash, digest []byte) (*
 	}
 	u.mu.Unlock()
 	return nil, fmt.Errorf("tsa upstream: no TSA gave a token that verifies: %w", errors.Join(errs...))
+}
+
+// checkAnswer checks what VerifyResponse does not know: the token's
+// genTime lies between sent and received, give or take MaxSkew, and its
+// policy is the one asked for, if any.
+func (u *Upstream) checkAnswer(tok *timestamp.Timestamp, sent, received time.Time) error {
+	if tok.Time.Before(sent.Add(-u.cfg.MaxSkew)) || tok.Time.After(received.Add(u.cfg.MaxSkew)) {
+		return fmt.Errorf("%w: genTime %s is not within %s of the request (sent %s, answered %s)", ErrToken,
+			tok.Time.UTC().Format(time.RFC3339Nano), u.cfg.MaxSkew, sent.UTC().Format(time.RFC3339Nano), received.UTC().Format(time.RFC3339Nano))
+	}
+	if len(u.cfg.Policy) > 0 && !tok.Policy.Equal(u.cfg.Policy) {
+		return fmt.Errorf("%w: the token's policy %s is not the one asked, %s", ErrToken, tok.Policy, u.cfg.Policy)
+	}
+	return nil
 }
 
 func (u *Upstream) post(ctx context.Context, url string, req []byte) ([]byte, error) {
