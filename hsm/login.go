@@ -1,7 +1,6 @@
 package hsm
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -135,7 +134,7 @@ func pinErrorSummary(err error) string {
 // handed out again (see acquire), for modules that keep logins per session.
 // The caller holds loginMu and the module read lock.
 func (t *Token) dropKeptPINLocked(s *session, reason string, cause error) {
-	zero(t.pin)
+	forgetPIN(t.pin)
 	t.pin = nil
 	t.loggedOutReason = reason
 	t.forgetKeys()
@@ -239,7 +238,8 @@ func (t *Token) Login(ctx context.Context, pin []byte) error {
 		case err != nil:
 			return p11err("C_Login", err), err
 		}
-		t.pin = bytes.Clone(pin)
+		forgetPIN(t.pin)
+		t.pin = keepPIN(pin)
 		t.loggedOutReason = ""
 		t.forgetKeys() // handles of private objects change across logins
 		return nil, nil
@@ -309,7 +309,7 @@ func (t *Token) Logout(ctx context.Context) error {
 	return t.pinOp(ctx, false, func(s *session) (error, error) {
 		t.loginMu.Lock()
 		defer t.loginMu.Unlock()
-		zero(t.pin)
+		forgetPIN(t.pin)
 		t.pin = nil
 		t.forgetKeys()
 		err := t.userLogout(s)
@@ -375,8 +375,8 @@ func (t *Token) ChangePIN(ctx context.Context, oldPIN, newPIN []byte) error {
 		switch {
 		case err == nil:
 			if kept {
-				zero(t.pin)
-				t.pin = bytes.Clone(newPIN)
+				forgetPIN(t.pin)
+				t.pin = keepPIN(newPIN)
 			}
 			return nil, nil
 		case setPINRefused(err):

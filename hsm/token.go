@@ -256,7 +256,7 @@ func (t *Token) closeLocked() error {
 	var errs []error
 	t.loginMu.Lock()
 	hadPIN := t.pin != nil
-	zero(t.pin)
+	forgetPIN(t.pin)
 	t.pin = nil
 	t.loginMu.Unlock()
 	if t.m.ready {
