@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -26,6 +27,7 @@ func main() {
 func newRootCommand() *cobra.Command {
 	var configPath string
 	var flags daemonFlags
+	var allowRoot bool
 	root := &cobra.Command{
 		Use:           "signerd --config FILE",
 		Short:         "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
@@ -37,11 +39,18 @@ func newRootCommand() *cobra.Command {
 			if configPath == "" {
 				return fmt.Errorf("--config is required (or run `signerd dev` to try it on a throwaway SoftHSM token)")
 			}
+			if os.Geteuid() == 0 && !allowRoot {
+				return fmt.Errorf("signerd refuses to run as root: a daemon that holds HSM sessions should run as its own user (the packaged unit runs it as User=signerd; `systemd-sysusers` makes the user). Give --allow-root to run as root anyway")
+			}
+			if err := checkPrivate(configPath, "configuration"); err != nil {
+				return err
+			}
 			harden()
 			return runDaemon(cmd.Context(), configPath, flags, nil)
 		},
 	}
 	root.Flags().StringVar(&configPath, "config", "", "path of the TOML configuration")
+	root.Flags().BoolVar(&allowRoot, "allow-root", false, "run as root (refused without it; run signerd as its own user instead)")
 	root.PersistentFlags().BoolVar(&flags.acceptAuditCut, "accept-audit-cut", false,
 		"continue an audit log that lost lines at its end (cut, head file missing, torn last line after a crash), recording the acknowledgement; use once, after reviewing the log")
 	root.AddCommand(newDevCommand(&flags))
@@ -54,6 +63,23 @@ func harden() {
 	_ = unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0})
 	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	unix.Umask(0o077)
+}
+
+// checkPrivate refuses a file or folder that someone other than root and
+// the daemon's own user could change: writable by group or others, or
+// owned by another user. what names it in the error.
+func checkPrivate(path, what string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s %s is writable by group or others (mode %04o): anyone who can change it can change what signerd does; chmod go-w %s", what, path, fi.Mode().Perm(), path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s %s belongs to uid %d, neither root nor signerd's user (uid %d), who could change it", what, path, st.Uid, os.Geteuid())
+	}
+	return nil
 }
 
 // daemonFlags are the flags that change how the daemon starts.

@@ -603,3 +603,43 @@ func TestXRoadListener(t *testing.T) {
 		t.Fatalf("no listener line in the log:\n%s", d.Output())
 	}
 }
+
+// TestDaemonRefusesRootAndUnsafeFiles: signerd refuses to run as root
+// without --allow-root, a configuration others can write or another user
+// owns, and a state folder others can write; each refusal names the file
+// and what to do, and nothing is started.
+func TestDaemonRefusesRootAndUnsafeFiles(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	if os.Geteuid() == 0 {
+		dir := t.TempDir()
+		p := daemonConfig(t, dir, soft, `"*"`)
+		out, err := exec.Command(bin, "--config", p).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "refuses to run as root") || !strings.Contains(string(out), "--allow-root") {
+			t.Fatalf("as root without --allow-root: %v\n%s", err, out)
+		}
+	}
+	cases := []struct {
+		name  string
+		setup func(dir, cfg string)
+		want  string
+	}{
+		{"group-writable configuration", func(_, cfg string) { _ = os.Chmod(cfg, 0o620) }, "is writable by group or others (mode 0620)"},
+		{"world-writable state folder", func(dir, _ string) { _ = os.Chmod(filepath.Join(dir, "state"), 0o777) }, "state folder"},
+		{"configuration of another user", func(_, cfg string) { _ = os.Chown(cfg, 65534, 65534) }, "belongs to uid 65534"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "configuration of another user" && os.Geteuid() != 0 {
+				t.Skip("needs root to give the file to another user")
+			}
+			dir := t.TempDir()
+			p := daemonConfig(t, dir, soft, `"*"`)
+			c.setup(dir, p)
+			out, err := daemontest.Run(t, bin, nil, "--config", p)
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Fatalf("got %v, want a refusal with %q:\n%s", err, c.want, out)
+			}
+		})
+	}
+}

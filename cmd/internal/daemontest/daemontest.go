@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,7 +74,7 @@ func Run(t testing.TB, bin string, env []string, args ...string) (string, error)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd := exec.CommandContext(ctx, bin, rootArgs(args)...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -111,7 +112,7 @@ func startProcess(t testing.TB, bin string, env []string, files []*os.File, args
 			}
 		}
 	}()
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, rootArgs(args)...)
 	cmd.Env = append(append(os.Environ(), env...), "NOTIFY_SOCKET="+notifyPath)
 	cmd.ExtraFiles = files
 	stderr, err := cmd.StderrPipe()
@@ -217,4 +218,14 @@ func (d *Daemon) Wait(timeout time.Duration) error {
 		d.t.Fatalf("signerd did not exit within %s\n%s", timeout, d.Output())
 		return fmt.Errorf("timeout")
 	}
+}
+
+// rootArgs adds --allow-root to a production start (--config) when the
+// tests run as root, as CI machines do: signerd refuses root without it.
+// TestDaemonRefusesRoot runs signerd without this harness.
+func rootArgs(args []string) []string {
+	if os.Geteuid() != 0 || !slices.Contains(args, "--config") {
+		return args
+	}
+	return append([]string{"--allow-root"}, args...)
 }
