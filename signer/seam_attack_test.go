@@ -577,8 +577,12 @@ func TestSeamAttackCertificateHooks(t *testing.T) {
 		t.Helper()
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
+		start := time.Now()
 		if err := fn(cctx); err != nil {
 			t.Fatalf("%s with a blocking and a panicking hook: %v", what, err)
+		}
+		if took := time.Since(start); took > certHookWait+5*time.Second {
+			t.Fatalf("%s took %v with a blocking hook; want at most about %v", what, took, certHookWait)
 		}
 	}
 
