@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/hsmsigner/hsmsigner/hsm"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
@@ -694,6 +697,150 @@ func TestSeamAttackEveryMethodsRole(t *testing.T) {
 			if got := c.mayCall(full); got != allowed {
 				t.Errorf("%s by %s: mayCall = %v, want %v", full, who, got, allowed)
 			}
+		}
+	}
+}
+
+// TestSeamAttackUnaryAndStreamDecideAlike: a Sign call and a call of a
+// SignStream are admitted by the same access model: for each policy and
+// each kind of key, both get the same code, the one the policy says.
+func TestSeamAttackUnaryAndStreamDecideAlike(t *testing.T) {
+	d := newDaemon(t)
+	keys := map[string]string{
+		"sign":   d.genKey(t, "sign", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN).GetId(),
+		"tsa":    d.genKey(t, "tsa", "EC-P256", signerv1.KeyUsage_KEY_USAGE_TSA).GetId(),
+		"auth":   d.genKey(t, "auth", "EC-P256", signerv1.KeyUsage_KEY_USAGE_AUTH).GetId(),
+		"audit":  d.genKey(t, "audit", "EC-P256", signerv1.KeyUsage_KEY_USAGE_AUDIT).GetId(),
+		"member": d.genKey(t, "member", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN).GetId(),
+	}
+	d.csrFor(t, &signerv1.Key{Id: keys["member"]}, "CN=m,C=EE", member)
+	meUID := uint32(os.Getuid())
+	policy := func(usages []string, members ...string) *config.Policy {
+		var rules []config.ClientRule
+		if usages != nil {
+			rules = append(rules, config.ClientRule{Name: "c", UIDs: []uint32{meUID}, Keys: []string{"*"}, Usages: usages, Members: members})
+		}
+		p, err := config.NewPolicy(config.Admins{UIDs: []uint32{meUID}}, rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	policies := map[string]*config.Policy{
+		"admin only":          policy(nil),
+		"client of sign":      policy([]string{UsageSign}),
+		"client of tsa":       policy([]string{UsageTSA}),
+		"client of member":    policy([]string{UsageSign}, member),
+		"client of another":   policy([]string{UsageSign}, "EE/GOV/other"),
+		"client of every use": policy([]string{UsageSign, UsageAuth, UsageTSA, UsageAudit}, "*"),
+	}
+	allowed := map[string]bool{
+		"client of sign/sign": true, "client of tsa/tsa": true, "client of member/member": true,
+		"client of every use/sign": true, "client of every use/tsa": true, "client of every use/auth": true,
+		"client of every use/audit": true, "client of every use/member": true,
+	}
+	before := d.svc.policy.Load()
+	defer d.svc.SetPolicy(before)
+	for pname, p := range policies {
+		for kname, id := range keys {
+			t.Run(pname+"/"+kname, func(t *testing.T) {
+				d.svc.SetPolicy(p)
+				_, uerr := d.client.SignerClient.Sign(testCtx(t), signReq(id, sha("u")))
+				unary := status.Code(uerr)
+				var streamed codes.Code
+				s, err := d.client.SignerClient.SignStream(testCtx(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Send(&signerv1.SignStreamRequest{Calls: []*signerv1.StreamedSign{{Id: 1, Request: signReq(id, sha("s"))}}}); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := s.Recv()
+				switch {
+				case err != nil:
+					streamed = status.Code(err)
+				case len(resp.GetResults()) != 1:
+					t.Fatalf("stream results %v", resp.GetResults())
+				case resp.GetResults()[0].GetError() != nil:
+					streamed = codes.Code(resp.GetResults()[0].GetError().GetCode())
+				}
+				_ = s.CloseSend()
+				if unary != streamed {
+					t.Fatalf("Sign: %v (%v); SignStream call: %v", unary, uerr, streamed)
+				}
+				want := codes.PermissionDenied
+				if allowed[pname+"/"+kname] {
+					want = codes.OK
+				}
+				if unary != want {
+					t.Fatalf("Sign and SignStream: %v (%v); want %v", unary, uerr, want)
+				}
+			})
+		}
+	}
+}
+
+// TestSeamAttackPolicyReloadRacesSignatures: a policy reload (SIGHUP)
+// while a feature signs for a peer and clients call Sign: each signature
+// is decided under one policy or the other, never half of each (-race),
+// every signature out has its ok line, and once the denying policy is in
+// force no further signature leaves.
+func TestSeamAttackPolicyReloadRacesSignatures(t *testing.T) {
+	d := seamDaemon(t)
+	ctx := testCtx(t)
+	k := d.genKey(t, "reload", "EC-P256", signerv1.KeyUsage_KEY_USAGE_TSA).GetId()
+	allow, deny := d.svc.policy.Load(), testPolicy(t) // tsa allowed; sign only
+	p := me()
+	s, err := d.svc.KeySigner(ctx, Actor{Op: "feature.reload_race", Peer: &p}, k, UsageTSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 4, 25
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	signed := map[string]bool{}
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if i%2 == w%2 {
+					d.svc.SetPolicy(deny)
+				} else {
+					d.svc.SetPolicy(allow)
+				}
+				digest := sha(fmt.Sprintf("race %d %d", w, i))
+				sig, err := s.Sign(nil, digest, crypto.SHA256)
+				switch {
+				case err == nil:
+					mu.Lock()
+					signed[hexOf(digest)] = true
+					mu.Unlock()
+				case errors.Is(err, ErrPermission) && sig == nil:
+				default:
+					t.Errorf("Sign = %x, %v; want a signature or ErrPermission", sig, err)
+				}
+				_, err = d.client.SignerClient.Sign(ctx, signReq(k, digest))
+				if c := status.Code(err); c != codes.OK && c != codes.PermissionDenied {
+					t.Errorf("Sign call: %v", err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	d.svc.SetPolicy(deny)
+	if sig, err := s.Sign(nil, sha("after"), crypto.SHA256); sig != nil || !errors.Is(err, ErrPermission) {
+		t.Fatalf("under the denying policy: %x, %v; want ErrPermission", sig, err)
+	}
+	lined := map[string]bool{}
+	for _, l := range auditLines(t, d, "feature.reload_race") {
+		if l.Result == "ok" {
+			lined[l.Digest] = true
+		}
+	}
+	for dg := range signed {
+		if !lined[dg] {
+			t.Errorf("signature of %s out without its ok line", dg)
 		}
 	}
 }
