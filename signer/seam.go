@@ -59,9 +59,9 @@ const signTimeout = 30 * time.Second
 // verify says so, then verified with Public (a key destroyed and made
 // again under its id signs no more through this signer), and one audit
 // line of op a.Op is written before the signature is returned; when the
-// line cannot be written the signature is withheld (ErrAudit). A refusal
-// or failure, here or at a signature, is audited too. The crypto.Signer
-// is an *AuditedSigner, whose SignContext takes a context.
+// line cannot be written the signature is withheld (ErrAudit). A refusal,
+// here or at a signature, and a signature's failure are audited too. The
+// crypto.Signer is an *AuditedSigner, whose SignContext takes a context.
 func (s *Service) KeySigner(ctx context.Context, a Actor, keyID, usage string) (crypto.Signer, error) {
 	if a.Op == "" {
 		return nil, fmt.Errorf("%w: an Actor needs the audit op of its signatures", ErrInvalid)
@@ -72,28 +72,19 @@ func (s *Service) KeySigner(ctx context.Context, a Actor, keyID, usage string) (
 	}
 	as := &AuditedSigner{s: s, actor: a, usage: usage}
 	rec := audit.Record{Op: a.Op, Key: keyID, Detail: "usage=" + usage}
-	if err := as.open(ctx, keyID, &rec); err != nil {
+	ref, err := as.key(ctx, keyID, &rec)
+	if err != nil {
 		return nil, s.auditedOrCounted(ctx, as.caller(), rec, err)
 	}
-	return as, nil
-}
-
-// open checks the usage asked and the key keyID for as, and reads the
-// key's public key from its token.
-func (as *AuditedSigner) open(ctx context.Context, keyID string, rec *audit.Record) error {
-	if err := seamUsage(as.usage); err != nil {
-		return err
-	}
-	ref, err := as.key(ctx, keyID, rec)
-	if err != nil {
-		return err
-	}
+	// A key the checks allow but the token cannot read now (logged out,
+	// say) makes no signer and no line: the feature's own line says why
+	// it could not serve.
 	k, err := ref.tok.tok.KeyByID(ctx, ref.id)
-	if err = as.s.signed(ref, err); err != nil {
-		return err
+	if err = s.signed(ref, err); err != nil {
+		return nil, err
 	}
 	as.keyID, as.pub = ref.idHex, k.Public
-	return nil
+	return as, nil
 }
 
 // seamUsage checks a usage a feature asks KeySigner for.
@@ -198,6 +189,9 @@ func (as *AuditedSigner) caller() caller {
 // that serves a member), and no revoked certificate or issuing CA. It
 // names the key and its token in rec.
 func (as *AuditedSigner) key(ctx context.Context, keyID string, rec *audit.Record) (*keyRef, error) {
+	if err := seamUsage(as.usage); err != nil {
+		return nil, err
+	}
 	if keyID == "" {
 		return nil, fmt.Errorf("%w: name the key", ErrInvalid)
 	}
