@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	xocsp "golang.org/x/crypto/ocsp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -839,5 +840,51 @@ func TestSeamAttackPolicyReloadRacesSignatures(t *testing.T) {
 		if !lined[dg] {
 			t.Errorf("signature of %s out without its ok line", dg)
 		}
+	}
+}
+
+// TestSeamAttackRevokedAfterKeySigner: a signer made while the key's
+// certificate chain was good signs no more once OCSP says its issuing CA
+// is revoked, and CertificatesOf no longer offers the certificate.
+func TestSeamAttackRevokedAfterKeySigner(t *testing.T) {
+	ca := devca.New(t)
+	ca.StartOCSPResponder(t, 60)
+	rr := newRootResponder(t, ca)
+	d := newDaemon(t, func(p *daemonParams) {
+		p.OCSP = fmt.Sprintf("enabled = true\nresponders = [{issuer = %q, urls = [%q]}]", ca.RootPEM, rr.srv.URL)
+	})
+	ctx := testCtx(t)
+	k, _, sum := d.activeSignCert(t, ca, "agency", member)
+	interSum := sha256.Sum256(ca.Intermediate.Raw)
+	if st := d.refreshOCSP(t, sum); !st.GetUsable() {
+		t.Fatalf("leaf: %+v", st)
+	}
+	if st := d.refreshOCSP(t, hexOf(interSum[:])); st.GetStatus() != "good" {
+		t.Fatalf("intermediate: %+v", st)
+	}
+	p := me()
+	s, err := d.svc.KeySigner(ctx, Actor{Op: "feature.revoked", Peer: &p}, k.GetId(), UsageSign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Sign(nil, sha("before"), crypto.SHA256); err != nil {
+		t.Fatalf("before the revocation: %v", err)
+	}
+	if certs, err := d.svc.CertificatesOf(ctx, UsageSign); err != nil || len(certs) != 1 {
+		t.Fatalf("CertificatesOf before the revocation: %d, %v; want 1", len(certs), err)
+	}
+	rr.status.Store(int64(xocsp.Revoked))
+	if st := d.refreshOCSP(t, hexOf(interSum[:])); st.GetStatus() != "revoked" {
+		t.Fatalf("intermediate after revocation: %+v", st)
+	}
+	sig, err := s.Sign(nil, sha("after"), crypto.SHA256)
+	if sig != nil || !errors.Is(err, ErrPrecondition) || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("after the revocation: %x, %v; want no signature and ErrPrecondition naming the revocation", sig, err)
+	}
+	if lines := auditLines(t, d, "feature.revoked"); len(lines) != 2 || lines[1].Result == "ok" {
+		t.Fatalf("audit lines %+v; want an ok line and a refusal", lines)
+	}
+	if certs, err := d.svc.CertificatesOf(ctx, UsageSign); err != nil || len(certs) != 0 {
+		t.Fatalf("CertificatesOf after the revocation: %d, %v; want none", len(certs), err)
 	}
 }
