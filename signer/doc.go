@@ -12,12 +12,17 @@
 // *Service satisfies them:
 //
 //   - Service.KeySigner returns an audited crypto.Signer for a key of a
-//     given usage: each signature goes through the token's session pool,
-//     checks the key's usage (and, for an Actor with a peer, the access
-//     policy), is verified as a Sign call's is, and is returned only after
-//     its audit line (op Actor.Op) is written.
+//     given usage (sign, auth or tsa; never the audit key): each
+//     signature goes through the token's session pool, checks the key's
+//     usage (and, for an Actor with a peer, the access policy; an Actor
+//     without one gets no key that serves a member), is verified as a
+//     Sign call's is and with the signer's Public, and is returned only
+//     after its audit line (op Actor.Op) is written.
 //   - Service.CertificatesOf returns the active, valid, unrevoked
-//     certificates of keys of a usage, with their chains, newest first.
+//     certificates of keys of a usage, with their chains, newest first;
+//     Service.OnCertificatesChanged tells a feature, on a goroutine of
+//     its own, when they change (the changing call waits at most a few
+//     seconds for it; a panic is logged).
 //   - OCSP responses are kept through the ocsp.Source and ocsp.Store the
 //     service gives package ocsp (see ocsp.go).
 //

@@ -3,13 +3,18 @@ package signer
 import (
 	"context"
 	"crypto"
+	"crypto/rsa"
 	"crypto/x509"
 	"fmt"
 	"io"
+	"reflect"
+	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
+	"github.com/hsmsigner/hsmsigner/hsm/sigalg"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 	"github.com/hsmsigner/hsmsigner/signer/state"
@@ -29,8 +34,11 @@ type Actor struct {
 	// Peer is the process the feature serves, when its request came
 	// through a Unix socket: the policy in force must then let that peer
 	// sign with the key, as for a Sign call, and its line names the peer.
-	// Nil means the daemon signs for a feature of its own: only the key's
-	// usage is checked, and the line carries the daemon's uid, gid and pid.
+	// KeySigner keeps a copy: the feature may reuse its Peer afterwards.
+	// Nil means the daemon signs for a feature of its own: the key's usage
+	// is checked, a key that serves a member is refused (it signs only
+	// for a peer the policy lets use it), and the line carries the
+	// daemon's uid, gid and pid.
 	Peer *peercred.Peer
 }
 
@@ -38,19 +46,29 @@ type Actor struct {
 // carries no context.
 const signTimeout = 30 * time.Second
 
-// KeySigner returns the key keyID (hex, either case) as a crypto.Signer
-// for an in-process feature. The key must have usage (UsageTSA, …) and,
-// for an actor with a peer, be one the policy lets that peer use. Every
-// signature is made as a Sign call's is: the key is resolved and checked
-// again (usage, policy, OCSP revocation of its certificates), signed
-// through the token's session pool and verified by the token when
-// [module.token] verify says so, and one audit line of op a.Op is written
-// before the signature is returned; when the line cannot be written the
-// signature is withheld (ErrAudit). A refusal is audited too. The
+// KeySigner returns the key keyID (hex, either case, nothing around it)
+// as a crypto.Signer for an in-process feature. usage is UsageSign,
+// UsageAuth or UsageTSA, and the key's recorded usage (an unknown or
+// empty usage is ErrInvalid; UsageAudit is refused: the audit key signs
+// the audit log's checkpoints and nothing else). For an actor with a peer
+// the key must be one the policy lets that peer use; an actor without one
+// gets no key that serves a member. Every signature is made as a Sign
+// call's is: the key is resolved and checked again (usage, members,
+// policy, OCSP revocation of its certificates), signed through the
+// token's session pool and verified by the token when [module.token]
+// verify says so, then verified with Public (a key destroyed and made
+// again under its id signs no more through this signer), and one audit
+// line of op a.Op is written before the signature is returned; when the
+// line cannot be written the signature is withheld (ErrAudit). A refusal,
+// here or at a signature, and a signature's failure are audited too. The
 // crypto.Signer is an *AuditedSigner, whose SignContext takes a context.
 func (s *Service) KeySigner(ctx context.Context, a Actor, keyID, usage string) (crypto.Signer, error) {
 	if a.Op == "" {
 		return nil, fmt.Errorf("%w: an Actor needs the audit op of its signatures", ErrInvalid)
+	}
+	if a.Peer != nil {
+		p := *a.Peer
+		a.Peer = &p
 	}
 	as := &AuditedSigner{s: s, actor: a, usage: usage}
 	rec := audit.Record{Op: a.Op, Key: keyID, Detail: "usage=" + usage}
@@ -58,12 +76,26 @@ func (s *Service) KeySigner(ctx context.Context, a Actor, keyID, usage string) (
 	if err != nil {
 		return nil, s.auditedOrCounted(ctx, as.caller(), rec, err)
 	}
+	// A key the checks allow but the token cannot read now (logged out,
+	// say) makes no signer and no line: the feature's own line says why
+	// it could not serve.
 	k, err := ref.tok.tok.KeyByID(ctx, ref.id)
 	if err = s.signed(ref, err); err != nil {
 		return nil, err
 	}
 	as.keyID, as.pub = ref.idHex, k.Public
 	return as, nil
+}
+
+// seamUsage checks a usage a feature asks KeySigner for.
+func seamUsage(usage string) error {
+	switch usage {
+	case UsageSign, UsageAuth, UsageTSA:
+		return nil
+	case UsageAudit:
+		return fmt.Errorf("%w: the audit key signs the audit log's checkpoints and nothing else", ErrPermission)
+	}
+	return fmt.Errorf("%w: %q is not a key usage a feature signs with (sign, auth or tsa)", ErrInvalid, truncate(usage, 64))
 }
 
 // AuditedSigner is a key seen as a crypto.Signer by an in-process
@@ -101,6 +133,9 @@ func (as *AuditedSigner) SignContext(ctx context.Context, digest []byte, opts cr
 }
 
 func (as *AuditedSigner) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts, rec *audit.Record) ([]byte, error) {
+	if err := checkSignerOpts(as.pub, opts); err != nil {
+		return nil, err
+	}
 	alg, err := hsm.AlgorithmFor(hsm.Key{Public: as.pub}, opts)
 	if err != nil {
 		return nil, err
@@ -111,7 +146,34 @@ func (as *AuditedSigner) sign(ctx context.Context, digest []byte, opts crypto.Si
 		return nil, err
 	}
 	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, digest)
-	return sig, as.s.signed(ref, err)
+	if err = as.s.signed(ref, err); err != nil {
+		return nil, err
+	}
+	// The token verified sig with the key it holds under the id now; the
+	// feature holds Public, which is what the signature must match.
+	if err := sigalg.Verify(as.pub, alg, digest, sig); err != nil {
+		return nil, fmt.Errorf("%w: key %s on token %s is no longer the key this signer was made for (destroyed and made again under its id?): %w", hsm.ErrBadSignature, ref.idHex, ref.tok.name, err)
+	}
+	return sig, nil
+}
+
+// checkSignerOpts refuses, before anything is signed, the opts that
+// crypto.Signer implementations answer with a panic or would read as
+// another algorithm: nil opts (or a nil pointer), and RSA-PSS options for
+// a key that is not RSA.
+func checkSignerOpts(pub crypto.PublicKey, opts crypto.SignerOpts) error {
+	if opts == nil {
+		return fmt.Errorf("%w: give the hash of the digest in the signer options", ErrInvalid)
+	}
+	if v := reflect.ValueOf(opts); v.Kind() == reflect.Pointer && v.IsNil() {
+		return fmt.Errorf("%w: signer options %T are a nil pointer", ErrInvalid, opts)
+	}
+	if _, pss := opts.(*rsa.PSSOptions); pss {
+		if _, isRSA := pub.(*rsa.PublicKey); !isRSA {
+			return fmt.Errorf("%w: RSA-PSS options for a %T key", ErrInvalid, pub)
+		}
+	}
+	return nil
 }
 
 // caller is who the audit line names: the actor's peer, or the daemon.
@@ -123,9 +185,13 @@ func (as *AuditedSigner) caller() caller {
 }
 
 // key resolves keyID and checks that the actor may sign with it now: its
-// usage, the policy for an actor's peer, and no revoked certificate or
-// issuing CA. It names the key and its token in rec.
+// usage, the policy for an actor's peer (an actor without one: no key
+// that serves a member), and no revoked certificate or issuing CA. It
+// names the key and its token in rec.
 func (as *AuditedSigner) key(ctx context.Context, keyID string, rec *audit.Record) (*keyRef, error) {
+	if err := seamUsage(as.usage); err != nil {
+		return nil, err
+	}
 	if keyID == "" {
 		return nil, fmt.Errorf("%w: name the key", ErrInvalid)
 	}
@@ -134,13 +200,15 @@ func (as *AuditedSigner) key(ctx context.Context, keyID string, rec *audit.Recor
 		return nil, err
 	}
 	rec.Token, rec.Key = ref.tok.name, ref.idHex
-	if ref.usage != as.usage {
+	if ref.usage == "" || ref.usage != as.usage {
 		return nil, fmt.Errorf("%w: key %s has usage %q, not %q", ErrPermission, ref.idHex, ref.usage, as.usage)
 	}
 	if as.actor.Peer != nil {
 		if err := as.caller().mayUseKey(ref); err != nil {
 			return nil, err
 		}
+	} else if len(ref.members) > 0 {
+		return nil, fmt.Errorf("%w: key %s serves member %s: it signs only for a peer the policy lets use it, not for the daemon's own features", ErrPermission, ref.idHex, strings.Join(ref.members, ", "))
 	}
 	if cert := as.s.ocspRevokedCertOfKey(ref); cert != "" {
 		return nil, fmt.Errorf("%w: key %s has a revoked certificate or issuing CA (%s, OCSP): it signs no more", ErrPrecondition, ref.idHex, cert)
@@ -167,8 +235,14 @@ type KeyCertificate struct {
 
 // CertificatesOf returns the certificates of keys of usage that are
 // active, valid now and not revoked (OCSP, when on), the newest first
-// (latest notBefore, then latest notAfter, then latest import).
+// (latest notBefore, then latest notAfter, then latest import). usage is
+// one of the key usages; an empty or unknown one is ErrInvalid.
 func (s *Service) CertificatesOf(ctx context.Context, usage string) ([]KeyCertificate, error) {
+	switch usage {
+	case UsageSign, UsageAuth, UsageTSA, UsageAudit:
+	default:
+		return nil, fmt.Errorf("%w: %q is not a key usage (sign, auth, tsa or audit)", ErrInvalid, truncate(usage, 64))
+	}
 	rs, err := s.store.ListCerts(ctx, state.CertFilter{})
 	if err != nil {
 		return nil, err
@@ -213,23 +287,57 @@ func (s *Service) CertificatesOf(ctx context.Context, usage string) ([]KeyCertif
 
 // OnCertificatesChanged registers fn to be called, after the change is
 // committed, each time a certificate is imported, activated, deactivated,
-// given a new status or deleted (with its key or alone). fn must not
-// block: it is called on the changing call's goroutine (a feature kicks
-// its own worker, as the OCSP watcher's Resync does). A feature that
+// given a new status or deleted (with its key or alone). A feature that
 // holds certificates from CertificatesOf reads them again when notified.
+// Each fn runs on a goroutine of its own, at the same time as the other
+// hooks and possibly as itself (for another change), and may call back
+// into the service. The changing call waits for the hooks, so that a
+// feature has let go of what changed when the call returns, but for at
+// most certHookWait: fn should not block (a feature kicks its own
+// worker, as the OCSP watcher's Resync does). A hook that panics is
+// logged; the other hooks are told all the same.
 func (s *Service) OnCertificatesChanged(fn func()) {
 	s.certHooksMu.Lock()
 	defer s.certHooksMu.Unlock()
 	s.certHooks = append(s.certHooks, fn)
 }
 
+// certHookWait bounds how long a changing call waits for the hooks
+// OnCertificatesChanged registered.
+const certHookWait = 5 * time.Second
+
 // certificatesChanged calls the functions OnCertificatesChanged
-// registered.
+// registered, each on a goroutine of its own, and waits until they
+// return or certHookWait has passed.
 func (s *Service) certificatesChanged() {
 	s.certHooksMu.Lock()
 	hooks := slices.Clone(s.certHooks)
 	s.certHooksMu.Unlock()
-	for _, fn := range hooks {
-		fn()
+	done := make(chan struct{}, len(hooks))
+	for i, fn := range hooks {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			s.certHook(i, fn)
+		}()
 	}
+	wait := time.NewTimer(certHookWait)
+	defer wait.Stop()
+	for returned := 0; returned < len(hooks); returned++ {
+		select {
+		case <-done:
+		case <-wait.C:
+			s.log.Error("certificate change hooks have not returned; the change is committed and the call goes on without them", "waiting_for", len(hooks)-returned, "waited", certHookWait.String())
+			return
+		}
+	}
+}
+
+// certHook runs hook i, logging a panic instead of passing it on.
+func (s *Service) certHook(i int, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("certificate change hook panicked", "hook", i, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	fn()
 }
