@@ -47,7 +47,12 @@ type tsaService struct {
 
 	issued, refused atomic.Uint64
 
+	// build lets one request at a time make the issuer; mu guards the
+	// issuer and is never held while the HSM or the state is asked, so a
+	// certificate change (forget) never waits for a request.
+	build  sync.Mutex
 	mu     sync.Mutex
+	gen    uint64      // counts forget calls: an issuer made across one is not kept
 	issuer *tsa.Issuer // nil until a request finds a fit certificate
 	keyID  string      // the issuer's key, lower-case hex
 	certID string      // the issuer's certificate, SHA-256 hex
@@ -143,7 +148,23 @@ func newUpstream(uc config.TSAUpstream) (*tsa.Upstream, error) {
 func (t *tsaService) forget() {
 	t.mu.Lock()
 	t.issuer, t.keyID, t.certID = nil, "", ""
+	t.gen++
 	t.mu.Unlock()
+}
+
+// cached returns the issuer kept, if its certificate is valid now, and
+// the generation it belongs to. No change fires when a certificate merely
+// expires: an issuer whose certificate is not valid now is dropped, to be
+// made again from the certificates as they are (a newer one, or none).
+func (t *tsaService) cached() (*tsa.Issuer, string, uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.issuer != nil {
+		if c, now := t.issuer.Certificate(), time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			t.issuer, t.keyID, t.certID = nil, "", ""
+		}
+	}
+	return t.issuer, t.keyID, t.gen
 }
 
 // close sends the upstream batch pending and waits for those in flight.
@@ -163,17 +184,14 @@ func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, string, error) {
 	if t == nil || !t.builtin {
 		return nil, "", fmt.Errorf("%w: the built-in TSA is off ([tsa] enabled = false)", ErrTSAOff)
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.issuer != nil {
-		// No change fires when the certificate merely expires: an issuer
-		// whose certificate is not valid now is made again from the
-		// certificates as they are (a newer one, or none).
-		if c, now := t.issuer.Certificate(), time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
-			t.issuer, t.keyID, t.certID = nil, "", ""
-		} else {
-			return t.issuer, t.keyID, nil
-		}
+	if is, keyID, _ := t.cached(); is != nil {
+		return is, keyID, nil
+	}
+	t.build.Lock()
+	defer t.build.Unlock()
+	is, keyID, gen := t.cached()
+	if is != nil {
+		return is, keyID, nil // made by the request this one waited for
 	}
 	certs, err := s.CertificatesOf(ctx, UsageTSA)
 	if err != nil {
@@ -194,7 +212,11 @@ func (s *Service) tsaIssuer(ctx context.Context) (*tsa.Issuer, string, error) {
 			problems = append(problems, kc.SHA256+": "+err.Error())
 			continue
 		}
-		t.issuer, t.keyID, t.certID = is, kc.KeyID, kc.SHA256
+		t.mu.Lock()
+		if t.gen == gen { // no change since the certificates were read
+			t.issuer, t.keyID, t.certID = is, kc.KeyID, kc.SHA256
+		}
+		t.mu.Unlock()
 		return is, kc.KeyID, nil
 	}
 	which := "no key of usage tsa"
