@@ -52,3 +52,12 @@ func peerContext(ctx context.Context, p peercred.Peer) context.Context {
 func (s *Service) Audit(ctx context.Context, p peercred.Peer, op, detail string, err error) error {
 	return s.audited(ctx, s.callerFor(p), audit.Record{Op: op, Detail: detail}, err)
 }
+
+// MayUseUsage reports whether a client rule of the policy in force that
+// names peer p grants usage, whatever the key: for what a feature hands
+// out that no key of signerd's stands for (X-Road's GetAuthKey, usage
+// auth).
+func (s *Service) MayUseUsage(p peercred.Peer, usage string) bool {
+	c := s.callerFor(p)
+	return c.policy.MayUseUsage(c.cfgPeer(), usage)
+}
