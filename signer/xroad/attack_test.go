@@ -470,3 +470,31 @@ func TestXRoadHostileInput(t *testing.T) {
 
 // pinOf is an ActivateToken PIN.
 func pinOf(s string) *string { return &s }
+
+// TestXRoadRefusesUnnamedUIDAtConnect: a connection from a uid the policy
+// names nowhere is refused as soon as the kernel names it, before any TLS
+// (a flood of them costs no handshake), and the refusal is audited.
+func TestXRoadRefusesUnnamedUIDAtConnect(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.setPolicy(t, nil)
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the server wrote to a uid the policy does not name")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("a connection of a uid the policy does not name was held for its TLS handshake")
+	}
+	audit, _ := os.ReadFile(filepath.Join(r.dir, "audit.jsonl"))
+	if !strings.Contains(string(audit), `"op":"denied"`) || !strings.Contains(string(audit), "X-Road connection") {
+		t.Fatalf("the refused connection was not audited: %s", audit)
+	}
+	// Named again, it connects.
+	r.setPolicy(t, []uint32{me()}, config.ClientRule{Name: "xroad", UIDs: []uint32{me()}, Keys: []string{"*"}, Usages: []string{"sign"}, Members: []string{"*"}})
+	if _, err := xroadpb.NewTokenServiceClient(r.xroadConn(t, nil)).GetHSMOperationalInfo(ctxT(t), &xroadpb.Empty{}); err != nil {
+		t.Fatalf("named again: %v", err)
+	}
+}
