@@ -63,6 +63,11 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 		log = slog.New(slog.DiscardHandler)
 	}
 	tr := transport{identify: identifyCaller(peercred.FromTCPConn, cfg)}
+	if svc != nil {
+		tr.admit = func(ctx context.Context, p peercred.Peer) error {
+			return svc.AdmitConnection(ctx, p, "X-Road connection")
+		}
+	}
 	if !cfg.InsecureLoopback {
 		cert, trusted, err := loadKeystore(ctx, cfg)
 		if err != nil {

@@ -131,10 +131,14 @@ type identify func(ctx context.Context, conn net.Conn) (peercred.Peer, error)
 // transport is the listener's gRPC transport credentials: before the TLS
 // handshake (or without TLS for insecure_loopback) it reads the caller's
 // uid from the kernel, and refuses a connection whose caller it cannot
-// name; the gRPC handlers find the peer as they find a Unix socket's.
+// name or the policy names nowhere; the gRPC handlers find the peer as
+// they find a Unix socket's.
 type transport struct {
 	tls      credentials.TransportCredentials // nil: no TLS
 	identify identify
+	// admit refuses a caller the policy names nowhere before the TLS
+	// handshake; nil admits every identified caller.
+	admit func(ctx context.Context, p peercred.Peer) error
 }
 
 // errUnidentified refuses a connection whose process cannot be named.
@@ -142,9 +146,16 @@ var errUnidentified = errors.New("xroad: the caller's process cannot be identifi
 
 // ServerHandshake implements credentials.TransportCredentials.
 func (t transport) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	p, err := t.identify(context.Background(), conn)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	p, err := t.identify(ctx, conn)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errUnidentified, err)
+	}
+	if t.admit != nil {
+		if err := t.admit(ctx, p); err != nil {
+			return nil, nil, err
+		}
 	}
 	if t.tls != nil {
 		if conn, _, err = t.tls.ServerHandshake(conn); err != nil {
