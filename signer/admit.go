@@ -52,3 +52,26 @@ func peerContext(ctx context.Context, p peercred.Peer) context.Context {
 func (s *Service) Audit(ctx context.Context, p peercred.Peer, op, detail string, err error) error {
 	return s.audited(ctx, s.callerFor(p), audit.Record{Op: op, Detail: detail}, err)
 }
+
+// MayUseUsage reports whether a client rule of the policy in force that
+// names peer p grants usage, whatever the key: for what a feature hands
+// out that no key of signerd's stands for (X-Road's GetAuthKey, usage
+// auth).
+func (s *Service) MayUseUsage(p peercred.Peer, usage string) bool {
+	c := s.callerFor(p)
+	return c.policy.MayUseUsage(c.cfgPeer(), usage)
+}
+
+// AdmitConnection decides whether peer p may hold a connection on a
+// feature's listener at all (before any TLS handshake): the policy in
+// force must name it, as an admin or in a client rule. A refusal is
+// audited as op denied with detail, as a call's refusal is (beyond the
+// uid's refusals_per_second counted for its summary line), and returned
+// as a PERMISSION_DENIED status. Each call on an admitted connection is
+// still admitted on its own under the policy in force then.
+func (s *Service) AdmitConnection(ctx context.Context, p peercred.Peer, detail string) error {
+	if s.namedByPolicy(p) {
+		return nil
+	}
+	return s.refuseOrCount(ctx, s.callerFor(p), detail)
+}

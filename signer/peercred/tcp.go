@@ -20,15 +20,22 @@ const Unknown = ^uint32(0)
 // machine: the kernel knows no process for it.
 var ErrNotLoopback = errors.New("peercred: not a loopback connection")
 
+// ErrCallerClosed refuses a connection whose caller has closed its
+// socket: no process holds it, so none can be named.
+var ErrCallerClosed = errors.New("peercred: the caller's socket is closed (no process holds it)")
+
 // Sizes and offsets of the inet_diag messages (linux/inet_diag.h).
 const (
-	nlmsgHdrLen     = 16
-	inetDiagReqLen  = 56
-	inetDiagMsgLen  = 72
-	inetDiagUIDOff  = 64 // idiag_uid in struct inet_diag_msg
-	sockIDOff       = 4  // struct inet_diag_sockid in both structs
-	inetDiagAllStat = 0xffffffff
-	diagTimeout     = 2 * time.Second
+	nlmsgHdrLen      = 16
+	inetDiagReqLen   = 56
+	inetDiagMsgLen   = 72
+	inetDiagStateOff = 1  // idiag_state in struct inet_diag_msg
+	inetDiagUIDOff   = 64 // idiag_uid in struct inet_diag_msg
+	inetDiagInodeOff = 68 // idiag_inode in struct inet_diag_msg
+	tcpTimeWait      = 6  // TCP_TIME_WAIT
+	sockIDOff        = 4  // struct inet_diag_sockid in both structs
+	inetDiagAllStat  = 0xffffffff
+	diagTimeout      = 2 * time.Second
 )
 
 // FromTCPConn names the local process at the other end of an accepted
@@ -37,7 +44,8 @@ const (
 // destination is conn's local one) gives the uid that owns the caller's
 // socket. The pid and gid are not known this way: the Peer carries -1 and
 // Unknown, which no policy names. A connection from another machine, one
-// whose socket the kernel no longer has (the caller closed it), and
+// whose socket no process holds any more (the caller closed it: the
+// kernel then keeps a time-wait socket, which it reports as uid 0), and
 // anything the kernel does not answer plainly are refused.
 func FromTCPConn(ctx context.Context, conn net.Conn) (Peer, error) {
 	remote, err := netip.ParseAddrPort(conn.RemoteAddr().String())
@@ -142,7 +150,10 @@ func putAddr(dst []byte, fam uint8, a netip.Addr) {
 // parseDiagReply reads the kernel's answer to request seq: one
 // inet_diag_msg for the socket asked (ports and addresses as in want, the
 // request's inet_diag_sockid up to its interface), whose uid it returns,
-// or the kernel's error.
+// or the kernel's error. A socket that no process holds (TIME_WAIT, or an
+// orphan: inode 0) names nobody: the kernel reports uid 0 for the
+// time-wait socket a caller leaves when it closes, so that a caller that
+// wrote its request and closed would otherwise be taken for root.
 func parseDiagReply(b []byte, seq uint32, want []byte) (uint32, error) {
 	ne := binary.NativeEndian
 	if len(b) < nlmsgHdrLen {
@@ -168,6 +179,9 @@ func parseDiagReply(b []byte, seq uint32, want []byte) (uint32, error) {
 		}
 		if got := body[sockIDOff : sockIDOff+len(want)]; string(got) != string(want) {
 			return 0, errors.New("netlink: the kernel answered for another socket")
+		}
+		if body[inetDiagStateOff] == tcpTimeWait || ne.Uint32(body[inetDiagInodeOff:]) == 0 {
+			return 0, ErrCallerClosed
 		}
 		return ne.Uint32(body[inetDiagUIDOff:]), nil
 	}

@@ -103,7 +103,17 @@ func TestParseDiagReply(t *testing.T) {
 	}
 	good := make([]byte, inetDiagMsgLen)
 	copy(good[sockIDOff:], want)
+	good[inetDiagStateOff] = 1 // TCP_ESTABLISHED
 	binary.NativeEndian.PutUint32(good[inetDiagUIDOff:], 998)
+	binary.NativeEndian.PutUint32(good[inetDiagInodeOff:], 4242)
+	// The kernel's time-wait socket of a caller that closed: uid 0, no
+	// inode; and an orphan that is not yet one.
+	timeWait := make([]byte, inetDiagMsgLen)
+	copy(timeWait[sockIDOff:], want)
+	timeWait[inetDiagStateOff] = tcpTimeWait
+	orphan := append([]byte{}, good...)
+	orphan[inetDiagStateOff] = 5 // TCP_FIN_WAIT2
+	binary.NativeEndian.PutUint32(orphan[inetDiagInodeOff:], 0)
 	other := make([]byte, inetDiagMsgLen)
 	enoent := make([]byte, 20)
 	errno := int32(-2)
@@ -116,6 +126,8 @@ func TestParseDiagReply(t *testing.T) {
 	}{
 		{"socket", msg(20, 1, good), 998, true},
 		{"another socket", msg(20, 1, other), 0, false},
+		{"time-wait socket", msg(20, 1, timeWait), 0, false},
+		{"orphan socket", msg(20, 1, orphan), 0, false},
 		{"ENOENT", msg(2, 1, enoent), 0, false},
 		{"another request", msg(20, 2, good), 0, false},
 		{"short", good[:10], 0, false},

@@ -57,6 +57,12 @@ func fromSigner(err error, notFound string) error {
 		}
 	case codes.Unimplemented:
 		return codedError(faultUnimplemented, "not_implemented", msg)
+	case codes.ResourceExhausted:
+		// A request beyond a configured bound (ErrTooLarge) is the
+		// caller's; a limit of calls or PINs is not.
+		if strings.HasPrefix(msg, "request too large") {
+			return codedError(faultInvalid, "invalid_request", msg)
+		}
 	}
 	return codedError(faultInternal, "internal_error", msg)
 }

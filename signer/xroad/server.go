@@ -13,6 +13,8 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -61,6 +63,11 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 		log = slog.New(slog.DiscardHandler)
 	}
 	tr := transport{identify: identifyCaller(peercred.FromTCPConn, cfg)}
+	if svc != nil {
+		tr.admit = func(ctx context.Context, p peercred.Peer) error {
+			return svc.AdmitConnection(ctx, p, "X-Road connection")
+		}
+	}
 	if !cfg.InsecureLoopback {
 		cert, trusted, err := loadKeystore(ctx, cfg)
 		if err != nil {
@@ -69,7 +76,7 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 		tr.tls = credentials.NewTLS(serverTLS(cert, trusted))
 	}
 	s := &Server{svc: svc, cfg: cfg, log: log}
-	gopts := []grpc.ServerOption{grpc.Creds(tr)}
+	gopts := []grpc.ServerOption{grpc.Creds(tr), grpc.ConnectionTimeout(handshakeTimeout)}
 	if opts.MaxMessageBytes > 0 {
 		gopts = append(gopts, grpc.MaxRecvMsgSize(opts.MaxMessageBytes))
 	}
@@ -80,6 +87,12 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 	xroadpb.RegisterOcspServiceServer(s.gs, &ocspService{s: s})
 	return s, nil
 }
+
+// handshakeTimeout bounds a connection's set-up (the uid read from the
+// kernel, the TLS handshake and HTTP/2's preface): a caller that connects
+// and says nothing is let go after it, not after gRPC's two minutes.
+// X-Road's proxy, on the same machine, needs milliseconds.
+const handshakeTimeout = 10 * time.Second
 
 // identifyCaller names the caller of a connection: the process the kernel
 // names for a loopback connection, the configured remote_uid for another
@@ -127,12 +140,15 @@ func call[T any](ctx context.Context, s *Server, fullMethod, xroadMethod string,
 
 // memberOf spells an X-Road client id as signerd's member identifiers:
 // INSTANCE/CLASS/CODE. A subsystem signs with its member's certificate,
-// as in X-Road, so its code is left out.
+// as in X-Road, so its code is left out. Each part is refused as signerd's
+// policy refuses a member: empty, longer than 255 bytes, with '/', a space
+// or a control character (which would also reach X-Road's logs through
+// the error's message), or not UTF-8.
 func memberOf(id *xroadpb.ClientIdProto) (string, error) {
 	parts := []string{id.GetXroadInstance(), id.GetMemberClass(), id.GetMemberCode()}
 	for _, p := range parts {
-		if p == "" || strings.ContainsAny(p, "/\x00") || len(p) > 255 {
-			return "", codedError(faultInvalid, "invalid_member_id", fmt.Sprintf("member id %q/%q/%q: each part must be present, at most 255 bytes, without '/'", parts[0], parts[1], parts[2]))
+		if p == "" || len(p) > 255 || !utf8.ValidString(p) || strings.ContainsFunc(p, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }) {
+			return "", codedError(faultInvalid, "invalid_member_id", fmt.Sprintf("member id %q/%q/%q: each part must be present, at most 255 bytes, without '/', spaces or control characters", parts[0], parts[1], parts[2]))
 		}
 	}
 	return strings.Join(parts, "/"), nil
@@ -326,8 +342,10 @@ type certificateService struct {
 // changing X-Road. signerd answers, as X-Road's signer does, with the
 // configured file, its alias and the software token's PIN, and the
 // certificate in the file with the OCSP response signerd holds for it
-// (none unless signerd watches that certificate). Admitted as a client;
-// each answer is audited (op xroad.auth_key).
+// (none unless signerd watches that certificate). Admitted as a client
+// whose rules grant the usage auth (the answer holds the software token's
+// PIN, which a client that only signs has no use for); each answer is
+// audited (op xroad.auth_key), each refusal too (op denied).
 func (k *keyService) GetAuthKey(ctx context.Context, req *xroadpb.GetAuthKeyReq) (*xroadpb.AuthKeyInfoProto, error) {
 	cfg := k.s.cfg
 	if cfg.AuthKeyFile == "" {
@@ -337,6 +355,10 @@ func (k *keyService) GetAuthKey(ctx context.Context, req *xroadpb.GetAuthKeyReq)
 	out, err := call(ctx, k.s, signerv1.Signer_GetOCSPResponses_FullMethodName, xroadpb.KeyService_GetAuthKey_FullMethodName, r,
 		func(ctx context.Context) (*xroadpb.AuthKeyInfoProto, error) {
 			p, _ := peercred.FromContext(ctx)
+			if !k.s.svc.MayUseUsage(p, signer.UsageAuth) {
+				err := fmt.Errorf("%w: %s may not have the authentication key: no client rule grants it usage %s", signer.ErrPermission, p, signer.UsageAuth)
+				return nil, k.s.svc.Audit(ctx, p, "denied", "xroad GetAuthKey server="+serverIDString(req.GetSecurityServer()), err)
+			}
 			info, err := k.authKey(ctx)
 			if aerr := k.s.svc.Audit(ctx, p, "xroad.auth_key", "file="+cfg.AuthKeyFile+" server="+serverIDString(req.GetSecurityServer()), err); aerr != nil {
 				return nil, aerr

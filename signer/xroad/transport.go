@@ -1,6 +1,7 @@
 package xroad
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 	"software.sslmate.com/src/go-pkcs12"
@@ -65,7 +67,7 @@ func keystorePassword(b []byte) string {
 // loadKeystore reads X-Road's internal keystore: its key and certificate
 // are what signerd presents, and its certificates are the only ones it
 // trusts from clients, as X-Road's own signer does.
-func loadKeystore(ctx context.Context, cfg config.XRoad) (tls.Certificate, *x509.CertPool, error) {
+func loadKeystore(ctx context.Context, cfg config.XRoad) (tls.Certificate, []*x509.Certificate, error) {
 	data, err := readSecretFile(cfg.Keystore, maxKeystoreBytes)
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("keystore: %w", err)
@@ -81,22 +83,45 @@ func loadKeystore(ctx context.Context, cfg config.XRoad) (tls.Certificate, *x509
 		// The library's message names no password; ours neither.
 		return tls.Certificate{}, nil, fmt.Errorf("keystore %s: %w (is keystore_password the keystore's?)", cfg.Keystore, err)
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	for _, c := range cas {
-		pool.AddCert(c)
-	}
+	trusted := append([]*x509.Certificate{cert}, cas...)
 	tc := tls.Certificate{PrivateKey: key, Leaf: cert, Certificate: [][]byte{cert.Raw}}
 	for _, c := range cas {
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
-	return tc, pool, nil
+	return tc, trusted, nil
 }
 
 // serverTLS is the TLS of the listener: TLS 1.2 or later, the keystore's
-// certificate, and a client certificate from the keystore required.
-func serverTLS(cert tls.Certificate, trusted *x509.CertPool) *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: trusted}
+// certificate, and a client certificate that is one of the keystore's
+// certificates itself, within its validity, required. A certificate that
+// merely chains to one (issued with the keystore's key: it is
+// self-signed and so a CA to x509) is refused: X-Road trusts the
+// keystore's certificates as they are, and the README promises no other.
+func serverTLS(cert tls.Certificate, trusted []*x509.Certificate) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error { return pinned(cs.PeerCertificates, trusted, time.Now()) }}
+}
+
+// errNotKeystoreCert refuses a client certificate that is not one of the
+// keystore's.
+var errNotKeystoreCert = errors.New("xroad: the client certificate is not one of the keystore's")
+
+// pinned checks that the first of peer (the client's certificate) is one
+// of trusted, byte for byte, and valid at now.
+func pinned(peer, trusted []*x509.Certificate, now time.Time) error {
+	if len(peer) == 0 {
+		return fmt.Errorf("%w: none given", errNotKeystoreCert)
+	}
+	leaf := peer[0]
+	for _, c := range trusted {
+		if bytes.Equal(c.Raw, leaf.Raw) {
+			if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+				return fmt.Errorf("%w: the keystore's certificate %q is valid from %s to %s only", errNotKeystoreCert, leaf.Subject, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %q issued by %q", errNotKeystoreCert, leaf.Subject, leaf.Issuer)
 }
 
 // identify finds the local process at the other end of an accepted TCP
@@ -106,10 +131,14 @@ type identify func(ctx context.Context, conn net.Conn) (peercred.Peer, error)
 // transport is the listener's gRPC transport credentials: before the TLS
 // handshake (or without TLS for insecure_loopback) it reads the caller's
 // uid from the kernel, and refuses a connection whose caller it cannot
-// name; the gRPC handlers find the peer as they find a Unix socket's.
+// name or the policy names nowhere; the gRPC handlers find the peer as
+// they find a Unix socket's.
 type transport struct {
 	tls      credentials.TransportCredentials // nil: no TLS
 	identify identify
+	// admit refuses a caller the policy names nowhere before the TLS
+	// handshake; nil admits every identified caller.
+	admit func(ctx context.Context, p peercred.Peer) error
 }
 
 // errUnidentified refuses a connection whose process cannot be named.
@@ -117,9 +146,16 @@ var errUnidentified = errors.New("xroad: the caller's process cannot be identifi
 
 // ServerHandshake implements credentials.TransportCredentials.
 func (t transport) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	p, err := t.identify(context.Background(), conn)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	p, err := t.identify(ctx, conn)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errUnidentified, err)
+	}
+	if t.admit != nil {
+		if err := t.admit(ctx, p); err != nil {
+			return nil, nil, err
+		}
 	}
 	if t.tls != nil {
 		if conn, _, err = t.tls.ServerHandshake(conn); err != nil {

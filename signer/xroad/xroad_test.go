@@ -249,6 +249,8 @@ func TestGetAuthKey(t *testing.T) {
 	pin := filepath.Join(dir, "softtoken.pin")
 	os.WriteFile(pin, []byte("soft-token-pin\n"), 0o600)
 	r := newRig(t, rigOptions{extra: "auth_key_file = \"" + p12 + "\"\nauth_key_password = \"file:" + pin + "\""})
+	// The proxy's rule grants the usage auth, which GetAuthKey needs.
+	r.setPolicy(t, []uint32{me()}, config.ClientRule{Name: "xroad", UIDs: []uint32{me()}, Keys: []string{"*"}, Usages: []string{"sign", "auth"}, Members: []string{"*"}})
 	keys := xroadpb.NewKeyServiceClient(r.xroadConn(t, nil))
 	ss := &xroadpb.SecurityServerIdProto{XroadInstance: "EE", MemberClass: "GOV", MemberCode: "70000310", ServerCode: "ss1"}
 	ak, err := keys.GetAuthKey(ctxT(t), &xroadpb.GetAuthKeyReq{SecurityServer: ss})
