@@ -227,5 +227,8 @@ func rootArgs(args []string) []string {
 	if os.Geteuid() != 0 || !slices.Contains(args, "--config") {
 		return args
 	}
-	return append([]string{"--allow-root"}, args...)
+	// Just before --config, so that a wrapper's own arguments (sh -c
+	// SCRIPT signerd --config …) stay in front of it.
+	i := slices.Index(args, "--config")
+	return slices.Concat(args[:i], []string{"--allow-root"}, args[i:])
 }
