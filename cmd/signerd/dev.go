@@ -42,7 +42,9 @@ signing key if there is none, and prints the signerctl commands to try.
 The user who runs it is admin and client. Run it again to pick up where you left off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			harden()
+			if err := harden(); err != nil {
+				return err
+			}
 			configPath, err := prepareDev(cmd.Context(), dir)
 			if err != nil {
 				return err

@@ -45,7 +45,9 @@ func newRootCommand() *cobra.Command {
 			if err := checkPrivate(configPath, "configuration"); err != nil {
 				return err
 			}
-			harden()
+			if err := harden(); err != nil {
+				return err
+			}
 			return runDaemon(cmd.Context(), configPath, flags, nil)
 		},
 	}
@@ -58,11 +60,23 @@ func newRootCommand() *cobra.Command {
 }
 
 // harden keeps secrets out of core dumps and other users' reach: no core
-// files, not ptrace-attachable by the same user, files created private.
-func harden() {
-	_ = unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0})
-	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+// files; not dumpable, so no process of the same user may read its memory
+// or attach with ptrace (/proc/PID/mem and the like belong to root); no
+// new privileges through exec; files created private. It runs before any
+// PIN is read, whatever starts the daemon, and a step the kernel refuses
+// stops the start.
+func harden() error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
+		return fmt.Errorf("hardening: no core files (RLIMIT_CORE 0): %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("hardening: not dumpable (PR_SET_DUMPABLE 0): %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("hardening: no new privileges (PR_SET_NO_NEW_PRIVS): %w", err)
+	}
 	unix.Umask(0o077)
+	return nil
 }
 
 // checkPrivate refuses a file or folder that someone other than root and

@@ -44,6 +44,12 @@ const signerdPkg = "github.com/hsmsigner/hsmsigner/cmd/signerd"
 // keys.
 func daemonConfig(t *testing.T, dir string, soft *softhsmtest.Token, clientKeys string) string {
 	t.Helper()
+	return daemonConfigFor(t, dir, soft, clientKeys, os.Getuid())
+}
+
+// daemonConfigFor is daemonConfig with uid as the admin and client.
+func daemonConfigFor(t *testing.T, dir string, soft *softhsmtest.Token, clientKeys string, uid int) string {
+	t.Helper()
 	for _, d := range []string{"run", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
 			t.Fatal(err)
@@ -76,7 +82,7 @@ path = %[5]q
   keys = [%[9]s]
   usages = ["sign"]
 `, filepath.Join(dir, "run/signer.sock"), filepath.Join(dir, "run/http.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "audit.jsonl"),
-		soft.ModulePath, "label:"+soft.Label, pin, os.Getuid(), clientKeys)
+		soft.ModulePath, "label:"+soft.Label, pin, uid, clientKeys)
 	path := filepath.Join(dir, "signerd.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -606,7 +612,8 @@ func TestXRoadListener(t *testing.T) {
 
 // TestDaemonRefusesRootAndUnsafeFiles: signerd refuses to run as root
 // without --allow-root, a configuration others can write or another user
-// owns, and a state folder others can write; each refusal names the file
+// owns, a state folder others can write and a PIN file others can read;
+// each refusal names the file
 // and what to do, and nothing is started.
 func TestDaemonRefusesRootAndUnsafeFiles(t *testing.T) {
 	bin := daemontest.Build(t, signerdPkg)
@@ -627,6 +634,7 @@ func TestDaemonRefusesRootAndUnsafeFiles(t *testing.T) {
 		{"group-writable configuration", func(_, cfg string) { _ = os.Chmod(cfg, 0o620) }, "is writable by group or others (mode 0620)"},
 		{"world-writable state folder", func(dir, _ string) { _ = os.Chmod(filepath.Join(dir, "state"), 0o777) }, "state folder"},
 		{"configuration of another user", func(_, cfg string) { _ = os.Chown(cfg, 65534, 65534) }, "belongs to uid 65534"},
+		{"group-readable PIN file", func(dir, _ string) { _ = os.Chmod(filepath.Join(dir, "user.pin"), 0o640) }, "mode 0640"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

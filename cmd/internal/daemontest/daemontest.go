@@ -56,7 +56,20 @@ func Start(t testing.TB, bin string, env []string, args ...string) *Daemon {
 // 3, 4, ... (for systemd-style socket activation).
 func StartWithFiles(t testing.TB, bin string, env []string, files []*os.File, args ...string) *Daemon {
 	t.Helper()
-	d := startProcess(t, bin, env, files, args...)
+	return awaitReady(t, startProcess(t, bin, nil, env, files, args...))
+}
+
+// StartAs is Start with the process running under cred's uid and gid (the
+// test must be root to give it another user's): its notification socket
+// is that user's. Everything else the process needs (its binary, config,
+// token and folders) must already be reachable by that user.
+func StartAs(t testing.TB, bin string, cred *syscall.Credential, env []string, args ...string) *Daemon {
+	t.Helper()
+	return awaitReady(t, startProcess(t, bin, cred, env, nil, args...))
+}
+
+func awaitReady(t testing.TB, d notifyingDaemon) *Daemon {
+	t.Helper()
 	ready := d.notify
 	select {
 	case <-ready:
@@ -85,7 +98,7 @@ type notifyingDaemon struct {
 	notify chan struct{}
 }
 
-func startProcess(t testing.TB, bin string, env []string, files []*os.File, args ...string) notifyingDaemon {
+func startProcess(t testing.TB, bin string, cred *syscall.Credential, env []string, files []*os.File, args ...string) notifyingDaemon {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "notify-")
 	if err != nil {
@@ -96,6 +109,13 @@ func startProcess(t testing.TB, bin string, env []string, files []*os.File, args
 	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cred != nil {
+		for _, p := range []string{sockDir, notifyPath} {
+			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
+				t.Fatalf("giving the notification socket to uid %d: %v", cred.Uid, err)
+			}
+		}
 	}
 	t.Cleanup(func() { nl.Close() })
 	ready := make(chan struct{})
@@ -115,6 +135,9 @@ func startProcess(t testing.TB, bin string, env []string, files []*os.File, args
 	cmd := exec.Command(bin, rootArgs(args)...)
 	cmd.Env = append(append(os.Environ(), env...), "NOTIFY_SOCKET="+notifyPath)
 	cmd.ExtraFiles = files
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -199,6 +222,9 @@ func (d *Daemon) Lines() int {
 	defer d.mu.Unlock()
 	return len(d.lines)
 }
+
+// Pid returns the process's id.
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 
 // Signal sends sig to the process.
 func (d *Daemon) Signal(sig syscall.Signal) {
