@@ -613,8 +613,7 @@ func TestXRoadListener(t *testing.T) {
 // TestDaemonRefusesRootAndUnsafeFiles: signerd refuses to run as root
 // without --allow-root, a configuration others can write or another user
 // owns, a state folder others can write and a PIN file others can read;
-// each refusal names the file
-// and what to do, and nothing is started.
+// each refusal names the file and what to do, and nothing is started.
 func TestDaemonRefusesRootAndUnsafeFiles(t *testing.T) {
 	bin := daemontest.Build(t, signerdPkg)
 	soft := softhsmtest.New(t)
