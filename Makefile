@@ -21,8 +21,11 @@ test: deps
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 # dev runs signerd on a throwaway SoftHSM token under ./signer-dev.
+# It builds the binary first and runs it directly: `go run` turns a clean
+# stop on Ctrl-C into exit status 1, and make would print "Error 1".
 dev: deps
-	$(GO) run ./cmd/signerd dev --dir signer-dev
+	$(GO) build -o signer-dev/bin/signerd ./cmd/signerd
+	./signer-dev/bin/signerd dev --dir signer-dev
 
 # bench: the hsm pool against raw C_Sign in the same run (pool/raw).
 bench: deps
@@ -62,10 +65,22 @@ bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
 	$(GO) test -run '^$$' -bench BenchmarkSocketFloor -benchtime 1x -timeout 30m ./signer/
 
-# generate regenerates the committed protobuf code (needs protoc-gen-go and
-# protoc-gen-go-grpc on PATH; see signer/api/generate.go).
+# generate regenerates the committed protobuf code: signer/api and X-Road's
+# protocol in signer/xroad/xroadpb. It needs protoc (protobuf-compiler) and,
+# on PATH or in $(go env GOPATH)/bin, protoc-gen-go and protoc-gen-go-grpc
+# at the versions the committed code names.
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 generate:
-	$(GO) generate ./signer/api/
+	@export PATH="$$PATH:$$($(GO) env GOPATH)/bin"; missing=; \
+	for c in protoc protoc-gen-go protoc-gen-go-grpc; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make generate: missing$$missing. Install them with:" >&2; \
+		echo "  apt-get install -y protobuf-compiler" >&2; \
+		echo "  go install $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)" >&2; \
+		exit 1; \
+	fi; \
+	$(GO) generate ./signer/api/ ./signer/xroad/xroadpb/
 
 # fuzz runs each fuzz target of the parsers that face the outside for
 # FUZZTIME; the seed corpora live in each package's testdata/fuzz (and run
