@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 )
@@ -144,7 +145,7 @@ func (s PINStatus) String() string {
 	case s.CountLow:
 		return "tries left are low: a wrong PIN was entered since the last login"
 	default:
-		return "PIN tries not reduced"
+		return "no wrong PIN since the last login"
 	}
 }
 
@@ -158,18 +159,23 @@ func pinStatusFromFlags(flags uint) PINStatus {
 }
 
 // PINError is returned when the token refuses a PIN. It wraps
-// ErrPINIncorrect, ErrPINLocked, ErrPINInvalid or ErrPINExpired and carries the PIN status
-// the token reported after the attempt. It never holds the PIN.
+// ErrPINIncorrect, ErrPINLocked, ErrPINInvalid or ErrPINExpired, and the
+// PKCS#11 error, and carries the PIN status the token reported after the
+// attempt. It never holds the PIN.
 type PINError struct {
 	Token  string
 	Status PINStatus
-	err    error
+	kind   error // one of the ErrPIN* sentinels
+	cause  error // the PKCS#11 call's error
 }
 
-// Error implements error.
+// Error implements error: what the token refused, what it reports now
+// (PKCS#11 gives flags, never a count of tries left), then the PKCS#11
+// call and code for the HSM's own documentation.
 func (e *PINError) Error() string {
-	return fmt.Sprintf("token %q: %v (%s)", e.Token, e.err, e.Status)
+	what := strings.TrimPrefix(e.kind.Error(), "hsm: ")
+	return fmt.Sprintf("token %q: %s; the token reports %s (PKCS#11 tokens report only whether tries are low, final or used up, never how many are left) [%v]", e.Token, what, e.Status, e.cause)
 }
 
 // Unwrap returns the sentinel and the PKCS#11 error.
-func (e *PINError) Unwrap() error { return e.err }
+func (e *PINError) Unwrap() []error { return []error{e.kind, e.cause} }

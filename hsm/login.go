@@ -271,7 +271,7 @@ func (t *Token) pinError(err error) error {
 	default:
 		return err
 	}
-	pe := &PINError{Token: t.label, err: fmt.Errorf("%w: %w", sentinel, err)}
+	pe := &PINError{Token: t.label, kind: sentinel, cause: err}
 	t.slotMu.Lock()
 	slot := t.slot
 	t.slotMu.Unlock()

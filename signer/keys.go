@@ -136,7 +136,7 @@ func (s *Service) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (
 		}
 		keys, err := t.tok.ListKeys(ctx)
 		if isTokenUnusable(err) {
-			resp.SkippedTokens[t.name] = err.Error()
+			resp.SkippedTokens[t.name] = t.explain(err).Error()
 			continue
 		}
 		if err != nil {

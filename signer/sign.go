@@ -46,9 +46,20 @@ func (s *Service) signed(ref *keyRef, err error) error {
 	if errors.Is(err, hsm.ErrKeyNotFound) {
 		s.forgetKeyRef(ref.idHex)
 	}
-	if errors.Is(err, hsm.ErrNotLoggedIn) {
-		// The token as signerd.toml names it, and what to do.
-		return fmt.Errorf("%w (token %s as signerd.toml names it: an officer logs it in with `signerctl token login %s`)", err, ref.tok.name, ref.tok.name)
+	return ref.tok.explain(err)
+}
+
+// explain names the token as signerd.toml does in an error about its
+// login (the hsm layer names it by its PKCS#11 label), and says what an
+// officer does about a token that is not logged in. Other errors pass
+// unchanged.
+func (t *tokenEntry) explain(err error) error {
+	var pe *hsm.PINError
+	switch {
+	case errors.Is(err, hsm.ErrNotLoggedIn):
+		return fmt.Errorf("%w: token %s (PKCS#11 label %q); an officer logs it in with `signerctl token login %s`", hsm.ErrNotLoggedIn, t.name, t.tok.Label(), t.name)
+	case errors.As(err, &pe):
+		return fmt.Errorf("token %s: %w", t.name, err)
 	}
 	return err
 }

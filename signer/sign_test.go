@@ -193,14 +193,17 @@ func TestTokenNotLoggedIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := keys.GetSkippedTokens()["t1"]; !ok {
-		t.Fatalf("ListKeys did not report the token as skipped: %v", keys)
+	// The skipped token is named as signerd.toml names it, with what to do.
+	if why, ok := keys.GetSkippedTokens()["t1"]; !ok || !strings.Contains(why, "signerctl token login t1") {
+		t.Fatalf("ListKeys did not report the token as skipped with what to do: %v", keys)
 	}
-	// Wrong PIN: the reply says what the token reports of the tries left.
+	// Wrong PIN: the reply names the token as signerd.toml does and says
+	// what the token reports of the tries left (flags, never a count).
 	_, err = d.client.LoginToken(testCtx(t), &signerv1.LoginTokenRequest{Token: "t1", Pin: []byte("wrong-pin")})
 	wantCode(t, err, codes.FailedPrecondition, "PIN incorrect")
-	if msg := status.Convert(err).Message(); !strings.Contains(msg, "tries left are low") || strings.Contains(msg, "wrong-pin") {
-		t.Fatalf("wrong-PIN reply %q: want the tries status and never the PIN", msg)
+	if msg := status.Convert(err).Message(); !strings.HasPrefix(msg, "token t1: ") || !strings.Contains(msg, "tries left are low") ||
+		!strings.Contains(msg, "never how many are left") || strings.Contains(msg, "wrong-pin") {
+		t.Fatalf("wrong-PIN reply %q: want the token's name, the tries status and never the PIN", msg)
 	}
 	tok, err := d.client.GetToken(testCtx(t), &signerv1.GetTokenRequest{Token: "t1"})
 	if err != nil || !tok.GetPin().GetCountLow() || tok.GetLoggedIn() {

@@ -84,7 +84,7 @@ func (s *Service) LoginToken(ctx context.Context, req *signerv1.LoginTokenReques
 			if err != nil {
 				return nil, err
 			}
-			return t, t.tok.Login(ctx, req.GetPin())
+			return t, t.explain(t.tok.Login(ctx, req.GetPin()))
 		})
 	if err != nil {
 		return nil, err
@@ -126,7 +126,7 @@ func (s *Service) ChangePin(ctx context.Context, req *signerv1.ChangePinRequest)
 			if len(req.GetNewPin()) == 0 {
 				return nil, fmt.Errorf("%w: the new PIN is empty", ErrInvalid)
 			}
-			return t, t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin())
+			return t, t.explain(t.tok.ChangePIN(ctx, req.GetOldPin(), req.GetNewPin()))
 		})
 	if err != nil {
 		return nil, err
