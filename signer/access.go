@@ -101,7 +101,8 @@ func methodRole(fullMethod string) role {
 		signerv1.Signer_GetCert_FullMethodName, signerv1.Signer_ActivateCert_FullMethodName,
 		signerv1.Signer_DeactivateCert_FullMethodName, signerv1.Signer_DeleteCert_FullMethodName,
 		signerv1.Signer_SetCertStatus_FullMethodName,
-		signerv1.Signer_GetOCSPStatus_FullMethodName, signerv1.Signer_RefreshOCSP_FullMethodName:
+		signerv1.Signer_GetOCSPStatus_FullMethodName, signerv1.Signer_RefreshOCSP_FullMethodName,
+		signerv1.Signer_BackupState_FullMethodName:
 		return roleAdmin
 	case signerv1.Signer_Sign_FullMethodName, signerv1.Signer_SignBatch_FullMethodName,
 		signerv1.Signer_SignStream_FullMethodName, signerv1.Signer_GetSigningInfo_FullMethodName,

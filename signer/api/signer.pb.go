@@ -4560,6 +4560,104 @@ func (x *RefreshOCSPRequest) GetCertHash() string {
 	return ""
 }
 
+type BackupStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupStateRequest) Reset() {
+	*x = BackupStateRequest{}
+	mi := &file_signer_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupStateRequest) ProtoMessage() {}
+
+func (x *BackupStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupStateRequest.ProtoReflect.Descriptor instead.
+func (*BackupStateRequest) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{60}
+}
+
+type BackupStateChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the copy.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Set in the last chunk only: the copy's length in bytes and SHA-256.
+	Size          int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupStateChunk) Reset() {
+	*x = BackupStateChunk{}
+	mi := &file_signer_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupStateChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupStateChunk) ProtoMessage() {}
+
+func (x *BackupStateChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupStateChunk.ProtoReflect.Descriptor instead.
+func (*BackupStateChunk) Descriptor() ([]byte, []int) {
+	return file_signer_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *BackupStateChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BackupStateChunk) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupStateChunk) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
 type SetOCSPResponsesRequest_Item struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The certificate by SHA-256 or SHA-1 hex.
@@ -4572,7 +4670,7 @@ type SetOCSPResponsesRequest_Item struct {
 
 func (x *SetOCSPResponsesRequest_Item) Reset() {
 	*x = SetOCSPResponsesRequest_Item{}
-	mi := &file_signer_proto_msgTypes[61]
+	mi := &file_signer_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4584,7 +4682,7 @@ func (x *SetOCSPResponsesRequest_Item) String() string {
 func (*SetOCSPResponsesRequest_Item) ProtoMessage() {}
 
 func (x *SetOCSPResponsesRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_proto_msgTypes[61]
+	mi := &file_signer_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4959,7 +5057,12 @@ const file_signer_proto_rawDesc = "" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12=\n" +
 	"\fcertificates\x18\x02 \x03(\v2\x19.signer.v1.OCSPCertStatusR\fcertificates\"1\n" +
 	"\x12RefreshOCSPRequest\x12\x1b\n" +
-	"\tcert_hash\x18\x01 \x01(\tR\bcertHash*u\n" +
+	"\tcert_hash\x18\x01 \x01(\tR\bcertHash\"\x14\n" +
+	"\x12BackupStateRequest\"R\n" +
+	"\x10BackupStateChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256*u\n" +
 	"\bKeyUsage\x12\x19\n" +
 	"\x15KEY_USAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKEY_USAGE_SIGN\x10\x01\x12\x12\n" +
@@ -4981,7 +5084,7 @@ const file_signer_proto_rawDesc = "" +
 	"$CERT_STATUS_REGISTRATION_IN_PROGRESS\x10\x02\x12\x1a\n" +
 	"\x16CERT_STATUS_REGISTERED\x10\x03\x12$\n" +
 	" CERT_STATUS_DELETION_IN_PROGRESS\x10\x04\x12\x1c\n" +
-	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\x8c\x11\n" +
+	"\x18CERT_STATUS_GLOBAL_ERROR\x10\x052\xd9\x11\n" +
 	"\x06Signer\x12;\n" +
 	"\tGetStatus\x12\x1b.signer.v1.GetStatusRequest\x1a\x11.signer.v1.Status\x12I\n" +
 	"\n" +
@@ -5019,7 +5122,8 @@ const file_signer_proto_rawDesc = "" +
 	"\rGetOCSPStatus\x12\x1f.signer.v1.GetOCSPStatusRequest\x1a .signer.v1.GetOCSPStatusResponse\x12N\n" +
 	"\vRefreshOCSP\x12\x1d.signer.v1.RefreshOCSPRequest\x1a .signer.v1.GetOCSPStatusResponse\x12F\n" +
 	"\tTimestamp\x12\x1b.signer.v1.TimestampRequest\x1a\x1c.signer.v1.TimestampResponse\x12D\n" +
-	"\fGetTSAStatus\x12\x1e.signer.v1.GetTSAStatusRequest\x1a\x14.signer.v1.TSAStatusB4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
+	"\fGetTSAStatus\x12\x1e.signer.v1.GetTSAStatusRequest\x1a\x14.signer.v1.TSAStatus\x12K\n" +
+	"\vBackupState\x12\x1d.signer.v1.BackupStateRequest\x1a\x1b.signer.v1.BackupStateChunk0\x01B4Z2github.com/hsmsigner/hsmsigner/signer/api;signerv1b\x06proto3"
 
 var (
 	file_signer_proto_rawDescOnce sync.Once
@@ -5034,7 +5138,7 @@ func file_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
+var file_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_signer_proto_goTypes = []any{
 	(KeyUsage)(0),                        // 0: signer.v1.KeyUsage
 	(BatchMode)(0),                       // 1: signer.v1.BatchMode
@@ -5100,27 +5204,29 @@ var file_signer_proto_goTypes = []any{
 	(*OCSPCertStatus)(nil),               // 61: signer.v1.OCSPCertStatus
 	(*GetOCSPStatusResponse)(nil),        // 62: signer.v1.GetOCSPStatusResponse
 	(*RefreshOCSPRequest)(nil),           // 63: signer.v1.RefreshOCSPRequest
-	nil,                                  // 64: signer.v1.ListKeysResponse.SkippedTokensEntry
-	(*SetOCSPResponsesRequest_Item)(nil), // 65: signer.v1.SetOCSPResponsesRequest.Item
-	(*timestamppb.Timestamp)(nil),        // 66: google.protobuf.Timestamp
+	(*BackupStateRequest)(nil),           // 64: signer.v1.BackupStateRequest
+	(*BackupStateChunk)(nil),             // 65: signer.v1.BackupStateChunk
+	nil,                                  // 66: signer.v1.ListKeysResponse.SkippedTokensEntry
+	(*SetOCSPResponsesRequest_Item)(nil), // 67: signer.v1.SetOCSPResponsesRequest.Item
+	(*timestamppb.Timestamp)(nil),        // 68: google.protobuf.Timestamp
 }
 var file_signer_proto_depIdxs = []int32{
-	66, // 0: signer.v1.TimestampResponse.gen_time:type_name -> google.protobuf.Timestamp
-	66, // 1: signer.v1.TSAStatus.cert_not_after:type_name -> google.protobuf.Timestamp
+	68, // 0: signer.v1.TimestampResponse.gen_time:type_name -> google.protobuf.Timestamp
+	68, // 1: signer.v1.TSAStatus.cert_not_after:type_name -> google.protobuf.Timestamp
 	8,  // 2: signer.v1.TSAStatus.upstream:type_name -> signer.v1.TSAUpstreamStatus
-	66, // 3: signer.v1.TSAUpstreamStatus.last_success:type_name -> google.protobuf.Timestamp
-	66, // 4: signer.v1.TSAUpstreamStatus.last_error_at:type_name -> google.protobuf.Timestamp
-	66, // 5: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
+	68, // 3: signer.v1.TSAUpstreamStatus.last_success:type_name -> google.protobuf.Timestamp
+	68, // 4: signer.v1.TSAUpstreamStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	68, // 5: signer.v1.Status.started:type_name -> google.protobuf.Timestamp
 	12, // 6: signer.v1.Status.modules:type_name -> signer.v1.Module
 	14, // 7: signer.v1.Status.tokens:type_name -> signer.v1.Token
 	11, // 8: signer.v1.Status.caller:type_name -> signer.v1.Caller
 	13, // 9: signer.v1.Token.pin:type_name -> signer.v1.PinStatus
 	14, // 10: signer.v1.ListTokensResponse.tokens:type_name -> signer.v1.Token
 	0,  // 11: signer.v1.Key.usage:type_name -> signer.v1.KeyUsage
-	66, // 12: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
+	68, // 12: signer.v1.Key.created:type_name -> google.protobuf.Timestamp
 	0,  // 13: signer.v1.GenerateKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	21, // 14: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.Key
-	64, // 15: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
+	66, // 15: signer.v1.ListKeysResponse.skipped_tokens:type_name -> signer.v1.ListKeysResponse.SkippedTokensEntry
 	0,  // 16: signer.v1.RenameKeyRequest.usage:type_name -> signer.v1.KeyUsage
 	32, // 17: signer.v1.SignStreamRequest.calls:type_name -> signer.v1.StreamedSign
 	29, // 18: signer.v1.StreamedSign.request:type_name -> signer.v1.SignRequest
@@ -5130,31 +5236,31 @@ var file_signer_proto_depIdxs = []int32{
 	1,  // 22: signer.v1.SignBatchRequest.mode:type_name -> signer.v1.BatchMode
 	37, // 23: signer.v1.SignBatchResponse.proofs:type_name -> signer.v1.MerkleProof
 	2,  // 24: signer.v1.GenerateCSRRequest.format:type_name -> signer.v1.CsrFormat
-	66, // 25: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
+	68, // 25: signer.v1.CSR.created:type_name -> google.protobuf.Timestamp
 	0,  // 26: signer.v1.CSR.usage:type_name -> signer.v1.KeyUsage
 	42, // 27: signer.v1.ListCSRsResponse.csrs:type_name -> signer.v1.CSR
 	2,  // 28: signer.v1.GetCSRRequest.format:type_name -> signer.v1.CsrFormat
 	3,  // 29: signer.v1.Certificate.status:type_name -> signer.v1.CertStatus
-	66, // 30: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	66, // 31: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	68, // 30: signer.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	68, // 31: signer.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	0,  // 32: signer.v1.Certificate.usage:type_name -> signer.v1.KeyUsage
-	66, // 33: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
+	68, // 33: signer.v1.Certificate.imported:type_name -> google.protobuf.Timestamp
 	3,  // 34: signer.v1.ListCertsRequest.status:type_name -> signer.v1.CertStatus
 	49, // 35: signer.v1.ListCertsResponse.certificates:type_name -> signer.v1.Certificate
 	3,  // 36: signer.v1.SetCertStatusRequest.status:type_name -> signer.v1.CertStatus
-	66, // 37: signer.v1.OCSPResponse.this_update:type_name -> google.protobuf.Timestamp
-	66, // 38: signer.v1.OCSPResponse.next_update:type_name -> google.protobuf.Timestamp
+	68, // 37: signer.v1.OCSPResponse.this_update:type_name -> google.protobuf.Timestamp
+	68, // 38: signer.v1.OCSPResponse.next_update:type_name -> google.protobuf.Timestamp
 	56, // 39: signer.v1.GetOCSPResponsesResponse.responses:type_name -> signer.v1.OCSPResponse
-	65, // 40: signer.v1.SetOCSPResponsesRequest.responses:type_name -> signer.v1.SetOCSPResponsesRequest.Item
+	67, // 40: signer.v1.SetOCSPResponsesRequest.responses:type_name -> signer.v1.SetOCSPResponsesRequest.Item
 	56, // 41: signer.v1.SetOCSPResponsesResponse.results:type_name -> signer.v1.OCSPResponse
-	66, // 42: signer.v1.OCSPCertStatus.this_update:type_name -> google.protobuf.Timestamp
-	66, // 43: signer.v1.OCSPCertStatus.next_update:type_name -> google.protobuf.Timestamp
-	66, // 44: signer.v1.OCSPCertStatus.produced_at:type_name -> google.protobuf.Timestamp
-	66, // 45: signer.v1.OCSPCertStatus.last_fetch:type_name -> google.protobuf.Timestamp
-	66, // 46: signer.v1.OCSPCertStatus.last_good:type_name -> google.protobuf.Timestamp
-	66, // 47: signer.v1.OCSPCertStatus.next_refresh:type_name -> google.protobuf.Timestamp
-	66, // 48: signer.v1.OCSPCertStatus.last_error_at:type_name -> google.protobuf.Timestamp
-	66, // 49: signer.v1.OCSPCertStatus.stale_at:type_name -> google.protobuf.Timestamp
+	68, // 42: signer.v1.OCSPCertStatus.this_update:type_name -> google.protobuf.Timestamp
+	68, // 43: signer.v1.OCSPCertStatus.next_update:type_name -> google.protobuf.Timestamp
+	68, // 44: signer.v1.OCSPCertStatus.produced_at:type_name -> google.protobuf.Timestamp
+	68, // 45: signer.v1.OCSPCertStatus.last_fetch:type_name -> google.protobuf.Timestamp
+	68, // 46: signer.v1.OCSPCertStatus.last_good:type_name -> google.protobuf.Timestamp
+	68, // 47: signer.v1.OCSPCertStatus.next_refresh:type_name -> google.protobuf.Timestamp
+	68, // 48: signer.v1.OCSPCertStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	68, // 49: signer.v1.OCSPCertStatus.stale_at:type_name -> google.protobuf.Timestamp
 	61, // 50: signer.v1.GetOCSPStatusResponse.certificates:type_name -> signer.v1.OCSPCertStatus
 	9,  // 51: signer.v1.Signer.GetStatus:input_type -> signer.v1.GetStatusRequest
 	15, // 52: signer.v1.Signer.ListTokens:input_type -> signer.v1.ListTokensRequest
@@ -5188,40 +5294,42 @@ var file_signer_proto_depIdxs = []int32{
 	63, // 80: signer.v1.Signer.RefreshOCSP:input_type -> signer.v1.RefreshOCSPRequest
 	4,  // 81: signer.v1.Signer.Timestamp:input_type -> signer.v1.TimestampRequest
 	6,  // 82: signer.v1.Signer.GetTSAStatus:input_type -> signer.v1.GetTSAStatusRequest
-	10, // 83: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
-	16, // 84: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
-	14, // 85: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
-	14, // 86: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
-	14, // 87: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
-	14, // 88: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
-	21, // 89: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
-	24, // 90: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	21, // 91: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
-	27, // 92: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
-	21, // 93: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
-	30, // 94: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	38, // 95: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
-	33, // 96: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
-	40, // 97: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
-	42, // 98: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
-	44, // 99: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
-	42, // 100: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
-	47, // 101: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
-	49, // 102: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
-	51, // 103: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
-	49, // 104: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
-	49, // 105: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
-	49, // 106: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
-	53, // 107: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
-	49, // 108: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
-	57, // 109: signer.v1.Signer.GetOCSPResponses:output_type -> signer.v1.GetOCSPResponsesResponse
-	59, // 110: signer.v1.Signer.SetOCSPResponses:output_type -> signer.v1.SetOCSPResponsesResponse
-	62, // 111: signer.v1.Signer.GetOCSPStatus:output_type -> signer.v1.GetOCSPStatusResponse
-	62, // 112: signer.v1.Signer.RefreshOCSP:output_type -> signer.v1.GetOCSPStatusResponse
-	5,  // 113: signer.v1.Signer.Timestamp:output_type -> signer.v1.TimestampResponse
-	7,  // 114: signer.v1.Signer.GetTSAStatus:output_type -> signer.v1.TSAStatus
-	83, // [83:115] is the sub-list for method output_type
-	51, // [51:83] is the sub-list for method input_type
+	64, // 83: signer.v1.Signer.BackupState:input_type -> signer.v1.BackupStateRequest
+	10, // 84: signer.v1.Signer.GetStatus:output_type -> signer.v1.Status
+	16, // 85: signer.v1.Signer.ListTokens:output_type -> signer.v1.ListTokensResponse
+	14, // 86: signer.v1.Signer.GetToken:output_type -> signer.v1.Token
+	14, // 87: signer.v1.Signer.LoginToken:output_type -> signer.v1.Token
+	14, // 88: signer.v1.Signer.LogoutToken:output_type -> signer.v1.Token
+	14, // 89: signer.v1.Signer.ChangePin:output_type -> signer.v1.Token
+	21, // 90: signer.v1.Signer.GenerateKey:output_type -> signer.v1.Key
+	24, // 91: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	21, // 92: signer.v1.Signer.GetKey:output_type -> signer.v1.Key
+	27, // 93: signer.v1.Signer.DeleteKey:output_type -> signer.v1.DeleteKeyResponse
+	21, // 94: signer.v1.Signer.RenameKey:output_type -> signer.v1.Key
+	30, // 95: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	38, // 96: signer.v1.Signer.SignBatch:output_type -> signer.v1.SignBatchResponse
+	33, // 97: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	40, // 98: signer.v1.Signer.GetSigningInfo:output_type -> signer.v1.SigningInfo
+	42, // 99: signer.v1.Signer.GenerateCSR:output_type -> signer.v1.CSR
+	44, // 100: signer.v1.Signer.ListCSRs:output_type -> signer.v1.ListCSRsResponse
+	42, // 101: signer.v1.Signer.GetCSR:output_type -> signer.v1.CSR
+	47, // 102: signer.v1.Signer.DeleteCSR:output_type -> signer.v1.DeleteCSRResponse
+	49, // 103: signer.v1.Signer.ImportCert:output_type -> signer.v1.Certificate
+	51, // 104: signer.v1.Signer.ListCerts:output_type -> signer.v1.ListCertsResponse
+	49, // 105: signer.v1.Signer.GetCert:output_type -> signer.v1.Certificate
+	49, // 106: signer.v1.Signer.ActivateCert:output_type -> signer.v1.Certificate
+	49, // 107: signer.v1.Signer.DeactivateCert:output_type -> signer.v1.Certificate
+	53, // 108: signer.v1.Signer.DeleteCert:output_type -> signer.v1.DeleteCertResponse
+	49, // 109: signer.v1.Signer.SetCertStatus:output_type -> signer.v1.Certificate
+	57, // 110: signer.v1.Signer.GetOCSPResponses:output_type -> signer.v1.GetOCSPResponsesResponse
+	59, // 111: signer.v1.Signer.SetOCSPResponses:output_type -> signer.v1.SetOCSPResponsesResponse
+	62, // 112: signer.v1.Signer.GetOCSPStatus:output_type -> signer.v1.GetOCSPStatusResponse
+	62, // 113: signer.v1.Signer.RefreshOCSP:output_type -> signer.v1.GetOCSPStatusResponse
+	5,  // 114: signer.v1.Signer.Timestamp:output_type -> signer.v1.TimestampResponse
+	7,  // 115: signer.v1.Signer.GetTSAStatus:output_type -> signer.v1.TSAStatus
+	65, // 116: signer.v1.Signer.BackupState:output_type -> signer.v1.BackupStateChunk
+	84, // [84:117] is the sub-list for method output_type
+	51, // [51:84] is the sub-list for method input_type
 	51, // [51:51] is the sub-list for extension type_name
 	51, // [51:51] is the sub-list for extension extendee
 	0,  // [0:51] is the sub-list for field type_name
@@ -5250,7 +5358,7 @@ func file_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_proto_rawDesc), len(file_signer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   62,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -63,6 +63,7 @@ const (
 	Signer_RefreshOCSP_FullMethodName      = "/signer.v1.Signer/RefreshOCSP"
 	Signer_Timestamp_FullMethodName        = "/signer.v1.Signer/Timestamp"
 	Signer_GetTSAStatus_FullMethodName     = "/signer.v1.Signer/GetTSAStatus"
+	Signer_BackupState_FullMethodName      = "/signer.v1.Signer/BackupState"
 )
 
 // SignerClient is the client API for Signer service.
@@ -171,6 +172,11 @@ type SignerClient interface {
 	// TSA serves and why not, its key and certificate, the clock guard, and
 	// the upstream TSAs' health. Admin or client.
 	GetTSAStatus(ctx context.Context, in *GetTSAStatusRequest, opts ...grpc.CallOption) (*TSAStatus, error)
+	// BackupState streams a consistent copy of the state database (one
+	// read transaction: what every admin change committed before it began),
+	// while signing goes on. The last chunk carries the copy's size and
+	// SHA-256. Admin; audited.
+	BackupState(ctx context.Context, in *BackupStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupStateChunk], error)
 }
 
 type signerClient struct {
@@ -504,6 +510,25 @@ func (c *signerClient) GetTSAStatus(ctx context.Context, in *GetTSAStatusRequest
 	return out, nil
 }
 
+func (c *signerClient) BackupState(ctx context.Context, in *BackupStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupStateChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Signer_ServiceDesc.Streams[1], Signer_BackupState_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupStateRequest, BackupStateChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Signer_BackupStateClient = grpc.ServerStreamingClient[BackupStateChunk]
+
 // SignerServer is the server API for Signer service.
 // All implementations must embed UnimplementedSignerServer
 // for forward compatibility.
@@ -610,6 +635,11 @@ type SignerServer interface {
 	// TSA serves and why not, its key and certificate, the clock guard, and
 	// the upstream TSAs' health. Admin or client.
 	GetTSAStatus(context.Context, *GetTSAStatusRequest) (*TSAStatus, error)
+	// BackupState streams a consistent copy of the state database (one
+	// read transaction: what every admin change committed before it began),
+	// while signing goes on. The last chunk carries the copy's size and
+	// SHA-256. Admin; audited.
+	BackupState(*BackupStateRequest, grpc.ServerStreamingServer[BackupStateChunk]) error
 	mustEmbedUnimplementedSignerServer()
 }
 
@@ -715,6 +745,9 @@ func (UnimplementedSignerServer) Timestamp(context.Context, *TimestampRequest) (
 }
 func (UnimplementedSignerServer) GetTSAStatus(context.Context, *GetTSAStatusRequest) (*TSAStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTSAStatus not implemented")
+}
+func (UnimplementedSignerServer) BackupState(*BackupStateRequest, grpc.ServerStreamingServer[BackupStateChunk]) error {
+	return status.Error(codes.Unimplemented, "method BackupState not implemented")
 }
 func (UnimplementedSignerServer) mustEmbedUnimplementedSignerServer() {}
 func (UnimplementedSignerServer) testEmbeddedByValue()                {}
@@ -1302,6 +1335,17 @@ func _Signer_GetTSAStatus_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Signer_BackupState_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupStateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SignerServer).BackupState(m, &grpc.GenericServerStream[BackupStateRequest, BackupStateChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Signer_BackupStateServer = grpc.ServerStreamingServer[BackupStateChunk]
+
 // Signer_ServiceDesc is the grpc.ServiceDesc for Signer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1440,6 +1484,11 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Signer_SignStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "BackupState",
+			Handler:       _Signer_BackupState_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "signer.proto",
