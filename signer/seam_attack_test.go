@@ -658,6 +658,7 @@ func TestSeamAttackEveryMethodsRole(t *testing.T) {
 		signerv1.Signer_SetCertStatus_FullMethodName:    roleAdmin,
 		signerv1.Signer_GetOCSPStatus_FullMethodName:    roleAdmin,
 		signerv1.Signer_RefreshOCSP_FullMethodName:      roleAdmin,
+		signerv1.Signer_BackupState_FullMethodName:      roleAdmin,
 		signerv1.Signer_Sign_FullMethodName:             roleClient,
 		signerv1.Signer_SignBatch_FullMethodName:        roleClient,
 		signerv1.Signer_SignStream_FullMethodName:       roleClient,
