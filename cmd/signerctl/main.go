@@ -72,7 +72,7 @@ func (a *app) rootCommand() *cobra.Command {
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&a.socket, "socket", client.SocketPath(), "signerd's gRPC socket ($"+client.SocketEnv+" overrides the default)")
+	root.PersistentFlags().StringVar(&a.socket, "socket", client.SocketPath(), "signerd's gRPC socket; $"+client.SocketEnv+" sets it when the flag is not given")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 2*time.Minute, "deadline of each call")
 	root.AddCommand(a.statusCommand(), a.tokenCommand(), a.keyCommand(), a.csrCommand(), a.certCommand(), a.signingInfoCommand(), a.ocspCommand(), a.stateCommand(),
