@@ -86,7 +86,7 @@ generate:
 # FUZZTIME; the seed corpora live in each package's testdata/fuzz (and run
 # as ordinary tests in `make test`).
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./hsm/pkcs11uri:FuzzParseURI ./signer/config:FuzzParse ./signer/config:FuzzKeyIndex ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof ./signer/dn:FuzzParse ./ocsp:FuzzVerify ./tsa:FuzzIssue ./tsa:FuzzVerifyResponse ./signer/xroad/keyconf:FuzzParse
+FUZZ_TARGETS := ./hsm/pkcs11uri:FuzzParseURI ./signer/config:FuzzParse ./signer/config:FuzzKeyIndex ./signer/audit:FuzzVerify ./signer/merkle:FuzzVerifyProof ./signer/dn:FuzzParse ./ocsp:FuzzVerify ./tsa:FuzzIssue ./tsa:FuzzVerifyResponse ./signer/xroad/keyconf:FuzzParse ./signer:FuzzParseCertInput ./signer:FuzzSignRequest
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "== $$fn in $$pkg for $(FUZZTIME)"; \
