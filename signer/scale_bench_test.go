@@ -21,7 +21,7 @@ import (
 
 // scaleSizes are the key counts BenchmarkScale measures at, on one
 // token grown from the smallest to the largest.
-var scaleSizes = []int{10, 100, 300}
+var scaleSizes = []int{10, 100, 1000}
 
 // BenchmarkScale measures, on one SoftHSM token holding 10, then 100,
 // then 1,000 EC P-256 sign keys, each with an active, registered
@@ -264,4 +264,71 @@ func rssMB(tb testing.TB) float64 {
 	}
 	tb.Fatal("no VmRSS in /proc/self/status")
 	return 0
+}
+
+// keygenBatch is how many keys BenchmarkKeygenScale makes on each path
+// per round.
+const keygenBatch = 50
+
+// BenchmarkKeygenScale generates 1,000 EC P-256 keys through the
+// daemon's socket (GenerateKey, as `signerctl key generate` calls it:
+// the pair made and read back, its label checked free on the token, the
+// record committed, two audit lines) and, in the same run, 1,000 raw
+// C_GenerateKeyPair calls with the same templates on a second SoftHSM
+// token, in alternating rounds of 50 so that both tokens grow alike. It
+// reports the total seconds of each and the per-key milliseconds of the
+// first and last rounds, where the token holds 0 and 950 keys.
+func BenchmarkKeygenScale(b *testing.B) {
+	const total = 1000
+	d := newDaemon(b)
+	rawFix := newScaleFixture(b)
+	r := openRawP11(b, rawFix.soft)
+	defer r.close()
+	ctx := context.Background()
+	var daemonS, rawS, firstD, lastD, firstR, lastR float64
+	made := 0
+	daemonRound := func() float64 {
+		t0 := time.Now()
+		for i := range keygenBatch {
+			if _, err := d.client.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "t1", Label: fmt.Sprintf("gen-%d", made+i),
+				Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(t0).Seconds()
+	}
+	rawRound := func() float64 {
+		t0 := time.Now()
+		for i := range keygenBatch {
+			id := sha256.Sum256(fmt.Appendf(nil, "raw/%d", made+i))
+			if _, err := r.genEC(id[:16], fmt.Sprintf("gen-%d", made+i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(t0).Seconds()
+	}
+	b.ResetTimer()
+	for round := 0; made < total; round++ {
+		var ds, rs float64
+		if round%2 == 0 {
+			ds, rs = daemonRound(), rawRound()
+		} else {
+			rs, ds = rawRound(), daemonRound()
+		}
+		if round == 0 {
+			firstD, firstR = ds, rs
+		}
+		lastD, lastR = ds, rs
+		daemonS += ds
+		rawS += rs
+		made += keygenBatch
+	}
+	b.StopTimer()
+	b.ReportMetric(daemonS, "daemon-s/1000")
+	b.ReportMetric(rawS, "raw-C_GenerateKeyPair-s/1000")
+	b.ReportMetric(daemonS/rawS, "daemon/raw")
+	b.ReportMetric(firstD*1000/keygenBatch, "daemon-first-ms/key")
+	b.ReportMetric(lastD*1000/keygenBatch, "daemon-last-ms/key")
+	b.ReportMetric(firstR*1000/keygenBatch, "raw-first-ms/key")
+	b.ReportMetric(lastR*1000/keygenBatch, "raw-last-ms/key")
 }
