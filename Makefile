@@ -7,7 +7,7 @@ GO ?= go
 DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze
 
-.PHONY: all build vet test dev bench bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
+.PHONY: all build vet test dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
 
 all: build
 
@@ -30,6 +30,17 @@ dev: deps
 # bench: the hsm pool against raw C_Sign in the same run (pool/raw).
 bench: deps
 	$(GO) test -run '^$$' -bench BenchmarkSign -benchtime 2000x ./hsm/
+	$(MAKE) bench-scale
+
+# bench-scale: one token grown to 10, 100 and 1,000 EC keys with a
+# certificate each (made once per run through raw PKCS#11 and the state):
+# the daemon's start, ListKeys and ListCerts over its socket, Sign and
+# GetSigningInfo per call, the Go heap and RSS, each beside its raw
+# counterpart; then 1,000 keys generated through the socket beside 1,000
+# raw C_GenerateKeyPair. About 10 minutes.
+bench-scale: deps
+	$(GO) test -run '^$$' -bench 'BenchmarkScale$$' -benchtime 1x -timeout 60m ./signer/
+	$(GO) test -run '^$$' -bench 'BenchmarkKeygenScale$$' -benchtime 1x -timeout 60m ./signer/
 
 # bench-daemon: signing through signerd's socket against in-process hsm
 # signing in the same run (daemon/raw).

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"slices"
 	"strings"
@@ -576,23 +577,29 @@ func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 	if k.Type == KeyUnknown {
 		return Key{}, fmt.Errorf("%w: key %x has a type this appliance does not use", ErrAlgorithm, k.ID)
 	}
-	pubs, err := t.find(s, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
-	}, 1)
-	if err != nil {
-		return Key{}, err
-	}
+	return t.readKeyPublic(s, k, priv)
+}
+
+// withPublic completes k, read from the private key object priv, with its
+// public key, read from the public key object pub when found, else (RSA
+// only) from the private key's public components.
+func (t *Token) withPublic(s *session, k Key, priv, pub pkcs11.ObjectHandle, found bool) (Key, error) {
 	src := priv
-	if len(pubs) == 1 {
-		src = pubs[0]
+	if found {
+		src = pub
 	} else if k.Type == KeyEC {
 		return Key{}, fmt.Errorf("%w: EC key %x has no public key object", ErrKeyNotFound, k.ID)
 	}
-	pub, err := t.readPublic(s, src, k.Type)
+	p, err := t.readPublic(s, src, k.Type)
 	if err != nil {
 		return Key{}, fmt.Errorf("key %x: %w", k.ID, err)
 	}
+	return withPublicKey(k, p), nil
+}
+
+// withPublicKey returns k with its public key, and the size and curve it
+// implies.
+func withPublicKey(k Key, pub crypto.PublicKey) Key {
 	k.Public = pub
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
@@ -601,7 +608,7 @@ func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 		k.Bits = p.Curve.Params().BitSize
 		k.Curve = p.Curve.Params().Name
 	}
-	return k, nil
+	return k
 }
 
 // readGone turns ATTRIBUTE_VALUE_INVALID from reading an object that a
@@ -779,11 +786,16 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	var key Key
+	attempt := 0
 	err = t.withSession(ctx, func(s *session) error {
 		// A first attempt that failed after the pair was made leaves
-		// objects with this id; remove them so nothing is orphaned.
-		if err := t.destroyByID(s, id); err != nil {
-			return err
+		// objects with this id; remove them so nothing is orphaned. The
+		// id is fresh and random: before the first attempt nothing has
+		// it, and searching for it would cost a search of the token.
+		if attempt++; attempt > 1 {
+			if err := t.destroyByID(s, id); err != nil {
+				return err
+			}
 		}
 		if err := t.checkLabelFree(s, label); err != nil {
 			return err
@@ -802,7 +814,16 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 		if err != nil {
 			return p11err("C_GenerateKeyPair", err)
 		}
-		key, err = t.readKey(s, privH)
+		key, err = t.readPrivate(s, privH)
+		if err == nil && key.Type == KeyUnknown {
+			err = fmt.Errorf("%w: the new key has a type this appliance does not use", ErrAlgorithm)
+		}
+		if err == nil {
+			key, err = t.withPublic(s, key, privH, pubH, true)
+		}
+		if err == nil && !bytes.Equal(key.ID, id) {
+			err = fmt.Errorf("%w: the new key has id %x, not the %x asked for", ErrKeyAttributes, key.ID, id)
+		}
 		if err == nil {
 			err = key.AttributeProblem()
 		}
@@ -883,17 +904,24 @@ func keyTemplate(spec KeySpec) (*pkcs11.Mechanism, []*pkcs11.Attribute, KeyType,
 	return nil, nil, KeyUnknown, fmt.Errorf("%w: unknown key type %q", ErrInvalidArgument, spec)
 }
 
-// checkLabelFree refuses a label that a key object on the token has.
+// checkLabelFree refuses a label that a key object on the token has. It
+// searches once, for objects of any class with the label (a search costs
+// a pass over the token's objects on a module such as SoftHSM), and reads
+// the class of the few it finds.
 func (t *Token) checkLabelFree(s *session, label string) error {
-	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
-		hs, err := t.find(s, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		}, 1)
-		if err != nil {
-			return err
+	hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}, 64)
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_CLASS))
+		if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+			continue // destroyed since the search
 		}
-		if len(hs) > 0 {
+		if err != nil {
+			return p11err("C_GetAttributeValue", err)
+		}
+		if c := ulong(attrs[0].Value); c == pkcs11.CKO_PRIVATE_KEY || c == pkcs11.CKO_PUBLIC_KEY {
 			return fmt.Errorf("%w: %q", ErrKeyExists, label)
 		}
 	}
@@ -921,7 +949,14 @@ func (t *Token) destroyByID(s *session, id []byte) error {
 }
 
 // ListKeys lists the token's private keys with their public keys and
-// attributes, read from the token.
+// attributes. It searches the token once for private keys and reads each
+// one's attributes from the token (one C_GetAttributeValue per key); the
+// public key of a key already cached under the same handle is taken from
+// the cache (a key pair's public half follows from its private half),
+// and the others' are found with one search for public keys, whose
+// CKA_ID each is read once, not with a search per key: a search costs a
+// pass over every object on a module such as SoftHSM. The listed keys
+// are cached for signing.
 func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 	var keys []Key
 	err := t.withSession(ctx, func(s *session) error {
@@ -934,23 +969,116 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 		if len(hs) == 0 {
 			return t.notFound(s, seq, nil)
 		}
-		for _, h := range hs {
-			k, err := t.readKey(s, h)
-			if errors.Is(err, ErrAlgorithm) {
-				continue // a key of a type the appliance does not use
-			}
+		type pending struct {
+			at int // the key's place in the search's order
+			k  Key
+			h  pkcs11.ObjectHandle
+		}
+		listed := make([]*Key, len(hs))
+		var need []pending // keys whose public key is to be read
+		t.keysMu.RLock()
+		cached := maps.Clone(t.keys)
+		t.keysMu.RUnlock()
+		now := t.m.opts.now()
+		for i, h := range hs {
+			k, err := t.readPrivate(s, h)
 			if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, h) {
 				continue // deleted while it was being listed
 			}
 			if err != nil {
 				return err
 			}
-			t.refreshCached(s, h, k)
-			keys = append(keys, k)
+			if k.Type == KeyUnknown {
+				continue // a key of a type the appliance does not use
+			}
+			if e := cached[string(k.ID)]; e != nil && e.gen == s.gen && e.handle == h && e.key.Type == k.Type && e.key.Public != nil {
+				k = withPublicKey(k, e.key.Public)
+				t.remember(s, h, k, now)
+				listed[i] = &k
+				continue
+			}
+			need = append(need, pending{i, k, h})
+		}
+		if len(need) > 0 {
+			pubs, err := t.publicByID(s, len(need))
+			if err != nil {
+				return err
+			}
+			for _, p := range need {
+				var k Key
+				var err error
+				if pubs == nil {
+					k, err = t.readKeyPublic(s, p.k, p.h)
+				} else {
+					ph, found := pubs[string(p.k.ID)]
+					k, err = t.withPublic(s, p.k, p.h, ph, found)
+				}
+				if errors.Is(err, ErrAlgorithm) {
+					continue // a key of a type the appliance does not use
+				}
+				if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, p.h) {
+					continue // deleted while it was being listed
+				}
+				if err != nil {
+					return err
+				}
+				t.remember(s, p.h, k, now)
+				listed[p.at] = &k
+			}
+		}
+		for _, k := range listed {
+			if k != nil {
+				keys = append(keys, *k)
+			}
 		}
 		return nil
 	})
 	return keys, err
+}
+
+// publicByID returns the handles of the token's public key objects by
+// CKA_ID, from one search and one C_GetAttributeValue per object, when
+// the public keys of wanted keys are to be found; for a single key it
+// returns nil, and the key's own search (readKeyPublic) is cheaper.
+func (t *Token) publicByID(s *session, wanted int) (map[string]pkcs11.ObjectHandle, error) {
+	if wanted < 2 {
+		return nil, nil
+	}
+	hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY)}, 1<<16)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]pkcs11.ObjectHandle, len(hs))
+	for _, h := range hs {
+		attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_ID))
+		if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+			continue // destroyed since the search
+		}
+		if err != nil {
+			return nil, p11err("C_GetAttributeValue", readGone(err))
+		}
+		if _, dup := out[string(attrs[0].Value)]; !dup {
+			out[string(attrs[0].Value)] = h
+		}
+	}
+	return out, nil
+}
+
+// readKeyPublic completes k, read from the private key object priv, with
+// its public key, found by its own search.
+func (t *Token) readKeyPublic(s *session, k Key, priv pkcs11.ObjectHandle) (Key, error) {
+	pubs, err := t.find(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
+	}, 1)
+	if err != nil {
+		return Key{}, err
+	}
+	pubH, found := pkcs11.ObjectHandle(0), len(pubs) == 1
+	if found {
+		pubH = pubs[0]
+	}
+	return t.withPublic(s, k, priv, pubH, found)
 }
 
 // objectGone reports whether the object h no longer exists: the token

@@ -55,10 +55,16 @@ func statusEnum(st string) signerv1.CertStatus {
 }
 
 func (s *Service) certMessage(ctx context.Context, r state.CertRecord) *signerv1.Certificate {
+	return s.certMessageUsage(r, s.usageOf(ctx, r.Token, r.KeyID))
+}
+
+// certMessageUsage describes the certificate of r, whose key has the
+// recorded usage.
+func (s *Service) certMessageUsage(r state.CertRecord, usage string) *signerv1.Certificate {
 	msg := &signerv1.Certificate{
 		Sha256: r.SHA256, Sha1: r.SHA1, KeyId: r.KeyID, Member: r.Member, Status: statusEnum(r.Status), Active: r.Active,
 		NotBefore: timestamppb.New(r.NotBefore), NotAfter: timestamppb.New(r.NotAfter), Der: r.DER, Chain: r.Chain,
-		Imported: timestamppb.New(r.ImportedAt), Usage: usageEnum(s.usageOf(ctx, r.Token, r.KeyID)),
+		Imported: timestamppb.New(r.ImportedAt), Usage: usageEnum(usage),
 	}
 	if t := s.tokenBySerial(r.Token); t != nil {
 		msg.Token = t.name
@@ -294,13 +300,27 @@ func (s *Service) ListCerts(ctx context.Context, req *signerv1.ListCertsRequest)
 		}
 		f.Status = st
 	}
-	rs, err := s.store.ListCerts(ctx, f)
+	// The certificates and their keys' records in one transaction, not
+	// a transaction per certificate.
+	var rs []state.CertRecord
+	var keys []state.KeyRecord
+	err := s.store.View(ctx, func(tx *state.Tx) (err error) {
+		if rs, err = tx.ListCerts(f); err != nil {
+			return err
+		}
+		keys, err = tx.ListKeys()
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	resp := &signerv1.ListCertsResponse{}
+	usage := make(map[string]string, len(keys))
+	for _, k := range keys {
+		usage[recordKey(k.Token, k.ID)] = k.Usage
+	}
+	resp := &signerv1.ListCertsResponse{Certificates: make([]*signerv1.Certificate, 0, len(rs))}
 	for _, r := range rs {
-		resp.Certificates = append(resp.Certificates, s.certMessage(ctx, r))
+		resp.Certificates = append(resp.Certificates, s.certMessageUsage(r, usage[recordKey(r.Token, r.KeyID)]))
 	}
 	return resp, nil
 }

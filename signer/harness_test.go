@@ -138,13 +138,25 @@ path = "{{.Module}}"
 // newDaemon starts a daemon on a fresh token, logged in from a PIN file.
 func newDaemon(t testing.TB, edit ...func(*daemonParams)) *testDaemon {
 	t.Helper()
-	soft := softhsmtest.New(t)
+	return newDaemonOn(t, softhsmtest.New(t), newDaemonDir(t), edit...)
+}
+
+// newDaemonDir makes a daemon directory with its run and state folders.
+func newDaemonDir(t testing.TB) string {
+	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"run", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return dir
+}
+
+// newDaemonOn starts a daemon on soft, with its state and audit log in dir
+// (made by newDaemonDir, possibly holding a state file already).
+func newDaemonOn(t testing.TB, soft *softhsmtest.Token, dir string, edit ...func(*daemonParams)) *testDaemon {
+	t.Helper()
 	pinFile := filepath.Join(dir, "user.pin")
 	if err := os.WriteFile(pinFile, soft.UserPIN, 0o600); err != nil {
 		t.Fatal(err)

@@ -130,6 +130,12 @@ func (s *Service) generateKey(ctx context.Context, req *signerv1.GenerateKeyRequ
 // ListKeys implements signerv1.SignerServer.
 func (s *Service) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
 	resp := &signerv1.ListKeysResponse{SkippedTokens: map[string]string{}}
+	// Every record, in one transaction: a transaction per key would
+	// cost more than the key's own listing.
+	recs, err := s.keyRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
 	for _, t := range s.tokens {
 		if req.GetToken() != "" && t.name != req.GetToken() {
 			continue
@@ -143,14 +149,10 @@ func (s *Service) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (
 			return nil, fmt.Errorf("token %q: %w", t.name, err)
 		}
 		for _, k := range keys {
-			rec, err := s.store.GetKey(ctx, t.tok.Serial(), k.IDHex())
-			switch {
-			case errors.Is(err, state.ErrNotFound):
-				resp.Keys = append(resp.Keys, keyMessage(t, k, nil))
-			case err != nil:
-				return nil, err
-			default:
+			if rec, ok := recs[recordKey(t.tok.Serial(), k.IDHex())]; ok {
 				resp.Keys = append(resp.Keys, keyMessage(t, k, &rec))
+			} else {
+				resp.Keys = append(resp.Keys, keyMessage(t, k, nil))
 			}
 		}
 	}
@@ -335,4 +337,20 @@ func (s *Service) renameKey(ctx context.Context, req *signerv1.RenameKeyRequest)
 		return nil, err
 	}
 	return keyMessage(t, k, &nr), nil
+}
+
+// recordKey names a key record in the map keyRecords returns.
+func recordKey(tokenSerial, idHex string) string { return tokenSerial + "/" + idHex }
+
+// keyRecords reads every key record in one transaction, by recordKey.
+func (s *Service) keyRecords(ctx context.Context) (map[string]state.KeyRecord, error) {
+	recs, err := s.store.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]state.KeyRecord, len(recs))
+	for _, r := range recs {
+		out[recordKey(r.Token, r.ID)] = r
+	}
+	return out, nil
 }

@@ -153,6 +153,9 @@ func (t *Tx) PutCert(rec CertRecord) error {
 		}
 	}
 	rec.UpdatedAt = t.now
+	if err := t.bumpCerts(); err != nil {
+		return err
+	}
 	if err := idx.Put([]byte(rec.SHA1), []byte(rec.SHA256)); err != nil {
 		return fmt.Errorf("state: write sha1 index: %w", err)
 	}
@@ -233,7 +236,10 @@ func scanPrefix(b *bolt.Bucket, prefix string, fn func(k, v []byte)) {
 	}
 }
 
-// ListCerts returns the certificates matching f, ordered by SHA-256.
+// ListCerts returns the certificates matching f, ordered by SHA-256. A
+// filter that names a member or a key reads only that member's or key's
+// records, found through the certificate index (see certIndex); others
+// read every record.
 func (t *Tx) ListCerts(f CertFilter) ([]CertRecord, error) {
 	if f.KeyID != "" {
 		id, err := normKeyID(f.KeyID)
@@ -249,16 +255,38 @@ func (t *Tx) ListCerts(f CertFilter) ([]CertRecord, error) {
 	if err != nil {
 		return nil, err
 	}
+	match := func(rec CertRecord) bool {
+		return (f.Token == "" || rec.Token == f.Token) &&
+			(f.Member == "" || rec.Member == f.Member) &&
+			(f.KeyID == "" || rec.KeyID == f.KeyID) &&
+			(f.Status == "" || rec.Status == f.Status)
+	}
 	var out []CertRecord
+	if f.Member != "" || f.KeyID != "" {
+		idx, err := t.certIndex()
+		if err != nil {
+			return nil, err
+		}
+		if idx != nil {
+			for _, sum := range idx.candidates(f) {
+				var rec CertRecord
+				found, err := getJSON(certs, sum, &rec)
+				if err != nil {
+					return nil, err
+				}
+				if found && match(rec) {
+					out = append(out, rec)
+				}
+			}
+			return out, nil
+		}
+	}
 	err = certs.ForEach(func(k, v []byte) error {
 		var rec CertRecord
 		if _, err := decodeJSON(string(k), v, &rec); err != nil {
 			return err
 		}
-		if (f.Token == "" || rec.Token == f.Token) &&
-			(f.Member == "" || rec.Member == f.Member) &&
-			(f.KeyID == "" || rec.KeyID == f.KeyID) &&
-			(f.Status == "" || rec.Status == f.Status) {
+		if match(rec) {
 			out = append(out, rec)
 		}
 		return nil
@@ -335,6 +363,9 @@ func (t *Tx) DeleteCert(sha256hex string) error {
 	}
 	idx, err := t.bucket(bucketCertSHA1, true)
 	if err != nil {
+		return err
+	}
+	if err := t.bumpCerts(); err != nil {
 		return err
 	}
 	if owner := idx.Get([]byte(rec.SHA1)); owner != nil && string(owner) == key {

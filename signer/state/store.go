@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -47,6 +48,9 @@ func allBuckets() []string {
 type Store struct {
 	db   *bolt.DB
 	path string
+	// certIdx indexes the certificate records by member and by key, as
+	// of the certificates version it was built at (see certIndex).
+	certIdx atomic.Pointer[certIndex]
 }
 
 // Open opens the state file at path, creating it with mode 0600 when it does
@@ -226,7 +230,7 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 
 func (s *Store) run(writable bool, fn func(tx *Tx) error) error {
 	call := func(btx *bolt.Tx) error {
-		t := &Tx{tx: btx, now: time.Now().UTC().Round(0)}
+		t := &Tx{tx: btx, now: time.Now().UTC().Round(0), store: s}
 		defer func() { t.tx = nil }()
 		return fn(t)
 	}

@@ -19,6 +19,12 @@ import (
 type Tx struct {
 	tx  *bolt.Tx
 	now time.Time // one timestamp for every record written by this Tx
+	// store is the Store the Tx runs in (its certificate index); nil for
+	// a Tx made otherwise.
+	store *Store
+	// certsBumped is set once this Tx has moved the certificates
+	// version on (see bumpCerts).
+	certsBumped bool
 }
 
 // Writable reports whether tx is a read-write transaction.
