@@ -1019,6 +1019,14 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 				if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, p.h) {
 					continue // deleted while it was being listed
 				}
+				if errors.Is(err, ErrKeyNotFound) && len(p.k.ID) == 0 {
+					// A private key object without an id or a public
+					// half: what SoftHSM leaves of a key generation
+					// killed mid-way (an object file it created but
+					// never filled). No call can name it; it must not
+					// make every other key unlistable.
+					continue
+				}
 				if err != nil {
 					return err
 				}

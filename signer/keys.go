@@ -241,6 +241,9 @@ func (s *Service) DeleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest)
 
 func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record) error {
 	t, k, kr, err := s.findKey(ctx, req.GetKeyId())
+	if errors.Is(err, hsm.ErrKeyNotFound) {
+		return s.deleteRecordOnly(ctx, req, rec, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -290,6 +293,66 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 		rec.Detail = fmt.Sprintf("with %d certificate(s)", len(certs))
 	}
 	return nil
+}
+
+// deleteRecordOnly deletes the records of a key that every token searched
+// says it does not hold (reconcile.missing_key: a deletion cut short
+// between the HSM and the state, or a key deleted outside signerd), with
+// its certificates and requests; the record's token must be one that
+// answered. Without such a record it returns notFound.
+func (s *Service) deleteRecordOnly(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record, notFound error) error {
+	id, err := parseKeyID(req.GetKeyId())
+	if err != nil {
+		return err
+	}
+	idHex := hex.EncodeToString(id)
+	for _, t := range s.tokens {
+		if !t.tok.LoggedIn() {
+			continue
+		}
+		kr, err := s.store.GetKey(ctx, t.tok.Serial(), idHex)
+		if errors.Is(err, state.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		rec.Token = t.name
+		defer s.forgetKeyRefs()
+		defer s.certificatesChanged()
+		certs, err := s.store.ListCerts(ctx, state.CertFilter{Token: kr.Token, KeyID: kr.ID})
+		if err != nil {
+			return err
+		}
+		if len(certs) > 0 && !req.GetForce() {
+			return fmt.Errorf("%w: key %s has %d certificate(s); delete them first, or force to delete the key with them", ErrPrecondition, kr.ID, len(certs))
+		}
+		csrs, err := s.store.ListCSRs(ctx)
+		if err != nil {
+			return err
+		}
+		err = s.store.Update(ctx, func(tx *state.Tx) error {
+			for _, c := range certs {
+				if err := tx.DeleteCert(c.SHA256); err != nil && !errors.Is(err, state.ErrNotFound) {
+					return err
+				}
+			}
+			for _, r := range csrs {
+				if r.KeyID == kr.ID && r.Token == kr.Token {
+					if err := tx.DeleteCSR(r.ID); err != nil && !errors.Is(err, state.ErrNotFound) {
+						return err
+					}
+				}
+			}
+			return tx.DeleteKey(kr.Token, kr.ID)
+		})
+		if err != nil {
+			return err
+		}
+		rec.Detail = fmt.Sprintf("record only: the token holds no such key; with %d certificate(s)", len(certs))
+		return nil
+	}
+	return notFound
 }
 
 // RenameKey implements signerv1.SignerServer.
