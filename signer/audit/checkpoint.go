@@ -249,7 +249,7 @@ func (l *Log) syncedHead() (Head, error) {
 	// file before this fsync is done.
 	h := Head{Seq: l.wseq, Hash: l.whash}
 	if err := l.f.Sync(); err != nil {
-		l.fail(fmt.Errorf("fsync: %w", err), nil, false)
+		l.fail(fmt.Errorf("fsync: %w", err), nil, failFsync)
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return Head{}, l.failed

@@ -64,13 +64,14 @@ func (l *Log) runDurable() {
 	}
 }
 
-// doDurable carries out one durability request. Once the log has failed,
+// doDurable carries out one durability request. While the log has failed,
 // the head file is left as it is: after a failed fsync nothing more can be
-// claimed durable.
+// claimed durable, and after a failed write the next group brings it up
+// to date.
 func (l *Log) doDurable(d durable) {
 	if d.sync {
 		if err := l.f.Sync(); err != nil {
-			l.fail(fmt.Errorf("fsync: %w", err), nil, false)
+			l.fail(fmt.Errorf("fsync: %w", err), nil, failFsync)
 			return
 		}
 	}
@@ -83,8 +84,11 @@ func (l *Log) doDurable(d durable) {
 	if failed || l.hooks.noHead {
 		return
 	}
-	if err := writeHead(l.headPath, d.head); err != nil {
-		l.fail(err, nil, false)
+	l.hmu.Lock()
+	err := writeHead(l.headPath, d.head)
+	l.hmu.Unlock()
+	if err != nil {
+		l.fail(err, nil, failHead)
 		return
 	}
 	if l.hooks.headWritten != nil {

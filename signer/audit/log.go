@@ -64,15 +64,20 @@ type Log struct {
 	dreq  durable
 	dwake chan struct{} // capacity 1: a request is waiting
 	dstop chan struct{} // closed by the writer when it stops
+	hmu   sync.Mutex    // held while the head file is replaced
 	ddone chan struct{} // closed when the durability goroutine has stopped
 
 	mu         sync.Mutex
 	queue      []*pending
 	committing bool // an Append is committing the queue (Buffered)
 	closed     bool
-	failed     error  // set once; wraps ErrFailed
-	seq        uint64 // last written line, for Head
-	hash       string
+	failed     error // wraps ErrFailed; cleared when the log recovers
+	// recoverable says the log may recover from failed (see recover);
+	// headStale that the head file must be written again first.
+	recoverable bool
+	headStale   bool
+	seq         uint64 // last written line, for Head
+	hash        string
 	// synced is the last line known fsynced, which a checkpoint signs;
 	// lastCheckpoint the seq of the last checkpoint line this Log wrote.
 	synced         Head
@@ -216,8 +221,11 @@ func open(ctx context.Context, path string, opts Options, hk hooks) (*Log, error
 // is fsynced (Sync) or written (Buffered), or when ctx is done. ctx only
 // ends the wait: a queued record is still written, whole, in its turn (or
 // at Close). It returns ErrInvalidRecord for a record it refuses,
-// ErrClosed after Close, and an error wrapping ErrFailed once a write,
-// fsync or head update has failed.
+// ErrClosed after Close, and an error wrapping ErrFailed when a write,
+// fsync or head update failed. After a failed write (whose partial group
+// is cut off again) or head update, the next Append tries again, so that
+// the log resumes once the disk takes writes again; after a failed fsync
+// it accepts nothing more until it is opened again.
 func (l *Log) Append(ctx context.Context, r Record) error {
 	t, err := l.Enqueue(r)
 	if err != nil {
@@ -273,7 +281,7 @@ func (l *Log) queue1(p *pending) (Ticket, error) {
 		l.mu.Unlock()
 		return Ticket{}, ErrClosed
 	}
-	if l.failed != nil {
+	if l.failed != nil && !l.recoverable {
 		err := l.failed
 		l.mu.Unlock()
 		return Ticket{}, err

@@ -77,8 +77,10 @@ var (
 	// empty, a value is out of range, or the line would exceed MaxLineSize.
 	// Nothing was written.
 	ErrInvalidRecord = errors.New("audit: invalid record")
-	// ErrFailed means an earlier write, fsync or head update failed; the
-	// log accepts nothing more. The error that caused it is wrapped too.
+	// ErrFailed means a write, fsync or head update failed; the record was
+	// not written. After a failed write or head update the next record
+	// tries again; after a failed fsync the log accepts nothing more until
+	// it is opened again. The error that caused it is wrapped too.
 	ErrFailed = errors.New("audit: log failed")
 )
 

@@ -142,6 +142,9 @@ func (l *Log) commit(batch []*pending) {
 	if len(batch) == 0 {
 		return
 	}
+	if !l.recover(batch) {
+		return
+	}
 	buf := l.buf[:0]
 	seq, hash := l.wseq, l.whash
 	for _, p := range batch {
@@ -153,12 +156,12 @@ func (l *Log) commit(batch []*pending) {
 	}
 	l.buf = buf
 	if _, err := l.f.Write(buf); err != nil {
-		l.fail(fmt.Errorf("write: %w", err), batch, true)
+		l.fail(fmt.Errorf("write: %w", err), batch, failWrite)
 		return
 	}
 	if l.opts.Mode == Sync {
 		if err := l.f.Sync(); err != nil {
-			l.fail(fmt.Errorf("fsync: %w", err), batch, true)
+			l.fail(fmt.Errorf("fsync: %w", err), batch, failFsync)
 			return
 		}
 	} else {
@@ -193,19 +196,48 @@ func (l *Log) flush() {
 	l.makeDurable(durable{head: Head{Seq: l.wseq, Hash: l.whash}, sync: true, set: true})
 }
 
-// fail makes the log refuse everything from now on and answers the group
-// being committed and every queued record with the error. With undo, the
-// unacknowledged group is cut off the file again, so that no partial line
-// is left behind.
-func (l *Log) fail(err error, batch []*pending, undo bool) {
-	if undo {
+// failure says what failed, and so whether the log may recover from it.
+type failure int
+
+const (
+	// failWrite: write(2) of a group failed (a full disk, a file size
+	// limit, an I/O error). The partial group is cut off again; when that
+	// works the file holds whole, acknowledged lines only, and the next
+	// Append tries again.
+	failWrite failure = iota
+	// failHead: the head file could not be replaced. The log itself is
+	// whole; the next Append first writes the head file again.
+	failHead
+	// failFsync: an fsync failed. The kernel may have dropped written
+	// pages while calling them clean, so no later fsync can vouch for
+	// them: the log accepts nothing more until it is opened again (which
+	// verifies its end).
+	failFsync
+)
+
+// fail makes the log refuse records and answers the group being committed
+// and every queued record with the error. A write that failed has its
+// unacknowledged group cut off the file again, so that no partial line is
+// left behind. After a failed write (its group cut off) or head update,
+// the next record tries again (see recover); after a failed fsync, or a
+// partial group that could not be cut off, the log stays failed.
+func (l *Log) fail(err error, batch []*pending, what failure) {
+	recoverable := what != failFsync
+	if what != failHead {
 		if terr := l.f.Truncate(l.wsize); terr != nil {
 			err = errors.Join(err, fmt.Errorf("removing the partial group: %w", terr))
+			recoverable = false
 		}
 	}
 	l.mu.Lock()
 	if l.failed == nil {
 		l.failed = fmt.Errorf("%w: %s: %w", ErrFailed, l.path, err)
+		l.recoverable = recoverable
+	} else if !recoverable {
+		l.recoverable = false
+	}
+	if what == failHead {
+		l.headStale = true
 	}
 	failed := l.failed
 	queued := l.queue
@@ -217,4 +249,45 @@ func (l *Log) fail(err error, batch []*pending, undo bool) {
 	for _, p := range queued {
 		p.done <- failed
 	}
+}
+
+// recover is called before a group is written. When the log failed in a
+// way it may recover from, it redoes what failed (the head file) and
+// clears the failure; it reports whether the group may be written, and
+// otherwise has answered the group with the error. The caller holds wmu.
+func (l *Log) recover(batch []*pending) bool {
+	l.mu.Lock()
+	failed, recoverable, headStale, synced := l.failed, l.recoverable, l.headStale, l.synced
+	l.mu.Unlock()
+	if failed == nil {
+		return true
+	}
+	if !recoverable {
+		for _, p := range batch {
+			p.done <- failed
+		}
+		return false
+	}
+	if headStale {
+		l.hmu.Lock()
+		err := writeHead(l.headPath, synced)
+		l.hmu.Unlock()
+		if err != nil {
+			l.fail(err, batch, failHead)
+			return false
+		}
+	}
+	l.mu.Lock()
+	if l.failed == failed {
+		l.failed, l.recoverable, l.headStale = nil, false, false
+	}
+	failed = l.failed
+	l.mu.Unlock()
+	if failed != nil { // failed again meanwhile (the durability goroutine)
+		for _, p := range batch {
+			p.done <- failed
+		}
+		return false
+	}
+	return true
 }
