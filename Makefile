@@ -6,8 +6,8 @@ GO ?= go
 # Debian packages the tests need, a command each one provides, and files
 # of those that provide no command (p11-kit-modules: the client module of
 # p11-kit's remote PKCS#11, for the network HSM test).
-DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd p11-kit p11-kit-modules
-DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze p11-kit
+DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd p11-kit p11-kit-modules iproute2
+DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze p11-kit ss
 DEB_FILES := /usr/lib/*/pkcs11/p11-kit-client.so
 
 .PHONY: all build vet test fault-hsm dev bench bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
