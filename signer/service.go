@@ -359,10 +359,11 @@ func (s *Service) SetPolicy(p *config.Policy) { s.policy.Store(p) }
 // Registry returns the service's Prometheus registry.
 func (s *Service) Registry() *prometheus.Registry { return s.metrics.reg }
 
-// Ready reports whether every module is initialised.
+// Ready reports whether every module is initialised; a module that is
+// down is tried again first when its backoff has passed (hsm.Module.Check).
 func (s *Service) Ready() bool {
 	for _, m := range s.modules {
-		if !m.mod.Info().Ready {
+		if m.mod.Check() != nil {
 			return false
 		}
 	}
