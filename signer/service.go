@@ -94,6 +94,11 @@ type Service struct {
 	certHooksMu sync.Mutex
 	certHooks   []func()
 
+	// streamHeld counts the SignStream calls taken and not yet sent back
+	// (being signed, or waiting for their caller to read), over all
+	// streams: each stream holds at most maxStreamInFlight.
+	streamHeld atomic.Int64
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 	closeOnce sync.Once
