@@ -7,7 +7,7 @@ GO ?= go
 DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze
 
-.PHONY: all build vet test dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
+.PHONY: all build vet test dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak fuzz generate deps
 
 all: build
 
@@ -71,6 +71,14 @@ bench-tsa: deps
 # against signer.v1 Sign over the Unix socket, same key, in one run.
 bench-xroad: deps
 	$(GO) test -run '^$$' -bench BenchmarkXRoadVsUnix -benchtime 4000x ./signer/xroad/
+
+# bench-abuse: a well-behaved client's Sign p99 alone and while
+# misbehaving clients go on (silent connections, a PING flood, a
+# connection flood, 2 GiB message prefixes, unread SignStreams), each
+# alone and all at once: both p99s and their ratio (goal ≤ 2). About a
+# minute.
+bench-abuse: deps
+	$(GO) test -run '^$$' -bench BenchmarkAbuseP99 -benchtime 1x -timeout 30m ./signer/
 
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/

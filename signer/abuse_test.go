@@ -28,7 +28,7 @@ import (
 
 // dialGRPC is a plain gRPC client of the daemon's socket with fixed
 // 64 KiB flow-control windows, for a test to misuse.
-func dialGRPC(t *testing.T, sock string, opts ...grpc.DialOption) *grpc.ClientConn {
+func dialGRPC(t testing.TB, sock string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient("unix://"+sock, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
