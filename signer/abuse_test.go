@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
+	"github.com/hsmsigner/hsmsigner/signer/config"
 )
 
 // Misbehaving clients against the real daemon over its real socket. Each
@@ -389,4 +394,58 @@ func TestUnreadStreamsBounded(t *testing.T) {
 	waitFor(t, "the abuser's goroutines to end", func() bool { return runtime.NumGoroutine() <= baseG+10 })
 	good.check(t, 20)
 	t.Logf("held at most %d calls for %d unread streams", most, streams)
+}
+
+// TestConnectionFloodOtherUIDServed: while one uid's flood holds all the
+// connections connections_per_uid gives it and dials on, another uid
+// (signerctl run as it) connects and is served: the limit is per uid.
+// Needs root, to run as another uid.
+func TestConnectionFloodOtherUIDServed(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("runs signerctl as another uid: needs root")
+	}
+	const limit, sockGroup, other = 4, 65534, 65533
+	d := newDaemon(t, func(p *daemonParams) {
+		p.Group = fmt.Sprint(sockGroup)
+		p.Limits = fmt.Sprintf("connections_per_uid = %d", limit)
+	})
+	for p := d.dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	me := uint32(os.Getuid())
+	pol, err := config.NewPolicy(config.Admins{UIDs: []uint32{me}}, []config.ClientRule{
+		{Name: "tester", UIDs: []uint32{me}, Keys: []string{"*"}, Usages: []string{UsageSign}, Members: []string{"*"}},
+		{Name: "other", UIDs: []uint32{other}, Keys: []string{"*"}, Usages: []string{UsageSign}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.svc.SetPolicy(pol)
+	bin := buildSignerctl(t)
+	if _, err := d.client.GetStatus(testCtx(t), &signerv1.GetStatusRequest{}); err != nil {
+		t.Fatal(err) // the test user's first connection
+	}
+	// The flood: this uid's connections up to its limit, held, and more
+	// dialled, each closed at once.
+	served := 0
+	for range limit + 20 {
+		r := dialRaw(t, d.sock, true)
+		if _, err := r.readUntil(func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && !s.IsAck() }); err == nil {
+			served++
+		}
+	}
+	if served != limit-1 {
+		t.Fatalf("%d flood connections served, want %d", served, limit-1)
+	}
+	refused := d.limitExceeded(limitConnections)
+	cmd := exec.CommandContext(testCtx(t), bin, "--socket", d.sock, "status")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: other, Gid: sockGroup, Groups: []uint32{sockGroup}}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("signerctl status as uid %d during the flood: %v\n%s", other, err, out)
+	}
+	if got := d.limitExceeded(limitConnections); got != refused {
+		t.Fatalf("signerd_limit_exceeded_total{limit=connections} went from %d to %d for the other uid", refused, got)
+	}
 }
