@@ -83,13 +83,15 @@ bench-abuse: deps
 # soak: signerd as its own process signs SOAK_SIGNATURES times (ECDSA
 # P-256 SignBatch of 63 and a Sign, round after round) over
 # SOAK_CONNECTIONS connections open at once (connections_per_uid raised
-# above them), and prints its RSS, descriptors and goroutines from /proc
+# above them; every connection used, at most SOAK_IN_FLIGHT calls in
+# flight at once), and prints its RSS, descriptors and goroutines from /proc
 # and /metrics at the start, middle and end; the test fails unless they
 # stay flat. make test runs it with 20,000 signatures.
 SOAK_SIGNATURES ?= 1000000
 SOAK_CONNECTIONS ?= 1000
+SOAK_IN_FLIGHT ?= 256
 soak: deps
-	SIGNERD_SOAK_SIGNATURES=$(SOAK_SIGNATURES) SIGNERD_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) \
+	SIGNERD_SOAK_SIGNATURES=$(SOAK_SIGNATURES) SIGNERD_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) SIGNERD_SOAK_IN_FLIGHT=$(SOAK_IN_FLIGHT) \
 		$(GO) test -count=1 -run '^TestSoak$$' -v -timeout 120m ./cmd/signerd/
 
 bench-processes: deps

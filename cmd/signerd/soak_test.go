@@ -33,6 +33,12 @@ import (
 const (
 	defaultSoakSignatures  = 20_000
 	defaultSoakConnections = 1_000
+	// defaultSoakInFlight bounds the calls in flight at once over all the
+	// connections (SIGNERD_SOAK_IN_FLIGHT): 1,000 batches of 63 in
+	// flight at once are 63,000 signatures queued for the token, more
+	// than two CPUs sign within the session pool's 10 s wait, and the
+	// calls beyond it are refused RESOURCE_EXHAUSTED, as designed.
+	defaultSoakInFlight = 256
 	// soakBatch is the digests of each round's SignBatch; each round is
 	// that batch and one Sign call.
 	soakBatch = 63
@@ -69,8 +75,9 @@ func envInt(t *testing.T, name string, def int) int {
 // TestSoak runs signerd as its own process (so its RSS is its own) and
 // signs SIGNERD_SOAK_SIGNATURES times with an ECDSA P-256 key over
 // SIGNERD_SOAK_CONNECTIONS client connections open at once, each going
-// round a SignBatch of 63 digests and a Sign call; one signature of each
-// round is verified. The daemon's RSS, open descriptors and goroutines
+// round a SignBatch of 63 digests and a Sign call (every connection's
+// first calls all at once, then at most SIGNERD_SOAK_IN_FLIGHT calls in
+// flight); one signature of each round is verified. The daemon's RSS, open descriptors and goroutines
 // are sampled from /proc and its /metrics before the connections, with
 // them open, at the middle and at the end, and once they are closed, and
 // printed; once more at the end with the connections idle. The test
@@ -81,6 +88,12 @@ func envInt(t *testing.T, name string, def int) int {
 func TestSoak(t *testing.T) {
 	total := int64(envInt(t, "SIGNERD_SOAK_SIGNATURES", defaultSoakSignatures))
 	conns := envInt(t, "SIGNERD_SOAK_CONNECTIONS", defaultSoakConnections)
+	inFlight := make(chan struct{}, envInt(t, "SIGNERD_SOAK_IN_FLIGHT", defaultSoakInFlight))
+	call := func(f func() error) error {
+		inFlight <- struct{}{}
+		defer func() { <-inFlight }()
+		return f()
+	}
 	bin := daemontest.Build(t, signerdPkg)
 	soft := softhsmtest.New(t)
 	dir := t.TempDir()
@@ -197,8 +210,12 @@ func TestSoak(t *testing.T) {
 					h := sha256.Sum256(b[:])
 					digests[i] = h[:]
 				}
-				resp, err := c.SignBatch(runCtx, &signerv1.SignBatchRequest{Key: &signerv1.SignBatchRequest_KeyId{KeyId: key.GetId()},
-					Algorithm: "ES256", Digests: digests, Mode: signerv1.BatchMode_BATCH_MODE_INDIVIDUAL})
+				var resp *signerv1.SignBatchResponse
+				err := call(func() (err error) {
+					resp, err = c.SignBatch(runCtx, &signerv1.SignBatchRequest{Key: &signerv1.SignBatchRequest_KeyId{KeyId: key.GetId()},
+						Algorithm: "ES256", Digests: digests, Mode: signerv1.BatchMode_BATCH_MODE_INDIVIDUAL})
+					return err
+				})
 				if err != nil {
 					errs <- fmt.Errorf("SignBatch: %w", err)
 					cancel()
@@ -217,7 +234,11 @@ func TestSoak(t *testing.T) {
 				if r%2 == 1 {
 					sign = c.SignerClient.Sign
 				}
-				sr, err := sign(runCtx, req)
+				var sr *signerv1.SignResponse
+				err = call(func() (err error) {
+					sr, err = sign(runCtx, req)
+					return err
+				})
 				if err != nil {
 					errs <- fmt.Errorf("Sign: %w", err)
 					cancel()
