@@ -117,7 +117,8 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t)
+	// The run may take longer than ctxT's two minutes: go test's -timeout bounds it.
+	ctx := t.Context()
 	key, err := admin.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "t1", Label: "soak", Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN})
 	if err != nil {
 		t.Fatal(err)
