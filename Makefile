@@ -10,7 +10,7 @@ DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd p11-kit p
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze p11-kit ss
 DEB_FILES := /usr/lib/*/pkcs11/p11-kit-client.so
 
-.PHONY: all build vet test fault-hsm dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
+.PHONY: all build vet test fault-hsm dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak fuzz generate deps
 
 all: build
 
@@ -80,6 +80,28 @@ bench-tsa: deps
 # against signer.v1 Sign over the Unix socket, same key, in one run.
 bench-xroad: deps
 	$(GO) test -run '^$$' -bench BenchmarkXRoadVsUnix -benchtime 4000x ./signer/xroad/
+
+# bench-abuse: a well-behaved client's Sign p99 alone and while
+# misbehaving clients go on (silent connections, a PING flood, a
+# connection flood, 2 GiB message prefixes, unread SignStreams), each
+# alone and all at once: both p99s and their ratio (goal ≤ 2). About a
+# minute.
+bench-abuse: deps
+	$(GO) test -run '^$$' -bench BenchmarkAbuseP99 -benchtime 1x -timeout 30m ./signer/
+
+# soak: signerd as its own process signs SOAK_SIGNATURES times (ECDSA
+# P-256 SignBatch of 63 and a Sign, round after round) over
+# SOAK_CONNECTIONS connections open at once (connections_per_uid raised
+# above them; every connection used, at most SOAK_IN_FLIGHT calls in
+# flight at once), and prints its RSS, descriptors and goroutines from /proc
+# and /metrics at the start, middle and end; the test fails unless they
+# stay flat. make test runs it with 20,000 signatures.
+SOAK_SIGNATURES ?= 1000000
+SOAK_CONNECTIONS ?= 1000
+SOAK_IN_FLIGHT ?= 256
+soak: deps
+	SIGNERD_SOAK_SIGNATURES=$(SOAK_SIGNATURES) SIGNERD_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) SIGNERD_SOAK_IN_FLIGHT=$(SOAK_IN_FLIGHT) \
+		$(GO) test -count=1 -run '^TestSoak$$' -v -timeout 120m ./cmd/signerd/
 
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
