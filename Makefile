@@ -3,11 +3,14 @@
 
 GO ?= go
 
-# Debian packages the tests need, and a command each one provides.
-DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd
-DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze
+# Debian packages the tests need, a command each one provides, and files
+# of those that provide no command (p11-kit-modules: the client module of
+# p11-kit's remote PKCS#11, for the network HSM test).
+DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd p11-kit p11-kit-modules iproute2
+DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze p11-kit ss
+DEB_FILES := /usr/lib/*/pkcs11/p11-kit-client.so
 
-.PHONY: all build vet test dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad fuzz generate deps
+.PHONY: all build vet test fault-hsm dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak fuzz generate deps
 
 all: build
 
@@ -19,6 +22,12 @@ vet:
 
 test: deps
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+# fault-hsm: the network HSM (SoftHSM behind `p11-kit server`) killed and
+# restarted 20 times under signing load, instead of the 3 times of
+# `make test` (about 3 minutes).
+fault-hsm: deps
+	FAULT_HSM_RESTARTS=20 $(GO) test -race -count=1 -timeout 30m -run '^TestNetworkHSMVanishesAndReturns$$' -v ./cmd/signerd/
 
 # dev runs signerd on a throwaway SoftHSM token under ./signer-dev.
 # It builds the binary first and runs it directly: `go run` turns a clean
@@ -72,6 +81,28 @@ bench-tsa: deps
 bench-xroad: deps
 	$(GO) test -run '^$$' -bench BenchmarkXRoadVsUnix -benchtime 4000x ./signer/xroad/
 
+# bench-abuse: a well-behaved client's Sign p99 alone and while
+# misbehaving clients go on (silent connections, a PING flood, a
+# connection flood, 2 GiB message prefixes, unread SignStreams), each
+# alone and all at once: both p99s and their ratio (goal ≤ 2). About a
+# minute.
+bench-abuse: deps
+	$(GO) test -run '^$$' -bench BenchmarkAbuseP99 -benchtime 1x -timeout 30m ./signer/
+
+# soak: signerd as its own process signs SOAK_SIGNATURES times (ECDSA
+# P-256 SignBatch of 63 and a Sign, round after round) over
+# SOAK_CONNECTIONS connections open at once (connections_per_uid raised
+# above them; every connection used, at most SOAK_IN_FLIGHT calls in
+# flight at once), and prints its RSS, descriptors and goroutines from /proc
+# and /metrics at the start, middle and end; the test fails unless they
+# stay flat. make test runs it with 20,000 signatures.
+SOAK_SIGNATURES ?= 1000000
+SOAK_CONNECTIONS ?= 1000
+SOAK_IN_FLIGHT ?= 256
+soak: deps
+	SIGNERD_SOAK_SIGNATURES=$(SOAK_SIGNATURES) SIGNERD_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) SIGNERD_SOAK_IN_FLIGHT=$(SOAK_IN_FLIGHT) \
+		$(GO) test -count=1 -run '^TestSoak$$' -v -timeout 120m ./cmd/signerd/
+
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
 	$(GO) test -run '^$$' -bench BenchmarkSocketFloor -benchtime 1x -timeout 30m ./signer/
@@ -109,6 +140,7 @@ fuzz:
 deps:
 	@missing=; \
 	for c in $(DEB_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(DEB_FILES); do [ -e "$$f" ] || missing="$$missing $$f"; done; \
 	if [ -z "$$missing" ]; then echo "deps: $(DEB_PACKAGES) already installed"; exit 0; fi; \
 	echo "deps: missing$$missing; installing $(DEB_PACKAGES)"; \
 	if [ -n "$$CI" ] || [ "$$(id -u)" -eq 0 ]; then sudo=; \

@@ -37,6 +37,11 @@ type faultyP11 struct {
 	// token's, as an HSM whose attributes were changed outside PKCS#11
 	// (its own administration tool) would answer.
 	reported map[uint][]byte
+	// uncarried are attribute types the module cannot hand over when
+	// they hold a value: C_GetAttributeValue asking for one that is not
+	// empty answers DEVICE_ERROR and the session stays sound, as p11-kit's
+	// RPC 0.24 (Debian 12) does for CKA_ALLOWED_MECHANISMS.
+	uncarried map[uint]bool
 	// public is how many of the next C_GetSessionInfo calls report a
 	// public session whatever the token's login state, as a module that
 	// keeps logins per session would.
@@ -93,9 +98,15 @@ func (f *faultyP11) GetAttributeValue(h pkcs11.SessionHandle, o pkcs11.ObjectHan
 	}
 	reported := maps.Clone(f.reported)
 	f.mu.Unlock()
+	uncarried := maps.Clone(f.uncarried)
 	attrs, err := f.p11.GetAttributeValue(h, o, a)
 	if err != nil {
 		return nil, err
+	}
+	for _, x := range attrs {
+		if uncarried[x.Type] && len(x.Value) > 0 {
+			return nil, pkcs11.Error(pkcs11.CKR_DEVICE_ERROR)
+		}
 	}
 	for i, x := range attrs {
 		if v, ok := reported[x.Type]; ok {
@@ -107,7 +118,7 @@ func (f *faultyP11) GetAttributeValue(h pkcs11.SessionHandle, o pkcs11.ObjectHan
 
 func newFaulty(p p11) *faultyP11 {
 	return &faultyP11{p11: p, next: map[string][]pkcs11.Error{}, after: map[string][]pkcs11.Error{}, invalid: map[pkcs11.SessionHandle]bool{},
-		open: map[pkcs11.SessionHandle]bool{}, calls: map[string]int{}, unknown: map[uint]uint{}, reported: map[uint][]byte{}}
+		open: map[pkcs11.SessionHandle]bool{}, calls: map[string]int{}, unknown: map[uint]uint{}, reported: map[uint][]byte{}, uncarried: map[uint]bool{}}
 }
 
 // failNext makes the next n calls of name return rv.

@@ -148,6 +148,12 @@ type KeyAttributes struct {
 	// does not know the attribute: the key is then not restricted to its
 	// mechanisms (an RSA key could then do raw RSA, CKM_RSA_X_509).
 	AllowedMechanisms []uint
+	// MechanismsUnreadable is true when the module holds a
+	// CKA_ALLOWED_MECHANISMS for the key but cannot hand it over (p11-kit's
+	// RPC 0.24 (Debian 12) answers DEVICE_ERROR for a non-empty list while the
+	// session stays sound): the key's restriction is unknown, and the key
+	// is refused (Key.AttributeProblem).
+	MechanismsUnreadable bool
 }
 
 // KeyRecheckInterval bounds how long a key's protection attributes, as
@@ -275,6 +281,7 @@ func (k Key) AttributeProblem() error {
 	if len(foreign) > 0 {
 		why = append(why, fmt.Sprintf("CKA_ALLOWED_MECHANISMS allows %s, which the appliance does not sign with", strings.Join(foreign, ", ")))
 	}
+	flag(a.MechanismsUnreadable, "CKA_ALLOWED_MECHANISMS cannot be read through this module (the mechanisms it allows are unknown)")
 	if len(why) == 0 {
 		return nil
 	}
@@ -516,11 +523,24 @@ func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 			}
 		}
 	}
+	mechsUnreadable := false
+	if err != nil && !isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID) && classify(err) != classNone {
+		// Some modules cannot carry a non-empty CKA_ALLOWED_MECHANISMS and
+		// fail the whole call as if the device had failed. Tell that from
+		// a device gone: read the rest without it, and take the answer as
+		// the list's alone only when the rest and the session are sound.
+		if rest, rerr := t.readWithoutMechanisms(s, priv, slices.Concat(base, []uint{pkcs11.CKA_COPYABLE})); rerr == nil {
+			t.m.log.Warn("the module cannot hand over a key's CKA_ALLOWED_MECHANISMS; the key is refused",
+				"token", t.label, "error", p11err("C_GetAttributeValue", err).Error())
+			attrs, err, mechsUnreadable = rest, nil, true
+		}
+	}
 	if err != nil {
 		return Key{}, p11err("C_GetAttributeValue", readGone(err))
 	}
 	var k Key
 	k.Attrs.CopyableUnknown = copyableUnknown
+	k.Attrs.MechanismsUnreadable = mechsUnreadable
 	for _, a := range attrs {
 		b := len(a.Value) == 1 && a.Value[0] != 0
 		switch a.Type {
@@ -564,6 +584,25 @@ func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 		}
 	}
 	return k, nil
+}
+
+// readWithoutMechanisms reads the attributes of priv named in types, which leave
+// out CKA_ALLOWED_MECHANISMS, and succeeds only when that read, a read of
+// CKA_ALLOWED_MECHANISMS alone failing, and C_GetSessionInfo afterwards
+// show that the module fails on that one attribute while the session is
+// sound.
+func (t *Token) readWithoutMechanisms(s *session, priv pkcs11.ObjectHandle, types []uint) ([]*pkcs11.Attribute, error) {
+	attrs, err := t.m.api.GetAttributeValue(s.h, priv, attrQuery(types...))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.m.api.GetAttributeValue(s.h, priv, attrQuery(pkcs11.CKA_ALLOWED_MECHANISMS)); err == nil {
+		return nil, errors.New("CKA_ALLOWED_MECHANISMS reads alone")
+	}
+	if _, err := t.m.api.GetSessionInfo(s.h); err != nil {
+		return nil, err
+	}
+	return attrs, nil
 }
 
 // readKey reads a private key's id, label, type and protection attributes,
@@ -814,15 +853,39 @@ func (t *Token) GenerateKey(ctx context.Context, spec KeySpec, label string) (Ke
 		if err != nil {
 			return p11err("C_GenerateKeyPair", err)
 		}
-		key, err = t.readPrivate(s, privH)
-		if err == nil && key.Type == KeyUnknown {
-			err = fmt.Errorf("%w: the new key has a type this appliance does not use", ErrAlgorithm)
+		// read reads the new pair by the handles generation returned (no
+		// search of the token) and checks it is the key asked for.
+		read := func() (Key, error) {
+			k, err := t.readPrivate(s, privH)
+			if err == nil && k.Type == KeyUnknown {
+				err = fmt.Errorf("%w: the new key has a type this appliance does not use", ErrAlgorithm)
+			}
+			if err == nil {
+				k, err = t.withPublic(s, k, privH, pubH, true)
+			}
+			if err == nil && !bytes.Equal(k.ID, id) {
+				err = fmt.Errorf("%w: the new key has id %x, not the %x asked for", ErrKeyAttributes, k.ID, id)
+			}
+			return k, err
 		}
-		if err == nil {
-			key, err = t.withPublic(s, key, privH, pubH, true)
-		}
-		if err == nil && !bytes.Equal(key.ID, id) {
-			err = fmt.Errorf("%w: the new key has id %x, not the %x asked for", ErrKeyAttributes, key.ID, id)
+		key, err = read()
+		if err == nil && restricted && key.Attrs.MechanismsUnreadable {
+			// The module took the list but cannot read it back (p11-kit's
+			// RPC 0.24 (Debian 12)): make the key without it, once, as for a
+			// module that refuses it.
+			t.m.log.Warn("the module cannot read back CKA_ALLOWED_MECHANISMS; the key is made again without it and is not restricted to its signing mechanisms",
+				"token", t.label, "label", label)
+			for _, h := range []pkcs11.ObjectHandle{privH, pubH} {
+				if derr := t.m.api.DestroyObject(s.h, h); derr != nil {
+					return fmt.Errorf("removing the key made with an unreadable CKA_ALLOWED_MECHANISMS (objects with id %x may be left on the token): %w", id, p11err("C_DestroyObject", derr))
+				}
+			}
+			restricted = false
+			pubH, privH, err = t.m.api.GenerateKeyPair(s.h, []*pkcs11.Mechanism{mech}, pub, priv)
+			if err != nil {
+				return p11err("C_GenerateKeyPair", err)
+			}
+			key, err = read()
 		}
 		if err == nil {
 			err = key.AttributeProblem()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -25,6 +26,12 @@ type Module struct {
 
 	// recoverMu serialises recovery attempts.
 	recoverMu sync.Mutex
+	// recovering is true while a recovery waits for mu or holds it for
+	// writing: calls then fail at once instead of queueing behind it,
+	// since it waits for every call in the library to return, and a
+	// library call may never return (p11-kit's client, when its server
+	// dies under several threads, can leave a call blocked).
+	recovering atomic.Bool
 
 	mu          sync.RWMutex
 	api         p11
@@ -33,6 +40,7 @@ type Module struct {
 	closed      bool
 	downUntil   time.Time // no recovery attempt before this time
 	downErr     error     // why the module is down
+	downCause   error     // the failure that took it down, for downErr
 	backoff     time.Duration
 	tokens      []*Token
 	libraryInfo pkcs11.Info
@@ -55,7 +63,9 @@ func WithLogger(l *slog.Logger) ModuleOption {
 }
 
 // WithBackoff sets the first and the longest wait between attempts to
-// initialise a failed module again. Defaults: 100 ms and 30 s.
+// initialise a failed module again. Defaults: 100 ms and 2 s, so that
+// signing resumes within about 2 s of an HSM's return, however long it was
+// gone (a network HSM restarted, a cable put back).
 func WithBackoff(first, longest time.Duration) ModuleOption {
 	return func(o *moduleOptions) { o.minBackoff, o.maxBackoff = first, longest }
 }
@@ -78,7 +88,7 @@ func OpenModule(ctx context.Context, path string, opts ...ModuleOption) (*Module
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	o := moduleOptions{minBackoff: 100 * time.Millisecond, maxBackoff: 30 * time.Second, now: time.Now}
+	o := moduleOptions{minBackoff: 100 * time.Millisecond, maxBackoff: 2 * time.Second, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -148,7 +158,11 @@ type ModuleInfo struct {
 
 // Info returns the library information.
 func (m *Module) Info() ModuleInfo {
-	m.mu.RLock()
+	if err := m.readLock(); err != nil {
+		// A recovery holds the module: it is not ready, and what the
+		// library said of itself is not read meanwhile.
+		return ModuleInfo{Path: m.path, Down: err.Error()}
+	}
 	defer m.mu.RUnlock()
 	mi := ModuleInfo{
 		Path:            m.path,
@@ -163,6 +177,19 @@ func (m *Module) Info() ModuleInfo {
 		mi.Down = m.downErr.Error()
 	}
 	return mi
+}
+
+// Check reports whether the module can be used now. When it is down and
+// its backoff has passed, Check first tries to initialise it again, as a
+// call would: a readiness probe then sees an HSM that came back without
+// waiting for traffic that a not-ready daemon may never get.
+func (m *Module) Check() error {
+	_, unlock, err := m.rlock()
+	if err != nil {
+		return err
+	}
+	unlock()
+	return nil
 }
 
 // SlotInfo describes one slot and the token in it.
@@ -212,7 +239,9 @@ func (m *Module) Slots(ctx context.Context) ([]SlotInfo, error) {
 // and the backoff has passed, it tries to initialise it again first.
 func (m *Module) rlock() (gen uint64, unlock func(), err error) {
 	for attempt := 0; ; attempt++ {
-		m.mu.RLock()
+		if err := m.readLock(); err != nil {
+			return 0, nil, err
+		}
 		if m.closed {
 			m.mu.RUnlock()
 			return 0, nil, fmt.Errorf("module %s: %w", m.path, ErrClosed)
@@ -228,6 +257,22 @@ func (m *Module) rlock() (gen uint64, unlock func(), err error) {
 		if err := m.reinitialize(gen, why); err != nil {
 			return 0, nil, err
 		}
+	}
+}
+
+// readLock takes mu for reading, unless a recovery waits for it or holds
+// it: then it fails with ErrUnavailable at once rather than wait behind a
+// recovery that may itself wait for a call that never returns. Other
+// writers (Close, Token) hold mu briefly and are waited for.
+func (m *Module) readLock() error {
+	for {
+		if m.mu.TryRLock() {
+			return nil
+		}
+		if m.recovering.Load() {
+			return fmt.Errorf("%w: module %s is being initialised again", ErrUnavailable, m.path)
+		}
+		time.Sleep(50 * time.Microsecond)
 	}
 }
 
@@ -256,6 +301,8 @@ var errRetry = errors.New("hsm: recovered")
 func (m *Module) reinitialize(gen uint64, cause error) error {
 	m.recoverMu.Lock()
 	defer m.recoverMu.Unlock()
+	m.recovering.Store(true)
+	defer m.recovering.Store(false)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -295,11 +342,16 @@ func (m *Module) reinitialize(gen uint64, cause error) error {
 			m.backoff = min(2*m.backoff, m.opts.maxBackoff)
 		}
 		m.downUntil = m.opts.now().Add(m.backoff)
-		m.downErr = fmt.Errorf("%w (after %w)", err, cause)
+		// The first failure stays the cause: each later attempt's cause
+		// is the downErr before it, which would nest without end.
+		if m.downCause == nil {
+			m.downCause = cause
+		}
+		m.downErr = fmt.Errorf("%w (after %w)", err, m.downCause)
 		m.log.Error("PKCS#11 module still failing", "error", err.Error(), "retry_in", m.backoff.String())
 		return fmt.Errorf("%w: module %s: %w", ErrUnavailable, m.path, m.downErr)
 	}
-	m.backoff, m.downUntil, m.downErr = 0, time.Time{}, nil
+	m.backoff, m.downUntil, m.downErr, m.downCause = 0, time.Time{}, nil, nil
 	m.log.Info("PKCS#11 module initialised again", "generation", m.gen)
 	return nil
 }

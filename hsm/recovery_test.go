@@ -225,3 +225,134 @@ func TestRecoveryModuleFinalizedBehindThePool(t *testing.T) {
 	}
 	e.assertNoLeakedSessions(t)
 }
+
+// TestRecoveryDownReasonStaysBounded: a module that stays down is tried
+// again and again; its reason names the latest failure and the first
+// cause once, rather than nesting every earlier attempt's reason (which
+// grew without end over a long outage, in every error and log line).
+func TestRecoveryDownReasonStaysBounded(t *testing.T) {
+	e, f, clock := faultyEnv(t)
+	k := e.genKey(t, ECP256, "k")
+	f.setRemoved(true)
+	var lens []int
+	for range 12 {
+		_, err := e.tok.Sign(testContext(t), k.ID, mustAlg(t, "ES256"), digestOf("x"))
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Sign while removed: %v; want ErrUnavailable", err)
+		}
+		lens = append(lens, len(e.mod.Info().Down))
+		clock.Advance(8 * time.Second)
+	}
+	if first, last := lens[1], lens[len(lens)-1]; last > first {
+		t.Fatalf("the down reason grew from %d to %d bytes over the attempts %v: %q", first, last, lens, e.mod.Info().Down)
+	}
+}
+
+// TestCheckRecoversWithoutCalls: once the device is back and the backoff
+// has passed, Check (a readiness probe) initialises the module again by
+// itself; no signing call is needed for the daemon to report ready.
+func TestCheckRecoversWithoutCalls(t *testing.T) {
+	e, f, clock := faultyEnv(t)
+	k := e.genKey(t, ECP256, "k")
+	f.setRemoved(true)
+	if _, err := e.tok.Sign(testContext(t), k.ID, mustAlg(t, "ES256"), digestOf("x")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Sign while removed: %v; want ErrUnavailable", err)
+	}
+	if err := e.mod.Check(); !errors.Is(err, ErrUnavailable) || e.mod.Info().Ready {
+		t.Fatalf("Check while removed: %v, ready %v; want ErrUnavailable", err, e.mod.Info().Ready)
+	}
+	f.setRemoved(false)
+	if err := e.mod.Check(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Check within the backoff: %v; want ErrUnavailable without trying", err)
+	}
+	clock.Advance(time.Minute)
+	if err := e.mod.Check(); err != nil {
+		t.Fatalf("Check once the device is back: %v", err)
+	}
+	if mi := e.mod.Info(); !mi.Ready || mi.Down != "" {
+		t.Fatalf("after Check: %+v; want ready", mi)
+	}
+	signOK(t, e.tok, k, "after")
+}
+
+// TestCallsDoNotQueueBehindAStuckRecovery: a call blocks inside the
+// library (as p11-kit's client can when its server dies under several
+// threads) while another call meets a device error. The recovery must
+// wait for the blocked call before it finalizes the library; meanwhile
+// other calls and Info answer at once, UNAVAILABLE and not ready, instead
+// of queueing behind it. When the blocked call returns, the module
+// recovers and signs.
+func TestCallsDoNotQueueBehindAStuckRecovery(t *testing.T) {
+	e, f, _ := faultyEnv(t)
+	k := e.genKey(t, ECP256, "k")
+	signOK(t, e.tok, k, "before")
+	alg := mustAlg(t, "ES256")
+
+	release, entered := make(chan struct{}), make(chan struct{})
+	var blocked atomic.Bool
+	f.mu.Lock()
+	f.onCall = func(name string) {
+		if name == "Sign" && blocked.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+	}
+	f.mu.Unlock()
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := e.tok.Sign(testContext(t), k.ID, alg, digestOf("stuck"))
+		stuck <- err
+	}()
+	<-entered
+
+	f.failNext("SignInit", pkcs11.CKR_DEVICE_ERROR, 1)
+	failing := make(chan error, 1)
+	go func() {
+		_, err := e.tok.Sign(testContext(t), k.ID, alg, digestOf("device error"))
+		failing <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !e.mod.recovering.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the device error set off no recovery")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	answered := make(chan error, 1)
+	go func() {
+		_, err := e.tok.Sign(testContext(t), k.ID, alg, digestOf("meanwhile"))
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Sign during the recovery: %v; want ErrUnavailable", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Sign during the recovery queued behind it instead of answering")
+	}
+	info := make(chan ModuleInfo, 1)
+	go func() { info <- e.mod.Info() }()
+	select {
+	case mi := <-info:
+		if mi.Ready || mi.Down == "" {
+			t.Fatalf("Info during the recovery: %+v; want not ready, with a reason", mi)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Info during the recovery queued behind it instead of answering")
+	}
+
+	released = true
+	close(release)
+	<-stuck
+	<-failing
+	signOK(t, e.tok, k, "after")
+	e.assertNoLeakedSessions(t)
+}

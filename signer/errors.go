@@ -45,6 +45,10 @@ func codeOf(err error) codes.Code {
 		return codes.PermissionDenied
 	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrLimit):
 		return codes.ResourceExhausted
+	case errors.Is(err, hsm.ErrUnavailable):
+		// Before NOT_FOUND: an HSM that vanished is down with "token not
+		// found" as its reason, which is no answer about the key.
+		return codes.Unavailable
 	case errors.Is(err, hsm.ErrKeyNotFound), errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrCertNotFound),
 		errors.Is(err, ErrUnknownToken), errors.Is(err, state.ErrNotFound):
 		return codes.NotFound

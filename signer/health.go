@@ -49,8 +49,8 @@ func (s *Service) CheckHealth(ctx context.Context) error {
 
 func (s *Service) checkTokens(ctx context.Context) error {
 	for _, m := range s.modules {
-		if mi := m.mod.Info(); !mi.Ready {
-			return fmt.Errorf("module %s is not ready: %s", m.name, mi.Down)
+		if err := m.mod.Check(); err != nil {
+			return fmt.Errorf("module %s is not ready: %w", m.name, err)
 		}
 	}
 	for _, t := range s.tokens {

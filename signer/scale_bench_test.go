@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 	"os"
 	"runtime"
 	"slices"
@@ -280,8 +281,11 @@ const keygenBatch = 50
 // first and last rounds, where the token holds 0 and 950 keys.
 func BenchmarkKeygenScale(b *testing.B) {
 	const total = 1000
-	d := newDaemon(b)
+	// Both tokens behind one SOFTHSM2_CONF, made before the daemon loads
+	// the module: a process initialises the module once, and SoftHSM
+	// finds its tokens at C_Initialize.
 	rawFix := newScaleFixture(b)
+	d := newDaemonOn(b, softhsmtest.New(b, softhsmtest.WithDir(rawFix.soft.Dir), softhsmtest.WithLabel("keygen-daemon")), newDaemonDir(b))
 	r := openRawP11(b, rawFix.soft)
 	defer r.close()
 	ctx := context.Background()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/hsmsigner/hsmsigner/hsm"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
@@ -92,6 +93,11 @@ type Service struct {
 	// OnCertificatesChanged).
 	certHooksMu sync.Mutex
 	certHooks   []func()
+
+	// streamHeld counts the SignStream calls taken and not yet sent back
+	// (being signed, or waiting for their caller to read), over all
+	// streams: each stream holds at most maxStreamInFlight.
+	streamHeld atomic.Int64
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
@@ -359,10 +365,11 @@ func (s *Service) SetPolicy(p *config.Policy) { s.policy.Store(p) }
 // Registry returns the service's Prometheus registry.
 func (s *Service) Registry() *prometheus.Registry { return s.metrics.reg }
 
-// Ready reports whether every module is initialised.
+// Ready reports whether every module is initialised; a module that is
+// down is tried again first when its backoff has passed (hsm.Module.Check).
 func (s *Service) Ready() bool {
 	for _, m := range s.modules {
-		if !m.mod.Info().Ready {
+		if m.mod.Check() != nil {
 			return false
 		}
 	}
@@ -387,9 +394,13 @@ func (s *Service) token(name string) (*tokenEntry, error) {
 // ServerOptions are the gRPC server options the API is served with: peer
 // credentials from the Unix socket (each connection counted under its
 // uid, at most [limits] connections_per_uid), the admission interceptors, the
-// configured message size limit, and fixed HTTP/2 flow-control windows
-// (no bandwidth probing on a local socket).
+// configured message size limit, fixed HTTP/2 flow-control windows (no
+// bandwidth probing on a local socket), and the [limits] on connections:
+// handshake_timeout for the preface, idle_timeout for a connection with
+// no call, min_ping_interval for keepalive PINGs and
+// max_header_list_bytes for a call's headers.
 func (s *Service) ServerOptions() []grpc.ServerOption {
+	lim := s.cfg.Limits
 	return []grpc.ServerOption{
 		grpc.Creds(limitedCredentials{limits: s.limits}),
 		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
@@ -398,6 +409,10 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		grpc.StreamInterceptor(s.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(s.cfg.Server.MaxMessageBytes),
 		grpc.MaxSendMsgSize(64 << 20),
+		grpc.ConnectionTimeout(lim.HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.MinPingInterval}),
+		grpc.MaxHeaderListSize(uint32(lim.MaxHeaderListBytes)),
 		grpc.MaxConcurrentStreams(uint32(s.cfg.Server.MaxStreams)),
 	}
 }

@@ -82,6 +82,7 @@ func (s *Service) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		for range rs {
 			<-ss.slots
 		}
+		s.streamHeld.Add(-int64(len(rs)))
 		return err
 	})
 	received := make(chan error, 1)
@@ -214,6 +215,7 @@ func (ss *signStream) dispatch(c streamCall) (bool, error) {
 		<-ss.slots
 		return false, nil
 	}
+	ss.svc.streamHeld.Add(1)
 	ss.inFlight.Add(1)
 	ss.mu.Unlock()
 	select {

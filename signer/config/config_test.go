@@ -76,6 +76,9 @@ func TestLoadExample(t *testing.T) {
 
 		AuditCheckpointInterval: 5 * time.Minute,
 	}
+	if c.Limits != DefaultLimits() {
+		t.Errorf("[limits] %+v; the example documents the defaults %+v", c.Limits, DefaultLimits())
+	}
 	if c.Server != want {
 		t.Errorf("server = %+v, want %+v", c.Server, want)
 	}

@@ -12,6 +12,10 @@ const (
 	DefaultRefusalBurst           = 50
 	DefaultRefusalSummaryInterval = 10 * time.Second
 	DefaultLoginAttemptsPerMinute = 5
+	DefaultHandshakeTimeout       = 10 * time.Second
+	DefaultIdleTimeout            = 5 * time.Minute
+	DefaultMinPingInterval        = 5 * time.Minute
+	DefaultMaxHeaderListBytes     = 8 << 10
 )
 
 // Bounds of the [limits] values, beyond which a configuration is refused.
@@ -26,6 +30,16 @@ const (
 	minRefusalSummaryInterval = time.Second
 	maxRefusalSummaryInterval = time.Hour
 	maxLoginAttemptsPerMinute = 600
+	minHandshakeTimeout       = 100 * time.Millisecond
+	maxHandshakeTimeout       = 2 * time.Minute
+	minIdleTimeout            = time.Second
+	maxIdleTimeout            = 24 * time.Hour
+	minMinPingInterval        = time.Second
+	maxMinPingInterval        = 2 * time.Hour
+	// minMaxHeaderListBytes leaves room for a call's own headers (its
+	// method, content type, timeout and user agent: a few hundred bytes).
+	minMaxHeaderListBytes = 1 << 10
+	maxMaxHeaderListBytes = 1 << 20
 )
 
 // Limits holds the [limits] table: how much of the daemon one uid (as
@@ -62,6 +76,29 @@ type Limits struct {
 	// (whose PIN a real HSM locks after a few wrong tries), and audited as
 	// a refusal. Between 1 and 600.
 	LoginAttemptsPerMinute int
+	// HandshakeTimeout is how long a new connection to the gRPC socket
+	// has to complete its handshake: its HTTP/2 preface and first
+	// settings. A connection that has not by then (one that connects and
+	// sends nothing) is closed. It is gRPC's ConnectionTimeout, whose own
+	// default is 120 s. Between 100ms and 2m.
+	HandshakeTimeout time.Duration
+	// IdleTimeout is how long a connection with no call in progress (no
+	// unary call, no open stream) is kept; then the daemon sends it
+	// GOAWAY and closes it. A gRPC client connects again at its next
+	// call. It is gRPC's keepalive MaxConnectionIdle. Between 1s and 24h.
+	IdleTimeout time.Duration
+	// MinPingInterval is the keepalive enforcement policy: a client that
+	// sends HTTP/2 PINGs more often than this, or any PING while it has
+	// no call in progress, is sent GOAWAY (ENHANCE_YOUR_CALM,
+	// "too_many_pings") after a few and closed. gRPC's own default is 5m.
+	// Between 1s and 2h.
+	MinPingInterval time.Duration
+	// MaxHeaderListBytes is the largest header list (the decoded size of
+	// a call's headers and metadata, as HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE
+	// announces it) the daemon reads; a call whose headers are larger is
+	// reset without being read further. gRPC's own default is 16 MiB.
+	// Between 1024 and 1048576.
+	MaxHeaderListBytes int
 }
 
 // DefaultLimits returns the [limits] defaults.
@@ -73,6 +110,10 @@ func DefaultLimits() Limits {
 		RefusalBurst:           DefaultRefusalBurst,
 		RefusalSummaryInterval: DefaultRefusalSummaryInterval,
 		LoginAttemptsPerMinute: DefaultLoginAttemptsPerMinute,
+		HandshakeTimeout:       DefaultHandshakeTimeout,
+		IdleTimeout:            DefaultIdleTimeout,
+		MinPingInterval:        DefaultMinPingInterval,
+		MaxHeaderListBytes:     DefaultMaxHeaderListBytes,
 	}
 }
 
@@ -84,6 +125,10 @@ type fileLimits struct {
 	RefusalBurst           int64  `toml:"refusal_burst"`
 	RefusalSummaryInterval string `toml:"refusal_summary_interval"`
 	LoginAttemptsPerMinute int64  `toml:"login_attempts_per_minute"`
+	HandshakeTimeout       string `toml:"handshake_timeout"`
+	IdleTimeout            string `toml:"idle_timeout"`
+	MinPingInterval        string `toml:"min_ping_interval"`
+	MaxHeaderListBytes     int64  `toml:"max_header_list_bytes"`
 }
 
 // file converts l back to the schema.
@@ -95,6 +140,10 @@ func (l Limits) file() fileLimits {
 		RefusalBurst:           int64(l.RefusalBurst),
 		RefusalSummaryInterval: l.RefusalSummaryInterval.String(),
 		LoginAttemptsPerMinute: int64(l.LoginAttemptsPerMinute),
+		HandshakeTimeout:       l.HandshakeTimeout.String(),
+		IdleTimeout:            l.IdleTimeout.String(),
+		MinPingInterval:        l.MinPingInterval.String(),
+		MaxHeaderListBytes:     int64(l.MaxHeaderListBytes),
 	}
 }
 
@@ -113,16 +162,22 @@ func (fl *fileLimits) check(ck *checker, c *Config) {
 	count("refusals_per_second", fl.RefusalsPerSecond, 1, maxRefusalsPerSecond, &l.RefusalsPerSecond)
 	count("refusal_burst", fl.RefusalBurst, 1, maxRefusalBurst, &l.RefusalBurst)
 	count("login_attempts_per_minute", fl.LoginAttemptsPerMinute, 1, maxLoginAttemptsPerMinute, &l.LoginAttemptsPerMinute)
-	const key = "limits.refusal_summary_interval"
-	d, err := time.ParseDuration(fl.RefusalSummaryInterval)
-	switch {
-	case err != nil:
-		ck.addf(key, "%q is not a duration such as \"10s\"", fl.RefusalSummaryInterval)
-	case d < minRefusalSummaryInterval || d > maxRefusalSummaryInterval:
-		ck.addf(key, "%q is not between %s and %s", fl.RefusalSummaryInterval, minRefusalSummaryInterval, maxRefusalSummaryInterval)
-	default:
-		l.RefusalSummaryInterval = d
+	count("max_header_list_bytes", fl.MaxHeaderListBytes, minMaxHeaderListBytes, maxMaxHeaderListBytes, &l.MaxHeaderListBytes)
+	duration := func(key, v string, lo, hi time.Duration, dst *time.Duration) {
+		d, err := time.ParseDuration(v)
+		switch {
+		case err != nil:
+			ck.addf("limits."+key, "%q is not a duration such as \"10s\"", v)
+		case d < lo || d > hi:
+			ck.addf("limits."+key, "%q is not between %s and %s", v, lo, hi)
+		default:
+			*dst = d
+		}
 	}
+	duration("refusal_summary_interval", fl.RefusalSummaryInterval, minRefusalSummaryInterval, maxRefusalSummaryInterval, &l.RefusalSummaryInterval)
+	duration("handshake_timeout", fl.HandshakeTimeout, minHandshakeTimeout, maxHandshakeTimeout, &l.HandshakeTimeout)
+	duration("idle_timeout", fl.IdleTimeout, minIdleTimeout, maxIdleTimeout, &l.IdleTimeout)
+	duration("min_ping_interval", fl.MinPingInterval, minMinPingInterval, maxMinPingInterval, &l.MinPingInterval)
 	c.Limits = l
 }
 

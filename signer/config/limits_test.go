@@ -33,12 +33,17 @@ refusals_per_second = 2
 refusal_burst = 4
 refusal_summary_interval = "1m30s"
 login_attempts_per_minute = 1
+handshake_timeout = "250ms"
+idle_timeout = "30s"
+min_ping_interval = "1m"
+max_header_list_bytes = 4096
 `
 	c, err := Parse([]byte(doc), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{ConnectionsPerUID: 3, CallsPerUID: 20, RefusalsPerSecond: 2, RefusalBurst: 4, RefusalSummaryInterval: 90 * time.Second, LoginAttemptsPerMinute: 1}
+	want := Limits{ConnectionsPerUID: 3, CallsPerUID: 20, RefusalsPerSecond: 2, RefusalBurst: 4, RefusalSummaryInterval: 90 * time.Second, LoginAttemptsPerMinute: 1,
+		HandshakeTimeout: 250 * time.Millisecond, IdleTimeout: 30 * time.Second, MinPingInterval: time.Minute, MaxHeaderListBytes: 4096}
 	if c.Limits != want {
 		t.Fatalf("limits %+v, want %+v", c.Limits, want)
 	}
@@ -65,6 +70,14 @@ func TestLimitsInvalid(t *testing.T) {
 		{"interval without unit", limits(`refusal_summary_interval = "10"`), `limits.refusal_summary_interval: "10" is not a duration`},
 		{"short interval", limits(`refusal_summary_interval = "500ms"`), `limits.refusal_summary_interval: "500ms" is not between 1s and 1h0m0s`},
 		{"long interval", limits(`refusal_summary_interval = "2h"`), `limits.refusal_summary_interval: "2h"`},
+		{"no handshake time", limits(`handshake_timeout = "0s"`), `limits.handshake_timeout: "0s" is not between 100ms and 2m0s`},
+		{"long handshake", limits(`handshake_timeout = "3m"`), `limits.handshake_timeout: "3m"`},
+		{"handshake without unit", limits(`handshake_timeout = "10"`), `limits.handshake_timeout: "10" is not a duration`},
+		{"short idle", limits(`idle_timeout = "500ms"`), `limits.idle_timeout: "500ms" is not between 1s and 24h0m0s`},
+		{"long idle", limits(`idle_timeout = "25h"`), `limits.idle_timeout: "25h"`},
+		{"short ping interval", limits(`min_ping_interval = "100ms"`), `limits.min_ping_interval: "100ms" is not between 1s and 2h0m0s`},
+		{"small header list", limits(`max_header_list_bytes = 1023`), "limits.max_header_list_bytes: 1023 is not between 1024 and 1048576"},
+		{"large header list", limits(`max_header_list_bytes = 1048577`), "limits.max_header_list_bytes: 1048577"},
 		{"string for integer", limits(`calls_per_uid = "10"`), "limits.calls_per_uid: is a string; want an integer"},
 		{"unknown key", limits(`calls_per_gid = 10`), `unknown key "limits.calls_per_gid"`},
 	}
