@@ -112,7 +112,22 @@ type Key struct {
 	// Attrs are the private key's protection attributes as the token
 	// reports them (filled by ListKeys and the Key lookups).
 	Attrs KeyAttributes
+	// Damage is empty for a whole key pair. ListKeys sets it, and leaves
+	// Public nil, for a private key object that is not one: it has no
+	// CKA_ID (what a key generation cut short by a crash leaves on
+	// SoftHSM: the object is made before its attributes are written), or
+	// its public key object is missing or unreadable (a generation or a
+	// deletion cut short). Such a key never signs (AttributeProblem
+	// reports the damage); the officer deletes it: by its id
+	// (Token.DeleteKey), or, without one, with Token.DeleteKeysWithoutID.
+	Damage string
 }
+
+// Damage texts of Key.Damage.
+const (
+	damageNoID     = "no CKA_ID and no usable public key: what a key generation cut short leaves; signerd cannot name or use it"
+	damageNoPublic = "no public key object: what a key generation or deletion cut short leaves; it cannot be used"
+)
 
 // IDHex returns the CKA_ID in lower-case hex.
 func (k Key) IDHex() string { return hex.EncodeToString(k.ID) }
@@ -243,6 +258,7 @@ const MinRSABits = 2048
 //
 // An empty CKA_ALLOWED_MECHANISMS (the module does not support it, or the
 // key was made without it) is reported in the attributes but not refused.
+// A damaged key (Key.Damage) is refused for its damage alone.
 func (k Key) AttributeProblem() error {
 	a := k.Attrs
 	var why []string
@@ -250,6 +266,10 @@ func (k Key) AttributeProblem() error {
 		if bad {
 			why = append(why, text)
 		}
+	}
+	if k.Damage != "" {
+		// The rest of its attributes may be defaults never overwritten.
+		return fmt.Errorf("%w: damaged object: %s", ErrKeyAttributes, k.Damage)
 	}
 	flag(!a.Sign, "CKA_SIGN is false (the key cannot sign)")
 	flag(!a.Private, "CKA_PRIVATE is false (it can be seen without logging in)")
@@ -612,6 +632,10 @@ func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 	k, err := t.readPrivate(s, priv)
 	if err != nil {
 		return Key{}, err
+	}
+	if len(k.ID) == 0 {
+		// Its public key cannot be found by an id it does not have.
+		return Key{}, fmt.Errorf("%w: the private key object labelled %q has no CKA_ID (%s)", ErrKeyNotFound, k.Label, damageNoID)
 	}
 	if k.Type == KeyUnknown {
 		return Key{}, fmt.Errorf("%w: key %x has a type this appliance does not use", ErrAlgorithm, k.ID)
@@ -1051,6 +1075,14 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 			if err != nil {
 				return err
 			}
+			if len(k.ID) == 0 {
+				// No public key can be found by an id it does not have
+				// (pairing it with an id-less public key object, another
+				// damaged one, would give it a public key not its own).
+				k.Damage = damageNoID
+				listed[i] = &k
+				continue
+			}
 			if k.Type == KeyUnknown {
 				continue // a key of a type the appliance does not use
 			}
@@ -1082,12 +1114,12 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 				if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, p.h) {
 					continue // deleted while it was being listed
 				}
-				if errors.Is(err, ErrKeyNotFound) && len(p.k.ID) == 0 {
-					// A private key object without an id or a public
-					// half: what SoftHSM leaves of a key generation
-					// killed mid-way (an object file it created but
-					// never filled). No call can name it; it must not
-					// make every other key unlistable.
+				if damage := publicDamage(err); damage != "" {
+					// Listed, not failing the listing: the officer sees
+					// it and deletes it.
+					k = p.k
+					k.Damage = damage
+					listed[p.at] = &k
 					continue
 				}
 				if err != nil {
@@ -1105,6 +1137,23 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 		return nil
 	})
 	return keys, err
+}
+
+// publicDamage returns Key.Damage for err, the error of reading a private
+// key's public key, when err says the key pair is damaged: its public key
+// object is missing (ErrKeyNotFound) or holds no public key that parses.
+// A PKCS#11 error (a session, login or device fault) is no damage.
+func publicDamage(err error) string {
+	var pe pkcs11.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, ErrKeyNotFound):
+		return damageNoPublic
+	case errors.As(err, &pe), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return ""
+	}
+	return fmt.Sprintf("its public key object is unreadable (%v): what a key generation cut short leaves; it cannot be used", err)
 }
 
 // publicByID returns the handles of the token's public key objects by
@@ -1258,4 +1307,44 @@ func (t *Token) DeleteKey(ctx context.Context, id []byte) error {
 	})
 	t.forgetKey(id)
 	return err
+}
+
+// DeleteKeysWithoutID destroys every private key object on the token that
+// has no CKA_ID (Key.Damage: what a key generation cut short leaves; no
+// call can name it) and returns their labels. It destroys nothing else:
+// a key with an id is deleted by it (DeleteKey). It returns
+// ErrKeyNotFound when the token holds no such object.
+func (t *Token) DeleteKeysWithoutID(ctx context.Context) ([]string, error) {
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	var labels []string
+	err := t.withSession(ctx, func(s *session) error {
+		labels = labels[:0]
+		seq := t.loginSeq.Load()
+		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}, 1<<16)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_ID, pkcs11.CKA_LABEL))
+			if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				continue // destroyed since the search
+			}
+			if err != nil {
+				return p11err("C_GetAttributeValue", readGone(err))
+			}
+			if len(attrs[0].Value) != 0 {
+				continue
+			}
+			if err := t.m.api.DestroyObject(s.h, h); err != nil && !isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				return p11err("C_DestroyObject", err)
+			}
+			labels = append(labels, string(attrs[1].Value))
+		}
+		if len(labels) == 0 {
+			return t.notFound(s, seq, fmt.Errorf("%w: no private key object without CKA_ID on token %q", ErrKeyNotFound, t.label))
+		}
+		return nil
+	})
+	return labels, err
 }

@@ -278,6 +278,9 @@ func (s *Service) keyForCert(ctx context.Context, cert *x509.Certificate) (*toke
 			return nil, hsm.Key{}, err
 		}
 		for _, k := range keys {
+			if k.Damage != "" {
+				continue // no certificate is for it: it cannot be used
+			}
 			if pub.Equal(k.Public) {
 				return t, k, nil
 			}

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 )
 
@@ -24,7 +25,8 @@ func canonicalKeyID(idHex string) (string, error) {
 // normalizeKeyID puts the key_id field of a request, if it has one and it
 // is set, in its one spelling, where the request enters the daemon: every
 // later step (the policy, the key cache, the audit line) sees that
-// spelling and no other. An id that is not hex is refused here
+// spelling and no other. NoIDKeyRef passes in a DeleteKeyRequest alone.
+// An id that is not hex is refused here
 // (ErrInvalid), and the id as given is returned for the refusal's audit
 // line.
 func normalizeKeyID(req any) (given string, err error) {
@@ -43,6 +45,9 @@ func normalizeKeyID(req any) (given string, err error) {
 	raw := r.Get(fd).String()
 	if raw == "" {
 		return "", nil // the handler says what is missing
+	}
+	if _, del := req.(*signerv1.DeleteKeyRequest); del && raw == NoIDKeyRef {
+		return raw, nil // the damaged objects without an id (see NoIDKeyRef)
 	}
 	id, err := canonicalKeyID(raw)
 	if err != nil {

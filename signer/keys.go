@@ -58,8 +58,12 @@ func usageEnum(u string) signerv1.KeyUsage {
 // keyMessage describes a key, with its attributes as k holds them (read
 // from the token by the hsm lookups); rec is its state record, or nil.
 func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
+	id := k.IDHex()
+	if len(k.ID) == 0 {
+		id = NoIDKeyRef
+	}
 	msg := &signerv1.Key{
-		Id: k.IDHex(), Token: t.name, Label: k.Label, Type: k.Type.String(), Bits: int32(k.Bits), Curve: k.Curve,
+		Id: id, Token: t.name, Label: k.Label, Type: k.Type.String(), Bits: int32(k.Bits), Curve: k.Curve,
 		Sensitive: k.Attrs.Sensitive, Extractable: k.Attrs.Extractable, CanDecrypt: k.Attrs.Decrypt,
 		CanSignRecover: k.Attrs.SignRecover, Modifiable: k.Attrs.Modifiable, Copyable: k.Attrs.Copyable,
 	}
@@ -240,9 +244,12 @@ func (s *Service) DeleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest)
 }
 
 func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record) error {
+	if req.GetKeyId() == NoIDKeyRef {
+		return s.deleteWithoutID(ctx, rec)
+	}
 	t, k, kr, err := s.findKey(ctx, req.GetKeyId())
 	if errors.Is(err, hsm.ErrKeyNotFound) {
-		return s.deleteRecordOnly(ctx, req, rec, err)
+		return s.deleteRemains(ctx, req, rec, err)
 	}
 	if err != nil {
 		return err
@@ -295,12 +302,13 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 	return nil
 }
 
-// deleteRecordOnly deletes the records of a key that every token searched
-// says it does not hold (reconcile.missing_key: a deletion cut short
-// between the HSM and the state, or a key deleted outside signerd), with
-// its certificates and requests; the record's token must be one that
-// answered. Without such a record it returns notFound.
-func (s *Service) deleteRecordOnly(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record, notFound error) error {
+// deleteRemains deletes what is left of a key that no token holds whole:
+// a private key object without its public key (Key.Damage: a deletion or
+// generation cut short), and the key's records with its certificates and
+// requests (reconcile.missing_key: a deletion cut short between the HSM
+// and the state, or a key deleted outside signerd). Only tokens that are
+// logged in are searched. With neither it returns notFound.
+func (s *Service) deleteRemains(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record, notFound error) error {
 	id, err := parseKeyID(req.GetKeyId())
 	if err != nil {
 		return err
@@ -312,6 +320,15 @@ func (s *Service) deleteRecordOnly(ctx context.Context, req *signerv1.DeleteKeyR
 		}
 		kr, err := s.store.GetKey(ctx, t.tok.Serial(), idHex)
 		if errors.Is(err, state.ErrNotFound) {
+			destroyed, err := destroyRemains(ctx, t, id)
+			if err != nil {
+				return err
+			}
+			if destroyed {
+				rec.Token = t.name
+				rec.Detail = "damaged: the private key object without its public key; no record"
+				return nil
+			}
 			continue
 		}
 		if err != nil {
@@ -326,6 +343,10 @@ func (s *Service) deleteRecordOnly(ctx context.Context, req *signerv1.DeleteKeyR
 		}
 		if len(certs) > 0 && !req.GetForce() {
 			return fmt.Errorf("%w: key %s has %d certificate(s); delete them first, or force to delete the key with them", ErrPrecondition, kr.ID, len(certs))
+		}
+		destroyed, err := destroyRemains(ctx, t, id)
+		if err != nil {
+			return err
 		}
 		csrs, err := s.store.ListCSRs(ctx)
 		if err != nil {
@@ -349,10 +370,57 @@ func (s *Service) deleteRecordOnly(ctx context.Context, req *signerv1.DeleteKeyR
 		if err != nil {
 			return err
 		}
-		rec.Detail = fmt.Sprintf("record only: the token holds no such key; with %d certificate(s)", len(certs))
+		what := "record only: the token holds no such key"
+		if destroyed {
+			what = "damaged: the private key object without its public key, and the record"
+		}
+		rec.Detail = fmt.Sprintf("%s; with %d certificate(s)", what, len(certs))
 		return nil
 	}
 	return notFound
+}
+
+// destroyRemains destroys the objects with CKA_ID id on t, which holds
+// no whole key pair with that id, and reports whether it held a private
+// key object.
+func destroyRemains(ctx context.Context, t *tokenEntry, id []byte) (bool, error) {
+	err := t.tok.DeleteKey(ctx, id)
+	if errors.Is(err, hsm.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// NoIDKeyRef is the key id under which ListKeys lists a private key object
+// without a CKA_ID (hsm.Key.Damage: what a key generation cut short
+// leaves), and with which DeleteKey destroys every such object on the
+// logged-in tokens: no other name can tell them apart, and none can be
+// used. It is not hex, so no key id is ever it.
+const NoIDKeyRef = "no-id"
+
+// deleteWithoutID destroys every private key object without a CKA_ID on
+// the logged-in tokens (see NoIDKeyRef).
+func (s *Service) deleteWithoutID(ctx context.Context, rec *audit.Record) error {
+	var done []string
+	for _, t := range s.tokens {
+		if !t.tok.LoggedIn() {
+			continue
+		}
+		labels, err := t.tok.DeleteKeysWithoutID(ctx)
+		if errors.Is(err, hsm.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("token %q: %w", t.name, err)
+		}
+		rec.Token = t.name
+		done = append(done, fmt.Sprintf("%d on token %s (labels %q)", len(labels), t.name, labels))
+	}
+	if len(done) == 0 {
+		return fmt.Errorf("%w: no private key object without CKA_ID on a logged-in token", hsm.ErrKeyNotFound)
+	}
+	rec.Detail = "damaged: private key objects without CKA_ID destroyed: " + strings.Join(done, "; ")
+	return nil
 }
 
 // RenameKey implements signerv1.SignerServer.

@@ -20,6 +20,10 @@ const (
 	// OpMissingKey: the state records a key that the token no longer
 	// holds (deleted outside signerd, or a deletion cut short).
 	OpMissingKey = "reconcile.missing_key"
+	// OpDamagedKey: the token holds a private key object that is no whole
+	// key pair (hsm.Key.Damage: no CKA_ID, or no public key object; an
+	// operation cut short by a crash) and cannot be used.
+	OpDamagedKey = "reconcile.damaged_key"
 )
 
 // reconciler remembers what reconciliation has reported in this process,
@@ -78,6 +82,20 @@ func (s *Service) reconcileToken(ctx context.Context, t *tokenEntry) error {
 	onToken := map[string]bool{}
 	var errs []error
 	for _, k := range keys {
+		if k.Damage != "" {
+			ref := k.IDHex()
+			if len(k.ID) == 0 {
+				ref = NoIDKeyRef
+			}
+			if s.reconciled.firstReport(OpDamagedKey, serial, ref) {
+				s.log.Warn("token holds a damaged key object", "token", t.name, "key", ref, "label", k.Label, "damage", k.Damage)
+				errs = append(errs, s.auditSelf(ctx, audit.Record{Op: OpDamagedKey, Token: t.name, Key: ref,
+					Detail: fmt.Sprintf("label=%q: damaged object: %s; delete it (signerctl key delete %s)", k.Label, k.Damage, ref)}))
+			}
+			if len(k.ID) == 0 {
+				continue // no record can name it
+			}
+		}
 		id := k.IDHex()
 		onToken[id] = true
 		if recorded[id] || !s.reconciled.firstReport(OpUnrecordedKey, serial, id) {

@@ -80,6 +80,13 @@ func (a *app) keyCommand() *cobra.Command {
 				if err := a.printKeys(resp.GetKeys()); err != nil {
 					return err
 				}
+				for _, k := range resp.GetKeys() {
+					// What a crash left of a key generation or deletion:
+					// the officer deletes it (key delete ID).
+					if p := k.GetAttributeProblem(); strings.Contains(p, "damaged object") {
+						fmt.Fprintf(a.stderr, "key %s on token %s (label %q): %s; remove it with: signerctl key delete %s\n", k.GetId(), k.GetToken(), k.GetLabel(), p, k.GetId())
+					}
+				}
 				for t, why := range resp.GetSkippedTokens() {
 					fmt.Fprintf(a.stderr, "token %s skipped: %s\n", t, why)
 				}

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -137,7 +138,7 @@ func (ca *crashCA) issue(pub *ecdsa.PublicKey, member string) (*crashCert, error
 // crashFigures are what a run of TestCrashConsistency found.
 type crashFigures struct {
 	rounds, kills, acked, signed, tornSealed int
-	unrecorded, missing, inDoubt             int
+	unrecorded, missing, damaged, inDoubt    int
 }
 
 // TestCrashConsistency starts the real signerd on a real SoftHSM token,
@@ -152,9 +153,11 @@ type crashFigures struct {
 // a change in flight is there whole or not at all; every signature handed
 // out has its ok audit line; and the token and the state agree, except
 // for what a change in flight left between them, which the restarted
-// daemon reports (`key list` shows a key pair it does not know, and a
-// reconcile.unrecorded_key or reconcile.missing_key line names it) and
-// the officer clears with `key delete`. The kill moment comes from a
+// daemon reports (`key list` shows a key pair it does not know, or a
+// damaged key object, with a reconcile.unrecorded_key,
+// reconcile.missing_key or reconcile.damaged_key line naming it) and the
+// officer clears with `key delete` (`key delete no-id` for a private key
+// object left without CKA_ID). The kill moment comes from a
 // seeded math/rand; the seed is logged, and SIGNERD_CRASH_SEED repeats it.
 func TestCrashConsistency(t *testing.T) {
 	rounds := 50
@@ -209,8 +212,8 @@ func TestCrashConsistency(t *testing.T) {
 		t.Fatalf("audit log after the last round: %v", err)
 	}
 	f := h.fig
-	t.Logf("rounds %d, kills %d, admin changes acknowledged %d, in doubt at a kill %d, signatures acknowledged %d, torn audit lines sealed %d, unrecorded keys reported and deleted %d, records without a key reported and deleted %d",
-		f.rounds, f.kills, f.acked, f.inDoubt, f.signed, f.tornSealed, f.unrecorded, f.missing)
+	t.Logf("rounds %d, kills %d, admin changes acknowledged %d, in doubt at a kill %d, signatures acknowledged %d, torn audit lines sealed %d, unrecorded keys reported and deleted %d, records without a key reported and deleted %d, damaged key objects reported and deleted %d",
+		f.rounds, f.kills, f.acked, f.inDoubt, f.signed, f.tornSealed, f.unrecorded, f.missing, f.damaged)
 }
 
 // crashHarness runs TestCrashConsistency's daemon and model.
@@ -436,6 +439,12 @@ func (h *crashHarness) cutShort(ctx context.Context, err error) error {
 	return err
 }
 
+// damaged reports whether the daemon lists k as what a change cut short
+// left of a key pair (hsm.Key.Damage).
+func damaged(k *signerv1.Key) bool {
+	return strings.Contains(k.GetAttributeProblem(), "damaged object")
+}
+
 // keyOf is the model of a key the daemon answered with.
 func keyOf(k *signerv1.Key) (*crashKey, error) {
 	pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
@@ -482,13 +491,16 @@ func (h *crashHarness) check() {
 	}
 	lines := readAudit(t, h.auditPath())
 	okDigests := map[string]bool{}
-	reported := map[string]string{} // key id: reconcile op since the start
+	reported := map[string]map[string]bool{} // key id: reconcile ops since the start
 	for i, l := range lines {
 		if l.Op == "sign" && l.Result == "ok" {
 			okDigests[l.Digest] = true
 		}
-		if i >= h.startLine && (l.Op == signer.OpUnrecordedKey || l.Op == signer.OpMissingKey) {
-			reported[l.Key] = l.Op
+		if i >= h.startLine && (l.Op == signer.OpUnrecordedKey || l.Op == signer.OpMissingKey || l.Op == signer.OpDamagedKey) {
+			if reported[l.Key] == nil {
+				reported[l.Key] = map[string]bool{}
+			}
+			reported[l.Key][l.Op] = true
 		}
 	}
 	for _, dg := range h.signed {
@@ -500,7 +512,25 @@ func (h *crashHarness) check() {
 
 	// Every key of the model, and the change in doubt.
 	known := map[string]bool{h.stable: true}
-	var clear []string // ids the officer deletes: on one side only
+	var clear []string // ids the officer deletes: on one side only, or damaged
+	generating := false
+	for _, o := range h.officers {
+		if o.pending != nil && o.pending.kind == "generate" {
+			generating = true
+		}
+	}
+	if _, there := onToken[signer.NoIDKeyRef]; there {
+		// A private key object without CKA_ID: a generation cut short.
+		if !generating {
+			t.Fatalf("a private key object without CKA_ID on the token, and no key generation in doubt")
+		}
+		if !reported[signer.NoIDKeyRef][signer.OpDamagedKey] {
+			t.Fatalf("a private key object without CKA_ID on the token, and no %s line reports it", signer.OpDamagedKey)
+		}
+		h.fig.damaged++
+		clear = append(clear, signer.NoIDKeyRef)
+		known[signer.NoIDKeyRef] = true
+	}
 	for _, o := range h.officers {
 		op := o.pending
 		o.pending = nil
@@ -513,8 +543,11 @@ func (h *crashHarness) check() {
 					continue
 				}
 				if !k.GetKnown() {
-					if reported[id] != signer.OpUnrecordedKey {
+					if !reported[id][signer.OpUnrecordedKey] {
 						t.Fatalf("key %s (%s) is on the token without a record, and no %s line reports it", id, op.label, signer.OpUnrecordedKey)
+					}
+					if damaged(k) && !reported[id][signer.OpDamagedKey] {
+						t.Fatalf("key %s (%s) is damaged (%s), and no %s line reports it", id, op.label, k.GetAttributeProblem(), signer.OpDamagedKey)
 					}
 					h.fig.unrecorded++
 					clear = append(clear, id)
@@ -534,6 +567,16 @@ func (h *crashHarness) check() {
 			_, recorded := h.records[id]
 			if op != nil && op.keyID == id && op.kind == "delete" {
 				switch {
+				case there && got.GetKnown() && damaged(got):
+					// Cut short between the public and the private key
+					// object.
+					if !reported[id][signer.OpDamagedKey] {
+						t.Fatalf("key %s is damaged (%s) after a delete in flight, and no %s line reports it", id, got.GetAttributeProblem(), signer.OpDamagedKey)
+					}
+					h.fig.damaged++
+					clear = append(clear, id)
+					delete(o.keys, id)
+					continue
 				case there && got.GetKnown():
 					// Not deleted: still whole.
 				case !there && !recorded:
@@ -543,7 +586,7 @@ func (h *crashHarness) check() {
 					}
 					continue
 				case !there && recorded:
-					if reported[id] != signer.OpMissingKey {
+					if !reported[id][signer.OpMissingKey] {
 						t.Fatalf("key %s is recorded but not on the token, and no %s line reports it", id, signer.OpMissingKey)
 					}
 					h.fig.missing++
@@ -554,8 +597,8 @@ func (h *crashHarness) check() {
 					t.Fatalf("key %s after a delete in flight: on the token %v, known %v, recorded %v", id, there, got.GetKnown(), recorded)
 				}
 			}
-			if !there || !got.GetKnown() || !recorded {
-				t.Fatalf("key %s (%s), acknowledged, after the restart: on the token %v, recorded %v, listed known %v", id, k.label, there, recorded, there && got.GetKnown())
+			if !there || !got.GetKnown() || !recorded || damaged(got) {
+				t.Fatalf("key %s (%s), acknowledged, after the restart: on the token %v, recorded %v, listed known %v, problem %q", id, k.label, there, recorded, there && got.GetKnown(), got.GetAttributeProblem())
 			}
 			if op != nil && op.keyID == id && op.kind == "rename" && got.GetName() == op.name {
 				k.name = op.name
@@ -596,7 +639,7 @@ func (h *crashHarness) check() {
 	}
 	for _, id := range clear {
 		if _, err := c.DeleteKey(ctx, &signerv1.DeleteKeyRequest{KeyId: id, Force: true}); err != nil {
-			t.Fatalf("the officer deletes key %s, which a change cut short left on one side only (%s): %v", id, reported[id], err)
+			t.Fatalf("the officer deletes key %s, which a change cut short left on one side only or damaged (%v): %v", id, reported[id], err)
 		}
 	}
 }
