@@ -1153,7 +1153,7 @@ func publicDamage(err error) string {
 	case errors.As(err, &pe), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return ""
 	}
-	return fmt.Sprintf("its public key object is unreadable (%v): what a key generation cut short leaves; it cannot be used", err)
+	return fmt.Sprintf("its public key object holds no public key the appliance reads (%v): a key generation cut short, or a key made outside signerd; it cannot be used", err)
 }
 
 // publicByID returns the handles of the token's public key objects by

@@ -175,6 +175,8 @@ func TestDamagedKeysAreShownAndCleared(t *testing.T) {
 		case tc.problem == "" && k.GetAttributeProblem() != "",
 			tc.problem != "" && !strings.Contains(k.GetAttributeProblem(), "damaged object: "+tc.problem):
 			t.Errorf("key %s: attribute problem %q; want one with %q", tc.id, k.GetAttributeProblem(), tc.problem)
+		case tc.problem != "" && (len(k.GetAlgorithms()) != 0 || len(k.GetPublicKey()) != 0):
+			t.Errorf("key %s, damaged: algorithms %v, public key of %d bytes; want none", tc.id, k.GetAlgorithms(), len(k.GetPublicKey()))
 		}
 	}
 

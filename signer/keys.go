@@ -76,10 +76,12 @@ func keyMessage(t *tokenEntry, k hsm.Key, rec *state.KeyRecord) *signerv1.Key {
 	if der, err := x509.MarshalPKIXPublicKey(k.Public); err == nil {
 		msg.PublicKey = der
 	}
-	switch k.Type {
-	case hsm.KeyRSA:
+	switch {
+	case k.Damage != "":
+		// It signs with nothing.
+	case k.Type == hsm.KeyRSA:
 		msg.Algorithms = []string{"SHA256withRSA", "SHA384withRSA", "SHA512withRSA", "SHA256withRSAandMGF1", "SHA384withRSAandMGF1", "SHA512withRSAandMGF1"}
-	case hsm.KeyEC:
+	case k.Type == hsm.KeyEC:
 		msg.Algorithms = []string{"SHA256withECDSA", "SHA384withECDSA", "SHA512withECDSA"}
 	}
 	if rec != nil {
