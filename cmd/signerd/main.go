@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hsmsigner/hsmsigner/cmd/internal/buildversion"
+	"github.com/hsmsigner/hsmsigner/cmd/internal/gendoc"
 )
 
 func main() {
@@ -55,7 +56,7 @@ func newRootCommand() *cobra.Command {
 	root.Flags().BoolVar(&allowRoot, "allow-root", false, "run as root (refused without it; run signerd as its own user instead)")
 	root.PersistentFlags().BoolVar(&flags.acceptAuditCut, "accept-audit-cut", false,
 		"continue an audit log that lost lines at its end (cut, head file missing, torn last line after a crash), recording the acknowledgement; use once, after reviewing the log")
-	root.AddCommand(newDevCommand(&flags))
+	root.AddCommand(newDevCommand(&flags), gendoc.Command(root, "8"))
 	return root
 }
 
