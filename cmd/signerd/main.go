@@ -30,8 +30,17 @@ func newRootCommand() *cobra.Command {
 	var flags daemonFlags
 	var allowRoot bool
 	root := &cobra.Command{
-		Use:           "signerd --config FILE",
-		Short:         "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
+		Use:   "signerd --config FILE",
+		Short: "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
+		Long: `signerd keeps signing keys inside HSMs (through PKCS#11) and serves signatures,
+certificate work, OCSP responses and time-stamps over local Unix sockets, deciding
+access from the caller's kernel credentials and writing a hash-chained audit log.
+
+Installed from the Debian package, it runs as the systemd unit signerd.service
+(user signerd) with the configuration /etc/signerd/signerd.toml, its sockets in
+/run/signerd, its state in /var/lib/signerd and its audit log in /var/log/signerd.
+It refuses to start until the configuration's module path names your HSM's
+PKCS#11 library. PKI officers manage it with signerctl(1).`,
 		Version:       buildversion.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
