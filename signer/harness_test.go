@@ -98,6 +98,8 @@ type daemonParams struct {
 	DialOptions []grpc.DialOption
 	// WrapAudit, when set, wraps the daemon's audit log before it serves.
 	WrapAudit func(auditLog) auditLog
+	// TokenExtra are more keys of the token's table, TOML.
+	TokenExtra string
 }
 
 var configTemplate = template.Must(template.New("cfg").Parse(`
@@ -128,6 +130,7 @@ path = "{{.Module}}"
   name = "t1"
   token = "label:{{.Label}}"
   pin = "{{.PIN}}"
+{{.TokenExtra}}
 
 [policy]
   [policy.admins]
