@@ -120,7 +120,7 @@ soak: deps
 # the socket floor in the same run, ECDSA P-256 and RSA-2048, with the
 # per-stage breakdown of the daemon's call (µs). About a minute.
 bench-latency: deps
-	$(GO) test -run '^$$' -bench BenchmarkLatency -benchtime 3200x -v ./signer/ | grep -E 'Benchmark|latency_test|ok|FAIL'
+	$(GO) test -run '^$$' -bench BenchmarkLatency -benchtime 3200x ./signer/
 
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
