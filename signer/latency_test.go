@@ -41,8 +41,8 @@ const (
 	numMarks
 )
 
-// latencyStages names the span that ends at each mark (after the
-// first), from the latest mark before it that the call passed (a call on
+// latencyStages names the span that ends at each mark, from the latest
+// mark before it that the call passed, or from the call's start (a call on
 // the shared SignStream passes no handler marks, so its lookup span also
 // holds the hand-off to a worker, the admission and the policy's role
 // check), as the breakdown reports them: µs, the median over the run's
