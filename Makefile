@@ -10,7 +10,7 @@ DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd p11-kit p
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze p11-kit ss
 DEB_FILES := /usr/lib/*/pkcs11/p11-kit-client.so
 
-.PHONY: all build vet test fault-hsm dev deb bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak fuzz generate deps
+.PHONY: all build vet test fault-hsm dev deb bench bench-scale bench-daemon bench-latency bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak fuzz generate deps
 
 all: build
 
@@ -114,6 +114,13 @@ SOAK_IN_FLIGHT ?= 256
 soak: deps
 	SIGNERD_SOAK_SIGNATURES=$(SOAK_SIGNATURES) SIGNERD_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) SIGNERD_SOAK_IN_FLIGHT=$(SOAK_IN_FLIGHT) \
 		$(GO) test -count=1 -run '^TestSoak$$' -v -timeout 120m ./cmd/signerd/
+
+# bench-latency: one caller, one call at a time: the p50 of Sign through
+# the daemon's socket (shared SignStream and unary) against raw C_Sign and
+# the socket floor in the same run, ECDSA P-256 and RSA-2048, with the
+# per-stage breakdown of the daemon's call (µs). About a minute.
+bench-latency: deps
+	$(GO) test -run '^$$' -bench BenchmarkLatency -benchtime 3200x ./signer/
 
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/
