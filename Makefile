@@ -10,7 +10,7 @@ DEB_PACKAGES := softhsm2 opensc openssl protobuf-compiler curl systemd p11-kit p
 DEB_COMMANDS := softhsm2-util pkcs11-tool openssl protoc curl systemd-analyze p11-kit ss
 DEB_FILES := /usr/lib/*/pkcs11/p11-kit-client.so
 
-.PHONY: all build vet test fault-hsm dev bench bench-scale bench-daemon bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak crash fuzz generate deps
+.PHONY: all build vet test fault-hsm dev deb bench bench-scale bench-daemon bench-latency bench-processes bench-ocsp bench-tsa bench-xroad bench-abuse soak crash fuzz generate deps
 
 all: build
 
@@ -35,6 +35,18 @@ fault-hsm: deps
 dev: deps
 	$(GO) build -o signer-dev/bin/signerd ./cmd/signerd
 	./signer-dev/bin/signerd dev --dir signer-dev
+
+# deb builds hsmsigner_VERSION_ARCH.deb here (cmd/internal/mkdeb, nfpm as
+# a Go library): signerd and signerctl with VERSION linked in, their man
+# pages and completions, the units, sysusers.d and tmpfiles.d files, the
+# configuration /etc/signerd/signerd.toml (signerd refuses it until it is
+# edited) and the maintainer scripts of systemd/deb/. Needs go, gcc and git.
+# VERSION is the package's version source; mkdeb turns it into a Debian
+# version (v1.2.3-4-gabc1234 is 1.2.3+4.gabc1234).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+deb:
+	@if [ -z "$(VERSION)" ]; then echo "deb: not a git checkout; give VERSION=v1.2.3" >&2; exit 1; fi
+	$(GO) run ./cmd/internal/mkdeb --describe "$(VERSION)" --out .
 
 # bench: the hsm pool against raw C_Sign in the same run (pool/raw).
 bench: deps
@@ -112,6 +124,13 @@ soak: deps
 ROUNDS ?= 500
 crash: deps
 	SIGNERD_CRASH_ROUNDS=$(ROUNDS) $(GO) test -count=1 -run '^TestCrashConsistency$$' -v -timeout 0 ./cmd/signerd/
+
+# bench-latency: one caller, one call at a time: the p50 of Sign through
+# the daemon's socket (shared SignStream and unary) against raw C_Sign and
+# the socket floor in the same run, ECDSA P-256 and RSA-2048, with the
+# per-stage breakdown of the daemon's call (µs). About a minute.
+bench-latency: deps
+	$(GO) test -run '^$$' -bench BenchmarkLatency -benchtime 3200x ./signer/
 
 bench-processes: deps
 	$(GO) test -run '^$$' -bench BenchmarkSeparateProcesses -benchtime 1x -timeout 30m ./cmd/signerctl/

@@ -371,18 +371,22 @@ func TestUnreadStreamsBounded(t *testing.T) {
 	}
 	most := int64(0)
 	bound := int64(streams * maxStreamInFlight)
+	// The well-behaved client signs one call at a time, every other one
+	// over its own stream: the count may hold that one call beyond the
+	// abuser's (baseHeld was read between two of its calls, or during one).
+	const goodHeld = 1
 	waitFor(t, "every unread stream to hold its most", func() bool {
 		held := d.svc.streamHeld.Load() - baseHeld
 		most = max(most, held)
-		if held > bound {
-			t.Fatalf("the unread streams hold %d calls, more than %d streams × %d", held, streams, maxStreamInFlight)
+		if held > bound+goodHeld {
+			t.Fatalf("the unread streams hold %d calls, more than %d streams × %d (+%d of the well-behaved client)", held, streams, maxStreamInFlight, goodHeld)
 		}
-		return held == bound
+		return held >= bound
 	})
 	// The abuser is held back; the well-behaved client is served.
 	good.waitCalls(t, 20)
-	if held := d.svc.streamHeld.Load() - baseHeld; held > bound {
-		t.Fatalf("the unread streams hold %d calls, more than %d", held, bound)
+	if held := d.svc.streamHeld.Load() - baseHeld; held > bound+goodHeld {
+		t.Fatalf("the unread streams hold %d calls, more than %d (+%d of the well-behaved client)", held, bound, goodHeld)
 	}
 	cancel()
 	for range streams {

@@ -91,6 +91,15 @@ type daemonParams struct {
 	SwitchAudit bool
 	// TSAClock replaces the kernel's clock state for the TSA's guard.
 	TSAClock tsa.ClockSource
+	// ServerOptions are added after the Service's own (stats handlers,
+	// chained interceptors: what a benchmark times a call's stages with).
+	ServerOptions []grpc.ServerOption
+	// DialOptions are added to the client's.
+	DialOptions []grpc.DialOption
+	// WrapAudit, when set, wraps the daemon's audit log before it serves.
+	WrapAudit func(auditLog) auditLog
+	// TokenExtra are more keys of the token's table, TOML.
+	TokenExtra string
 }
 
 var configTemplate = template.Must(template.New("cfg").Parse(`
@@ -121,6 +130,7 @@ path = "{{.Module}}"
   name = "t1"
   token = "label:{{.Label}}"
   pin = "{{.PIN}}"
+{{.TokenExtra}}
 
 [policy]
   [policy.admins]
@@ -208,10 +218,13 @@ func (d *testDaemon) start() {
 		d.audit = &switchAudit{real: svc.audit}
 		svc.audit = d.audit
 	}
-	srv := grpc.NewServer(svc.ServerOptions()...)
+	if d.params.WrapAudit != nil {
+		svc.audit = d.params.WrapAudit(svc.audit)
+	}
+	srv := grpc.NewServer(append(svc.ServerOptions(), d.params.ServerOptions...)...)
 	signerv1.RegisterSignerServer(srv, svc)
 	go func() { _ = srv.Serve(l) }()
-	c, err := client.Dial(cfg.Server.GRPCSocket)
+	c, err := client.Dial(cfg.Server.GRPCSocket, d.params.DialOptions...)
 	if err != nil {
 		t.Fatal(err)
 	}

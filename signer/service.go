@@ -68,6 +68,9 @@ type Service struct {
 	keys     map[string]*keyRef // lower-case hex id → where the key is and what it is for
 	keysGen  uint64             // counts the clears of keys; a fill stores only under the one it began in
 	keyHooks atomic.Pointer[keyCacheHooks]
+	// signHook, when set (by a benchmark only), runs right before and
+	// right after the token signs for a Sign call.
+	signHook atomic.Pointer[func(before bool)]
 
 	metrics *metrics
 	health  healthCheck

@@ -255,7 +255,14 @@ func (s *Service) sign(ctx context.Context, c caller, req *signerv1.SignRequest,
 	if err != nil {
 		return nil, err
 	}
+	hook := s.signHook.Load()
+	if hook != nil {
+		(*hook)(true)
+	}
 	sig, err := ref.tok.tok.Sign(ctx, ref.id, alg, req.GetDigest())
+	if hook != nil {
+		(*hook)(false)
+	}
 	if err = s.signed(ref, err); err != nil {
 		return nil, err
 	}

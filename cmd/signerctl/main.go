@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hsmsigner/hsmsigner/cmd/internal/buildversion"
+	"github.com/hsmsigner/hsmsigner/cmd/internal/gendoc"
 	"github.com/hsmsigner/hsmsigner/signer/client"
 )
 
@@ -78,6 +79,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.statusCommand(), a.tokenCommand(), a.keyCommand(), a.csrCommand(), a.certCommand(), a.signingInfoCommand(), a.ocspCommand(), a.stateCommand(),
 		a.tsaCommand(), a.signCommand(), a.benchCommand(), a.auditCommand(), a.xroadCommand())
 	refuseUnknownSubcommands(root)
+	root.AddCommand(gendoc.Command(root, "1"))
 	return root
 }
 

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -44,6 +46,12 @@ HSM, never in the state.`,
 			if out == "" {
 				return errors.New("--out FILE is required")
 			}
+			// Ctrl-C or SIGTERM ends the copy through its context, so that
+			// the partial copy (part of the state) is removed, not left
+			// beside FILE by a process killed by the signal.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cmd.SetContext(ctx)
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
 				size, sum, err := backupState(ctx, c, out)
 				if err != nil {

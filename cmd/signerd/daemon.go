@@ -38,6 +38,9 @@ func runDaemon(ctx context.Context, configPath string, flags daemonFlags, ready 
 	if err != nil {
 		return err
 	}
+	if err := checkEdited(configPath, cfg); err != nil {
+		return err
+	}
 	if err := checkPrivate(cfg.Server.StateDir, "state folder"); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -42,6 +42,9 @@ signing key if there is none, and prints the signerctl commands to try.
 The user who runs it is admin and client. Run it again to pick up where you left off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkSourceCheckout(); err != nil {
+				return err
+			}
 			if err := harden(); err != nil {
 				return err
 			}
@@ -54,6 +57,18 @@ The user who runs it is admin and client. Run it again to pick up where you left
 	}
 	cmd.Flags().StringVar(&dir, "dir", "signer-dev", "folder for the token, PINs, state, audit log, sockets and configuration")
 	return cmd
+}
+
+// checkSourceCheckout refuses dev mode in a binary built away from its
+// source (the Debian package's, built with -trimpath): the development CA
+// is softhsm-test/dev-ca.sh of the checkout, found through the source
+// path compiled in. It is checked before anything is made under --dir.
+func checkSourceCheckout() error {
+	if _, err := devca.ScriptPath(); err != nil {
+		return fmt.Errorf("signerd dev runs from a source checkout only (its development CA is the checkout's softhsm-test/dev-ca.sh): "+
+			"in a clone of hsmsigner run `make dev` or `go run ./cmd/signerd dev`; an installed signerd runs with --config /etc/signerd/signerd.toml: %w", err)
+	}
+	return nil
 }
 
 // prepareDev makes the dev folder, token and configuration if they are not

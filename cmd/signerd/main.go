@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hsmsigner/hsmsigner/cmd/internal/buildversion"
+	"github.com/hsmsigner/hsmsigner/cmd/internal/gendoc"
 )
 
 func main() {
@@ -29,8 +30,17 @@ func newRootCommand() *cobra.Command {
 	var flags daemonFlags
 	var allowRoot bool
 	root := &cobra.Command{
-		Use:           "signerd --config FILE",
-		Short:         "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
+		Use:   "signerd --config FILE",
+		Short: "HSM signing daemon: signatures from keys that never leave the HSM, over local sockets",
+		Long: `signerd keeps signing keys inside HSMs (through PKCS#11) and serves signatures,
+certificate work, OCSP responses and time-stamps over local Unix sockets, deciding
+access from the caller's kernel credentials and writing a hash-chained audit log.
+
+Installed from the Debian package, it runs as the systemd unit signerd.service
+(user signerd) with the configuration /etc/signerd/signerd.toml, its sockets in
+/run/signerd, its state in /var/lib/signerd and its audit log in /var/log/signerd.
+It refuses to start until the configuration's module path names your HSM's
+PKCS#11 library. PKI officers manage it with signerctl(1).`,
 		Version:       buildversion.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -55,7 +65,7 @@ func newRootCommand() *cobra.Command {
 	root.Flags().BoolVar(&allowRoot, "allow-root", false, "run as root (refused without it; run signerd as its own user instead)")
 	root.PersistentFlags().BoolVar(&flags.acceptAuditCut, "accept-audit-cut", false,
 		"continue an audit log that lost lines at its end (cut, head file missing, torn last line after a crash), recording the acknowledgement; use once, after reviewing the log")
-	root.AddCommand(newDevCommand(&flags))
+	root.AddCommand(newDevCommand(&flags), gendoc.Command(root, "8"))
 	return root
 }
 

@@ -1,9 +1,12 @@
 package state_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -91,4 +94,73 @@ func TestCertIndexSeesEveryChange(t *testing.T) {
 	c1 := put(4, "EE/GOV/C", "cc02")
 	want("an import after a roll back", state.CertFilter{Member: "EE/GOV/C"}, c1)
 	want("all", state.CertFilter{}, b1, a2, c1)
+}
+
+// TestCertIndexAfterRestoreAtTheSameVersion: a state file put back in
+// place (a restore) whose certificates version equals the one the index
+// was built at, with other records, is listed as it is: the reopened
+// Store builds its own index. A second Store on the same file is refused
+// while the first holds it, so two indexes never serve one file.
+func TestCertIndexAfterRestoreAtTheSameVersion(t *testing.T) {
+	ctx := context.Background()
+	st, path := openStore(t)
+	der, nb, na := newCert(t, "moved")
+	sum := sha256Hex(der)
+	if err := st.PutCert(ctx, state.CertRecord{DER: der, KeyID: "aa01", Member: "EE/GOV/A", Status: state.StatusSaved, NotBefore: nb, NotAfter: na}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := state.Open(ctx, path); !errors.Is(err, state.ErrLocked) {
+		t.Fatalf("a second Store on the open file: %v, want ErrLocked", err)
+	}
+
+	// The copy, made now, then changed on its own: the certificate deleted.
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	var buf bytes.Buffer
+	if _, err := st.Backup(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(copyPath, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := state.Open(ctx, copyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.DeleteCert(ctx, sum); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The original moves the certificate to member B (one change too, so
+	// the same certificates version) and indexes it.
+	if err := st.UpdateCert(ctx, sum, func(r *state.CertRecord) error { r.Member = "EE/GOV/B"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := st.ListCerts(ctx, state.CertFilter{Member: "EE/GOV/B"}); err != nil || len(rs) != 1 {
+		t.Fatalf("before the restore: %d certificates of EE/GOV/B (%v), want 1", len(rs), err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restore the copy over the original and reopen it in this process.
+	if err := os.Rename(copyPath, path); err != nil {
+		t.Fatal(err)
+	}
+	re, err := state.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer re.Close()
+	for _, f := range []state.CertFilter{{Member: "EE/GOV/A"}, {Member: "EE/GOV/B"}, {KeyID: "aa01"}} {
+		rs, err := re.ListCerts(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rs) != 0 {
+			t.Errorf("after the restore, ListCerts(%+v) = %d certificates, want none (the copy deleted it)", f, len(rs))
+		}
+	}
 }
