@@ -63,7 +63,7 @@ func codeOf(err error) codes.Code {
 		return codes.FailedPrecondition
 	case errors.Is(err, hsm.ErrSessionWait):
 		return codes.ResourceExhausted
-	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrClosed), errors.Is(err, ErrAudit), errors.Is(err, hsm.ErrBadSignature),
+	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrClosed), errors.Is(err, ErrAudit), errors.Is(err, state.ErrWrite), errors.Is(err, hsm.ErrBadSignature),
 		errors.Is(err, ErrUpstream):
 		return codes.Unavailable
 	}

@@ -37,6 +37,12 @@ var (
 	// is accessible to group or others (it must be 0600).
 	ErrPermissions = errors.New("state: unsafe state file permissions")
 
+	// ErrWrite reports a transaction whose commit could not be written to
+	// the state file (ENOSPC, EROFS, EIO, EFBIG...). Nothing of it is kept;
+	// the store stays usable, and the next transaction may succeed once
+	// the file can be written again.
+	ErrWrite = errors.New("state: the state file cannot be written")
+
 	// ErrClosed reports use of a Store after Close.
 	ErrClosed = errors.New("state: store closed")
 

@@ -229,10 +229,15 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 }
 
 func (s *Store) run(writable bool, fn func(tx *Tx) error) error {
+	fnDone := false // fn returned nil: an error after it is the commit's
 	call := func(btx *bolt.Tx) error {
 		t := &Tx{tx: btx, now: time.Now().UTC().Round(0), store: s}
 		defer func() { t.tx = nil }()
-		return fn(t)
+		if err := fn(t); err != nil {
+			return err
+		}
+		fnDone = true
+		return nil
 	}
 	var err error
 	if writable {
@@ -240,8 +245,15 @@ func (s *Store) run(writable bool, fn func(tx *Tx) error) error {
 	} else {
 		err = s.db.View(call)
 	}
-	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, berrors.ErrDatabaseNotOpen):
 		return fmt.Errorf("%w: %w", ErrClosed, err)
+	case writable && fnDone:
+		// bbolt rolled the transaction back: the file holds the state
+		// before it, and the next transaction starts from there.
+		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); nothing of this change was kept: %s: %w", ErrWrite, s.path, err)
 	}
 	return err
 }

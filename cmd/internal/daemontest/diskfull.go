@@ -1,0 +1,54 @@
+package daemontest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// MountTmpfs mounts a tmpfs of size bytes on dir (made if missing, which
+// must be empty) and unmounts it when the test ends: a small file system
+// that a test can fill, as a full disk. Mounting needs root
+// (CAP_SYS_ADMIN): CI runs as root and must not skip, so under CI=true a
+// refusal fails the test; elsewhere the test is skipped with the reason.
+func MountTmpfs(t testing.TB, dir string, size int) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		if errors.Is(err, syscall.EPERM) && os.Getenv("CI") != "true" {
+			t.Skipf("mounting a %d-byte tmpfs needs root: %v", size, err)
+		}
+		t.Fatalf("mount a %d-byte tmpfs on %s: %v", size, dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+}
+
+// FillDisk writes the file at path until its file system is full
+// (ENOSPC); removing the file gives the room back.
+func FillDisk(t testing.TB, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the disk with %s: %v; want ENOSPC", path, err)
+			}
+			return
+		}
+	}
+}
