@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
@@ -173,7 +174,7 @@ func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	if err != nil {
 		return nil, errNoCredentials
 	}
-	done, err := s.limits.startCall(p)
+	done, err := s.countCall(ctx, p)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -192,6 +193,43 @@ func (s *Service) admit(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	return resp, toStatus(err)
 }
 
+// tapCallKey is the context key of the release of a call TapCall
+// counted.
+type tapCallKey struct{}
+
+// TapCall is the gRPC server's InTapHandle: it counts each call (a unary
+// call or a stream) among its uid's calls in progress as soon as its
+// headers arrive, before a byte of its request is read, and refuses it
+// RESOURCE_EXHAUSTED beyond calls_per_uid. A request still being received
+// is held in memory (up to max_message_bytes): counted from its headers,
+// one uid can hold at most calls_per_uid of them, however many
+// connections and streams it opens. The count is given back when the
+// call's handler returns or, for a call that never reaches it, when its
+// stream ends. A stream without socket credentials is let through, for
+// the interceptors to refuse.
+func (s *Service) TapCall(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	p, err := peercred.FromContext(ctx)
+	if err != nil {
+		return ctx, nil
+	}
+	done, err := s.limits.startCall(p)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	// The stream's context ends with the stream, whatever ends it.
+	context.AfterFunc(ctx, done)
+	return context.WithValue(ctx, tapCallKey{}, done), nil
+}
+
+// countCall counts the call of ctx among p's calls in progress: the count
+// TapCall took, if it did, or a new one. done gives it back.
+func (s *Service) countCall(ctx context.Context, p peercred.Peer) (done func(), err error) {
+	if done, ok := ctx.Value(tapCallKey{}).(func()); ok {
+		return done, nil
+	}
+	return s.limits.startCall(p)
+}
+
 // errNoCredentials refuses a call that came through no Unix socket.
 var errNoCredentials = status.Error(codes.Unauthenticated, "no socket credentials: signerd serves Unix sockets only")
 
@@ -205,7 +243,7 @@ func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 		if err != nil {
 			return errNoCredentials
 		}
-		done, err := s.limits.startCall(p)
+		done, err := s.countCall(ss.Context(), p)
 		if err != nil {
 			return toStatus(err)
 		}

@@ -2,6 +2,7 @@ package signer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
@@ -470,4 +472,66 @@ func TestGetKeyRefusalsSummarised(t *testing.T) {
 	if most := 2 + int(elapsed/time.Second) + 1; denied > most || denied+count != calls {
 		t.Fatalf("%d GetKey refusal lines and %d summarised in %v for %d refusals; want at most %d lines and the rest summarised", denied, count, elapsed, calls, most)
 	}
+}
+
+// TestPartlyReceivedRequestsCountAsCalls: a call counts among its uid's
+// calls in progress from its headers, before its request is read, so a
+// caller that opens streams and sends each a request it never finishes
+// (which the daemon holds in memory while it waits for the rest) can hold
+// no more than calls_per_uid of them, over any number of connections.
+// Beyond it the uid's next call is refused RESOURCE_EXHAUSTED; once the
+// streams end the uid is served again.
+func TestPartlyReceivedRequestsCountAsCalls(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) {
+		p.Limits = "calls_per_uid = 4"
+		p.MaxMessage = 64 << 10
+	})
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	sign := func(ctx context.Context) error {
+		_, err := d.client.SignerClient.Sign(ctx, signReq(k.GetId(), sha("partly received")))
+		return err
+	}
+	if err := sign(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	// Four streams on two connections, each with half of a request whose
+	// prefix announces 60 KiB.
+	var raws []*rawH2
+	for c := range 2 {
+		r := dialRaw(t, d.sock, true)
+		raws = append(raws, r)
+		for i := range 2 {
+			id := uint32(1 + 2*i)
+			r.startCall(id, signerv1.Signer_Sign_FullMethodName)
+			var prefix [5]byte
+			binary.BigEndian.PutUint32(prefix[1:], 60<<10)
+			// In frames within HTTP/2's 16 KiB frame size.
+			r.write(func(fr *http2.Framer) error {
+				return fr.WriteData(id, false, append(prefix[:], make([]byte, 10<<10)...))
+			})
+			r.write(func(fr *http2.Framer) error { return fr.WriteData(id, false, make([]byte, 10<<10)) })
+			r.write(func(fr *http2.Framer) error { return fr.WriteData(id, false, make([]byte, 10<<10)) })
+			t.Logf("connection %d, stream %d: 30 of 60 KiB sent", c, id)
+		}
+	}
+	// The daemon reads a connection's frames in order: the answer to a
+	// PING sent after the streams' frames says it has read them.
+	for i, r := range raws {
+		data := [8]byte{byte(i)}
+		r.write(func(fr *http2.Framer) error { return fr.WritePing(false, data) })
+		if _, err := r.readUntil(func(f http2.Frame) bool { p, ok := f.(*http2.PingFrame); return ok && p.IsAck() && p.Data == data }); err != nil {
+			t.Fatalf("connection %d: no PING answer: %v", i, err)
+		}
+	}
+	wantCode(t, sign(testCtx(t)), codes.ResourceExhausted, "calls_per_uid")
+	if got := d.limitExceeded(limitCalls); got < 1 {
+		t.Fatalf("signerd_limit_exceeded_total{limit=calls} = %d, want at least 1", got)
+	}
+	// The half-received streams end (one reset, the rest with their
+	// connections): their counts come back.
+	raws[0].write(func(fr *http2.Framer) error { return fr.WriteRSTStream(1, http2.ErrCodeCancel) })
+	for _, r := range raws {
+		r.conn.Close()
+	}
+	waitFor(t, "the uid served again once the half-received streams ended", func() bool { return sign(testCtx(t)) == nil })
 }

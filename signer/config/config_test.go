@@ -68,7 +68,7 @@ func TestLoadExample(t *testing.T) {
 		StateDir:        "/var/lib/signerd",
 		AuditFile:       "/var/log/signerd/audit.jsonl",
 		AuditMode:       AuditBuffered,
-		MaxMessageBytes: 4194304,
+		MaxMessageBytes: 1048576,
 		MaxBatch:        4096,
 		MaxStreams:      256,
 		ShutdownTimeout: 10 * time.Second,

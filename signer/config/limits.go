@@ -55,8 +55,9 @@ type Limits struct {
 	// "denied.summary" audit line).
 	ConnectionsPerUID int
 	// CallsPerUID is the most calls one uid may have in progress at once:
-	// each unary call, each open stream, and each call of a SignStream
-	// being signed. A call beyond it is answered RESOURCE_EXHAUSTED and
+	// each unary call and each open stream, counted from its headers
+	// before its request is read (so that partly received requests
+	// count), and each call of a SignStream being signed. A call beyond it is answered RESOURCE_EXHAUSTED and
 	// counted as a connection beyond ConnectionsPerUID is. At least 2.
 	CallsPerUID int
 	// RefusalsPerSecond and RefusalBurst are a token bucket per uid for the

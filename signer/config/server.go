@@ -13,7 +13,7 @@ const (
 	DefaultStateDir        = "/var/lib/signerd"
 	DefaultAuditFile       = "/var/log/signerd/audit.jsonl"
 	DefaultAuditMode       = AuditBuffered
-	DefaultMaxMessageBytes = 4 << 20
+	DefaultMaxMessageBytes = 1 << 20
 	DefaultMaxBatch        = 4096
 	DefaultMaxStreams      = 256
 	DefaultShutdownTimeout = 10 * time.Second
@@ -51,8 +51,11 @@ type Server struct {
 	AuditFile string
 	// AuditMode is AuditSync or AuditBuffered.
 	AuditMode AuditMode
-	// MaxMessageBytes is the largest gRPC message accepted or sent, at
-	// least MinMessageBytes.
+	// MaxMessageBytes is the largest gRPC request message accepted, at
+	// least MinMessageBytes. A request still being received is held in
+	// memory up to this size, and one uid can have at most
+	// Limits.CallsPerUID of them: their product bounds what one uid can
+	// make signerd hold.
 	MaxMessageBytes int
 	// MaxBatch is the most digests in one SignBatch.
 	MaxBatch int
