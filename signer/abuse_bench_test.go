@@ -30,7 +30,9 @@ const abuseSamples = 3000
 // and SignStreams whose results are never read. It reports both p99s and
 // their ratio (abused/unloaded; the goal is at most 2). The daemon runs
 // in this process, so the abusers share its two CPUs: the ratio is what
-// the abuse costs the daemon and the machine together.
+// the abuse costs the daemon and the machine together. The floor-spin
+// phase measures the machine's part alone: one goroutine spinning, which
+// never calls the daemon.
 func BenchmarkAbuseP99(b *testing.B) {
 	d := newDaemon(b, func(p *daemonParams) {
 		p.AuditMode = "buffered" // signerd's default
@@ -58,6 +60,9 @@ handshake_timeout = "1s"`
 		sign(b) // warm up
 	}
 	for _, tc := range []struct{ name, abusers string }{
+		// The floor: one CPU kept busy by a loop that never calls the
+		// daemon, what CPU contention alone costs on this machine.
+		{"floor-spin", "spin"},
 		{"silent", "silent"}, {"pingflood", "ping"}, {"connflood", "conns"},
 		{"hugeprefix", "huge"}, {"unreadstreams", "unread"}, {"all", "silent ping conns huge unread"},
 	} {
@@ -89,6 +94,7 @@ handshake_timeout = "1s"`
 type abuseCounts struct {
 	silentClosed, pingGoaway, connsRefused  atomic.Int64
 	hugeRefused, unreadStreams, unreadCalls atomic.Int64
+	spun                                    atomic.Int64 // the floor's loop iterations, halved
 }
 
 func (c *abuseCounts) String() string {
@@ -159,6 +165,14 @@ func startAbuse(b *testing.B, d *testDaemon, keyID string, on func(string) bool,
 			}
 		}()
 	}
+	// Spin: one CPU busy without a call to the daemon (the floor).
+	_ = on("spin") && loop(func() {
+		n := 0
+		for i := range 1 << 20 {
+			n += i & 1
+		}
+		c.spun.Add(int64(n))
+	})
 	// Silent: 4 connections at a time that send nothing, each closed at
 	// the handshake timeout.
 	for range 4 {
