@@ -1651,3 +1651,20 @@ func (t *Token) DeleteDamaged(ctx context.Context, id []byte) ([]Object, error) 
 	t.forgetKey(id)
 	return gone, err
 }
+
+// HasObjectsWithID reports whether the token holds any object (private
+// key, public key or certificate) with CKA_ID id, as a logged-in session
+// sees it.
+func (t *Token) HasObjectsWithID(ctx context.Context, id []byte) (bool, error) {
+	var found bool
+	err := t.withSession(ctx, func(s *session) error {
+		seq := t.loginSeq.Load()
+		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}, 1)
+		if err != nil {
+			return err
+		}
+		found = len(hs) > 0
+		return t.loggedIn(s, seq)
+	})
+	return found, err
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/hsmsigner/hsmsigner/hsm"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
@@ -20,9 +21,11 @@ const (
 	// OpMissingKey: the state records a key that the token no longer
 	// holds (deleted outside signerd, or a deletion cut short).
 	OpMissingKey = "reconcile.missing_key"
-	// OpDamagedKey: the token holds a private key object that is no whole
-	// key pair (hsm.Key.Damage: no CKA_ID, or no public key object; an
-	// operation cut short by a crash) and cannot be used.
+	// OpDamagedKey: the token holds objects that are no whole key pair
+	// (hsm.Key.Damage: a private key object without CKA_ID, without its
+	// public key object or with one not its own, or sharing its id; public
+	// key or certificate objects without CKA_ID or without a private key;
+	// an operation cut short by a crash) and cannot be used.
 	OpDamagedKey = "reconcile.damaged_key"
 )
 
@@ -98,6 +101,10 @@ func (s *Service) reconcileToken(ctx context.Context, t *tokenEntry) error {
 		}
 		id := k.IDHex()
 		onToken[id] = true
+		if k.Object != "" && k.Object != hsm.ObjectPrivateKey {
+			// No key to register: the damaged line says to delete it.
+			continue
+		}
 		if recorded[id] || !s.reconciled.firstReport(OpUnrecordedKey, serial, id) {
 			continue
 		}
