@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/hsmsigner/hsmsigner/hsm"
 	"github.com/hsmsigner/hsmsigner/signer/audit"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
@@ -101,16 +100,16 @@ func (s *Service) reconcileToken(ctx context.Context, t *tokenEntry) error {
 		}
 		id := k.IDHex()
 		onToken[id] = true
-		if k.Object != "" && k.Object != hsm.ObjectPrivateKey {
-			// No key to register: the damaged line says to delete it.
-			continue
-		}
 		if recorded[id] || !s.reconciled.firstReport(OpUnrecordedKey, serial, id) {
 			continue
 		}
 		s.log.Warn("token holds a key the state does not record", "token", t.name, "key", id, "label", k.Label)
-		errs = append(errs, s.auditSelf(ctx, audit.Record{Op: OpUnrecordedKey, Token: t.name, Key: id,
-			Detail: fmt.Sprintf("label=%q: on the token but not recorded; register it (signerctl key rename --usage) or delete it", k.Label)}))
+		detail := fmt.Sprintf("label=%q: on the token but not recorded; register it (signerctl key rename --usage) or delete it", k.Label)
+		if k.Damage != "" {
+			// Damaged: nothing to register.
+			detail = fmt.Sprintf("label=%q: on the token but not recorded, and damaged; delete it (signerctl key delete %s)", k.Label, id)
+		}
+		errs = append(errs, s.auditSelf(ctx, audit.Record{Op: OpUnrecordedKey, Token: t.name, Key: id, Detail: detail}))
 	}
 	for _, r := range recs {
 		if r.Token != serial || onToken[r.ID] || !s.reconciled.firstReport(OpMissingKey, serial, r.ID) {
