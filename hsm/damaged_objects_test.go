@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"fmt"
 	"math/big"
 	"slices"
 	"strings"
@@ -389,4 +390,69 @@ func TestSharedIDIsDamage(t *testing.T) {
 		t.Errorf("objects left: %+v, want the whole key pair", got)
 	}
 	signOK(t, e.tok, whole, "the other key still signs")
+}
+
+// TestListKeysDuringDeletions: listings running while key pairs are
+// deleted by the same process never fail and never show a key half
+// deleted as damaged: an object destroyed while it is read (SoftHSM
+// answers OBJECT_HANDLE_INVALID) is looked at again, and damage seen is
+// confirmed with no deletion under way. Before the fix a listing showed
+// a key being deleted as damaged ("no public key object"), which
+// reconciliation would report, or failed with OBJECT_HANDLE_INVALID from
+// its public key object (the token then skipped as unavailable: a
+// certificate import found no key). (Keys are not generated during the
+// listings: SoftHSM 2.6 fails C_GenerateKeyPair with GENERAL_ERROR when
+// another session reads the token meanwhile, leaving a public key object
+// without CKA_ID.)
+func TestListKeysDuringDeletions(t *testing.T) {
+	e := newEnv(t, nil, WithPoolSize(4))
+	ctx := testContext(t)
+	stable := e.genKey(t, ECP256, "stable")
+	const rounds = 30
+	var churn []Key
+	for i := range rounds {
+		churn = append(churn, e.genKey(t, ECP256, fmt.Sprintf("churn-%d", i)))
+	}
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			for {
+				select {
+				case <-done:
+					errs <- nil
+					return
+				default:
+				}
+				e.tok.forgetKeys() // every public key object read again
+				keys, err := e.tok.ListKeys(ctx)
+				if err != nil {
+					errs <- fmt.Errorf("ListKeys: %w", err)
+					return
+				}
+				for _, k := range keys {
+					if k.Damage != "" {
+						errs <- fmt.Errorf("ListKeys shows %q (%x) as damaged: %s", k.Label, k.ID, k.Damage)
+						return
+					}
+				}
+			}
+		}()
+	}
+	for i, k := range churn {
+		if err := e.tok.DeleteKey(ctx, k.ID); err != nil {
+			close(done)
+			t.Fatalf("round %d: %v", i, err)
+		}
+	}
+	close(done)
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if got := e.objects(t); len(got) != 2 {
+		t.Errorf("objects left: %+v, want the stable key pair", got)
+	}
+	signOK(t, e.tok, stable, "the stable key after the churn")
 }

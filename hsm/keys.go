@@ -804,8 +804,12 @@ func withPublicKey(k Key, pub crypto.PublicKey) Key {
 // when another session destroys the object during the read. withSession
 // then forgets the cached handles and searches again, which finds the key
 // or says it is not found, instead of failing the call as INTERNAL.
+// BUFFER_TOO_SMALL is taken the same way: the attribute grew between the
+// read of its size and the read of its value (SoftHSM writes a new
+// object's attributes after making it, as a key generation or a
+// certificate import in another session does while a listing reads it).
 func readGone(err error) error {
-	if isRV(err, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID) {
+	if isRV(err, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_BUFFER_TOO_SMALL) {
 		return fmt.Errorf("%w (the object changed or was destroyed while it was read: %w)", pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID), err)
 	}
 	return err
@@ -1199,11 +1203,10 @@ func (t *Token) listKeys(ctx context.Context) ([]Key, error) {
 		if err != nil {
 			return err
 		}
-		// Every listing must come from a logged-in session: without one
-		// the private key objects are hidden, and every public key
-		// object would look orphaned.
-		if err := t.loggedIn(s, seq); err != nil {
-			return err
+		if len(hs) == 0 {
+			if err := t.loggedIn(s, seq); err != nil {
+				return err
+			}
 		}
 		type pending struct {
 			at int // the key's place in the search's order
@@ -1219,7 +1222,7 @@ func (t *Token) listKeys(ctx context.Context) ([]Key, error) {
 		now := t.m.opts.now()
 		for i, h := range hs {
 			k, err := t.readPrivate(s, h)
-			if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, h) {
+			if (errors.Is(err, ErrKeyNotFound) || isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID)) && t.objectGone(s, h) {
 				continue // deleted while it was being listed
 			}
 			if err != nil {
@@ -1249,14 +1252,28 @@ func (t *Token) listKeys(ctx context.Context) ([]Key, error) {
 		if err != nil {
 			return err
 		}
+		if len(hs) > 0 && slices.ContainsFunc(strays, func(k Key) bool { return len(k.ID) > 0 }) {
+			// An object is orphaned only as a logged-in session sees
+			// the token: without one the private key objects are
+			// hidden, and every public key object looks orphaned.
+			if err := t.loggedIn(s, seq); err != nil {
+				return err
+			}
+		}
 		for _, p := range need {
 			ph, found := pubs[string(p.k.ID)]
 			k, err := t.withPublic(s, p.k, p.h, ph, found)
 			if errors.Is(err, ErrAlgorithm) {
 				continue // a key of a type the appliance does not use
 			}
-			if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, p.h) {
+			if (errors.Is(err, ErrKeyNotFound) || isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID)) && t.objectGone(s, p.h) {
 				continue // deleted while it was being listed
+			}
+			if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				// Its public key object went while it was read: a
+				// deletion under way. Listed as damaged, which makes
+				// ListKeys list again with no deletion under way.
+				err = fmt.Errorf("%w: key %x: its public key object was destroyed while it was read", ErrKeyNotFound, p.k.ID)
 			}
 			if damage := publicDamage(err); damage != "" {
 				// Listed, not failing the listing: the officer sees
