@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/asn1"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -111,10 +112,10 @@ func TestListKeysShowsDamagedKeys(t *testing.T) {
 	}
 	byLabel := map[string]Key{}
 	for _, k := range keys {
-		byLabel[k.Label] = k
+		byLabel[k.Label+"/"+k.Object] = k
 	}
-	if len(keys) != 3 || len(byLabel) != 3 {
-		t.Fatalf("listed %d keys (%v), want whole, half-deleted and interrupted", len(keys), byLabel)
+	if len(keys) != 4 || len(byLabel) != 4 {
+		t.Fatalf("listed %d keys (%v), want whole, half-deleted and interrupted's two objects", len(keys), byLabel)
 	}
 	tests := []struct {
 		label      string
@@ -122,9 +123,10 @@ func TestListKeysShowsDamagedKeys(t *testing.T) {
 		damage     string
 		wantPublic bool
 	}{
-		{"whole", whole.ID, "", true},
-		{"half-deleted", halfDeleted.ID, damageNoPublic, false},
-		{"interrupted", nil, damageNoID, false},
+		{"whole/", whole.ID, "", true},
+		{"half-deleted/", halfDeleted.ID, damageNoPublic, false},
+		{"interrupted/", nil, damageNoID, false},
+		{"interrupted/" + ObjectPublicKey, nil, damagePublicNoID, false},
 	}
 	for _, tc := range tests {
 		k := byLabel[tc.label]
@@ -142,9 +144,10 @@ func TestListKeysShowsDamagedKeys(t *testing.T) {
 		t.Errorf("KeyByID of the half-deleted key: %v, want ErrKeyNotFound", err)
 	}
 
-	labels, err := e.tok.DeleteKeysWithoutID(ctx)
-	if err != nil || len(labels) != 1 || labels[0] != "interrupted" {
-		t.Fatalf("DeleteKeysWithoutID: %q, %v; want [interrupted]", labels, err)
+	gone, err := e.tok.DeleteKeysWithoutID(ctx)
+	want := []Object{{Kind: ObjectPublicKey, Label: "interrupted"}, {Kind: ObjectPrivateKey, Label: "interrupted"}}
+	if err != nil || !slices.EqualFunc(gone, want, func(a, b Object) bool { return a.String() == b.String() }) {
+		t.Fatalf("DeleteKeysWithoutID: %v, %v; want %v", gone, err, want)
 	}
 	if _, err := e.tok.DeleteKeysWithoutID(ctx); !errors.Is(err, ErrKeyNotFound) {
 		t.Errorf("DeleteKeysWithoutID again: %v, want ErrKeyNotFound", err)

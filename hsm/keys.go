@@ -120,14 +120,74 @@ type Key struct {
 	// deletion cut short). Such a key never signs (AttributeProblem
 	// reports the damage); the officer deletes it: by its id
 	// (Token.DeleteKey), or, without one, with Token.DeleteKeysWithoutID.
+	//
+	// ListKeys also lists, damaged, what has no private key object: a
+	// public key or certificate object without CKA_ID (one entry each),
+	// and the public key and certificate objects of an id no private key
+	// object has (one entry for the id). Object says which.
 	Damage string
+	// Object is ObjectPrivateKey for a key listed from its private key
+	// object, else ObjectPublicKey or ObjectCertificate (a damaged entry
+	// without a private key). Empty means ObjectPrivateKey.
+	Object string
 }
 
 // Damage texts of Key.Damage.
 const (
 	damageNoID     = "no CKA_ID and no usable public key: what a key generation cut short leaves; signerd cannot name or use it"
 	damageNoPublic = "no public key object: what a key generation or deletion cut short leaves; it cannot be used"
+	// The objects listed without a private key object (Key.Object).
+	damagePublicNoID = "a public key object without CKA_ID and without a private key: what a key generation cut short leaves; signerd cannot name or use it"
+	damageCertNoID   = "a certificate object without CKA_ID: what a certificate import cut short leaves; it belongs to no key signerd can name"
+	damageSharedID   = "two or more private key objects share this CKA_ID: signerd cannot tell which is the key; none of them is used"
 )
+
+// damageOrphan is Key.Damage of the objects left with an id whose private
+// key object is gone.
+func damageOrphan(publics, certs int) string {
+	return fmt.Sprintf("no private key object: %d public key and %d certificate object(s) with this id are left by a key generation or deletion cut short (or a key deleted outside signerd); they cannot be used", publics, certs)
+}
+
+// Object kinds of Key.Object.
+const (
+	// ObjectPrivateKey: a private key object, with its public key when
+	// whole.
+	ObjectPrivateKey = "private key"
+	// ObjectPublicKey: public key objects without a private key.
+	ObjectPublicKey = "public key"
+	// ObjectCertificate: certificate objects without a private key or
+	// public key.
+	ObjectCertificate = "certificate"
+)
+
+// Object is a token object a deletion of damaged objects destroyed.
+type Object struct {
+	// Kind is ObjectPrivateKey, ObjectPublicKey or ObjectCertificate.
+	Kind  string
+	ID    []byte
+	Label string
+}
+
+// String names the object for an officer and the audit log.
+func (o Object) String() string {
+	if len(o.ID) == 0 {
+		return fmt.Sprintf("%s %q without CKA_ID", o.Kind, o.Label)
+	}
+	return fmt.Sprintf("%s %q id %x", o.Kind, o.Label, o.ID)
+}
+
+// kindOf names a CKA_CLASS as Object.Kind.
+func kindOf(class uint) string {
+	switch class {
+	case pkcs11.CKO_PRIVATE_KEY:
+		return ObjectPrivateKey
+	case pkcs11.CKO_PUBLIC_KEY:
+		return ObjectPublicKey
+	case pkcs11.CKO_CERTIFICATE:
+		return ObjectCertificate
+	}
+	return fmt.Sprintf("object of class 0x%x", class)
+}
 
 // IDHex returns the CKA_ID in lower-case hex.
 func (k Key) IDHex() string { return hex.EncodeToString(k.ID) }
@@ -640,7 +700,13 @@ func (t *Token) readKey(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 	if k.Type == KeyUnknown {
 		return Key{}, fmt.Errorf("%w: key %x has a type this appliance does not use", ErrAlgorithm, k.ID)
 	}
-	return t.readKeyPublic(s, k, priv)
+	whole, err := t.readKeyPublic(s, k, priv)
+	if d := publicDamage(err); d != "" && !errors.Is(err, ErrKeyNotFound) {
+		// Listed as damaged: no usable key has the id, and the officer
+		// deletes it by its id.
+		return Key{}, damaged(k.ID, d)
+	}
+	return whole, err
 }
 
 // withPublic completes k, read from the private key object priv, with its
@@ -654,11 +720,70 @@ func (t *Token) withPublic(s *session, k Key, priv, pub pkcs11.ObjectHandle, fou
 		return Key{}, fmt.Errorf("%w: EC key %x has no public key object", ErrKeyNotFound, k.ID)
 	}
 	p, err := t.readPublic(s, src, k.Type)
+	if found && isRV(err, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID) {
+		// The object may be a public key of another type, which lacks
+		// the attributes of this one.
+		attrs, terr := t.m.api.GetAttributeValue(s.h, pub, attrQuery(pkcs11.CKA_KEY_TYPE))
+		if terr == nil && ulong(attrs[0].Value) != map[KeyType]uint{KeyRSA: pkcs11.CKK_RSA, KeyEC: pkcs11.CKK_EC}[k.Type] {
+			return Key{}, damaged(k.ID, fmt.Sprintf("its public key object is not an %s key (CKA_KEY_TYPE 0x%x): not its own public key; it cannot be used", k.Type, ulong(attrs[0].Value)))
+		}
+	}
 	if err != nil {
 		return Key{}, fmt.Errorf("key %x: %w", k.ID, err)
 	}
+	if found {
+		if err := t.samePair(s, k, priv, p); err != nil {
+			return Key{}, err
+		}
+	}
 	return withPublicKey(k, p), nil
 }
+
+// samePair checks that pub, read from a public key object with the CKA_ID
+// of the private key object priv, is of the private key's curve (EC) or
+// has its modulus and exponent (RSA), as the private key object holds
+// them: a public key object of another key under the id (a generation
+// cut short, or an object made outside signerd) would otherwise be taken
+// for the key's own, and take certificates that are not the key's. An EC
+// point cannot be checked without the private value; a signature made
+// with it is verified against it (Token.Sign).
+func (t *Token) samePair(s *session, k Key, priv pkcs11.ObjectHandle, pub crypto.PublicKey) error {
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		own, err := t.readPublic(s, priv, KeyRSA)
+		if err != nil {
+			return fmt.Errorf("key %x: the private key's modulus: %w", k.ID, err)
+		}
+		if !p.Equal(own) {
+			return damaged(k.ID, "its public key object holds another RSA modulus or exponent than its private key object: not its own public key; it cannot be used")
+		}
+	case *ecdsa.PublicKey:
+		attrs, err := t.m.api.GetAttributeValue(s.h, priv, attrQuery(pkcs11.CKA_EC_PARAMS))
+		if err != nil {
+			return fmt.Errorf("key %x: %w", k.ID, p11err("C_GetAttributeValue", readGone(err)))
+		}
+		c, err := curveFromParams(attrs[0].Value)
+		if err != nil || c != p.Curve {
+			return damaged(k.ID, fmt.Sprintf("its public key object is of curve %s, its private key object of another curve: not its own public key; it cannot be used", p.Curve.Params().Name))
+		}
+	}
+	return nil
+}
+
+// damageError is a key's damage found while reading it: no usable key
+// has the id (it wraps ErrKeyNotFound), and damage is its Key.Damage.
+type damageError struct {
+	id     []byte
+	damage string
+}
+
+func damaged(id []byte, damage string) error { return &damageError{id: id, damage: damage} }
+
+func (e *damageError) Error() string {
+	return fmt.Sprintf("%v: key %x is damaged: %s", ErrKeyNotFound, e.id, e.damage)
+}
+
+func (e *damageError) Unwrap() error { return ErrKeyNotFound }
 
 // withPublicKey returns k with its public key, and the size and curve it
 // implies.
@@ -679,8 +804,12 @@ func withPublicKey(k Key, pub crypto.PublicKey) Key {
 // when another session destroys the object during the read. withSession
 // then forgets the cached handles and searches again, which finds the key
 // or says it is not found, instead of failing the call as INTERNAL.
+// BUFFER_TOO_SMALL is taken the same way: the attribute grew between the
+// read of its size and the read of its value (SoftHSM writes a new
+// object's attributes after making it, as a key generation or a
+// certificate import in another session does while a listing reads it).
 func readGone(err error) error {
-	if isRV(err, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID) {
+	if isRV(err, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_BUFFER_TOO_SMALL) {
 		return fmt.Errorf("%w (the object changed or was destroyed while it was read: %w)", pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID), err)
 	}
 	return err
@@ -1036,15 +1165,36 @@ func (t *Token) destroyByID(s *session, id []byte) error {
 }
 
 // ListKeys lists the token's private keys with their public keys and
-// attributes. It searches the token once for private keys and reads each
-// one's attributes from the token (one C_GetAttributeValue per key); the
-// public key of a key already cached under the same handle is taken from
-// the cache (a key pair's public half follows from its private half),
-// and the others' are found with one search for public keys, whose
-// CKA_ID each is read once, not with a search per key: a search costs a
-// pass over every object on a module such as SoftHSM. The listed keys
-// are cached for signing.
+// attributes, and, as damaged entries (Key.Damage, Key.Object), the
+// public key and certificate objects that belong to no private key
+// object: those without CKA_ID, and those whose id no private key object
+// has. It searches the token once for each class (private keys, public
+// keys, certificates) and reads each object's attributes once (one
+// C_GetAttributeValue per object); the public key of a key already cached
+// under the same handle is taken from the cache (a key pair's public half
+// follows from its private half), and the others' are paired by CKA_ID
+// with the public key objects the search found, not found with a search
+// per key: a search costs a pass over every object on a module such as
+// SoftHSM. The listed whole keys are cached for signing.
+//
+// Damage seen while a key generation or deletion of this process was
+// under way may be that operation's objects half made or half gone: when
+// a listing shows damage, the token is listed again with none under way
+// (holding the token's admin lock), and that listing is returned. No
+// object is taken for orphaned unless the session shows a logged-in user
+// (the private key objects of a token not logged in are hidden).
 func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
+	keys, err := t.listKeys(ctx)
+	if err != nil || !slices.ContainsFunc(keys, func(k Key) bool { return k.Damage != "" }) {
+		return keys, err
+	}
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	return t.listKeys(ctx)
+}
+
+// listKeys is ListKeys without the second look at damage.
+func (t *Token) listKeys(ctx context.Context) ([]Key, error) {
 	var keys []Key
 	err := t.withSession(ctx, func(s *session) error {
 		keys = keys[:0]
@@ -1054,7 +1204,9 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 			return err
 		}
 		if len(hs) == 0 {
-			return t.notFound(s, seq, nil)
+			if err := t.loggedIn(s, seq); err != nil {
+				return err
+			}
 		}
 		type pending struct {
 			at int // the key's place in the search's order
@@ -1062,14 +1214,15 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 			h  pkcs11.ObjectHandle
 		}
 		listed := make([]*Key, len(hs))
-		var need []pending // keys whose public key is to be read
+		privIDs := make(map[string]int, len(hs)) // private key objects by CKA_ID
+		var need []pending                       // keys whose public key is to be read
 		t.keysMu.RLock()
 		cached := maps.Clone(t.keys)
 		t.keysMu.RUnlock()
 		now := t.m.opts.now()
 		for i, h := range hs {
 			k, err := t.readPrivate(s, h)
-			if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, h) {
+			if (errors.Is(err, ErrKeyNotFound) || isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID)) && t.objectGone(s, h) {
 				continue // deleted while it was being listed
 			}
 			if err != nil {
@@ -1083,6 +1236,7 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 				listed[i] = &k
 				continue
 			}
+			privIDs[string(k.ID)]++
 			if k.Type == KeyUnknown {
 				continue // a key of a type the appliance does not use
 			}
@@ -1094,49 +1248,151 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 			}
 			need = append(need, pending{i, k, h})
 		}
-		if len(need) > 0 {
-			pubs, err := t.publicByID(s, len(need))
+		pubs, strays, err := t.strayObjects(s, privIDs)
+		if err != nil {
+			return err
+		}
+		if len(hs) > 0 && slices.ContainsFunc(strays, func(k Key) bool { return len(k.ID) > 0 }) {
+			// An object is orphaned only as a logged-in session sees
+			// the token: without one the private key objects are
+			// hidden, and every public key object looks orphaned.
+			if err := t.loggedIn(s, seq); err != nil {
+				return err
+			}
+		}
+		for _, p := range need {
+			ph, found := pubs[string(p.k.ID)]
+			k, err := t.withPublic(s, p.k, p.h, ph, found)
+			if errors.Is(err, ErrAlgorithm) {
+				continue // a key of a type the appliance does not use
+			}
+			if (errors.Is(err, ErrKeyNotFound) || isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID)) && t.objectGone(s, p.h) {
+				continue // deleted while it was being listed
+			}
+			if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				// Its public key object went while it was read: a
+				// deletion under way. Listed as damaged, which makes
+				// ListKeys list again with no deletion under way.
+				err = fmt.Errorf("%w: key %x: its public key object was destroyed while it was read", ErrKeyNotFound, p.k.ID)
+			}
+			if damage := publicDamage(err); damage != "" {
+				// Listed, not failing the listing: the officer sees
+				// it and deletes it.
+				k = p.k
+				k.Damage = damage
+				listed[p.at] = &k
+				continue
+			}
 			if err != nil {
 				return err
 			}
-			for _, p := range need {
-				var k Key
-				var err error
-				if pubs == nil {
-					k, err = t.readKeyPublic(s, p.k, p.h)
-				} else {
-					ph, found := pubs[string(p.k.ID)]
-					k, err = t.withPublic(s, p.k, p.h, ph, found)
-				}
-				if errors.Is(err, ErrAlgorithm) {
-					continue // a key of a type the appliance does not use
-				}
-				if errors.Is(err, ErrKeyNotFound) && t.objectGone(s, p.h) {
-					continue // deleted while it was being listed
-				}
-				if damage := publicDamage(err); damage != "" {
-					// Listed, not failing the listing: the officer sees
-					// it and deletes it.
-					k = p.k
-					k.Damage = damage
-					listed[p.at] = &k
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				t.remember(s, p.h, k, now)
-				listed[p.at] = &k
-			}
+			t.remember(s, p.h, k, now)
+			listed[p.at] = &k
 		}
 		for _, k := range listed {
-			if k != nil {
-				keys = append(keys, *k)
+			if k == nil {
+				continue
 			}
+			if len(k.ID) > 0 && privIDs[string(k.ID)] > 1 {
+				// Neither is the key: a lookup by the id refuses them,
+				// and no handle cached before may sign for it.
+				t.forgetKey(k.ID)
+				k.Damage, k.Public, k.Bits, k.Curve = damageSharedID, nil, 0, ""
+			}
+			keys = append(keys, *k)
 		}
+		keys = append(keys, strays...)
 		return nil
 	})
 	return keys, err
+}
+
+// errLoggedIn is loggedIn's probe: notFound answers it when the session
+// shows a logged-in user.
+var errLoggedIn = errors.New("logged in")
+
+// loggedIn returns nil when the session shows a logged-in user and no
+// login or logout began or ended since seq (see notFound), else what
+// notFound answers: USER_NOT_LOGGED_IN when a PIN is kept (withSession
+// logs in and calls again), or ErrNotLoggedIn.
+func (t *Token) loggedIn(s *session, seq uint64) error {
+	if err := t.notFound(s, seq, errLoggedIn); !errors.Is(err, errLoggedIn) {
+		return err
+	}
+	return nil
+}
+
+// strayObjects searches the token's public key and certificate objects
+// and reads each one's CKA_ID and label. It returns a public key object
+// handle by CKA_ID (the first found) for pairing with the private keys,
+// and, as damaged entries, the objects no private key object owns: a
+// public key or certificate object without CKA_ID (one entry each), and
+// the objects of an id not in privIDs (one entry for the id).
+func (t *Token) strayObjects(s *session, privIDs map[string]int) (map[string]pkcs11.ObjectHandle, []Key, error) {
+	pubs := map[string]pkcs11.ObjectHandle{}
+	var strays []Key
+	orphans := map[string]*Key{}
+	var order []string
+	counts := map[string][2]int{} // public key, certificate objects by orphaned id
+	for _, class := range []uint{pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_CERTIFICATE} {
+		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}, 1<<16)
+		if err != nil {
+			return nil, nil, err
+		}
+		q := []uint{pkcs11.CKA_ID, pkcs11.CKA_LABEL}
+		if class == pkcs11.CKO_PUBLIC_KEY {
+			q = append(q, pkcs11.CKA_KEY_TYPE)
+		}
+		for _, h := range hs {
+			attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(q...))
+			if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				continue // destroyed since the search
+			}
+			if err != nil {
+				return nil, nil, p11err("C_GetAttributeValue", readGone(err))
+			}
+			id, label := attrs[0].Value, string(attrs[1].Value)
+			k := Key{ID: id, Label: label, Object: kindOf(class)}
+			if class == pkcs11.CKO_PUBLIC_KEY {
+				switch ulong(attrs[2].Value) {
+				case pkcs11.CKK_RSA:
+					k.Type = KeyRSA
+				case pkcs11.CKK_EC:
+					k.Type = KeyEC
+				}
+			}
+			switch {
+			case len(id) == 0:
+				k.ID = nil
+				k.Damage = map[uint]string{pkcs11.CKO_PUBLIC_KEY: damagePublicNoID, pkcs11.CKO_CERTIFICATE: damageCertNoID}[class]
+				strays = append(strays, k)
+				continue
+			case privIDs[string(id)] > 0:
+				if _, dup := pubs[string(id)]; !dup && class == pkcs11.CKO_PUBLIC_KEY {
+					pubs[string(id)] = h
+				}
+				continue
+			}
+			c := counts[string(id)]
+			if class == pkcs11.CKO_PUBLIC_KEY {
+				c[0]++
+			} else {
+				c[1]++
+			}
+			counts[string(id)] = c
+			if orphans[string(id)] == nil {
+				orphans[string(id)] = &k
+				order = append(order, string(id))
+			}
+		}
+	}
+	for _, id := range order {
+		k := orphans[id]
+		c := counts[id]
+		k.Damage = damageOrphan(c[0], c[1])
+		strays = append(strays, *k)
+	}
+	return pubs, strays, nil
 }
 
 // publicDamage returns Key.Damage for err, the error of reading a private
@@ -1145,43 +1401,18 @@ func (t *Token) ListKeys(ctx context.Context) ([]Key, error) {
 // A PKCS#11 error (a session, login or device fault) is no damage.
 func publicDamage(err error) string {
 	var pe pkcs11.Error
+	var de *damageError
 	switch {
 	case err == nil:
 		return ""
+	case errors.As(err, &de):
+		return de.damage
 	case errors.Is(err, ErrKeyNotFound):
 		return damageNoPublic
 	case errors.As(err, &pe), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return ""
 	}
 	return fmt.Sprintf("its public key object holds no public key the appliance reads (%v): a key generation cut short, or a key made outside signerd; it cannot be used", err)
-}
-
-// publicByID returns the handles of the token's public key objects by
-// CKA_ID, from one search and one C_GetAttributeValue per object, when
-// the public keys of wanted keys are to be found; for a single key it
-// returns nil, and the key's own search (readKeyPublic) is cheaper.
-func (t *Token) publicByID(s *session, wanted int) (map[string]pkcs11.ObjectHandle, error) {
-	if wanted < 2 {
-		return nil, nil
-	}
-	hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY)}, 1<<16)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]pkcs11.ObjectHandle, len(hs))
-	for _, h := range hs {
-		attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_ID))
-		if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
-			continue // destroyed since the search
-		}
-		if err != nil {
-			return nil, p11err("C_GetAttributeValue", readGone(err))
-		}
-		if _, dup := out[string(attrs[0].Value)]; !dup {
-			out[string(attrs[0].Value)] = h
-		}
-	}
-	return out, nil
 }
 
 // readKeyPublic completes k, read from the private key object priv, with
@@ -1309,42 +1540,148 @@ func (t *Token) DeleteKey(ctx context.Context, id []byte) error {
 	return err
 }
 
-// DeleteKeysWithoutID destroys every private key object on the token that
-// has no CKA_ID (Key.Damage: what a key generation cut short leaves; no
-// call can name it) and returns their labels. It destroys nothing else:
-// a key with an id is deleted by it (DeleteKey). It returns
-// ErrKeyNotFound when the token holds no such object.
-func (t *Token) DeleteKeysWithoutID(ctx context.Context) ([]string, error) {
+// DeleteKeysWithoutID destroys every private key, public key and
+// certificate object on the token that has no CKA_ID (Key.Damage: what a
+// key generation or a certificate import cut short leaves; no call can
+// name it, and no key pair is whole without one) and returns them. It
+// destroys nothing with an id: a key is deleted by it (DeleteKey,
+// DeleteDamaged). It returns ErrKeyNotFound when the token holds no such
+// object, and destroys nothing unless the session shows a logged-in user.
+func (t *Token) DeleteKeysWithoutID(ctx context.Context) ([]Object, error) {
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
-	var labels []string
+	var gone []Object
 	err := t.withSession(ctx, func(s *session) error {
-		labels = labels[:0]
+		// What an attempt destroyed before it failed stays in gone.
 		seq := t.loginSeq.Load()
-		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}, 1<<16)
-		if err != nil {
+		var doomed []pkcs11.ObjectHandle
+		var objs []Object
+		for _, class := range []uint{pkcs11.CKO_CERTIFICATE, pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_PRIVATE_KEY} {
+			hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}, 1<<16)
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_ID, pkcs11.CKA_LABEL))
+				if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+					continue // destroyed since the search
+				}
+				if err != nil {
+					return p11err("C_GetAttributeValue", readGone(err))
+				}
+				if len(attrs[0].Value) != 0 {
+					continue
+				}
+				doomed = append(doomed, h)
+				objs = append(objs, Object{Kind: kindOf(class), Label: string(attrs[1].Value)})
+			}
+		}
+		if err := t.loggedIn(s, seq); err != nil {
 			return err
 		}
-		for _, h := range hs {
-			attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_ID, pkcs11.CKA_LABEL))
-			if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
-				continue // destroyed since the search
-			}
-			if err != nil {
-				return p11err("C_GetAttributeValue", readGone(err))
-			}
-			if len(attrs[0].Value) != 0 {
-				continue
-			}
+		if len(doomed) == 0 {
+			return fmt.Errorf("%w: no object without CKA_ID on token %q", ErrKeyNotFound, t.label)
+		}
+		for i, h := range doomed {
 			if err := t.m.api.DestroyObject(s.h, h); err != nil && !isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
 				return p11err("C_DestroyObject", err)
 			}
-			labels = append(labels, string(attrs[1].Value))
-		}
-		if len(labels) == 0 {
-			return t.notFound(s, seq, fmt.Errorf("%w: no private key object without CKA_ID on token %q", ErrKeyNotFound, t.label))
+			gone = append(gone, objs[i])
 		}
 		return nil
 	})
-	return labels, err
+	return gone, err
+}
+
+// DeleteDamaged destroys the objects with CKA_ID id when they are no
+// whole key pair (Key.Damage: a private key object without its public key
+// object, or with one not its own; two private key objects sharing the
+// id; public key or certificate objects without a private key) and
+// returns them, certificates first and the private key last. It refuses
+// with ErrKeyExists when id names a whole key pair (DeleteKey deletes
+// that), and with ErrKeyNotFound when no object has the id. It destroys
+// nothing unless the session shows a logged-in user.
+func (t *Token) DeleteDamaged(ctx context.Context, id []byte) ([]Object, error) {
+	if len(id) == 0 {
+		return nil, fmt.Errorf("%w: no key id (DeleteKeysWithoutID deletes the objects without one)", ErrInvalidArgument)
+	}
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	var gone []Object
+	err := t.withSession(ctx, func(s *session) error {
+		// What an attempt destroyed before it failed stays in gone.
+		seq := t.loginSeq.Load()
+		privs, err := t.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		}, 2)
+		if err != nil {
+			return err
+		}
+		if len(privs) == 1 {
+			_, err := t.readKey(s, privs[0])
+			switch {
+			case err == nil:
+				return fmt.Errorf("%w: id %x on token %q is a whole key pair, not damage; delete it as a key", ErrKeyExists, id, t.label)
+			case errors.Is(err, ErrAlgorithm):
+				return fmt.Errorf("%w: id %x on token %q is a key of a type signerd does not use, not damage: %w", ErrKeyExists, id, t.label, err)
+			case publicDamage(err) == "":
+				return err
+			}
+		}
+		if err := t.loggedIn(s, seq); err != nil {
+			return err
+		}
+		var objs []Object
+		var doomed []pkcs11.ObjectHandle
+		for _, class := range []uint{pkcs11.CKO_CERTIFICATE, pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_PRIVATE_KEY} {
+			hs, err := t.find(s, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+				pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			}, 64)
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				attrs, err := t.m.api.GetAttributeValue(s.h, h, attrQuery(pkcs11.CKA_LABEL))
+				if isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+					continue // destroyed since the search
+				}
+				if err != nil {
+					return p11err("C_GetAttributeValue", readGone(err))
+				}
+				doomed = append(doomed, h)
+				objs = append(objs, Object{Kind: kindOf(class), ID: id, Label: string(attrs[0].Value)})
+			}
+		}
+		if len(doomed) == 0 {
+			return fmt.Errorf("%w: no object with id %x on token %q", ErrKeyNotFound, id, t.label)
+		}
+		for i, h := range doomed {
+			if err := t.m.api.DestroyObject(s.h, h); err != nil && !isRV(err, pkcs11.CKR_OBJECT_HANDLE_INVALID) {
+				return p11err("C_DestroyObject", err)
+			}
+			gone = append(gone, objs[i])
+		}
+		return nil
+	})
+	t.forgetKey(id)
+	return gone, err
+}
+
+// HasObjectsWithID reports whether the token holds any object (private
+// key, public key or certificate) with CKA_ID id, as a logged-in session
+// sees it.
+func (t *Token) HasObjectsWithID(ctx context.Context, id []byte) (bool, error) {
+	var found bool
+	err := t.withSession(ctx, func(s *session) error {
+		seq := t.loginSeq.Load()
+		hs, err := t.find(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}, 1)
+		if err != nil {
+			return err
+		}
+		found = len(hs) > 0
+		return t.loggedIn(s, seq)
+	})
+	return found, err
 }

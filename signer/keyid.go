@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"encoding/hex"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -25,7 +26,8 @@ func canonicalKeyID(idHex string) (string, error) {
 // normalizeKeyID puts the key_id field of a request, if it has one and it
 // is set, in its one spelling, where the request enters the daemon: every
 // later step (the policy, the key cache, the audit line) sees that
-// spelling and no other. NoIDKeyRef passes in a DeleteKeyRequest alone.
+// spelling and no other. NoIDKeyRef, and a token named after
+// TokenRefSep, pass in a DeleteKeyRequest alone.
 // An id that is not hex is refused here
 // (ErrInvalid), and the id as given is returned for the refusal's audit
 // line.
@@ -46,17 +48,25 @@ func normalizeKeyID(req any) (given string, err error) {
 	if raw == "" {
 		return "", nil // the handler says what is missing
 	}
-	if _, del := req.(*signerv1.DeleteKeyRequest); del && raw == NoIDKeyRef {
-		return raw, nil // the damaged objects without an id (see NoIDKeyRef)
+	ref, suffix := raw, ""
+	if _, del := req.(*signerv1.DeleteKeyRequest); del {
+		// A deletion may name the token after the id (see TokenRefSep),
+		// and the damaged objects without an id (see NoIDKeyRef).
+		if i := strings.Index(raw, TokenRefSep); i >= 0 {
+			ref, suffix = raw[:i], raw[i:]
+		}
+		if ref == NoIDKeyRef {
+			return raw, nil
+		}
 	}
-	id, err := canonicalKeyID(raw)
+	id, err := canonicalKeyID(ref)
 	if err != nil {
 		return raw, err
 	}
-	if id != raw {
-		r.Set(fd, protoreflect.ValueOfString(id))
+	if id+suffix != raw {
+		r.Set(fd, protoreflect.ValueOfString(id+suffix))
 	}
-	return id, nil
+	return id + suffix, nil
 }
 
 // refuseKeyID audits the refusal of a request whose key id is not one

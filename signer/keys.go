@@ -173,12 +173,21 @@ func (s *Service) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (
 // findKey returns the token and key for a hex key id, looking on every
 // token.
 func (s *Service) findKey(ctx context.Context, idHex string) (*tokenEntry, hsm.Key, *state.KeyRecord, error) {
+	return s.findKeyOn(ctx, idHex, nil)
+}
+
+// findKeyOn is findKey on the token only, or on every token when only is
+// nil.
+func (s *Service) findKeyOn(ctx context.Context, idHex string, only *tokenEntry) (*tokenEntry, hsm.Key, *state.KeyRecord, error) {
 	id, err := parseKeyID(idHex)
 	if err != nil {
 		return nil, hsm.Key{}, nil, err
 	}
 	var firstErr error
 	for _, t := range s.tokens {
+		if only != nil && t != only {
+			continue
+		}
 		k, err := t.tok.KeyByID(ctx, id)
 		if err != nil {
 			if firstErr == nil || errors.Is(firstErr, hsm.ErrKeyNotFound) {
@@ -246,17 +255,30 @@ func (s *Service) DeleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest)
 }
 
 func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record) error {
-	if req.GetKeyId() == NoIDKeyRef {
-		return s.deleteWithoutID(ctx, rec)
+	ref, only, err := s.deleteTarget(req.GetKeyId())
+	if err != nil {
+		return err
 	}
-	t, k, kr, err := s.findKey(ctx, req.GetKeyId())
+	if ref == NoIDKeyRef {
+		return s.deleteWithoutID(ctx, rec, only)
+	}
+	t, k, kr, err := s.findKeyOn(ctx, ref, only)
 	if errors.Is(err, hsm.ErrKeyNotFound) {
-		return s.deleteRemains(ctx, req, rec, err)
+		return s.deleteRemains(ctx, req, ref, only, rec, err)
 	}
 	if err != nil {
 		return err
 	}
 	rec.Token = t.name
+	if only == nil {
+		// The id also naming objects on another token (damage, or a
+		// copy of the key) makes "delete ID" ambiguous: the officer who
+		// saw damage under the id would delete the whole key here.
+		if others := s.tokensWithID(ctx, t, k.ID); len(others) > 0 {
+			return fmt.Errorf("%w: key %s is on token %s, and objects with its id are also on token(s) %s; name the token: key delete %s%s%s",
+				ErrPrecondition, k.IDHex(), t.name, strings.Join(others, ", "), k.IDHex(), TokenRefSep, t.name)
+		}
+	}
 	defer s.forgetKeyRefs()
 	defer s.certificatesChanged() // its certificates may go with it
 	certs, err := s.store.ListCerts(ctx, state.CertFilter{Token: t.tok.Serial(), KeyID: k.IDHex()})
@@ -310,25 +332,27 @@ func (s *Service) deleteKey(ctx context.Context, req *signerv1.DeleteKeyRequest,
 // requests (reconcile.missing_key: a deletion cut short between the HSM
 // and the state, or a key deleted outside signerd). Only tokens that are
 // logged in are searched. With neither it returns notFound.
-func (s *Service) deleteRemains(ctx context.Context, req *signerv1.DeleteKeyRequest, rec *audit.Record, notFound error) error {
-	id, err := parseKeyID(req.GetKeyId())
+func (s *Service) deleteRemains(ctx context.Context, req *signerv1.DeleteKeyRequest, idRef string, only *tokenEntry, rec *audit.Record, notFound error) error {
+	id, err := parseKeyID(idRef)
 	if err != nil {
 		return err
 	}
 	idHex := hex.EncodeToString(id)
 	for _, t := range s.tokens {
-		if !t.tok.LoggedIn() {
+		if (only != nil && t != only) || !t.tok.LoggedIn() {
 			continue
 		}
 		kr, err := s.store.GetKey(ctx, t.tok.Serial(), idHex)
 		if errors.Is(err, state.ErrNotFound) {
-			destroyed, err := destroyRemains(ctx, t, id)
+			gone, err := destroyRemains(ctx, t, id)
+			if len(gone) > 0 {
+				rec.Token = t.name
+				rec.Detail = "damaged: destroyed " + objectList(gone) + "; no record"
+			}
 			if err != nil {
 				return err
 			}
-			if destroyed {
-				rec.Token = t.name
-				rec.Detail = "damaged: the private key object without its public key; no record"
+			if len(gone) > 0 {
 				return nil
 			}
 			continue
@@ -346,8 +370,11 @@ func (s *Service) deleteRemains(ctx context.Context, req *signerv1.DeleteKeyRequ
 		if len(certs) > 0 && !req.GetForce() {
 			return fmt.Errorf("%w: key %s has %d certificate(s); delete them first, or force to delete the key with them", ErrPrecondition, kr.ID, len(certs))
 		}
-		destroyed, err := destroyRemains(ctx, t, id)
+		gone, err := destroyRemains(ctx, t, id)
 		if err != nil {
+			if len(gone) > 0 {
+				rec.Detail = "damaged: destroyed " + objectList(gone) + " before failing; the record stays"
+			}
 			return err
 		}
 		csrs, err := s.store.ListCSRs(ctx)
@@ -373,8 +400,8 @@ func (s *Service) deleteRemains(ctx context.Context, req *signerv1.DeleteKeyRequ
 			return err
 		}
 		what := "record only: the token holds no such key"
-		if destroyed {
-			what = "damaged: the private key object without its public key, and the record"
+		if len(gone) > 0 {
+			what = "damaged: destroyed " + objectList(gone) + ", and the record"
 		}
 		rec.Detail = fmt.Sprintf("%s; with %d certificate(s)", what, len(certs))
 		return nil
@@ -383,45 +410,106 @@ func (s *Service) deleteRemains(ctx context.Context, req *signerv1.DeleteKeyRequ
 }
 
 // destroyRemains destroys the objects with CKA_ID id on t, which holds
-// no whole key pair with that id, and reports whether it held a private
-// key object.
-func destroyRemains(ctx context.Context, t *tokenEntry, id []byte) (bool, error) {
-	err := t.tok.DeleteKey(ctx, id)
-	if errors.Is(err, hsm.ErrKeyNotFound) {
-		return false, nil
+// no whole key pair with that id (hsm.Token.DeleteDamaged), and returns
+// them; none when t holds no object with the id.
+func destroyRemains(ctx context.Context, t *tokenEntry, id []byte) ([]hsm.Object, error) {
+	gone, err := t.tok.DeleteDamaged(ctx, id)
+	if errors.Is(err, hsm.ErrKeyNotFound) && len(gone) == 0 {
+		return nil, nil
 	}
-	return err == nil, err
+	return gone, err
 }
 
-// NoIDKeyRef is the key id under which ListKeys lists a private key object
-// without a CKA_ID (hsm.Key.Damage: what a key generation cut short
-// leaves), and with which DeleteKey destroys every such object on the
-// logged-in tokens: no other name can tell them apart, and none can be
-// used. It is not hex, so no key id is ever it.
-const NoIDKeyRef = "no-id"
+// objectList names the objects for an audit line.
+func objectList(objs []hsm.Object) string {
+	names := make([]string, len(objs))
+	for i, o := range objs {
+		names[i] = o.String()
+	}
+	return strings.Join(names, ", ")
+}
 
-// deleteWithoutID destroys every private key object without a CKA_ID on
-// the logged-in tokens (see NoIDKeyRef).
-func (s *Service) deleteWithoutID(ctx context.Context, rec *audit.Record) error {
-	var done []string
-	for _, t := range s.tokens {
-		if !t.tok.LoggedIn() {
+// tokensWithID names the logged-in tokens other than t that hold an
+// object with CKA_ID id. A token that cannot answer is named too, with
+// why: an id it may hold is as ambiguous.
+func (s *Service) tokensWithID(ctx context.Context, t *tokenEntry, id []byte) []string {
+	var out []string
+	for _, o := range s.tokens {
+		if o == t || !o.tok.LoggedIn() {
 			continue
 		}
-		labels, err := t.tok.DeleteKeysWithoutID(ctx)
-		if errors.Is(err, hsm.ErrKeyNotFound) {
+		found, err := o.tok.HasObjectsWithID(ctx, id)
+		switch {
+		case err != nil:
+			out = append(out, fmt.Sprintf("%s (not searched: %v)", o.name, err))
+		case found:
+			out = append(out, o.name)
+		}
+	}
+	return out
+}
+
+// TokenRefSep joins a key id (or NoIDKeyRef) and a token name in a
+// DeleteKeyRequest's key_id: "ID@TOKEN" deletes on that token alone. It
+// is needed when an id names objects on more than one token.
+const TokenRefSep = "@"
+
+// deleteTarget splits a DeleteKeyRequest's key_id into the key id (hex,
+// or NoIDKeyRef) and the token it names after TokenRefSep, or nil.
+func (s *Service) deleteTarget(keyID string) (string, *tokenEntry, error) {
+	ref, name, scoped := strings.Cut(keyID, TokenRefSep)
+	if !scoped {
+		return keyID, nil, nil
+	}
+	if name == "" {
+		return "", nil, fmt.Errorf("%w: %q names no token after %q", ErrInvalid, keyID, TokenRefSep)
+	}
+	t, err := s.token(name)
+	if err != nil {
+		return "", nil, err
+	}
+	return ref, t, nil
+}
+
+// NoIDKeyRef is the key id under which ListKeys lists an object without a
+// CKA_ID (hsm.Key.Damage: a private key, public key or certificate object
+// that a key generation or certificate import cut short leaves), and with
+// which DeleteKey destroys every such object on the logged-in tokens, or
+// on one with NoIDKeyRef+TokenRefSep+TOKEN: no other name can tell them
+// apart, and none can be used. It is not hex, so no key id is ever it.
+const NoIDKeyRef = "no-id"
+
+// deleteWithoutID destroys every object without a CKA_ID on the logged-in
+// tokens, or on only when it is not nil (see NoIDKeyRef), and names each
+// in the audit line.
+func (s *Service) deleteWithoutID(ctx context.Context, rec *audit.Record, only *tokenEntry) error {
+	var done []string
+	defer func() {
+		if len(done) > 0 {
+			rec.Detail = "damaged: objects without CKA_ID destroyed: " + strings.Join(done, "; ")
+		}
+	}()
+	for _, t := range s.tokens {
+		if (only != nil && t != only) || !t.tok.LoggedIn() {
+			continue
+		}
+		gone, err := t.tok.DeleteKeysWithoutID(ctx)
+		if len(gone) > 0 {
+			if rec.Token == "" {
+				rec.Token = t.name
+			}
+			done = append(done, fmt.Sprintf("%d on token %s (%s)", len(gone), t.name, objectList(gone)))
+		}
+		if errors.Is(err, hsm.ErrKeyNotFound) && len(gone) == 0 {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("token %q: %w", t.name, err)
 		}
-		rec.Token = t.name
-		done = append(done, fmt.Sprintf("%d on token %s (labels %q)", len(labels), t.name, labels))
 	}
 	if len(done) == 0 {
-		return fmt.Errorf("%w: no private key object without CKA_ID on a logged-in token", hsm.ErrKeyNotFound)
+		return fmt.Errorf("%w: no object without CKA_ID on a logged-in token", hsm.ErrKeyNotFound)
 	}
-	rec.Detail = "damaged: private key objects without CKA_ID destroyed: " + strings.Join(done, "; ")
 	return nil
 }
 

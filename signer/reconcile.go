@@ -20,9 +20,11 @@ const (
 	// OpMissingKey: the state records a key that the token no longer
 	// holds (deleted outside signerd, or a deletion cut short).
 	OpMissingKey = "reconcile.missing_key"
-	// OpDamagedKey: the token holds a private key object that is no whole
-	// key pair (hsm.Key.Damage: no CKA_ID, or no public key object; an
-	// operation cut short by a crash) and cannot be used.
+	// OpDamagedKey: the token holds objects that are no whole key pair
+	// (hsm.Key.Damage: a private key object without CKA_ID, without its
+	// public key object or with one not its own, or sharing its id; public
+	// key or certificate objects without CKA_ID or without a private key;
+	// an operation cut short by a crash) and cannot be used.
 	OpDamagedKey = "reconcile.damaged_key"
 )
 
@@ -102,8 +104,12 @@ func (s *Service) reconcileToken(ctx context.Context, t *tokenEntry) error {
 			continue
 		}
 		s.log.Warn("token holds a key the state does not record", "token", t.name, "key", id, "label", k.Label)
-		errs = append(errs, s.auditSelf(ctx, audit.Record{Op: OpUnrecordedKey, Token: t.name, Key: id,
-			Detail: fmt.Sprintf("label=%q: on the token but not recorded; register it (signerctl key rename --usage) or delete it", k.Label)}))
+		detail := fmt.Sprintf("label=%q: on the token but not recorded; register it (signerctl key rename --usage) or delete it", k.Label)
+		if k.Damage != "" {
+			// Damaged: nothing to register.
+			detail = fmt.Sprintf("label=%q: on the token but not recorded, and damaged; delete it (signerctl key delete %s)", k.Label, id)
+		}
+		errs = append(errs, s.auditSelf(ctx, audit.Record{Op: OpUnrecordedKey, Token: t.name, Key: id, Detail: detail}))
 	}
 	for _, r := range recs {
 		if r.Token != serial || onToken[r.ID] || !s.reconciled.firstReport(OpMissingKey, serial, r.ID) {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hsmsigner/hsmsigner/signer"
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/xroad/xroadpb"
 )
@@ -157,9 +158,14 @@ func (inv *inventory) tokenInfo(t *signerv1.Token) *xroadpb.TokenInfoProto {
 	name, serial, label := t.GetName(), t.GetSerial(), t.GetLabel()
 	ti.FriendlyName, ti.SerialNumber, ti.Label = &name, &serial, &label
 	for _, k := range inv.keys {
-		if k.GetToken() == t.GetName() {
-			ti.KeyInfo = append(ti.KeyInfo, inv.keyInfo(k, t.GetLoggedIn()))
+		if k.GetToken() != t.GetName() || k.GetId() == signer.NoIDKeyRef {
+			// Objects without CKA_ID (damaged) have no id X-Road could
+			// name them by, and are never keys: signerctl lists them.
+			continue
 		}
+		// A key that may not sign (damaged, or its attributes no longer
+		// hold) is not available, as a key of a token logged out.
+		ti.KeyInfo = append(ti.KeyInfo, inv.keyInfo(k, t.GetLoggedIn() && k.GetAttributeProblem() == ""))
 	}
 	return ti
 }
@@ -193,7 +199,7 @@ func (inv *inventory) token(id string) (*signerv1.Token, error) {
 func (inv *inventory) tokenOfKey(id string) (*signerv1.Token, error) {
 	id = strings.ToLower(id)
 	for _, k := range inv.keys {
-		if k.GetId() == id {
+		if k.GetId() == id && id != signer.NoIDKeyRef {
 			return inv.token(k.GetToken())
 		}
 	}

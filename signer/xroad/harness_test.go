@@ -75,6 +75,7 @@ type rig struct {
 	ks    *keystore
 	xr    *Server
 	addr  string
+	soft  *softhsmtest.Token
 }
 
 const rigConfig = `
@@ -133,7 +134,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if err := os.WriteFile(filepath.Join(dir, "user.pin"), soft.UserPIN, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{dir: dir, ks: newKeystore(t, dir, "ks-pass-42")}
+	r := &rig{dir: dir, ks: newKeystore(t, dir, "ks-pass-42"), soft: soft}
 	xroadTable := fmt.Sprintf("keystore = %q\nkeystore_password = \"file:%s\"", r.ks.p12, r.ks.envFile)
 	if o.insecure {
 		xroadTable = "insecure_loopback = true"
