@@ -84,7 +84,7 @@ func (a *app) keyCommand() *cobra.Command {
 					// What a crash left of a key generation or deletion:
 					// the officer deletes it (key delete ID).
 					if p := k.GetAttributeProblem(); strings.Contains(p, "damaged object") {
-						fmt.Fprintf(a.stderr, "key %s on token %s (label %q): %s; remove it with: signerctl key delete %s\n", k.GetId(), k.GetToken(), k.GetLabel(), p, k.GetId())
+						fmt.Fprintf(a.stderr, "key %s on token %s (label %q): %s; remove it with: signerctl key delete %s@%s\n", k.GetId(), k.GetToken(), k.GetLabel(), p, k.GetId(), k.GetToken())
 					}
 				}
 				for t, why := range resp.GetSkippedTokens() {
@@ -124,6 +124,13 @@ func (a *app) keyCommand() *cobra.Command {
 	var force bool
 	del := &cobra.Command{
 		Use: "delete KEY-ID", Short: "Destroy a key pair in the HSM", Args: cobra.ExactArgs(1),
+		Long: `Destroy a key pair in the HSM, and its records.
+
+KEY-ID is the key's id as key list shows it. ID@TOKEN deletes on that
+token only (needed when an id names objects on two tokens). For damaged
+objects (see key list): no-id removes every object without a CKA_ID on
+the logged-in tokens, no-id@TOKEN those of one token; a whole key pair is
+never deleted as damage.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
 				if _, err := c.DeleteKey(ctx, &signerv1.DeleteKeyRequest{KeyId: args[0], Force: force}); err != nil {
