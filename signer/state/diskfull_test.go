@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/hsmsigner/hsmsigner/signer/state"
@@ -139,5 +140,125 @@ func TestWriteFailureOnAFullDisk(t *testing.T) {
 	}
 	if len(recs) != acked {
 		t.Fatalf("%d records after reopening; want the %d acknowledged", len(recs), acked)
+	}
+}
+
+// TestOpenOnAFullDisk makes the state file on a full disk with a few
+// pages of room or none, as a first start of the daemon does: Open fails
+// with ErrWrite naming the file and ENOSPC and leaves no file behind, not
+// a part of one. Once there is room again the same Open makes the file
+// and it keeps records. (bbolt used to leave the pages it could write: a
+// file "too small" for any later start, or one whose metadata named
+// pages it did not hold, which killed the next Open with SIGBUS.)
+func TestOpenOnAFullDisk(t *testing.T) {
+	ctx := context.Background()
+	for _, room := range []int64{0, 4096, 8192, 12288} {
+		t.Run(fmt.Sprintf("room%d", room), func(t *testing.T) {
+			dir := mountSmallTmpfs(t, 1<<20)
+			filler := filepath.Join(dir, "filler")
+			fillDisk(t, filler)
+			fi, err := os.Stat(filler)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(filler, fi.Size()-room); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "state.db")
+			s, err := state.Open(ctx, path)
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open with %d bytes of room made the state file; want ErrWrite (the test needs less room than a state file)", room)
+			}
+			if !errors.Is(err, state.ErrWrite) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("Open on a full disk: %v; want ErrWrite wrapping ENOSPC and naming %s", err, path)
+			}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				if e.Name() != "filler" {
+					t.Errorf("Open on a full disk left %s behind", e.Name())
+				}
+			}
+			if err := os.Remove(filler); err != nil {
+				t.Fatal(err)
+			}
+			s, err = state.Open(ctx, path)
+			if err != nil {
+				t.Fatalf("Open with room again: %v", err)
+			}
+			rec := state.KeyRecord{Token: tok, ID: "01", Label: "after", Usage: state.UsageSign}
+			if err := s.CreateKey(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s, err = state.Open(ctx, path)
+			if err != nil {
+				t.Fatalf("reopen: %v", err)
+			}
+			defer s.Close()
+			if _, err := s.GetKey(ctx, tok, rec.ID); err != nil {
+				t.Fatalf("the record after reopening: %v", err)
+			}
+		})
+	}
+}
+
+// TestOpenTruncatedFile: a state file cut short (a copy that ended early,
+// a disk that filled while it was made) is refused with ErrCorrupt naming
+// the file, however much of it is left; bbolt would map it and read the
+// missing pages, and the process would die of SIGBUS.
+func TestOpenTruncatedFile(t *testing.T) {
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "state.db")
+	s, err := state.Open(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if err := s.CreateKey(ctx, state.KeyRecord{Token: tok, ID: fmt.Sprintf("%04x", i), Label: fmt.Sprintf("key-%04d-%s", i, strings.Repeat("x", 200)), Usage: state.UsageSign}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pages the file's metadata names: bbolt grows the file in steps
+	// beyond them, so the last page of the file may hold nothing.
+	db, err := bolt.Open(src, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used int64
+	if err := db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	page := int64(os.Getpagesize())
+	for _, size := range []int64{page, 2 * page, 3 * page, used - page} {
+		t.Run(fmt.Sprintf("size%d", size), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.db")
+			if err := os.WriteFile(path, whole[:size], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := state.Open(ctx, path)
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open of the state file cut to %d of %d bytes succeeded; want ErrCorrupt", size, len(whole))
+			}
+			if !errors.Is(err, state.ErrCorrupt) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("Open of the state file cut to %d of %d bytes: %v; want ErrCorrupt naming %s", size, len(whole), err, path)
+			}
+		})
 	}
 }
