@@ -2,6 +2,7 @@ package state_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -260,5 +261,86 @@ func TestOpenTruncatedFile(t *testing.T) {
 				t.Fatalf("Open of the state file cut to %d of %d bytes: %v; want ErrCorrupt naming %s", size, len(whole), err, path)
 			}
 		})
+	}
+}
+
+// TestManyFailedCommitsOnAFullDisk: a thousand commits refused on a full
+// disk, of records large enough to need new pages each (60 KiB OCSP
+// responses), leave the store usable: once there is room again a commit
+// succeeds, and bbolt's own consistency check of the reopened file (every
+// page reachable once, the freelist agreeing) finds nothing, so no page
+// was lost or given twice, and it holds every acknowledged record.
+func TestManyFailedCommitsOnAFullDisk(t *testing.T) {
+	ctx := context.Background()
+	dir := mountSmallTmpfs(t, 1<<20)
+	path := filepath.Join(dir, "state.db")
+	s, err := state.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if s != nil {
+			s.Close()
+		}
+	}()
+	der := make([]byte, 60<<10)
+	save := func(i int) error {
+		var sum [32]byte
+		binary.BigEndian.PutUint32(sum[:], uint32(i))
+		return s.SaveOCSPResponse(ctx, sum, der)
+	}
+	acked := 0
+	for i := range 3 {
+		if err := save(i); err != nil {
+			t.Fatal(err)
+		}
+		acked++
+	}
+	filler := filepath.Join(dir, "filler")
+	fillDisk(t, filler)
+	failed := 0
+	for i := 3; i < 1003; i++ {
+		err := save(i)
+		if err == nil {
+			acked++ // it fit in pages freed before
+			continue
+		}
+		if !errors.Is(err, state.ErrWrite) {
+			t.Fatalf("commit %d on a full disk: %v; want ErrWrite", i, err)
+		}
+		failed++
+	}
+	if failed < 990 {
+		t.Fatalf("%d of 1000 commits of 60 KiB records failed on a full disk; want nearly all", failed)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if err := save(5000); err != nil {
+		t.Fatalf("a commit with room again, after %d failed: %v", failed, err)
+	}
+	acked++
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = nil
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n := 0
+	if err := db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		n = tx.Bucket([]byte("ocsp_responses")).Stats().KeyN
+		return errors.Join(errs...)
+	}); err != nil {
+		t.Fatalf("bbolt check after %d failed commits: %v", failed, err)
+	}
+	if n != acked {
+		t.Fatalf("%d responses in the reopened file; want the %d acknowledged", n, acked)
 	}
 }
