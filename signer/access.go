@@ -206,14 +206,27 @@ type tapCallKey struct{}
 // connections and streams it opens. The count is given back when the
 // call's handler returns or, for a call that never reaches it, when its
 // stream ends. A stream without socket credentials is let through, for
-// the interceptors to refuse.
+// the interceptors to refuse. The context of a stream it refuses is
+// ended here (see connScope): gRPC does not end it, and its deadline's
+// timer would outlive the refusal.
 func (s *Service) TapCall(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	scope, _ := ctx.Value(connScopeKey{}).(*connCtx)
+	var reg uint64
+	if scope != nil {
+		reg = scope.take()
+	}
 	p, err := peercred.FromContext(ctx)
 	if err != nil {
 		return ctx, nil
 	}
 	done, err := s.limits.startCall(p)
 	if err != nil {
+		if reg != 0 {
+			scope.cancelStream(reg)
+		}
+		if scope != nil && ctx.Err() == nil {
+			s.log.Error("the context of a call refused at calls_per_uid did not end: its deadline's timer stays until the deadline", "uid", p.UID)
+		}
 		return nil, toStatus(err)
 	}
 	// The stream's context ends with the stream, whatever ends it.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
@@ -534,4 +536,89 @@ func TestPartlyReceivedRequestsCountAsCalls(t *testing.T) {
 		r.conn.Close()
 	}
 	waitFor(t, "the uid served again once the half-received streams ended", func() bool { return sign(testCtx(t)) == nil })
+}
+
+// TestRefusedCallsLeaveNothingBehind: a call TapCall refuses at
+// calls_per_uid leaves nothing in the daemon, whatever deadline it
+// carries. gRPC derives a refused call's context with a timer for its
+// deadline and does not end it; 20,000 refused calls with the longest
+// grpc-timeout (99999999H) grew the heap by about 270 bytes each, kept
+// after their connection closed, until the deadline passed. The heap now
+// grows by less than 1 MB over them, and the uid is served again once
+// its calls end.
+func TestRefusedCallsLeaveNothingBehind(t *testing.T) {
+	d := newDaemon(t, func(p *daemonParams) {
+		p.Limits = "calls_per_uid = 2"
+		p.MaxMessage = 64 << 10
+	})
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	sign := func(ctx context.Context) error {
+		_, err := d.client.SignerClient.Sign(ctx, signReq(k.GetId(), sha("refused calls")))
+		return err
+	}
+	// Two partly received calls hold the uid at its limit.
+	hold := dialRaw(t, d.sock, true)
+	for _, id := range []uint32{1, 3} {
+		hold.startCall(id, signerv1.Signer_Sign_FullMethodName)
+		var prefix [5]byte
+		binary.BigEndian.PutUint32(prefix[1:], 60<<10)
+		hold.write(func(fr *http2.Framer) error { return fr.WriteData(id, false, prefix[:]) })
+	}
+	ping := [8]byte{1}
+	hold.write(func(fr *http2.Framer) error { return fr.WritePing(false, ping) })
+	if _, err := hold.readUntil(func(f http2.Frame) bool { p, ok := f.(*http2.PingFrame); return ok && p.IsAck() && p.Data == ping }); err != nil {
+		t.Fatalf("no PING answer: %v", err)
+	}
+
+	const calls = 20000
+	r := dialRaw(t, d.sock, true)
+	refused := make(chan error, 1)
+	go func() {
+		n := 0
+		for n < calls {
+			f, err := r.readUntil(func(f http2.Frame) bool {
+				h, ok := f.(*http2.MetaHeadersFrame)
+				return ok && fieldValue(h.Fields, "grpc-status") != ""
+			})
+			if err != nil {
+				refused <- fmt.Errorf("after %d refusals: %w", n, err)
+				return
+			}
+			if got := fieldValue(f.(*http2.MetaHeadersFrame).Fields, "grpc-status"); got != fmt.Sprint(int(codes.ResourceExhausted)) {
+				refused <- fmt.Errorf("call %d answered grpc-status %s, want %d", n, got, codes.ResourceExhausted)
+				return
+			}
+			n++
+		}
+		refused <- nil
+	}()
+	block := grpcHeaders(signerv1.Signer_Sign_FullMethodName, hpack.HeaderField{Name: "grpc-timeout", Value: "99999999H"})
+	before := heapInUse()
+	for i := range calls {
+		id := uint32(1 + 2*i)
+		r.write(func(fr *http2.Framer) error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+		})
+	}
+	if err := <-refused; err != nil {
+		t.Fatal(err)
+	}
+	r.conn.Close()
+	after := heapInUse()
+	if grown := int64(after) - int64(before); grown > 1<<20 {
+		t.Fatalf("the heap grew by %d bytes (%d a call) over %d refused calls with a deadline; want less than 1 MB", grown, grown/calls, calls)
+	}
+	t.Logf("heap %d before and %d after %d refused calls", before, after, calls)
+
+	hold.conn.Close()
+	waitFor(t, "the uid served again once its calls ended", func() bool { return sign(testCtx(t)) == nil })
+}
+
+// heapInUse is the heap's live bytes after a full collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }

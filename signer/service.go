@@ -397,7 +397,8 @@ func (s *Service) token(name string) (*tokenEntry, error) {
 // ServerOptions are the gRPC server options the API is served with: peer
 // credentials from the Unix socket (each connection counted under its
 // uid, at most [limits] connections_per_uid), each call counted among its
-// uid's calls from its headers (TapCall), the admission interceptors, the
+// uid's calls from its headers (TapCall, with connScope to end the
+// context of a call it refuses), the admission interceptors, the
 // configured message size limit, fixed HTTP/2 flow-control windows (no
 // bandwidth probing on a local socket), and the [limits] on connections:
 // handshake_timeout for the preface, idle_timeout for a connection with
@@ -409,7 +410,7 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		grpc.Creds(limitedCredentials{limits: s.limits}),
 		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
 		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20),
-		grpc.InTapHandle(s.TapCall),
+		grpc.InTapHandle(s.TapCall), grpc.StatsHandler(connScope{}),
 		grpc.UnaryInterceptor(s.UnaryInterceptor()),
 		grpc.StreamInterceptor(s.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(s.cfg.Server.MaxMessageBytes),

@@ -214,3 +214,94 @@ func listLabels(ctx context.Context, t *testing.T, c *client.Client) map[string]
 	}
 	return out
 }
+
+// TestStartOnAFullStateDisk starts the real daemon with its state
+// directory on a full disk.
+//
+// No state file yet (a first start), two pages of room: the start fails,
+// naming the state file and ENOSPC, and leaves no file behind. (bbolt
+// wrote the two pages it could, and the next start, with room again,
+// died of SIGBUS reading the pages the file's metadata named.) With room
+// again it starts, and keys are made.
+//
+// A state file already there, the disk full again: the daemon starts (it
+// writes nothing to start), signs, and refuses a key generation with
+// UNAVAILABLE naming the state file.
+func TestStartOnAFullStateDisk(t *testing.T) {
+	bin := daemontest.Build(t, signerdPkg)
+	soft := softhsmtest.New(t)
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	daemontest.MountTmpfs(t, stateDir, 1<<20)
+	cfgPath := daemonConfig(t, dir, soft, `"*"`)
+	sock := filepath.Join(dir, "run/signer.sock")
+	filler := filepath.Join(stateDir, "filler")
+	daemontest.FillDisk(t, filler)
+	fi, err := os.Stat(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filler, fi.Size()-8192); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := daemontest.Run(t, bin, nil, "--config", cfgPath)
+	if err == nil {
+		t.Fatalf("signerd started with 8 KiB left on its state disk and no state file:\n%s", out)
+	}
+	if !strings.Contains(out, "state file cannot be written") || !strings.Contains(out, "no space left on device") {
+		t.Fatalf("signerd's start on a full state disk: %v\n%s\nwant the state file and ENOSPC named", err, out)
+	}
+	ents, err := os.ReadDir(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() != "filler" {
+			t.Errorf("the failed start left %s in the state directory", e.Name())
+		}
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, bin, nil, "--config", cfgPath)
+	c, err := client.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	generate := func(label string) (*signerv1.Key, error) {
+		return c.GenerateKey(ctx, &signerv1.GenerateKeyRequest{Token: "t1", Label: label, Algorithm: "EC-P256", Usage: signerv1.KeyUsage_KEY_USAGE_SIGN})
+	}
+	k, err := generate("first")
+	if err != nil {
+		t.Fatalf("key generate after the start with room again: %v\n%s", err, d.Output())
+	}
+	c.Close()
+	d.Signal(syscall.SIGTERM)
+	if err := d.Wait(time.Minute); err != nil {
+		t.Fatalf("stop: %v\n%s", err, d.Output())
+	}
+
+	daemontest.FillDisk(t, filler)
+	d = daemontest.Start(t, bin, nil, "--config", cfgPath)
+	c, err = client.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := signWith(ctx, c, k.GetId()); err != nil {
+		t.Fatalf("sign after a start on the full state disk: %v", err)
+	}
+	var refused error
+	for i := range 500 {
+		if _, err := generate(fmt.Sprintf("full-%03d", i)); err != nil {
+			refused = err
+			break
+		}
+	}
+	if status.Code(refused) != codes.Unavailable || !strings.Contains(refused.Error(), "state file cannot be written") {
+		t.Fatalf("key generate on the full state disk: %v; want UNAVAILABLE naming the state file", refused)
+	}
+}

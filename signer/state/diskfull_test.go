@@ -2,6 +2,7 @@ package state_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/hsmsigner/hsmsigner/signer/state"
@@ -139,5 +141,206 @@ func TestWriteFailureOnAFullDisk(t *testing.T) {
 	}
 	if len(recs) != acked {
 		t.Fatalf("%d records after reopening; want the %d acknowledged", len(recs), acked)
+	}
+}
+
+// TestOpenOnAFullDisk makes the state file on a full disk with a few
+// pages of room or none, as a first start of the daemon does: Open fails
+// with ErrWrite naming the file and ENOSPC and leaves no file behind, not
+// a part of one. Once there is room again the same Open makes the file
+// and it keeps records. (bbolt used to leave the pages it could write: a
+// file "too small" for any later start, or one whose metadata named
+// pages it did not hold, which killed the next Open with SIGBUS.)
+func TestOpenOnAFullDisk(t *testing.T) {
+	ctx := context.Background()
+	for _, room := range []int64{0, 4096, 8192, 12288} {
+		t.Run(fmt.Sprintf("room%d", room), func(t *testing.T) {
+			dir := mountSmallTmpfs(t, 1<<20)
+			filler := filepath.Join(dir, "filler")
+			fillDisk(t, filler)
+			fi, err := os.Stat(filler)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(filler, fi.Size()-room); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "state.db")
+			s, err := state.Open(ctx, path)
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open with %d bytes of room made the state file; want ErrWrite (the test needs less room than a state file)", room)
+			}
+			if !errors.Is(err, state.ErrWrite) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("Open on a full disk: %v; want ErrWrite wrapping ENOSPC and naming %s", err, path)
+			}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				if e.Name() != "filler" {
+					t.Errorf("Open on a full disk left %s behind", e.Name())
+				}
+			}
+			if err := os.Remove(filler); err != nil {
+				t.Fatal(err)
+			}
+			s, err = state.Open(ctx, path)
+			if err != nil {
+				t.Fatalf("Open with room again: %v", err)
+			}
+			rec := state.KeyRecord{Token: tok, ID: "01", Label: "after", Usage: state.UsageSign}
+			if err := s.CreateKey(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s, err = state.Open(ctx, path)
+			if err != nil {
+				t.Fatalf("reopen: %v", err)
+			}
+			defer s.Close()
+			if _, err := s.GetKey(ctx, tok, rec.ID); err != nil {
+				t.Fatalf("the record after reopening: %v", err)
+			}
+		})
+	}
+}
+
+// TestOpenTruncatedFile: a state file cut short (a copy that ended early,
+// a disk that filled while it was made) is refused with ErrCorrupt naming
+// the file, however much of it is left; bbolt would map it and read the
+// missing pages, and the process would die of SIGBUS.
+func TestOpenTruncatedFile(t *testing.T) {
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "state.db")
+	s, err := state.Open(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if err := s.CreateKey(ctx, state.KeyRecord{Token: tok, ID: fmt.Sprintf("%04x", i), Label: fmt.Sprintf("key-%04d-%s", i, strings.Repeat("x", 200)), Usage: state.UsageSign}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pages the file's metadata names: bbolt grows the file in steps
+	// beyond them, so the last page of the file may hold nothing.
+	db, err := bolt.Open(src, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used int64
+	if err := db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	page := int64(os.Getpagesize())
+	for _, size := range []int64{page, 2 * page, 3 * page, used - page} {
+		t.Run(fmt.Sprintf("size%d", size), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.db")
+			if err := os.WriteFile(path, whole[:size], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := state.Open(ctx, path)
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open of the state file cut to %d of %d bytes succeeded; want ErrCorrupt", size, len(whole))
+			}
+			if !errors.Is(err, state.ErrCorrupt) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("Open of the state file cut to %d of %d bytes: %v; want ErrCorrupt naming %s", size, len(whole), err, path)
+			}
+		})
+	}
+}
+
+// TestManyFailedCommitsOnAFullDisk: a thousand commits refused on a full
+// disk, of records large enough to need new pages each (60 KiB OCSP
+// responses), leave the store usable: once there is room again a commit
+// succeeds, and bbolt's own consistency check of the reopened file (every
+// page reachable once, the freelist agreeing) finds nothing, so no page
+// was lost or given twice, and it holds every acknowledged record.
+func TestManyFailedCommitsOnAFullDisk(t *testing.T) {
+	ctx := context.Background()
+	dir := mountSmallTmpfs(t, 1<<20)
+	path := filepath.Join(dir, "state.db")
+	s, err := state.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if s != nil {
+			s.Close()
+		}
+	}()
+	der := make([]byte, 60<<10)
+	save := func(i int) error {
+		var sum [32]byte
+		binary.BigEndian.PutUint32(sum[:], uint32(i))
+		return s.SaveOCSPResponse(ctx, sum, der)
+	}
+	acked := 0
+	for i := range 3 {
+		if err := save(i); err != nil {
+			t.Fatal(err)
+		}
+		acked++
+	}
+	filler := filepath.Join(dir, "filler")
+	fillDisk(t, filler)
+	failed := 0
+	for i := 3; i < 1003; i++ {
+		err := save(i)
+		if err == nil {
+			acked++ // it fit in pages freed before
+			continue
+		}
+		if !errors.Is(err, state.ErrWrite) {
+			t.Fatalf("commit %d on a full disk: %v; want ErrWrite", i, err)
+		}
+		failed++
+	}
+	if failed < 990 {
+		t.Fatalf("%d of 1000 commits of 60 KiB records failed on a full disk; want nearly all", failed)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if err := save(5000); err != nil {
+		t.Fatalf("a commit with room again, after %d failed: %v", failed, err)
+	}
+	acked++
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = nil
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n := 0
+	if err := db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		n = tx.Bucket([]byte("ocsp_responses")).Stats().KeyN
+		return errors.Join(errs...)
+	}); err != nil {
+		t.Fatalf("bbolt check after %d failed commits: %v", failed, err)
+	}
+	if n != acked {
+		t.Fatalf("%d responses in the reopened file; want the %d acknowledged", n, acked)
 	}
 }

@@ -90,6 +90,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, context.DeadlineExceeded
 	}
 
+	if err := createWhole(path); err != nil {
+		return nil, err
+	}
+	if err := checkWhole(path); err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(path, FileMode, &bolt.Options{Timeout: timeout, OpenFile: openStateFile})
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
@@ -102,6 +108,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	s := &Store{db: db, path: path}
 	if err := s.initSchema(); err != nil {
 		_ = db.Close()
+		if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrSchemaVersion) {
+			err = fmt.Errorf("%w (a full disk, a read-only file system or an I/O error): %s: %w", ErrWrite, path, err)
+		}
 		return nil, err
 	}
 	return s, nil
