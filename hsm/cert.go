@@ -18,23 +18,25 @@ type CertObject struct {
 }
 
 // StoreCertificate writes cert to the token as a CKO_CERTIFICATE object
-// with the CKA_ID of its key pair and label. Storing a certificate the
-// token already holds with that id does nothing.
-func (t *Token) StoreCertificate(ctx context.Context, id []byte, label string, cert *x509.Certificate) error {
+// with the CKA_ID of its key pair and label, and reports whether it
+// created the object. Storing a certificate the token already holds with
+// that id creates nothing (created is false): that object is not this
+// call's to remove if what follows fails.
+func (t *Token) StoreCertificate(ctx context.Context, id []byte, label string, cert *x509.Certificate) (created bool, err error) {
 	if len(id) == 0 || cert == nil {
-		return fmt.Errorf("%w: a certificate object needs a key id and a certificate", ErrInvalidArgument)
+		return false, fmt.Errorf("%w: a certificate object needs a key id and a certificate", ErrInvalidArgument)
 	}
 	serial, err := asn1.Marshal(cert.SerialNumber)
 	if err != nil {
-		return fmt.Errorf("%w: certificate serial: %w", ErrInvalidArgument, err)
+		return false, fmt.Errorf("%w: certificate serial: %w", ErrInvalidArgument, err)
 	}
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok {
-		return fmt.Errorf("%w: certificate public key of type %T", ErrInvalidArgument, cert.PublicKey)
+		return false, fmt.Errorf("%w: certificate public key of type %T", ErrInvalidArgument, cert.PublicKey)
 	}
-	return t.withSession(ctx, func(s *session) error {
+	err = t.withSession(ctx, func(s *session) error {
 		// The certificate must belong to the key pair whose id it gets.
 		e, err := t.keyByID(s, id)
 		if err != nil {
@@ -64,8 +66,13 @@ func (t *Token) StoreCertificate(ctx context.Context, id []byte, label string, c
 			pkcs11.NewAttribute(pkcs11.CKA_SERIAL_NUMBER, serial),
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE, cert.Raw),
 		})
-		return p11err("C_CreateObject", err)
+		if err != nil {
+			return p11err("C_CreateObject", err)
+		}
+		created = true
+		return nil
 	})
+	return created, err
 }
 
 // Certificates lists the certificate objects on the token. Objects whose

@@ -100,13 +100,16 @@ func TestCertificateLifecycle(t *testing.T) {
 	rsaCert := e.selfSigned(t, rsaKey, "rsa member")
 	ecCert := e.selfSigned(t, ecKey, "ec member")
 
-	// Stored twice, each certificate is one object.
-	for range 2 {
-		if err := e.tok.StoreCertificate(ctx, rsaKey.ID, "cert-rsa", rsaCert); err != nil {
-			t.Fatalf("StoreCertificate(rsa): %v", err)
+	// Stored twice, each certificate is one object, created the first
+	// time only.
+	for i := range 2 {
+		created, err := e.tok.StoreCertificate(ctx, rsaKey.ID, "cert-rsa", rsaCert)
+		if err != nil || created != (i == 0) {
+			t.Fatalf("StoreCertificate(rsa), time %d: created %t, %v; want created %t", i+1, created, err, i == 0)
 		}
-		if err := e.tok.StoreCertificate(ctx, ecKey.ID, "cert-ec", ecCert); err != nil {
-			t.Fatalf("StoreCertificate(ec): %v", err)
+		created, err = e.tok.StoreCertificate(ctx, ecKey.ID, "cert-ec", ecCert)
+		if err != nil || created != (i == 0) {
+			t.Fatalf("StoreCertificate(ec), time %d: created %t, %v; want created %t", i+1, created, err, i == 0)
 		}
 	}
 	byID := e.certsByID(t)
@@ -140,7 +143,7 @@ func TestCertificateLifecycle(t *testing.T) {
 
 	// A renewed certificate for the same key is a second object.
 	renewed := e.selfSigned(t, rsaKey, "rsa member renewed")
-	if err := e.tok.StoreCertificate(ctx, rsaKey.ID, "cert-rsa", renewed); err != nil {
+	if _, err := e.tok.StoreCertificate(ctx, rsaKey.ID, "cert-rsa", renewed); err != nil {
 		t.Fatalf("StoreCertificate(renewed): %v", err)
 	}
 	if n := len(e.certsByID(t)[rsaKey.IDHex()]); n != 2 {
@@ -192,7 +195,7 @@ func TestDeleteCertificateUnknown(t *testing.T) {
 	k := e.genKey(t, ECP256, "ec")
 	stored := e.selfSigned(t, k, "stored")
 	other := e.selfSigned(t, k, "never stored")
-	if err := e.tok.StoreCertificate(ctx, k.ID, "ec", stored); err != nil {
+	if _, err := e.tok.StoreCertificate(ctx, k.ID, "ec", stored); err != nil {
 		t.Fatal(err)
 	}
 	for _, tt := range []struct {
@@ -239,7 +242,7 @@ func TestStoreCertificateBadInput(t *testing.T) {
 		{"an id of no key", []byte{1, 2, 3}, cert, ErrKeyNotFound},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := e.tok.StoreCertificate(ctx, tt.id, "x", tt.cert); !errors.Is(err, tt.wantErr) {
+			if _, err := e.tok.StoreCertificate(ctx, tt.id, "x", tt.cert); !errors.Is(err, tt.wantErr) {
 				t.Fatalf("StoreCertificate: %v, want %v", err, tt.wantErr)
 			}
 		})

@@ -219,7 +219,8 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 	if kr.Usage == UsageSign && member == "" {
 		return nil, fmt.Errorf("%w: a sign certificate belongs to a member: give the member, or import the answer to a request made with one", ErrInvalid)
 	}
-	if err := t.tok.StoreCertificate(ctx, k.ID, k.Label, cert); err != nil {
+	created, err := t.tok.StoreCertificate(ctx, k.ID, k.Label, cert)
+	if err != nil {
 		return nil, fmt.Errorf("storing the certificate on the token: %w", err)
 	}
 	cr := state.CertRecord{DER: cert.Raw, Token: t.tok.Serial(), KeyID: k.IDHex(), Member: member, Status: state.StatusSaved,
@@ -246,6 +247,12 @@ func (s *Service) importCert(ctx context.Context, req *signerv1.ImportCertReques
 		return nil
 	})
 	if err != nil {
+		if !created {
+			// The object was on the token before this import (put there
+			// by another tool, or by an import whose record was lost):
+			// not this call's to remove.
+			return nil, fmt.Errorf("recording the certificate (the object already on the token is left there): %w", err)
+		}
 		if derr := t.tok.DeleteCertificate(context.WithoutCancel(ctx), cert.Raw); derr != nil {
 			s.log.Error("certificate stored on the token but neither recorded nor removed", "sha256", sum, "error", derr.Error())
 		}
@@ -412,6 +419,9 @@ func (s *Service) deleteCertRecord(ctx context.Context, r state.CertRecord) erro
 	err := s.store.DeleteCert(ctx, r.SHA256)
 	s.forgetKeyRefs() // after the commit: see forgetKeyRefs
 	s.certificatesChanged()
+	if err != nil && !errors.Is(err, state.ErrNotFound) {
+		return fmt.Errorf("the certificate is gone from the token but its record stays (delete it again to clear it): %w", err)
+	}
 	return err
 }
 

@@ -2,6 +2,7 @@ package signer
 
 import (
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -115,5 +116,43 @@ func TestImportCertOnAFullStateDisk(t *testing.T) {
 	}
 	if objs, err := d.svc.tokens[0].tok.Certificates(testCtx(t)); err != nil || len(objs) != 1 {
 		t.Fatalf("certificate objects on the token after the import: %d, %v; want 1", len(objs), err)
+	}
+}
+
+// TestImportCertOnAFullStateDiskKeepsAnObjectItFound: a certificate
+// object already on the token before the import (put there by another
+// tool, such as X-Road's own signer) is not the import's to remove when
+// its record cannot be written: it stays, and the error says so.
+func TestImportCertOnAFullStateDiskKeepsAnObjectItFound(t *testing.T) {
+	d, fill := newDaemonOnSmallDisk(t)
+	ca := devca.New(t)
+	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
+	cert := d.issue(t, ca, d.csrFor(t, k, "CN=Agency,O=Agency,C=EE", member), "sign", devca.Current)
+	chain := append([]*x509.Certificate{cert}, ca.Chain()...)
+	root := ca.Chain()[len(ca.Chain())-1]
+	for len(pemOf(chain...)) < 40<<10 {
+		chain = append(chain, root)
+	}
+	tok := d.svc.tokens[0].tok
+	id, err := hex.DecodeString(k.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created, err := tok.StoreCertificate(testCtx(t), id, "put there by another tool", cert); err != nil || !created {
+		t.Fatalf("storing the certificate object beforehand: created %t, %v", created, err)
+	}
+	unfill := fill()
+	_, err = d.client.ImportCert(testCtx(t), &signerv1.ImportCertRequest{Certificate: pemOf(chain...)})
+	wantCode(t, err, codes.Unavailable, "state file cannot be written")
+	if !strings.Contains(err.Error(), "left there") {
+		t.Fatalf("ImportCert on a full state disk: %v; want it to say the object already on the token is left there", err)
+	}
+	objs, err := tok.Certificates(testCtx(t))
+	if err != nil || len(objs) != 1 {
+		t.Fatalf("certificate objects on the token after the refused import: %d, %v; want the one that was there", len(objs), err)
+	}
+	unfill()
+	if _, err := d.client.ImportCert(testCtx(t), &signerv1.ImportCertRequest{Certificate: pemOf(chain...)}); err != nil {
+		t.Fatalf("the same import with room again: %v", err)
 	}
 }

@@ -7,7 +7,7 @@ import "time"
 // one stream open and pipelines its calls on it) far from every limit.
 const (
 	DefaultConnectionsPerUID      = 64
-	DefaultCallsPerUID            = 4096
+	DefaultCallsPerUID            = 1024
 	DefaultRefusalsPerSecond      = 10
 	DefaultRefusalBurst           = 50
 	DefaultRefusalSummaryInterval = 10 * time.Second

@@ -38,9 +38,11 @@ var (
 	ErrPermissions = errors.New("state: unsafe state file permissions")
 
 	// ErrWrite reports a transaction whose commit could not be written to
-	// the state file (ENOSPC, EROFS, EIO, EFBIG...). Nothing of it is kept;
-	// the store stays usable, and the next transaction may succeed once
-	// the file can be written again.
+	// the state file (ENOSPC, EROFS, EIO, EFBIG...). The store goes on
+	// without it and stays usable; the next transaction may succeed once
+	// the file can be written again. Only when the failure was the sync
+	// after the file was written (EIO from fdatasync) may the change still
+	// reach the disk and show after a restart.
 	ErrWrite = errors.New("state: the state file cannot be written")
 
 	// ErrClosed reports use of a Store after Close.

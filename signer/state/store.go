@@ -262,7 +262,7 @@ func (s *Store) run(writable bool, fn func(tx *Tx) error) error {
 	case writable && fnDone:
 		// bbolt rolled the transaction back: the file holds the state
 		// before it, and the next transaction starts from there.
-		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); nothing of this change was kept: %s: %w", ErrWrite, s.path, err)
+		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); the change is not made (after a failed sync of the file it may still show once signerd restarts): %s: %w", ErrWrite, s.path, err)
 	}
 	return err
 }
