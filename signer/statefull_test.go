@@ -4,19 +4,17 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	signerv1 "github.com/hsmsigner/hsmsigner/signer/api"
 	"github.com/hsmsigner/hsmsigner/signer/state"
 	softhsmtest "github.com/hsmsigner/hsmsigner/softhsm-test"
 	"github.com/hsmsigner/hsmsigner/softhsm-test/devca"
+	"github.com/hsmsigner/hsmsigner/softhsm-test/diskfull"
 )
 
 // newDaemonOnSmallDisk starts a daemon whose state directory is a tmpfs
@@ -26,41 +24,10 @@ func newDaemonOnSmallDisk(t *testing.T, edit ...func(*daemonParams)) (d *testDae
 	t.Helper()
 	dir := newDaemonDir(t)
 	stateDir := filepath.Join(dir, "state")
-	if err := unix.Mount("tmpfs", stateDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size=1048576,mode=0700"); err != nil {
-		if errors.Is(err, syscall.EPERM) && os.Getenv("CI") != "true" {
-			t.Skipf("mounting a tmpfs needs root: %v", err)
-		}
-		t.Fatalf("mount a tmpfs on %s: %v", stateDir, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(stateDir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", stateDir, err)
-		}
-	})
+	diskfull.Mount(t, stateDir, 1<<20)
 	d = newDaemonOn(t, softhsmtest.New(t), dir, edit...)
 	filler := filepath.Join(stateDir, "filler")
-	return d, func() func() {
-		t.Helper()
-		f, err := os.Create(filler)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		chunk := make([]byte, 4096)
-		for {
-			if _, err := f.Write(chunk); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatalf("filling the state disk: %v; want ENOSPC", err)
-				}
-				break
-			}
-		}
-		return func() {
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	return d, func() func() { return diskfull.Fill(t, filler) }
 }
 
 // TestImportCertOnAFullStateDisk: a certificate import whose record

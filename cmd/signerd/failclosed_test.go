@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,6 +89,35 @@ func readAudit(t *testing.T, path string) []auditLine {
 	return lines
 }
 
+// checkAuditAfterFailure checks the audit log at auditPath after a time
+// it could not be written: it verifies; it holds exactly one "sign" line
+// per signature handed out, each ok (nothing lost, nothing doubled, no
+// line of a refused call); and no line of the key generation labelled
+// refusedLabel, refused for want of the log. It returns the lines.
+func checkAuditAfterFailure(t *testing.T, auditPath string, signed int, refusedLabel string) []auditLine {
+	t.Helper()
+	if _, err := audit.VerifyFile(auditPath); err != nil {
+		t.Fatalf("audit log after the failure: %v", err)
+	}
+	lines := readAudit(t, auditPath)
+	okSigns := 0
+	for _, l := range lines {
+		if l.Op == "sign" {
+			if l.Result != "ok" {
+				t.Errorf("a sign line that is not ok: %+v", l)
+			}
+			okSigns++
+		}
+		if strings.Contains(l.Detail, fmt.Sprintf("label=%q", refusedLabel)) {
+			t.Errorf("a line of the key generation refused for want of the audit log: %+v", l)
+		}
+	}
+	if okSigns != signed {
+		t.Fatalf("%d ok sign lines for %d signatures handed out", okSigns, signed)
+	}
+	return lines
+}
+
 // TestFailClosedWhenTheAuditLogCannotBeWritten runs the real daemon and
 // makes its audit log unwritable in the kernel: RLIMIT_FSIZE on the
 // daemon's process at the log's current size, so that appending fails
@@ -158,24 +188,7 @@ func TestFailClosedWhenTheAuditLogCannotBeWritten(t *testing.T) {
 	if err := d.Wait(time.Minute); err != nil {
 		t.Fatalf("stop: %v\n%s", err, d.Output())
 	}
-	if _, err := audit.VerifyFile(auditPath); err != nil {
-		t.Fatalf("audit log after the failure: %v", err)
-	}
-	okSigns := 0
-	for _, l := range readAudit(t, auditPath) {
-		if l.Op == "sign" {
-			if l.Result != "ok" {
-				t.Errorf("a sign line that is not ok: %+v", l)
-			}
-			okSigns++
-		}
-		if strings.Contains(l.Detail, `label="refused"`) {
-			t.Errorf("a line of the refused key generation: %+v", l)
-		}
-	}
-	if okSigns != signed {
-		t.Fatalf("%d ok sign lines for %d signatures handed out", okSigns, signed)
-	}
+	checkAuditAfterFailure(t, auditPath, signed, "refused")
 	if !strings.Contains(d.Output(), "audit append failed") {
 		t.Errorf("the failure was not logged:\n%s", d.Output())
 	}

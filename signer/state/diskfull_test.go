@@ -12,53 +12,18 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sys/unix"
 
 	"github.com/hsmsigner/hsmsigner/signer/state"
+	"github.com/hsmsigner/hsmsigner/softhsm-test/diskfull"
 )
 
-// mountSmallTmpfs mounts a tmpfs of size bytes on a new directory and
-// unmounts it when the test ends. Mounting needs root (CAP_SYS_ADMIN):
-// CI runs as root, and there the test must not be skipped; elsewhere it is
-// skipped with the reason.
-func mountSmallTmpfs(t *testing.T, size int) string {
+// smallDisk mounts a 1 MiB tmpfs on a new directory (see diskfull.Mount)
+// and returns it.
+func smallDisk(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "small")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		if errors.Is(err, syscall.EPERM) && os.Getenv("CI") != "true" {
-			t.Skipf("mounting a %d-byte tmpfs needs root: %v", size, err)
-		}
-		t.Fatalf("mount a %d-byte tmpfs on %s: %v", size, dir, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
+	diskfull.Mount(t, dir, 1<<20)
 	return dir
-}
-
-// fillDisk writes a file at path until the file system is full, and
-// leaves it there.
-func fillDisk(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("filling the disk: %v; want ENOSPC", err)
-			}
-			return
-		}
-	}
 }
 
 // TestWriteFailureOnAFullDisk puts the state file on a small tmpfs and
@@ -68,7 +33,7 @@ func fillDisk(t *testing.T, path string) {
 // kept, and the file reopens with every acknowledged record.
 func TestWriteFailureOnAFullDisk(t *testing.T) {
 	ctx := context.Background()
-	dir := mountSmallTmpfs(t, 1<<20)
+	dir := smallDisk(t)
 	path := filepath.Join(dir, "state.db")
 	s, err := state.Open(ctx, path)
 	if err != nil {
@@ -89,7 +54,7 @@ func TestWriteFailureOnAFullDisk(t *testing.T) {
 		}
 	}
 	filler := filepath.Join(dir, "filler")
-	fillDisk(t, filler)
+	diskfull.Fill(t, filler)
 
 	acked := before
 	var failed error
@@ -155,9 +120,9 @@ func TestOpenOnAFullDisk(t *testing.T) {
 	ctx := context.Background()
 	for _, room := range []int64{0, 4096, 8192, 12288} {
 		t.Run(fmt.Sprintf("room%d", room), func(t *testing.T) {
-			dir := mountSmallTmpfs(t, 1<<20)
+			dir := smallDisk(t)
 			filler := filepath.Join(dir, "filler")
-			fillDisk(t, filler)
+			diskfull.Fill(t, filler)
 			fi, err := os.Stat(filler)
 			if err != nil {
 				t.Fatal(err)
@@ -272,7 +237,7 @@ func TestOpenTruncatedFile(t *testing.T) {
 // was lost or given twice, and it holds every acknowledged record.
 func TestManyFailedCommitsOnAFullDisk(t *testing.T) {
 	ctx := context.Background()
-	dir := mountSmallTmpfs(t, 1<<20)
+	dir := smallDisk(t)
 	path := filepath.Join(dir, "state.db")
 	s, err := state.Open(ctx, path)
 	if err != nil {
@@ -297,7 +262,7 @@ func TestManyFailedCommitsOnAFullDisk(t *testing.T) {
 		acked++
 	}
 	filler := filepath.Join(dir, "filler")
-	fillDisk(t, filler)
+	diskfull.Fill(t, filler)
 	failed := 0
 	for i := 3; i < 1003; i++ {
 		err := save(i)

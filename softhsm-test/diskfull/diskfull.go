@@ -1,4 +1,8 @@
-package daemontest
+// Package diskfull gives tests a small file system to fill, as a full
+// disk: a tmpfs of a chosen size, and a file that takes all its room
+// until removed. It serves the tests of the state store, of the service
+// and of the daemon as a process alike.
+package diskfull
 
 import (
 	"errors"
@@ -10,12 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MountTmpfs mounts a tmpfs of size bytes on dir (made if missing, which
+// Mount mounts a tmpfs of size bytes on dir (made if missing, which
 // must be empty) and unmounts it when the test ends: a small file system
 // that a test can fill, as a full disk. Mounting needs root
 // (CAP_SYS_ADMIN): CI runs as root and must not skip, so under CI=true a
 // refusal fails the test; elsewhere the test is skipped with the reason.
-func MountTmpfs(t testing.TB, dir string, size int) {
+func Mount(t testing.TB, dir string, size int) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -33,9 +37,9 @@ func MountTmpfs(t testing.TB, dir string, size int) {
 	})
 }
 
-// FillDisk writes the file at path until its file system is full
-// (ENOSPC); removing the file gives the room back.
-func FillDisk(t testing.TB, path string) {
+// Fill writes the file at path until its file system is full (ENOSPC),
+// and returns the function that removes it, giving the room back.
+func Fill(t testing.TB, path string) (unfill func()) {
 	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -48,7 +52,12 @@ func FillDisk(t testing.TB, path string) {
 			if !errors.Is(err, syscall.ENOSPC) {
 				t.Fatalf("filling the disk with %s: %v; want ENOSPC", path, err)
 			}
-			return
+			return func() {
+				t.Helper()
+				if err := os.Remove(path); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
 }
