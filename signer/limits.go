@@ -380,11 +380,35 @@ func (c limitedCredentials) ServerHandshake(conn net.Conn) (net.Conn, credential
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %T", peercred.ErrNoCredentials, info)
 	}
-	release, err := c.limits.openConn(ai.Peer)
-	if err != nil {
+	if conn, err = c.limits.countConn(conn, ai.Peer); err != nil {
 		return nil, nil, err
 	}
-	return &countedConn{Conn: conn, release: release}, info, nil
+	return conn, info, nil
+}
+
+// countConn counts conn, a connection of peer p, as openConn does, and
+// returns it wrapped so that closing it gives the count back.
+func (l *uidLimits) countConn(conn net.Conn, p peercred.Peer) (net.Conn, error) {
+	release, err := l.openConn(p)
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: conn, release: release}, nil
+}
+
+// OpenConnection counts conn, a connection of peer p accepted on a
+// listener of a feature (X-Road's), among its uid's connections: the
+// same count, under the same [limits] connections_per_uid, as the
+// connections of the gRPC and HTTP sockets, so that a uid holds at most
+// that many over all of them. Beyond it the error wraps ErrLimit, the
+// refusal is counted as the gRPC socket's are
+// (signerd_limit_exceeded_total{limit="connections"} and the uid's
+// denied.summary line) and the caller closes conn. Otherwise the
+// connection returned is conn, which gives its count back when it is
+// closed (once): the caller uses it in conn's place from then on, and
+// closes it on every path that drops the connection.
+func (s *Service) OpenConnection(conn net.Conn, p peercred.Peer) (net.Conn, error) {
+	return s.limits.countConn(conn, p)
 }
 
 // Clone implements credentials.TransportCredentials.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,8 +107,31 @@ func (m *metrics) observe(fullMethod string, code codes.Code, d time.Duration) {
 // and POST /tsa (the built-in RFC 3161 time-stamping authority, for
 // callers the policy lets use the TSA key, read from each connection's
 // socket credentials).
+//
+// Each connection is counted under its peer's uid as it is accepted,
+// with the gRPC socket's (and the X-Road listener's) connections, and
+// closed there, before a byte is read, beyond [limits]
+// connections_per_uid or when its peer cannot be read; a request must
+// be read within httpReadTimeout (its header within httpHeaderTimeout),
+// its answer written within httpWriteTimeout, and a connection between
+// requests is kept [limits] idle_timeout.
 func (s *Service) HTTPServer() *http.Server {
-	return &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: httpHeaderTimeout, ConnContext: withConnPeer}
+	conns := &httpConns{admit: func(ctx context.Context, c net.Conn) (context.Context, func(), error) {
+		p, err := peercred.FromConn(c)
+		if err != nil {
+			return nil, nil, err
+		}
+		release, err := s.limits.openConn(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		return context.WithValue(ctx, connPeerKey{}, p), release, nil
+	}}
+	return &http.Server{
+		Handler: s.httpHandler(), ConnContext: conns.connContext, ConnState: conns.connState,
+		ReadHeaderTimeout: httpHeaderTimeout, ReadTimeout: httpReadTimeout, WriteTimeout: httpWriteTimeout,
+		IdleTimeout: s.cfg.Limits.IdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes,
+	}
 }
 
 // TSAServer returns the server of the built-in TSA's loopback TCP
@@ -115,26 +139,88 @@ func (s *Service) HTTPServer() *http.Server {
 // speak only HTTP over TCP. Its callers have no socket credentials: the
 // listener admits whoever reaches it, and each token's audit line names
 // the remote address.
+//
+// For the [limits], its callers are one peer without a uid
+// (anonymousPeer, counted as uid 4294967295, which no process has): at
+// most connections_per_uid connections open at once over all of them,
+// one beyond closed as it is accepted, and calls_per_uid calls in
+// progress. A request must be read within httpReadTimeout, its answer
+// written within httpWriteTimeout, and a connection between requests is
+// kept httpHeaderTimeout.
 func (s *Service) TSAServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /tsa", func(w http.ResponseWriter, r *http.Request) {
 		s.serveTSAFor(w, r, func() caller { return caller{peer: anonymousPeer(), remote: "tcp:" + r.RemoteAddr} })
 	})
-	return &http.Server{Handler: mux, ReadHeaderTimeout: httpHeaderTimeout, ReadTimeout: httpHeaderTimeout, WriteTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+	conns := &httpConns{admit: func(ctx context.Context, _ net.Conn) (context.Context, func(), error) {
+		release, err := s.limits.openConn(anonymousPeer())
+		return ctx, release, err
+	}}
+	return &http.Server{
+		Handler: mux, ConnContext: conns.connContext, ConnState: conns.connState,
+		ReadHeaderTimeout: httpHeaderTimeout, ReadTimeout: httpReadTimeout, WriteTimeout: httpWriteTimeout,
+		IdleTimeout: httpHeaderTimeout, MaxHeaderBytes: httpMaxHeaderBytes,
+	}
 }
 
-// httpHeaderTimeout bounds the reading of a request's header.
-const httpHeaderTimeout = 10 * time.Second
+// Bounds of the HTTP servers' connections.
+const (
+	// httpHeaderTimeout bounds the reading of a request's header.
+	httpHeaderTimeout = 10 * time.Second
+	// httpReadTimeout bounds the reading of a whole request, its body
+	// included (a time-stamp query is at most tsa.MaxRequestSize).
+	httpReadTimeout = 10 * time.Second
+	// httpWriteTimeout bounds a request's handling and the writing of
+	// its answer, from the end of its header.
+	httpWriteTimeout = time.Minute
+	// httpMaxHeaderBytes bounds a request's header.
+	httpMaxHeaderBytes = 16 << 10
+)
+
+// httpConns counts an http.Server's connections: admit, called as each
+// is accepted (ConnContext), counts it and returns its context, or
+// refuses it, and the connection is closed there, before a byte of it is
+// read; the count is given back when the server is done with the
+// connection (ConnState: closed, or hijacked).
+type httpConns struct {
+	admit func(ctx context.Context, c net.Conn) (context.Context, func(), error)
+
+	mu   sync.Mutex
+	open map[net.Conn]func() // connection → its release
+}
+
+// connContext is the server's ConnContext.
+func (h *httpConns) connContext(ctx context.Context, c net.Conn) context.Context {
+	cctx, release, err := h.admit(ctx, c)
+	if err != nil {
+		// The server reads nothing from a closed connection and ends it.
+		_ = c.Close()
+		return ctx
+	}
+	h.mu.Lock()
+	if h.open == nil {
+		h.open = map[net.Conn]func(){}
+	}
+	h.open[c] = release
+	h.mu.Unlock()
+	return cctx
+}
+
+// connState is the server's ConnState.
+func (h *httpConns) connState(c net.Conn, st http.ConnState) {
+	if st != http.StateClosed && st != http.StateHijacked {
+		return
+	}
+	h.mu.Lock()
+	release := h.open[c]
+	delete(h.open, c)
+	h.mu.Unlock()
+	if release != nil {
+		release()
+	}
+}
 
 type connPeerKey struct{}
-
-// withConnPeer puts the peer of a Unix socket connection in its context.
-func withConnPeer(ctx context.Context, c net.Conn) context.Context {
-	if p, err := peercred.FromConn(c); err == nil {
-		return context.WithValue(ctx, connPeerKey{}, p)
-	}
-	return ctx
-}
 
 // peerOfRequest returns the socket credentials of r's connection.
 func peerOfRequest(r *http.Request) (peercred.Peer, bool) {

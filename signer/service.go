@@ -396,25 +396,42 @@ func (s *Service) token(name string) (*tokenEntry, error) {
 
 // ServerOptions are the gRPC server options the API is served with: peer
 // credentials from the Unix socket (each connection counted under its
-// uid, at most [limits] connections_per_uid), each call counted among its
-// uid's calls from its headers (TapCall, with connScope to end the
-// context of a call it refuses), the admission interceptors, the
-// configured message size limit, fixed HTTP/2 flow-control windows (no
-// bandwidth probing on a local socket), and the [limits] on connections:
-// handshake_timeout for the preface, idle_timeout for a connection with
-// no call, min_ping_interval for keepalive PINGs and
-// max_header_list_bytes for a call's headers.
+// uid, at most [limits] connections_per_uid), the admission
+// interceptors, and ListenerOptions: each call counted among its uid's
+// calls from its headers, the configured message size limit, fixed
+// HTTP/2 flow-control windows and the [limits] on connections.
 func (s *Service) ServerOptions() []grpc.ServerOption {
+	return append([]grpc.ServerOption{
+		grpc.Creds(limitedCredentials{limits: s.limits}),
+		grpc.UnaryInterceptor(s.UnaryInterceptor()),
+		grpc.StreamInterceptor(s.StreamInterceptor()),
+		grpc.MaxSendMsgSize(64 << 20),
+	}, s.ListenerOptions()...)
+}
+
+// ListenerOptions are the gRPC server options that bound every listener
+// the Service's callers reach it through: the API socket (ServerOptions
+// adds them) and a feature's own listener (X-Road's), whose transport
+// credentials must give each connection a peercred.AuthInfo and count it
+// with OpenConnection. They are: each call counted among its uid's calls
+// in progress from its headers, before its request is read, and refused
+// RESOURCE_EXHAUSTED beyond [limits] calls_per_uid (TapCall, with
+// connScope to end the context of a call it refuses), the count shared
+// by every listener; [server] max_message_bytes for a request and
+// max_concurrent_streams for the calls of one connection; fixed HTTP/2
+// flow-control windows of 1 MiB (no bandwidth probing: the callers are on
+// this machine); and the [limits] on connections: handshake_timeout for
+// the handshake and preface, idle_timeout for a connection with no call,
+// min_ping_interval for keepalive PINGs and max_header_list_bytes for a
+// call's headers. A feature's handlers admit each call with Call, which
+// takes over the count TapCall made.
+func (s *Service) ListenerOptions() []grpc.ServerOption {
 	lim := s.cfg.Limits
 	return []grpc.ServerOption{
-		grpc.Creds(limitedCredentials{limits: s.limits}),
 		grpc.NumStreamWorkers(uint32(runtime.NumCPU())),
 		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20),
 		grpc.InTapHandle(s.TapCall), grpc.StatsHandler(connScope{}),
-		grpc.UnaryInterceptor(s.UnaryInterceptor()),
-		grpc.StreamInterceptor(s.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(s.cfg.Server.MaxMessageBytes),
-		grpc.MaxSendMsgSize(64 << 20),
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.MinPingInterval}),

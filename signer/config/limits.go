@@ -43,18 +43,26 @@ const (
 )
 
 // Limits holds the [limits] table: how much of the daemon one uid (as
-// SO_PEERCRED reports it on the gRPC socket) may hold at once, and how
-// fast its refusals and login attempts may come. Every peer that can reach
-// the socket, in the policy or not, is counted under its uid; the daemon
-// forgets a uid that holds nothing and has its buckets full again.
+// SO_PEERCRED reports it on the gRPC and HTTP sockets, and the kernel's
+// socket table on the X-Road listener) may hold at once, and how fast its
+// refusals and login attempts may come. Every peer that can reach a
+// socket or listener, in the policy or not, is counted under its uid, one
+// count over all of them; the callers of the TSA's TCP listener, which
+// have no uid, are counted together as one peer (uid 4294967295, which no
+// process has). The daemon forgets a uid that holds nothing and has its
+// buckets full again.
 type Limits struct {
-	// ConnectionsPerUID is the most connections one uid may have open to
-	// the gRPC socket at once. A connection beyond it is closed as soon as
-	// it is accepted, before any call is read, and counted
+	// ConnectionsPerUID is the most connections one uid may have open at
+	// once, to the gRPC socket, the HTTP socket and the X-Road listener
+	// together (and the most the TSA's TCP listener holds for all its
+	// callers). A connection beyond it is closed as soon as it is
+	// accepted (on the X-Road listener, as soon as the kernel names its
+	// uid, before TLS), before any call is read, and counted
 	// (signerd_limit_exceeded_total{limit="connections"} and the uid's
 	// "denied.summary" audit line).
 	ConnectionsPerUID int
-	// CallsPerUID is the most calls one uid may have in progress at once:
+	// CallsPerUID is the most calls one uid may have in progress at once,
+	// over the gRPC socket, the X-Road listener and POST /tsa together:
 	// each unary call and each open stream, counted from its headers
 	// before its request is read (so that partly received requests
 	// count), and each call of a SignStream being signed. A call beyond it is answered RESOURCE_EXHAUSTED and
@@ -78,15 +86,17 @@ type Limits struct {
 	// a refusal. Between 1 and 600.
 	LoginAttemptsPerMinute int
 	// HandshakeTimeout is how long a new connection to the gRPC socket
-	// has to complete its handshake: its HTTP/2 preface and first
-	// settings. A connection that has not by then (one that connects and
+	// or the X-Road listener has to complete its handshake: its TLS
+	// handshake (X-Road), HTTP/2 preface and first settings. A connection that has not by then (one that connects and
 	// sends nothing) is closed. It is gRPC's ConnectionTimeout, whose own
 	// default is 120 s. Between 100ms and 2m.
 	HandshakeTimeout time.Duration
 	// IdleTimeout is how long a connection with no call in progress (no
 	// unary call, no open stream) is kept; then the daemon sends it
 	// GOAWAY and closes it. A gRPC client connects again at its next
-	// call. It is gRPC's keepalive MaxConnectionIdle. Between 1s and 24h.
+	// call. It is gRPC's keepalive MaxConnectionIdle on the gRPC socket
+	// and the X-Road listener, and the HTTP socket's keep-alive between
+	// requests. Between 1s and 24h.
 	IdleTimeout time.Duration
 	// MinPingInterval is the keepalive enforcement policy: a client that
 	// sends HTTP/2 PINGs more often than this, or any PING while it has

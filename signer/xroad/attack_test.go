@@ -360,7 +360,7 @@ func TestXRoadMemberIsolation(t *testing.T) {
 // uid's login attempts as LoginToken does; beyond the limit the token is
 // not asked. No PIN is in an error or the audit log.
 func TestXRoadActivateTokenLoginLimit(t *testing.T) {
-	r := newRig(t, rigOptions{extra: "\n[limits]\nlogin_attempts_per_minute = 2"})
+	r := newRig(t, rigOptions{limits: "login_attempts_per_minute = 2"})
 	tokens := xroadpb.NewTokenServiceClient(r.xroadConn(t, nil))
 	ctx := ctxT(t)
 	const wrong = "wrong-pin-5501"

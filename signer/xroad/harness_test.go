@@ -85,6 +85,10 @@ http_socket = "%[1]s/run/http.sock"
 state_dir = "%[1]s/state"
 audit_file = "%[1]s/audit.jsonl"
 audit_mode = "sync"
+%[6]s
+
+[limits]
+%[7]s
 
 [ocsp]
 enabled = true
@@ -119,6 +123,10 @@ type rigOptions struct {
 	insecure bool
 	// extra are more keys of the table.
 	extra string
+	// server are more keys of the [server] table.
+	server string
+	// limits are the keys of the [limits] table.
+	limits string
 }
 
 // newRig starts the rig.
@@ -140,7 +148,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		xroadTable = "insecure_loopback = true"
 	}
 	xroadTable += "\n" + o.extra
-	doc := fmt.Sprintf(rigConfig, dir, soft.ModulePath, soft.Label, os.Getuid(), xroadTable)
+	doc := fmt.Sprintf(rigConfig, dir, soft.ModulePath, soft.Label, os.Getuid(), xroadTable, o.server, o.limits)
 	path := filepath.Join(dir, "signerd.toml")
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)

@@ -48,12 +48,24 @@ type Server struct {
 type Options struct {
 	// Logger receives the listener's logs; nil discards them.
 	Logger *slog.Logger
-	// MaxMessageBytes bounds a request ([server] max_message_bytes).
+	// MaxMessageBytes bounds a request; 0 leaves the Service's bound,
+	// [server] max_message_bytes.
 	MaxMessageBytes int
 }
 
 // New makes the X-Road listener of cfg for svc: it reads the keystore
 // (unless cfg.InsecureLoopback) and registers X-Road's four services.
+//
+// The listener is bounded as the gRPC socket is, with the same counts
+// (signer.Service.ListenerOptions and OpenConnection): each connection is
+// counted under its caller's uid as soon as the kernel names it, before
+// TLS, at most [limits] connections_per_uid over this listener and
+// signerd's sockets together; each call among its uid's calls in
+// progress from its headers ([limits] calls_per_uid, shared with the
+// gRPC socket); at most [server] max_concurrent_streams calls on one
+// connection; fixed 1 MiB flow-control windows; and [limits]
+// handshake_timeout, idle_timeout, min_ping_interval and
+// max_header_list_bytes.
 func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Options) (*Server, error) {
 	if cfg.Listen == "" {
 		return nil, errors.New("xroad: no listen address")
@@ -63,10 +75,15 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 		log = slog.New(slog.DiscardHandler)
 	}
 	tr := transport{identify: identifyCaller(peercred.FromTCPConn, cfg)}
+	// Without a Service (a test of the listener's set-up) only the
+	// handshake is bounded.
+	gopts := []grpc.ServerOption{grpc.ConnectionTimeout(handshakeTimeout)}
 	if svc != nil {
 		tr.admit = func(ctx context.Context, p peercred.Peer) error {
 			return svc.AdmitConnection(ctx, p, "X-Road connection")
 		}
+		tr.count = svc.OpenConnection
+		gopts = svc.ListenerOptions()
 	}
 	if !cfg.InsecureLoopback {
 		cert, trusted, err := loadKeystore(ctx, cfg)
@@ -76,7 +93,7 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 		tr.tls = credentials.NewTLS(serverTLS(cert, trusted))
 	}
 	s := &Server{svc: svc, cfg: cfg, log: log}
-	gopts := []grpc.ServerOption{grpc.Creds(tr), grpc.ConnectionTimeout(handshakeTimeout)}
+	gopts = append(gopts, grpc.Creds(tr))
 	if opts.MaxMessageBytes > 0 {
 		gopts = append(gopts, grpc.MaxRecvMsgSize(opts.MaxMessageBytes))
 	}
@@ -88,10 +105,12 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 	return s, nil
 }
 
-// handshakeTimeout bounds a connection's set-up (the uid read from the
-// kernel, the TLS handshake and HTTP/2's preface): a caller that connects
-// and says nothing is let go after it, not after gRPC's two minutes.
-// X-Road's proxy, on the same machine, needs milliseconds.
+// handshakeTimeout bounds the reading of a connection's uid from the
+// kernel; with a Service, [limits] handshake_timeout bounds the whole
+// set-up (the uid, the TLS handshake and HTTP/2's preface), else this
+// does: a caller that connects and says nothing is let go after it, not
+// after gRPC's two minutes. X-Road's proxy, on the same machine, needs
+// milliseconds.
 const handshakeTimeout = 10 * time.Second
 
 // identifyCaller names the caller of a connection: the process the kernel

@@ -130,15 +130,21 @@ type identify func(ctx context.Context, conn net.Conn) (peercred.Peer, error)
 
 // transport is the listener's gRPC transport credentials: before the TLS
 // handshake (or without TLS for insecure_loopback) it reads the caller's
-// uid from the kernel, and refuses a connection whose caller it cannot
-// name or the policy names nowhere; the gRPC handlers find the peer as
-// they find a Unix socket's.
+// uid from the kernel, refuses a connection whose caller it cannot name
+// or the policy names nowhere, and counts it under the uid (refusing one
+// beyond connections_per_uid); the gRPC handlers find the peer as they
+// find a Unix socket's.
 type transport struct {
 	tls      credentials.TransportCredentials // nil: no TLS
 	identify identify
 	// admit refuses a caller the policy names nowhere before the TLS
 	// handshake; nil admits every identified caller.
 	admit func(ctx context.Context, p peercred.Peer) error
+	// count counts an admitted connection under its caller's uid before
+	// the TLS handshake (signer.Service.OpenConnection): it refuses one
+	// beyond connections_per_uid, and the connection it returns gives
+	// the count back when closed. nil counts nothing.
+	count func(conn net.Conn, p peercred.Peer) (net.Conn, error)
 }
 
 // errUnidentified refuses a connection whose process cannot be named.
@@ -157,10 +163,20 @@ func (t transport) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInf
 			return nil, nil, err
 		}
 	}
-	if t.tls != nil {
-		if conn, _, err = t.tls.ServerHandshake(conn); err != nil {
+	if t.count != nil {
+		if conn, err = t.count(conn, p); err != nil {
 			return nil, nil, err
 		}
+	}
+	if t.tls != nil {
+		tlsConn, _, err := t.tls.ServerHandshake(conn)
+		if err != nil {
+			// gRPC closes the connection it accepted, not the counted
+			// one: give the count back here.
+			conn.Close()
+			return nil, nil, err
+		}
+		conn = tlsConn
 	}
 	ai := peercred.AuthInfo{Peer: p}
 	ai.SecurityLevel = credentials.PrivacyAndIntegrity
