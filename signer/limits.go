@@ -411,6 +411,12 @@ func (s *Service) OpenConnection(conn net.Conn, p peercred.Peer) (net.Conn, erro
 	return s.limits.countConn(conn, p)
 }
 
+// ConnectionsPerUID is [limits] connections_per_uid: the most
+// connections one uid holds over every socket and listener, and the bound
+// a feature's listener puts on other pools of connections (X-Road's
+// handshakes from one remote address).
+func (s *Service) ConnectionsPerUID() int { return s.cfg.Limits.ConnectionsPerUID }
+
 // Clone implements credentials.TransportCredentials.
 func (c limitedCredentials) Clone() credentials.TransportCredentials { return c }
 

@@ -127,6 +127,9 @@ type rigOptions struct {
 	server string
 	// limits are the keys of the [limits] table.
 	limits string
+	// listen is the address the rig's listener is on; empty:
+	// 127.0.0.1:0.
+	listen string
 }
 
 // newRig starts the rig.
@@ -178,7 +181,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if r.xr, err = New(ctx, r.svc, cfg.XRoad, Options{}); err != nil {
 		t.Fatalf("xroad.New: %v", err)
 	}
-	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	listen := o.listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	tl, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}

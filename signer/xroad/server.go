@@ -60,7 +60,10 @@ type Options struct {
 // (signer.Service.ListenerOptions and OpenConnection): each connection is
 // counted under its caller's uid as soon as the kernel names it, before
 // TLS, at most [limits] connections_per_uid over this listener and
-// signerd's sockets together; each call among its uid's calls in
+// signerd's sockets together (a caller from another machine, which the
+// kernel names no uid for, only once its TLS handshake has shown a
+// keystore certificate: until then it counts among its address's
+// handshakes in progress, at most connections_per_uid); each call among its uid's calls in
 // progress from its headers ([limits] calls_per_uid, shared with the
 // gRPC socket); at most [server] max_concurrent_streams calls on one
 // connection; fixed 1 MiB flow-control windows; and [limits]
@@ -83,6 +86,7 @@ func New(ctx context.Context, svc *signer.Service, cfg config.XRoad, opts Option
 			return svc.AdmitConnection(ctx, p, "X-Road connection")
 		}
 		tr.count = svc.OpenConnection
+		tr.remote = &handshakes{max: svc.ConnectionsPerUID()}
 		gopts = svc.ListenerOptions()
 	}
 	if !cfg.InsecureLoopback {

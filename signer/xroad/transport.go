@@ -9,13 +9,16 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/credentials"
 	"software.sslmate.com/src/go-pkcs12"
 
+	"github.com/hsmsigner/hsmsigner/signer"
 	"github.com/hsmsigner/hsmsigner/signer/config"
 	"github.com/hsmsigner/hsmsigner/signer/peercred"
 )
@@ -134,6 +137,14 @@ type identify func(ctx context.Context, conn net.Conn) (peercred.Peer, error)
 // or the policy names nowhere, and counts it under the uid (refusing one
 // beyond connections_per_uid); the gRPC handlers find the peer as they
 // find a Unix socket's.
+//
+// A caller from another machine (allow_non_loopback) has no uid the
+// kernel vouches for: it is taken for remote_uid only once its TLS
+// handshake has shown a keystore certificate, and only then counted
+// under remote_uid. Until then its connection counts among its remote
+// address's handshakes in progress (at most connections_per_uid, one
+// beyond closed at once), so that a host without the certificate can
+// neither take remote_uid's connections nor hold more than that many.
 type transport struct {
 	tls      credentials.TransportCredentials // nil: no TLS
 	identify identify
@@ -145,6 +156,9 @@ type transport struct {
 	// beyond connections_per_uid, and the connection it returns gives
 	// the count back when closed. nil counts nothing.
 	count func(conn net.Conn, p peercred.Peer) (net.Conn, error)
+	// remote bounds the handshakes in progress of each remote address;
+	// nil bounds nothing.
+	remote *handshakes
 }
 
 // errUnidentified refuses a connection whose process cannot be named.
@@ -163,7 +177,17 @@ func (t transport) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInf
 			return nil, nil, err
 		}
 	}
-	if t.count != nil {
+	// A local caller is counted under its uid before TLS; a remote one
+	// among its address's handshakes until TLS, then under remote_uid.
+	remote, isRemote := remoteAddr(conn)
+	if isRemote && t.remote != nil {
+		done, err := t.remote.start(remote)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer done()
+	}
+	if t.count != nil && !isRemote {
 		if conn, err = t.count(conn, p); err != nil {
 			return nil, nil, err
 		}
@@ -178,12 +202,64 @@ func (t transport) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInf
 		}
 		conn = tlsConn
 	}
+	if t.count != nil && isRemote {
+		counted, err := t.count(conn, p)
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		conn = counted
+	}
 	ai := peercred.AuthInfo{Peer: p}
 	ai.SecurityLevel = credentials.PrivacyAndIntegrity
 	if t.tls == nil {
 		ai.SecurityLevel = credentials.NoSecurity
 	}
 	return conn, ai, nil
+}
+
+// remoteAddr returns the address of conn's caller and whether it is
+// another machine's (not a loopback address).
+func remoteAddr(conn net.Conn) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(conn.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	a := ap.Addr().Unmap()
+	return a, !a.IsLoopback()
+}
+
+// errTooManyHandshakes refuses a connection from a remote address that
+// has connections_per_uid handshakes in progress already.
+var errTooManyHandshakes = fmt.Errorf("%w: too many X-Road handshakes in progress from one remote address", signer.ErrLimit)
+
+// handshakes counts the TLS handshakes in progress of each remote
+// address, at most max each.
+type handshakes struct {
+	max int
+	mu  sync.Mutex
+	n   map[netip.Addr]int
+}
+
+// start counts a handshake of a; done, called when it ends, gives it
+// back. One beyond max is refused.
+func (h *handshakes) start(a netip.Addr) (done func(), err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n[a] >= h.max {
+		return nil, fmt.Errorf("%w: %s has %d", errTooManyHandshakes, a, h.n[a])
+	}
+	if h.n == nil {
+		h.n = map[netip.Addr]int{}
+	}
+	h.n[a]++
+	return sync.OnceFunc(func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.n[a]--; h.n[a] == 0 {
+			delete(h.n, a)
+		}
+	}), nil
 }
 
 // ClientHandshake implements credentials.TransportCredentials; the
