@@ -103,7 +103,7 @@ bench-abuse: deps
 
 # soak: signerd as its own process signs SOAK_SIGNATURES times (ECDSA
 # P-256 SignBatch of 63 and a Sign, round after round) over
-# SOAK_CONNECTIONS connections open at once (connections_per_uid raised
+# SOAK_CONNECTIONS connections open at once (connections_per_uid and calls_per_uid raised
 # above them; every connection used, at most SOAK_IN_FLIGHT calls in
 # flight at once), and prints its RSS, descriptors and goroutines from /proc
 # and /metrics at the start, middle and end; the test fails unless they

@@ -100,12 +100,14 @@ func TestSoak(t *testing.T) {
 	cfgPath := daemonConfig(t, dir, soft, `"*"`)
 	// The soak opens all its connections as one uid: connections_per_uid
 	// (default 64) is raised above their count, or all but 64 would be
-	// closed at once.
+	// closed at once, and calls_per_uid (default 1024) above the SignStream
+	// each keeps open plus the calls in flight.
 	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(f, "\n# The soak's %d connections are of one uid: connections_per_uid is raised above them.\n[limits]\nconnections_per_uid = %d\n", conns, conns+16)
+	fmt.Fprintf(f, "\n# The soak's %d connections are of one uid: connections_per_uid and calls_per_uid are raised above them.\n[limits]\nconnections_per_uid = %d\ncalls_per_uid = %d\n",
+		conns, conns+16, conns+2*cap(inFlight)+64)
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
