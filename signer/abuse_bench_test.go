@@ -31,12 +31,17 @@ const abuseSamples = 3000
 // their ratio (abused/unloaded; the goal is at most 2). The daemon runs
 // in this process, so the abusers share its two CPUs: the ratio is what
 // the abuse costs the daemon and the machine together. The floor-spin
-// phase measures the machine's part alone: one goroutine spinning, which
-// never calls the daemon.
+// phases measure the machine's part alone: one goroutine spinning, then
+// two (both CPUs), which never call the daemon.
 func BenchmarkAbuseP99(b *testing.B) {
 	d := newDaemon(b, func(p *daemonParams) {
 		p.AuditMode = "buffered" // signerd's default
+		// Every client here is of the benchmark's one uid: its three
+		// unread SignStreams hold up to 3,072 calls, above the default
+		// calls_per_uid that would otherwise refuse the well-behaved
+		// client as one of them.
 		p.Limits = `connections_per_uid = 16
+calls_per_uid = 4096
 handshake_timeout = "1s"`
 	})
 	k := d.genKey(b, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
@@ -63,6 +68,8 @@ handshake_timeout = "1s"`
 		// The floor: one CPU kept busy by a loop that never calls the
 		// daemon, what CPU contention alone costs on this machine.
 		{"floor-spin", "spin"},
+		// And both CPUs kept busy so: the machine taken whole.
+		{"floor-spin2", "spin spin"},
 		{"silent", "silent"}, {"pingflood", "ping"}, {"connflood", "conns"},
 		{"hugeprefix", "huge"}, {"unreadstreams", "unread"}, {"all", "silent ping conns huge unread"},
 	} {
@@ -74,7 +81,7 @@ handshake_timeout = "1s"`
 				unloaded = p99(b)
 				stop := make(chan struct{})
 				var wg sync.WaitGroup
-				counts := startAbuse(b, d, k.GetId(), on, stop, &wg)
+				counts := startAbuse(b, d, k.GetId(), on, strings.Count(tc.abusers, "spin"), stop, &wg)
 				abused = p99(b)
 				close(stop)
 				wg.Wait()
@@ -104,7 +111,7 @@ func (c *abuseCounts) String() string {
 
 // startAbuse starts the misbehaving clients, each a loop that ends when
 // stop is closed.
-func startAbuse(b *testing.B, d *testDaemon, keyID string, on func(string) bool, stop chan struct{}, wg *sync.WaitGroup) *abuseCounts {
+func startAbuse(b *testing.B, d *testDaemon, keyID string, on func(string) bool, spins int, stop chan struct{}, wg *sync.WaitGroup) *abuseCounts {
 	c := &abuseCounts{}
 	stopped := func() bool {
 		select {
@@ -165,14 +172,17 @@ func startAbuse(b *testing.B, d *testDaemon, keyID string, on func(string) bool,
 			}
 		}()
 	}
-	// Spin: one CPU busy without a call to the daemon (the floor).
-	_ = on("spin") && loop(func() {
-		n := 0
-		for i := range 1 << 20 {
-			n += i & 1
-		}
-		c.spun.Add(int64(n))
-	})
+	// Spin: a CPU busy without a call to the daemon (the floor), one for
+	// each "spin" named.
+	for range spins {
+		loop(func() {
+			n := 0
+			for i := range 1 << 20 {
+				n += i & 1
+			}
+			c.spun.Add(int64(n))
+		})
+	}
 	// Silent: 4 connections at a time that send nothing, each closed at
 	// the handshake timeout.
 	for range 4 {
