@@ -4,17 +4,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/miekg/pkcs11"
 	"google.golang.org/grpc/codes"
@@ -117,27 +113,15 @@ func (o *outsideApp) destroyClass(t *testing.T, class uint, idHex string) {
 }
 
 // certObject is a certificate object template of a self-signed
-// certificate.
+// certificate, labelled cn.
 func certObject(t *testing.T, cn string) []*pkcs11.Attribute {
 	t.Helper()
-	pk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &pk.PublicKey, pk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := softhsmtest.SelfSignedCert(t, cn)
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE),
 		pkcs11.NewAttribute(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509),
-		pkcs11.NewAttribute(pkcs11.CKA_SUBJECT, c.RawSubject),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, der),
+		pkcs11.NewAttribute(pkcs11.CKA_SUBJECT, cert.RawSubject),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, cert.Raw),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, cn),
 	}
 }
