@@ -472,7 +472,9 @@ func (s *stallingStream) Send(m *signerv1.SignStreamResponse) error {
 }
 
 func TestSignStreamStopsReadingACallerThatDoesNotRead(t *testing.T) {
-	d := newDaemon(t)
+	// The stream's own bound is under test, not calls_per_uid: the limit
+	// is raised above the 1,024 calls the stream may hold.
+	d := newDaemon(t, func(p *daemonParams) { p.Limits = "calls_per_uid = 4096" })
 	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
 	const n = maxStreamInFlight + 64
 	me := peercred.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
