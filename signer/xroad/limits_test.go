@@ -127,6 +127,14 @@ func (h *h2Conn) read() {
 	}
 }
 
+// lastGoAway is the GOAWAY read last (a graceful close sends two: the
+// reader may replace it while the test looks).
+func (h *h2Conn) lastGoAway() goAway {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return *h.goAway
+}
+
 // answer notes how stream id was answered first (a refused call's
 // status may be followed by its RST_STREAM).
 func (h *h2Conn) answer(id uint32, how string) {
@@ -392,7 +400,8 @@ func TestXRoadIdleConnectionClosed(t *testing.T) {
 	if err := h.wait(func() bool { return h.goAway != nil }); err != nil {
 		t.Fatalf("no GOAWAY on an idle connection after %v: %v", time.Since(start), err)
 	}
-	t.Logf("GOAWAY %v %q after %v", h.goAway.code, h.goAway.debug, time.Since(start))
+	ga := h.lastGoAway()
+	t.Logf("GOAWAY %v %q after %v", ga.code, ga.debug, time.Since(start))
 	if err := h.wait(func() bool { return false }); errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("after GOAWAY the idle connection was held: %v", err)
 	}
@@ -422,8 +431,8 @@ func TestXRoadPingsUnderMinPingInterval(t *testing.T) {
 		if err := h.wait(func() bool { return h.goAway != nil }); err != nil {
 			t.Fatalf("no GOAWAY for a PING flood: %v", err)
 		}
-		if h.goAway.code != http2.ErrCodeEnhanceYourCalm || h.goAway.debug != "too_many_pings" {
-			t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", h.goAway.code, h.goAway.debug)
+		if ga := h.lastGoAway(); ga.code != http2.ErrCodeEnhanceYourCalm || ga.debug != "too_many_pings" {
+			t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", ga.code, ga.debug)
 		}
 	})
 	t.Run("paced during a call", func(t *testing.T) {
