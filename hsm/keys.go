@@ -176,6 +176,18 @@ func (o Object) String() string {
 	return fmt.Sprintf("%s %q id %x", o.Kind, o.Label, o.ID)
 }
 
+// keyTypeOf is the KeyType of a CKA_KEY_TYPE: KeyUnknown for a type the
+// appliance does not use.
+func keyTypeOf(ckk uint) KeyType {
+	switch ckk {
+	case pkcs11.CKK_RSA:
+		return KeyRSA
+	case pkcs11.CKK_EC:
+		return KeyEC
+	}
+	return KeyUnknown
+}
+
 // kindOf names a CKA_CLASS as Object.Kind.
 func kindOf(class uint) string {
 	switch class {
@@ -631,12 +643,7 @@ func (t *Token) readPrivate(s *session, priv pkcs11.ObjectHandle) (Key, error) {
 		case pkcs11.CKA_LABEL:
 			k.Label = string(a.Value)
 		case pkcs11.CKA_KEY_TYPE:
-			switch ulong(a.Value) {
-			case pkcs11.CKK_RSA:
-				k.Type = KeyRSA
-			case pkcs11.CKK_EC:
-				k.Type = KeyEC
-			}
+			k.Type = keyTypeOf(ulong(a.Value))
 		case pkcs11.CKA_SENSITIVE:
 			k.Attrs.Sensitive = b
 		case pkcs11.CKA_EXTRACTABLE:
@@ -724,7 +731,7 @@ func (t *Token) withPublic(s *session, k Key, priv, pub pkcs11.ObjectHandle, fou
 		// The object may be a public key of another type, which lacks
 		// the attributes of this one.
 		attrs, terr := t.m.api.GetAttributeValue(s.h, pub, attrQuery(pkcs11.CKA_KEY_TYPE))
-		if terr == nil && ulong(attrs[0].Value) != map[KeyType]uint{KeyRSA: pkcs11.CKK_RSA, KeyEC: pkcs11.CKK_EC}[k.Type] {
+		if terr == nil && keyTypeOf(ulong(attrs[0].Value)) != k.Type {
 			return Key{}, damaged(k.ID, fmt.Sprintf("its public key object is not an %s key (CKA_KEY_TYPE 0x%x): not its own public key; it cannot be used", k.Type, ulong(attrs[0].Value)))
 		}
 	}
@@ -1354,12 +1361,7 @@ func (t *Token) strayObjects(s *session, privIDs map[string]int) (map[string]pkc
 			id, label := attrs[0].Value, string(attrs[1].Value)
 			k := Key{ID: id, Label: label, Object: kindOf(class)}
 			if class == pkcs11.CKO_PUBLIC_KEY {
-				switch ulong(attrs[2].Value) {
-				case pkcs11.CKK_RSA:
-					k.Type = KeyRSA
-				case pkcs11.CKK_EC:
-					k.Type = KeyEC
-				}
+				k.Type = keyTypeOf(ulong(attrs[2].Value))
 			}
 			switch {
 			case len(id) == 0:
