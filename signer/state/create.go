@@ -35,7 +35,7 @@ func createWhole(path string) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
 	if err != nil {
-		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); no state file was made: %s: %w", ErrWrite, path, err)
+		return writeError(path, "no state file was made", err)
 	}
 	tmp := f.Name()
 	keep := false
@@ -53,24 +53,24 @@ func createWhole(path string) error {
 	}
 	db, err := bolt.Open(tmp, FileMode, &bolt.Options{Timeout: lockTimeout, OpenFile: openStateFile})
 	if err != nil {
-		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); no state file was made: %s: %w", ErrWrite, path, err)
+		return writeError(path, "no state file was made", err)
 	}
 	s := &Store{db: db, path: tmp}
 	if err := s.initSchema(); err != nil {
 		_ = db.Close()
-		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); no state file was made: %s: %w", ErrWrite, path, err)
+		return writeError(path, "no state file was made", err)
 	}
 	if err := db.Close(); err != nil {
-		return fmt.Errorf("%w: no state file was made: %s: %w", ErrWrite, path, err)
+		return writeError(path, "no state file was made", err)
 	}
 	if fi == nil {
 		// Link rather than rename: a file another process made meanwhile
 		// is kept, and opened below as it is.
 		if err := os.Link(tmp, path); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: no state file was made: %s: %w", ErrWrite, path, err)
+			return writeError(path, "no state file was made", err)
 		}
 	} else if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("%w: the empty state file was not replaced: %s: %w", ErrWrite, path, err)
+		return writeError(path, "the empty state file was not replaced", err)
 	} else {
 		keep = true
 	}
@@ -78,10 +78,16 @@ func createWhole(path string) error {
 		err = d.Sync()
 		_ = d.Close()
 		if err != nil {
-			return fmt.Errorf("%w: state directory %s: %w", ErrWrite, dir, err)
+			return writeError(dir, "the state directory was not synced", err)
 		}
 	}
 	return nil
+}
+
+// writeError is ErrWrite for a write to path that failed with err, and
+// what came of it (outcome).
+func writeError(path, outcome string, err error) error {
+	return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); %s: %s: %w", ErrWrite, outcome, path, err)
 }
 
 // bbolt's file layout, as far as checkWhole reads it: each of the first

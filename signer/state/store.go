@@ -109,7 +109,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err := s.initSchema(); err != nil {
 		_ = db.Close()
 		if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrSchemaVersion) {
-			err = fmt.Errorf("%w (a full disk, a read-only file system or an I/O error): %s: %w", ErrWrite, path, err)
+			err = writeError(path, "its schema was not written", err)
 		}
 		return nil, err
 	}
@@ -262,7 +262,7 @@ func (s *Store) run(writable bool, fn func(tx *Tx) error) error {
 	case writable && fnDone:
 		// bbolt rolled the transaction back: the file holds the state
 		// before it, and the next transaction starts from there.
-		return fmt.Errorf("%w (a full disk, a read-only file system or an I/O error); the change is not made (after a failed sync of the file it may still show once signerd restarts): %s: %w", ErrWrite, s.path, err)
+		return writeError(s.path, "the change is not made (after a failed sync of the file it may still show once signerd restarts)", err)
 	}
 	return err
 }
