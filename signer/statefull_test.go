@@ -30,6 +30,20 @@ func newDaemonOnSmallDisk(t *testing.T, edit ...func(*daemonParams)) (d *testDae
 	return d, func() func() { return diskfull.Fill(t, filler) }
 }
 
+// bigChain issues k a sign certificate of member and returns it with a
+// chain of 40 KiB behind it: the root issues itself, so repeating it
+// keeps the chain valid while its record needs pages of its own.
+func bigChain(t *testing.T, d *testDaemon, ca *devca.CA, k *signerv1.Key) (*x509.Certificate, []*x509.Certificate) {
+	t.Helper()
+	cert := d.issue(t, ca, d.csrFor(t, k, "CN=Agency,O=Agency,C=EE", member), "sign", devca.Current)
+	chain := append([]*x509.Certificate{cert}, ca.Chain()...)
+	root := ca.Chain()[len(ca.Chain())-1]
+	for len(pemOf(chain...)) < 40<<10 {
+		chain = append(chain, root)
+	}
+	return cert, chain
+}
+
 // TestImportCertOnAFullStateDisk: a certificate import whose record
 // cannot be written (its chain needs pages the full disk does not have)
 // is refused UNAVAILABLE, naming the state file, and leaves nothing
@@ -40,14 +54,7 @@ func TestImportCertOnAFullStateDisk(t *testing.T) {
 	d, fill := newDaemonOnSmallDisk(t)
 	ca := devca.New(t)
 	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
-	cert := d.issue(t, ca, d.csrFor(t, k, "CN=Agency,O=Agency,C=EE", member), "sign", devca.Current)
-	// A chain of 40 KiB: the root issues itself, so repeating it keeps
-	// the chain valid while its record needs pages of its own.
-	chain := append([]*x509.Certificate{cert}, ca.Chain()...)
-	root := ca.Chain()[len(ca.Chain())-1]
-	for len(pemOf(chain...)) < 40<<10 {
-		chain = append(chain, root)
-	}
+	cert, chain := bigChain(t, d, ca, k)
 	keyBefore, err := d.svc.store.GetKey(testCtx(t), d.svc.tokens[0].tok.Serial(), k.GetId())
 	if err != nil {
 		t.Fatal(err)
@@ -94,12 +101,7 @@ func TestImportCertOnAFullStateDiskKeepsAnObjectItFound(t *testing.T) {
 	d, fill := newDaemonOnSmallDisk(t)
 	ca := devca.New(t)
 	k := d.genKey(t, "k", "EC-P256", signerv1.KeyUsage_KEY_USAGE_SIGN)
-	cert := d.issue(t, ca, d.csrFor(t, k, "CN=Agency,O=Agency,C=EE", member), "sign", devca.Current)
-	chain := append([]*x509.Certificate{cert}, ca.Chain()...)
-	root := ca.Chain()[len(ca.Chain())-1]
-	for len(pemOf(chain...)) < 40<<10 {
-		chain = append(chain, root)
-	}
+	cert, chain := bigChain(t, d, ca, k)
 	tok := d.svc.tokens[0].tok
 	id, err := hex.DecodeString(k.GetId())
 	if err != nil {

@@ -221,14 +221,7 @@ func TestStartOnAFullStateDisk(t *testing.T) {
 	cfgPath := daemonConfig(t, dir, soft, `"*"`)
 	sock := filepath.Join(dir, "run/signer.sock")
 	filler := filepath.Join(stateDir, "filler")
-	diskfull.Fill(t, filler)
-	fi, err := os.Stat(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(filler, fi.Size()-8192); err != nil {
-		t.Fatal(err)
-	}
+	unfill := diskfull.FillLeaving(t, filler, 8192)
 
 	out, err := daemontest.Run(t, bin, nil, "--config", cfgPath)
 	if err == nil {
@@ -237,19 +230,8 @@ func TestStartOnAFullStateDisk(t *testing.T) {
 	if !strings.Contains(out, "state file cannot be written") || !strings.Contains(out, "no space left on device") {
 		t.Fatalf("signerd's start on a full state disk: %v\n%s\nwant the state file and ENOSPC named", err, out)
 	}
-	ents, err := os.ReadDir(stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if e.Name() != "filler" {
-			t.Errorf("the failed start left %s in the state directory", e.Name())
-		}
-	}
-
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	diskfull.CheckOnly(t, stateDir, "filler") // nothing of the failed start
+	unfill()
 	d := daemontest.Start(t, bin, nil, "--config", cfgPath)
 	c, err := client.Dial(sock)
 	if err != nil {

@@ -122,14 +122,7 @@ func TestOpenOnAFullDisk(t *testing.T) {
 		t.Run(fmt.Sprintf("room%d", room), func(t *testing.T) {
 			dir := smallDisk(t)
 			filler := filepath.Join(dir, "filler")
-			diskfull.Fill(t, filler)
-			fi, err := os.Stat(filler)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Truncate(filler, fi.Size()-room); err != nil {
-				t.Fatal(err)
-			}
+			unfill := diskfull.FillLeaving(t, filler, room)
 			path := filepath.Join(dir, "state.db")
 			s, err := state.Open(ctx, path)
 			if err == nil {
@@ -139,18 +132,8 @@ func TestOpenOnAFullDisk(t *testing.T) {
 			if !errors.Is(err, state.ErrWrite) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), path) {
 				t.Fatalf("Open on a full disk: %v; want ErrWrite wrapping ENOSPC and naming %s", err, path)
 			}
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range ents {
-				if e.Name() != "filler" {
-					t.Errorf("Open on a full disk left %s behind", e.Name())
-				}
-			}
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
-			}
+			diskfull.CheckOnly(t, dir, "filler") // nothing of the failed Open
+			unfill()
 			s, err = state.Open(ctx, path)
 			if err != nil {
 				t.Fatalf("Open with room again: %v", err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -58,6 +59,36 @@ func Fill(t testing.TB, path string) (unfill func()) {
 					t.Fatal(err)
 				}
 			}
+		}
+	}
+}
+
+// FillLeaving fills the file system as Fill does, then gives back room
+// bytes (the file cut that much shorter): a disk with that little left.
+func FillLeaving(t testing.TB, path string, room int64) (unfill func()) {
+	t.Helper()
+	unfill = Fill(t, path)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()-room); err != nil {
+		t.Fatal(err)
+	}
+	return unfill
+}
+
+// CheckOnly fails the test for each entry of dir but those named keep:
+// what a failed write must not leave behind.
+func CheckOnly(t testing.TB, dir string, keep ...string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if !slices.Contains(keep, e.Name()) {
+			t.Errorf("%s was left in %s", e.Name(), dir)
 		}
 	}
 }
